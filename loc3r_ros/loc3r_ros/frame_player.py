@@ -1,0 +1,96 @@
+"""`ros2 run loc3r_ros frame_player SOURCE`: publish a folder of images or a video as a camera.
+
+For demos and tests without rosbag2. Images are published as sensor_msgs/Image (rgb8) on
+--topic at --rate Hz with consecutive stamps; --loop repeats. Unreadable files are skipped with a
+warning. A folder is read in name order (png, jpg, jpeg, bmp).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import rclpy
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import Image
+
+from loc3r_ros.conversions import rgb_to_image_msg
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
+
+
+def iter_frames(source: Path) -> Iterator[np.ndarray]:
+    """Yield RGB uint8 frames from a folder of images or a video file."""
+    if source.is_dir():
+        files = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise FileNotFoundError(f"no images in {source}")
+        for path in files:
+            bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if bgr is None:
+                print(f"skipping unreadable image {path}", file=sys.stderr)
+                continue
+            yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    elif source.is_file():
+        capture = cv2.VideoCapture(str(source))
+        if not capture.isOpened():
+            raise ValueError(f"cannot open video {source}")
+        try:
+            while True:
+                ok, bgr = capture.read()
+                if not ok:
+                    break
+                yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        finally:
+            capture.release()
+    else:
+        raise FileNotFoundError(f"no such file or folder: {source}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Publish the frames at the requested rate."""
+    parser = argparse.ArgumentParser(prog="frame_player", description=__doc__.splitlines()[0])
+    parser.add_argument("source", type=Path)
+    parser.add_argument("--topic", default="/camera/image_raw")
+    parser.add_argument("--frame-id", default="camera_optical_frame")
+    parser.add_argument("--rate", type=float, default=10.0, help="frames per second")
+    parser.add_argument("--loop", action="store_true")
+    args = parser.parse_args(rclpy.utilities.remove_ros_args(argv or sys.argv)[1:])
+    if args.rate <= 0:
+        parser.error("--rate must be positive")
+
+    rclpy.init(args=argv)
+    node = rclpy.create_node("loc3r_frame_player")
+    pub = node.create_publisher(Image, args.topic, qos_profile_sensor_data)
+    period = 1.0 / args.rate
+    sent = 0
+    try:
+        while True:
+            for frame in iter_frames(args.source):
+                msg = rgb_to_image_msg(frame, Image)
+                msg.header.frame_id = args.frame_id
+                msg.header.stamp = node.get_clock().now().to_msg()
+                pub.publish(msg)
+                sent += 1
+                time.sleep(period)
+            if not args.loop:
+                break
+    except KeyboardInterrupt:
+        pass
+    except (FileNotFoundError, ValueError) as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    finally:
+        node.get_logger().info(f"published {sent} frames")
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

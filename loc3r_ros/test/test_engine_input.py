@@ -1,0 +1,132 @@
+"""Text validation, keyframe selection and the engine's behaviour without a model."""
+
+from __future__ import annotations
+
+import re
+import threading
+
+import numpy as np
+import pytest
+
+from loc3r.engine import AgentPose, EngineConfig, KeyframeBuffer, KeyframeConfig, SceneEngine
+from loc3r.errors import BusyError, InputError, NotReadyError
+from loc3r.text_input import clean_text
+
+SEC = 1_000_000_000
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("", "question is empty"),
+        ("  \n\t ", "question is empty"),
+        (b"\xff\xfe bad", "not valid UTF-8"),
+        ("x" * 2001, "too long: 2001 characters (limit 2000)"),
+        ("ok\x00then", "control character (U+0000)"),
+        ("lone \ud800 surrogate", "lone surrogate"),
+        (42, "must be text"),
+    ],
+)
+def test_clean_text_rejects_with_a_reason(text, reason):
+    with pytest.raises(InputError, match=re.escape(reason)):
+        clean_text(text, field="question")
+
+
+def test_clean_text_normalises_whitespace_and_unicode():
+    assert clean_text(" What is\non my  left? ", field="q") == "What is on my left?"
+    assert clean_text("cafe\u0301".encode(), field="q") == "caf\u00e9"
+    assert clean_text("", field="situation", required=False) == ""
+
+
+def frame(value: int) -> np.ndarray:
+    img = np.zeros((32, 48, 3), np.uint8)
+    img[:, : (value % 48) + 1] = 200
+    return img
+
+
+def test_keyframes_need_time_and_motion():
+    buf = KeyframeBuffer(KeyframeConfig(min_interval_s=0.5, max_interval_s=3.0, min_change=0.05))
+    still = frame(10)
+    assert buf.offer(still, 0) is not None
+    assert buf.offer(frame(40), SEC // 4) is None  # too soon
+    assert buf.offer(still, SEC) is None  # no motion
+    assert buf.offer(frame(40), SEC) is not None  # motion after the interval
+    assert buf.offer(frame(40), 5 * SEC) is not None  # max interval forces a keyframe
+    assert [k.index for k in buf.snapshot()] == [0, 1, 2]
+
+
+def test_capacity_bounds_memory_and_keeps_newest_and_coverage():
+    buf = KeyframeBuffer(KeyframeConfig(min_interval_s=0.0, min_change=0.0, capacity=8))
+    for i in range(1000):
+        buf.offer(frame(i), i * SEC)
+    frames = buf.snapshot()
+    assert 4 <= len(frames) <= 8
+    assert frames[-1].stamp_ns == 999 * SEC
+    stamps = np.array([f.stamp_ns for f in frames], dtype=np.float64)
+    gaps = np.diff(stamps)
+    assert gaps.max() <= 2.5 * gaps.min()  # thinning keeps roughly uniform coverage
+
+
+def test_time_going_backwards_starts_a_new_scene():
+    buf = KeyframeBuffer(KeyframeConfig(min_interval_s=0.0, min_change=0.0))
+    buf.offer(frame(1), 10 * SEC)
+    buf.offer(frame(2), 11 * SEC)
+    buf.offer(frame(3), 5 * SEC)
+    assert [k.stamp_ns for k in buf.snapshot()] == [5 * SEC]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        np.zeros((32, 32), np.uint8),
+        np.zeros((32, 32, 3), np.float32),
+        np.zeros((4, 4, 3), np.uint8),
+    ],
+)
+def test_malformed_images_are_counted_and_rejected(bad):
+    buf = KeyframeBuffer()
+    with pytest.raises(InputError):
+        buf.offer(bad, 0)
+    assert buf.rejected_invalid == 1 and len(buf) == 0
+
+
+class SlowPipeline:
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.started = threading.Event()
+
+    def localize(self, keyframes, situation):
+        self.started.set()
+        self.release.wait(5)
+        return AgentPose(1.0, 2.0, 0.5, 0.1, 0.2, 0.05)
+
+    def ask(self, keyframes, question, situation):
+        return f"{len(keyframes)} frames; {situation}", self.localize(keyframes, situation)
+
+
+def test_engine_reports_missing_model_and_frames():
+    engine = SceneEngine(EngineConfig(), pipeline=None)
+    with pytest.raises(NotReadyError, match="no model loaded"):
+        engine.ask("What is here?")
+    engine = SceneEngine(EngineConfig(), pipeline=SlowPipeline())
+    with pytest.raises(NotReadyError, match="no frames yet"):
+        engine.localize("I am on the bed")
+
+
+def test_engine_serialises_queries_and_says_busy():
+    pipeline = SlowPipeline()
+    engine = SceneEngine(EngineConfig(query_timeout_s=0.05), pipeline=pipeline)
+    engine.add_frame(frame(3), 0)
+    results = []
+    worker = threading.Thread(target=lambda: results.append(engine.localize("I am on the bed")))
+    worker.start()
+    assert pipeline.started.wait(5)
+    with pytest.raises(BusyError, match="busy"):
+        engine.ask("What is on my left?", "I am on the bed")
+    pipeline.release.set()
+    worker.join(5)
+    (result,) = results
+    assert result.pose.x == 1.0 and result.num_frames == 1
+    assert result.pose.position_sigma == pytest.approx(np.sqrt((0.01 + 0.04) / 2))
+    answer = engine.ask("What is on my left?")
+    assert answer.answer == "1 frames; I am standing in the room" and answer.pose is None
