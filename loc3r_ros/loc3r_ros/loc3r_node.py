@@ -20,7 +20,9 @@ queries run in a separate callback group, so a running query never stalls image 
 
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import rclpy
 from builtin_interfaces.msg import Time
@@ -37,12 +39,13 @@ from rclpy.qos import (
     QoSProfile,
     ReliabilityPolicy,
 )
+from rclpy.task import Future
 from sensor_msgs.msg import CompressedImage, Image
 from std_srvs.srv import Trigger
 from tf2_msgs.msg import TFMessage
 
 from loc3r.engine import EngineConfig, KeyframeConfig, QueryResult, SceneEngine
-from loc3r.errors import Loc3rError
+from loc3r.errors import BusyError, Loc3rError
 from loc3r_ros.conversions import (
     agent_pose_to_msg,
     compressed_msg_to_rgb,
@@ -80,6 +83,9 @@ class Loc3rNode(Node):
         self.last_latency_s = 0.0
         self.latency_sum_s = 0.0
         self.queries_answered = 0
+        self._pending = 0
+        self._pending_lock = threading.Lock()
+        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loc3r-model")
 
         self.pose_pub = self.create_publisher(PoseStamped, "~/agent_pose", 10)
         self.pose_cov_pub = self.create_publisher(PoseWithCovarianceStamped, "~/agent_pose_cov", 10)
@@ -166,43 +172,69 @@ class Loc3rNode(Node):
             self.get_logger().warning(f"dropped image: {exc}", throttle_duration_sec=5.0)
 
     # --- services ------------------------------------------------------------------------------
-    def ask_cb(self, request: Ask.Request, response: Ask.Response) -> Ask.Response:
+    async def ask_cb(self, request: Ask.Request, response: Ask.Response) -> Ask.Response:
         """Answer a question, optionally from a described situation."""
-        start = time.perf_counter()
-        response.success = False
-        try:
-            result = self.engine.ask(request.question, request.situation)
-        except Loc3rError as exc:
-            response.message = str(exc)
-        except Exception as exc:  # a model failure must not take the node down
-            self.get_logger().error(f"ask failed: {exc!r}")
-            response.message = f"internal error: {type(exc).__name__}: {exc}"
-        else:
-            response.success, response.message, response.answer = True, "ok", result.answer
-            self._fill_query_fields(response, result)
-            self._publish_result(request.situation, request.question, result)
-        response.latency_s = time.perf_counter() - start
-        return response
+        question, situation = request.question, request.situation
+        return await self._serve(
+            response, lambda: self.engine.ask(question, situation), situation, question
+        )
 
-    def localize_cb(
+    async def localize_cb(
         self, request: Localize.Request, response: Localize.Response
     ) -> Localize.Response:
         """Localize the agent described by a situation."""
+        situation = request.situation
+        return await self._serve(response, lambda: self.engine.localize(situation), situation, "")
+
+    async def _serve(self, response, query, situation: str, question: str):
+        """Run `query` on the model thread; the executor thread is free while it runs."""
         start = time.perf_counter()
         response.success = False
-        try:
-            result = self.engine.localize(request.situation)
-        except Loc3rError as exc:
-            response.message = str(exc)
-        except Exception as exc:
-            self.get_logger().error(f"localize failed: {exc!r}")
-            response.message = f"internal error: {type(exc).__name__}: {exc}"
+        outcome = await self._submit(query)
+        if isinstance(outcome, Loc3rError):
+            response.message = str(outcome)
+        elif isinstance(outcome, Exception):  # a model failure must not take the node down
+            self.get_logger().error(f"query failed: {outcome!r}")
+            response.message = f"internal error: {type(outcome).__name__}: {outcome}"
         else:
             response.success, response.message = True, "ok"
-            self._fill_query_fields(response, result)
-            self._publish_result(request.situation, "", result)
+            if hasattr(response, "answer"):
+                response.answer = outcome.answer
+            self._fill_query_fields(response, outcome)
+            self._publish_result(situation, question, outcome)
         response.latency_s = time.perf_counter() - start
         return response
+
+    def _submit(self, query) -> Future:
+        """Queue `query` for the model thread; a Future of its result or exception.
+
+        Beyond max_pending_queries waiting queries the reply is an immediate "busy"; a query that
+        waited longer than query_timeout_s before its turn is answered "busy" without running.
+        """
+        future = Future(executor=self.executor)
+        with self._pending_lock:
+            if self._pending >= self.p["max_pending_queries"]:
+                future.set_result(BusyError(f"busy: {self._pending} queries are waiting"))
+                return future
+            self._pending += 1
+        submitted = time.monotonic()
+
+        def work() -> None:
+            waited = time.monotonic() - submitted
+            try:
+                if waited > self.p["query_timeout_s"]:
+                    outcome = BusyError(f"busy: waited {waited:.1f} s for the model")
+                else:
+                    outcome = query()
+            except Exception as exc:
+                outcome = exc
+            finally:
+                with self._pending_lock:
+                    self._pending -= 1
+            future.set_result(outcome)
+
+        self._model_thread.submit(work)
+        return future
 
     def reset_cb(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         """Forget the scene."""
@@ -267,6 +299,11 @@ class Loc3rNode(Node):
             msg.last_query_latency_s = self.last_latency_s
             msg.mean_query_latency_s = self.latency_sum_s / self.queries_answered
         self.status_pub.publish(msg)
+
+    def destroy_node(self) -> None:
+        """Stop the model thread, then the node."""
+        self._model_thread.shutdown(wait=False, cancel_futures=True)
+        super().destroy_node()
 
 
 def main(args: list[str] | None = None) -> None:

@@ -96,6 +96,13 @@ PARAMS: tuple[ParamSpec, ...] = (
         600.0,
     ),
     ParamSpec(
+        "max_pending_queries",
+        4,
+        "Queries allowed to wait for the model; more get 'busy' at once",
+        1,
+        1000,
+    ),
+    ParamSpec(
         "keyframe_min_interval_s",
         0.25,
         "Minimum camera time between keyframes, seconds",
