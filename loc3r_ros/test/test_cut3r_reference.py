@@ -1,0 +1,183 @@
+"""CUT3R against the official reference fixtures (test/data/cut3r_reference, float32 CPU)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from loc3r.cut3r import Cut3rConfig, load_cut3r, preprocess_frame
+from loc3r.cut3r.checkpoint import read_official_checkpoint
+
+DATA = Path(__file__).parent / "data" / "cut3r_reference"
+TOL = 1e-4
+VARIANTS = ("linear", "dpt")
+
+
+@pytest.fixture(scope="module", params=VARIANTS)
+def reference(request):
+    name = f"cut3r_tiny_{request.param}"
+    meta = json.loads((DATA / f"{name}.json").read_text())
+    arrays = dict(np.load(DATA / f"{name}.npz"))
+    model = load_cut3r(DATA / f"{name}.pth")
+    frames = [
+        torch.from_numpy(arrays["frames_input"][i : i + 1])
+        for i in range(len(arrays["frames_input"]))
+    ]
+    outputs = model.run(frames, return_intermediates=True)
+    return {
+        "variant": request.param,
+        "meta": meta,
+        "ref": arrays,
+        "model": model,
+        "outputs": outputs,
+    }
+
+
+def _stack(outputs, getter):
+    return np.stack([getter(o)[0].detach().cpu().numpy() for o in outputs])
+
+
+OUTPUT_FIELDS = {
+    "camera_token": lambda o: o.camera_token,
+    "camera_pose": lambda o: o.pose_encoding,
+    "camera_pose_c2w": lambda o: o.pose_c2w,
+    "pts3d_in_self_view": lambda o: o.pts3d_self,
+    "pts3d_in_other_view": lambda o: o.pts3d_world,
+    "conf_self": lambda o: o.conf_self,
+    "conf": lambda o: o.conf_world,
+    "rgb": lambda o: o.rgb,
+}
+INTERMEDIATE_FIELDS = (
+    "enc_feat",
+    "pose_token_in",
+    "dec_block_out",
+    "state_block_out",
+    "dec_final_tokens",
+    "state_feat_after",
+    "mem_after",
+)
+
+
+def test_checkpoint_matches_json_key_list(reference):
+    listed = reference["meta"]["checkpoint"]["state_dict_keys_shapes_dtypes"]
+    state = reference["model"].state_dict()
+    assert len(state) == len(listed) == reference["meta"]["checkpoint"]["state_dict_num_keys"]
+    for key, shape, dtype in listed:
+        assert tuple(state[key].shape) == tuple(shape), key
+        assert str(state[key].dtype) == f"torch.{dtype}"
+
+
+def test_loaded_parameters_equal_checkpoint(reference):
+    _, state_dict = read_official_checkpoint(DATA / f"cut3r_tiny_{reference['variant']}.pth")
+    ours = reference["model"].state_dict()
+    for key, value in state_dict.items():
+        assert torch.equal(ours[key], value.contiguous()), key
+
+
+def test_config_parsed_from_constructor_string(reference):
+    config = reference["model"].config
+    resolved = reference["meta"]["config_resolved"]
+    assert config.head_type == resolved["head_type"]
+    assert config.state_size == resolved["state_size"]
+    assert config.local_mem_size == resolved["local_mem_size"]
+    assert config.state_dec_num_heads == resolved["state_dec_num_heads"]
+    assert config.enc_embed_dim == resolved["croco_kwargs"]["enc_embed_dim"]
+    assert config.dec_embed_dim == resolved["croco_kwargs"]["dec_embed_dim"]
+    assert config.dec_depth == resolved["croco_kwargs"]["dec_depth"]
+    assert config.rope_freq == 100.0
+    assert config.landscape_only is False
+    assert config.conf_mode == ("exp", 1, float("inf"))
+
+
+@pytest.mark.parametrize("field", list(OUTPUT_FIELDS))
+def test_outputs_match_reference(reference, field):
+    ours = _stack(reference["outputs"], OUTPUT_FIELDS[field])
+    expected = reference["ref"][field]
+    assert ours.shape == expected.shape
+    err = float(np.abs(ours - expected).max())
+    assert err <= TOL, f"{reference['variant']} {field}: max abs error {err:.3g}"
+
+
+@pytest.mark.parametrize("field", INTERMEDIATE_FIELDS)
+def test_intermediates_match_reference(reference, field):
+    ours = _stack(reference["outputs"], lambda o: o.intermediates[field])
+    expected = reference["ref"][field]
+    assert ours.shape == expected.shape
+    err = float(np.abs(ours - expected).max())
+    assert err <= TOL, f"{reference['variant']} {field}: max abs error {err:.3g}"
+
+
+def test_initial_state_and_positions(reference):
+    model, ref = reference["model"], reference["ref"]
+    state = model.init_state()
+    assert np.abs(state.state_feat[0].numpy() - ref["init_state_feat"]).max() <= 1e-6
+    assert np.abs(state.memory[0].detach().numpy() - ref["init_mem"]).max() == 0
+    assert np.array_equal(state.state_pos[0].numpy(), ref["state_pos"])
+    _, pos = model.encode(torch.from_numpy(ref["frames_input"][:1]))
+    assert np.array_equal(pos[0].numpy(), ref["patch_pos"])
+
+
+def test_camera_token_width_and_pose_frame(reference):
+    outputs = reference["outputs"]
+    assert outputs[0].camera_token.shape == (1, reference["model"].config.dec_embed_dim)
+    c2w = outputs[0].pose_c2w[0]
+    rotation = c2w[:3, :3]
+    assert torch.allclose(rotation @ rotation.T, torch.eye(3), atol=1e-5)
+    assert torch.equal(c2w[3], torch.tensor([0.0, 0.0, 0.0, 1.0]))
+
+
+def test_preprocessing_reproduces_reference_inputs(reference):
+    ref, variant = reference["ref"], reference["variant"]
+    height, width = ref["frames_uint8"].shape[1:3]
+    for i, frame in enumerate(ref["frames_uint8"]):
+        prepared = preprocess_frame(frame, size=max(height, width), square_ok=(variant == "linear"))
+        assert prepared.true_shape == tuple(int(v) for v in ref["true_shape"][i])
+        assert torch.equal(prepared.image[0], torch.from_numpy(ref["frames_input"][i]))
+
+
+def test_numpy_frames_through_run_match():
+    """Raw uint8 frames -> preprocess -> run gives the reference outputs too (linear model)."""
+    ref = dict(np.load(DATA / "cut3r_tiny_linear.npz"))
+    model = load_cut3r(DATA / "cut3r_tiny_linear.pth")
+    frames = [preprocess_frame(f, size=64, square_ok=True) for f in ref["frames_uint8"]]
+    outputs = model.run(frames)
+    ours = _stack(outputs, lambda o: o.camera_token)
+    assert np.abs(ours - ref["camera_token"]).max() <= TOL
+    poses = _stack(outputs, lambda o: o.pose_c2w)
+    assert np.abs(poses - ref["camera_pose_c2w"]).max() <= TOL
+
+
+def test_tiny_preset_is_small():
+    from loc3r.cut3r import Cut3r
+
+    model = Cut3r(Cut3rConfig.tiny())
+    assert 100_000 < model.num_parameters() < 1_000_000
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_released_architecture_matches_official_layout(variant):
+    """The released string parses to our preset, and its key layout equals the fixture's."""
+    import re
+
+    from loc3r.cut3r import Cut3r
+
+    meta = json.loads((DATA / f"cut3r_tiny_{variant}.json").read_text())
+    config = Cut3rConfig.from_constructor_string(
+        meta["released_model_reference"]["constructor_string"]
+    )
+    assert config == (Cut3rConfig.dpt_512() if variant == "dpt" else Cut3rConfig.linear_224())
+    with torch.device("meta"):
+        model = Cut3r(config)
+    assert config.dec_embed_dim == 768 and config.state_grid_width == 28
+
+    def layout(keys):
+        return {re.sub(r"\.\d+\.", ".N.", k) for k in keys}
+
+    listed = [k for k, _, _ in meta["checkpoint"]["state_dict_keys_shapes_dtypes"]]
+    assert layout(model.state_dict()) == layout(listed)
+    shapes = dict((k, tuple(v.shape)) for k, v in model.state_dict().items())
+    assert shapes["pose_token"] == (1, 1, 768)
+    assert shapes["pose_retriever.mem"] == (1, 256, 1536)
+    assert shapes["register_tokens.weight"] == (768, 1024)
