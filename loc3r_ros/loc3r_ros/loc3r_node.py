@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import rclpy
 from builtin_interfaces.msg import Time
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped, TransformStamped
 from loc3r_interfaces.msg import SituatedResult, Status
 from loc3r_interfaces.srv import Ask, Localize
@@ -41,6 +42,7 @@ from rclpy.qos import (
 )
 from rclpy.task import Future
 from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 from tf2_msgs.msg import TFMessage
 
@@ -53,7 +55,9 @@ from loc3r_ros.conversions import (
     stamp_from_ns,
     stamp_to_ns,
 )
+from loc3r_ros.node_stats import LatencyWindow, RateWindow, resident_memory_bytes
 from loc3r_ros.params import PARAMS, validate
+from loc3r_ros.visualization import diagnostics
 
 LATCHED = QoSProfile(
     depth=1,
@@ -84,6 +88,8 @@ class Loc3rNode(Node):
         self.latency_sum_s = 0.0
         self.queries_answered = 0
         self._pending = 0
+        self.input_rate = RateWindow(window_s=5.0)
+        self.image_cb_latency = LatencyWindow(size=2000)
         self._pending_lock = threading.Lock()
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loc3r-model")
 
@@ -91,6 +97,7 @@ class Loc3rNode(Node):
         self.pose_cov_pub = self.create_publisher(PoseWithCovarianceStamped, "~/agent_pose_cov", 10)
         self.result_pub = self.create_publisher(SituatedResult, "~/result", LATCHED)
         self.status_pub = self.create_publisher(Status, "~/status", 10)
+        self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.tf_pub = self.create_publisher(TFMessage, "/tf", 100)
 
         image_group = MutuallyExclusiveCallbackGroup()
@@ -164,12 +171,15 @@ class Loc3rNode(Node):
         self._ingest(msg.header.stamp, lambda: compressed_msg_to_rgb(msg))
 
     def _ingest(self, stamp, decode) -> None:
+        start = time.perf_counter()
         self.frames_received += 1
+        self.input_rate.tick()
         try:
             self.engine.add_frame(decode(), stamp_to_ns(stamp))
         except Loc3rError as exc:
             self.frames_dropped += 1
             self.get_logger().warning(f"dropped image: {exc}", throttle_duration_sec=5.0)
+        self.image_cb_latency.record(time.perf_counter() - start)
 
     # --- services ------------------------------------------------------------------------------
     async def ask_cb(self, request: Ask.Request, response: Ask.Response) -> Ask.Response:
@@ -286,7 +296,13 @@ class Loc3rNode(Node):
 
     # --- status --------------------------------------------------------------------------------
     def status_cb(self) -> None:
-        """Publish ~/status."""
+        """Publish ~/status and /diagnostics (a failure here is logged, never fatal)."""
+        try:
+            self._publish_status()
+        except Exception as exc:
+            self.get_logger().error(f"status failed: {exc!r}", throttle_duration_sec=10.0)
+
+    def _publish_status(self) -> None:
         msg = Status()
         msg.header.stamp = self.get_clock().now().to_msg()
         ready = self.engine.pipeline is not None
@@ -295,10 +311,30 @@ class Loc3rNode(Node):
         msg.frames_received = self.frames_received
         msg.frames_dropped = self.frames_dropped
         msg.keyframes = len(self.engine.buffer)
+        msg.input_rate_hz = self.input_rate.rate()
+        msg.image_callback_p99_ms = 1000.0 * self.image_cb_latency.percentile(99)
         if self.queries_answered:
             msg.last_query_latency_s = self.last_latency_s
             msg.mean_query_latency_s = self.latency_sum_s / self.queries_answered
+        msg.memory_bytes = resident_memory_bytes()
         self.status_pub.publish(msg)
+        level = DiagnosticStatus.OK if ready else DiagnosticStatus.WARN
+        values = {
+            "state": msg.message,
+            "input_rate_hz": f"{msg.input_rate_hz:.1f}",
+            "frames_received": msg.frames_received,
+            "frames_dropped": msg.frames_dropped,
+            "keyframes": msg.keyframes,
+            "pending_queries": self._pending,
+            "image_callback_p99_ms": f"{msg.image_callback_p99_ms:.3f}",
+            "last_query_latency_s": f"{msg.last_query_latency_s:.3f}",
+            "mean_query_latency_s": f"{msg.mean_query_latency_s:.3f}",
+            "memory_mb": f"{msg.memory_bytes / 2**20:.1f}",
+        }
+        header = Header(stamp=msg.header.stamp)
+        self.diagnostics_pub.publish(
+            diagnostics(header, self.get_fully_qualified_name(), level, msg.message, values)
+        )
 
     def destroy_node(self) -> None:
         """Stop the model thread, then the node."""

@@ -139,11 +139,11 @@ def layout_markers(
 
 
 def diagnostics(
-    header: Header, node_name: str, level: int, message: str, values: dict[str, object]
+    header: Header, node_name: str, level: int | bytes, message: str, values: dict[str, object]
 ) -> DiagnosticArray:
-    """One DiagnosticStatus for the node with key/value pairs."""
+    """One DiagnosticStatus for the node with key/value pairs (level: DiagnosticStatus.OK...)."""
     status = DiagnosticStatus(
-        level=bytes([level]),
+        level=level if isinstance(level, bytes) else bytes([level]),
         name=f"{node_name}: loc3r",
         message=message,
         hardware_id="loc3r",

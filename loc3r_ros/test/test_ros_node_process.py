@@ -12,6 +12,7 @@ isolate_ros_graph()
 rclpy = pytest.importorskip("rclpy")
 pytestmark = pytest.mark.ros
 
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
 from loc3r_interfaces.msg import Status  # noqa: E402
 from loc3r_interfaces.srv import Ask, Localize  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
@@ -54,8 +55,10 @@ def graph(tmp_path_factory):
         assert client.wait_for_service(timeout_sec=30.0), f"/loc3r/{name} missing:\n{server.log()}"
     statuses: list[Status] = []
     node.create_subscription(Status, "/loc3r/status", statuses.append, 10)
+    diagnostics: list[DiagnosticArray] = []
+    node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 10)
     image_pub = node.create_publisher(Image, IMAGE_TOPIC, 10)
-    yield node, clients, statuses, image_pub, server
+    yield node, clients, statuses, diagnostics, image_pub, server
     node.destroy_node()
     rclpy.shutdown()
     code = server.stop()
@@ -94,7 +97,7 @@ def test_valid_question_without_model_says_so(graph):
 
 
 def test_images_are_buffered_and_malformed_ones_dropped(graph):
-    node, clients, statuses, image_pub, _ = graph
+    node, clients, statuses, diagnostics, image_pub, _ = graph
     rng = np.random.default_rng(0)
     assert spin_until(node, lambda: image_pub.get_subscription_count() > 0, 20.0)
     bad = Image(height=4, width=4, encoding="yuv422_weird", step=8, data=bytes(32))
@@ -119,6 +122,13 @@ def test_images_are_buffered_and_malformed_ones_dropped(graph):
     status = statuses[-1]
     assert status.state == Status.STATE_NO_MODEL
     assert status.frames_received >= 7
+    assert status.input_rate_hz > 0.0 and 0.0 < status.image_callback_p99_ms < 100.0
+    assert status.memory_bytes > 50 * 2**20
+    assert diagnostics, "nothing on /diagnostics"
+    entry = diagnostics[-1].status[0]
+    values = {kv.key: kv.value for kv in entry.values}
+    assert entry.level == DiagnosticStatus.WARN and entry.message == "no model loaded"
+    assert int(values["frames_dropped"]) >= 2 and float(values["memory_mb"]) > 50
 
     reply = call(node, clients["reset"], Trigger.Request())
     assert reply.success and reply.message == "scene reset"
