@@ -2,7 +2,7 @@
 
 For demos and tests without rosbag2. Images are published as sensor_msgs/Image (rgb8) on
 --topic at --rate Hz with consecutive stamps; --loop repeats. Unreadable files are skipped with a
-warning. A folder is read in name order (png, jpg, jpeg, bmp).
+warning. A folder is read in name order (see loc3r.video_io).
 """
 
 from __future__ import annotations
@@ -10,46 +10,15 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import cv2
-import numpy as np
 import rclpy
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image
 
+from loc3r.errors import InputError
+from loc3r.video_io import iter_frames
 from loc3r_ros.conversions import rgb_to_image_msg
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
-
-
-def iter_frames(source: Path) -> Iterator[np.ndarray]:
-    """Yield RGB uint8 frames from a folder of images or a video file."""
-    if source.is_dir():
-        files = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise FileNotFoundError(f"no images in {source}")
-        for path in files:
-            bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if bgr is None:
-                print(f"skipping unreadable image {path}", file=sys.stderr)
-                continue
-            yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    elif source.is_file():
-        capture = cv2.VideoCapture(str(source))
-        if not capture.isOpened():
-            raise ValueError(f"cannot open video {source}")
-        try:
-            while True:
-                ok, bgr = capture.read()
-                if not ok:
-                    break
-                yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-        finally:
-            capture.release()
-    else:
-        raise FileNotFoundError(f"no such file or folder: {source}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,8 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     sent = 0
     try:
         while True:
-            for frame in iter_frames(args.source):
-                msg = rgb_to_image_msg(frame, Image)
+            for record in iter_frames(args.source):
+                msg = rgb_to_image_msg(record.image, Image)
                 msg.header.frame_id = args.frame_id
                 msg.header.stamp = node.get_clock().now().to_msg()
                 pub.publish(msg)
@@ -82,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
                 break
     except KeyboardInterrupt:
         pass
-    except (FileNotFoundError, ValueError) as exc:
+    except InputError as exc:
         print(exc, file=sys.stderr)
         return 1
     finally:
