@@ -8,6 +8,7 @@ Poses: the core's AgentPose becomes geometry_msgs PoseWithCovariance.
 
 from __future__ import annotations
 
+import array
 import math
 
 import cv2
@@ -58,8 +59,8 @@ def image_msg_to_rgb(msg) -> np.ndarray:
     step = int(msg.step)
     if step < row_bytes:
         raise InputError(f"image step {step} is smaller than a row ({row_bytes} bytes)")
-    data = msg.data
-    buffer = data if isinstance(data, (bytes, bytearray, memoryview)) else bytes(data)
+    data = msg.data  # array.array('B') from rclpy: a buffer, read without copying
+    buffer = data if isinstance(data, (bytes, bytearray, memoryview, array.array)) else bytes(data)
     if len(buffer) < step * height:
         raise InputError(f"image data has {len(buffer)} bytes, expected {step * height}")
     rows = np.frombuffer(buffer, np.uint8, count=step * height).reshape(height, step)

@@ -145,6 +145,7 @@ class Loc3rNode(Node):
                 max_interval_s=self.p["keyframe_max_interval_s"],
                 min_change=self.p["keyframe_min_change"],
                 capacity=self.p["keyframe_capacity"],
+                max_side=self.p["keyframe_max_side"],
             ),
             max_text_chars=self.p["max_text_chars"],
             query_timeout_s=self.p["query_timeout_s"],

@@ -128,10 +128,18 @@ PARAMS: tuple[ParamSpec, ...] = (
     ),
     ParamSpec(
         "keyframe_capacity",
-        256,
+        64,
         "Keyframes kept in memory (older ones are thinned out)",
         2,
         100000,
+        read_only=True,
+    ),
+    ParamSpec(
+        "keyframe_max_side",
+        512,
+        "Keyframes are stored downscaled to this long side, pixels",
+        16,
+        8192,
         read_only=True,
     ),
     ParamSpec(

@@ -130,3 +130,12 @@ def test_engine_serialises_queries_and_says_busy():
     assert result.pose.position_sigma == pytest.approx(np.sqrt((0.01 + 0.04) / 2))
     answer = engine.ask("What is on my left?")
     assert answer.answer == "1 frames; I am standing in the room" and answer.pose is None
+
+
+def test_keyframes_are_stored_downscaled():
+    buf = KeyframeBuffer(KeyframeConfig(max_side=64))
+    big = np.zeros((480, 640, 3), np.uint8)
+    keyframe = buf.offer(big, 0)
+    assert keyframe.image.shape == (48, 64, 3)
+    small = np.zeros((20, 30, 3), np.uint8)
+    assert buf.offer(small, 10 * SEC).image.shape == (20, 30, 3)
