@@ -81,7 +81,7 @@ class Loc3rNode(Node):
             raise ValueError("invalid parameters: " + "; ".join(reasons))
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
-        self.engine = SceneEngine(self._engine_config(), pipeline=None)
+        self.engine = SceneEngine(self._engine_config(), model=None)
         self.frames_received = 0
         self.frames_dropped = 0
         self.last_latency_s = 0.0
@@ -306,7 +306,7 @@ class Loc3rNode(Node):
     def _publish_status(self) -> None:
         msg = Status()
         msg.header.stamp = self.get_clock().now().to_msg()
-        ready = self.engine.pipeline is not None
+        ready = self.engine.ready
         msg.state = Status.STATE_READY if ready else Status.STATE_NO_MODEL
         msg.message = "ready" if ready else self.engine.no_model_reason
         msg.frames_received = self.frames_received

@@ -95,27 +95,31 @@ class SlowPipeline:
         self.release = threading.Event()
         self.started = threading.Event()
 
-    def localize(self, keyframes, situation):
+    def encode_scene(self, images, camera_tokens):
+        assert camera_tokens is None  # no perception stage in these tests
+        return len(images)
+
+    def localize(self, scene, situation):
         self.started.set()
         self.release.wait(5)
         return AgentPose(1.0, 2.0, 0.5, 0.1, 0.2, 0.05)
 
-    def ask(self, keyframes, question, situation):
-        return f"{len(keyframes)} frames; {situation}", self.localize(keyframes, situation)
+    def answer(self, scene, question, situation):
+        return f"{scene} frames; {situation}", self.localize(scene, situation)
 
 
 def test_engine_reports_missing_model_and_frames():
-    engine = SceneEngine(EngineConfig(), pipeline=None)
+    engine = SceneEngine(EngineConfig(), model=None)
     with pytest.raises(NotReadyError, match="no model loaded"):
         engine.ask("What is here?")
-    engine = SceneEngine(EngineConfig(), pipeline=SlowPipeline())
+    engine = SceneEngine(EngineConfig(), model=SlowPipeline())
     with pytest.raises(NotReadyError, match="no frames yet"):
         engine.localize("I am on the bed")
 
 
 def test_engine_serialises_queries_and_says_busy():
     pipeline = SlowPipeline()
-    engine = SceneEngine(EngineConfig(query_timeout_s=0.05), pipeline=pipeline)
+    engine = SceneEngine(EngineConfig(query_timeout_s=0.05), model=pipeline)
     engine.add_frame(frame(3), 0)
     results = []
     worker = threading.Thread(target=lambda: results.append(engine.localize("I am on the bed")))

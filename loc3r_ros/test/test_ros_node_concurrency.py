@@ -32,13 +32,16 @@ class SlowPipeline:
         self.delay = delay
         self.calls = 0
 
-    def localize(self, keyframes, situation):
+    def encode_scene(self, images, camera_tokens):
+        return len(images)
+
+    def localize(self, scene, situation):
         self.calls += 1
         time.sleep(self.delay)
         return AgentPose(1.0, -0.5, 0.3, 0.2, 0.2, 0.1)
 
-    def ask(self, keyframes, question, situation):
-        return f"{question} / {situation}", self.localize(keyframes, situation)
+    def answer(self, scene, question, situation):
+        return f"{question} / {situation}", self.localize(scene, situation)
 
 
 @pytest.fixture
@@ -54,7 +57,7 @@ def running_node():
             Parameter("query_timeout_s", value=5.0),
         ]
     )
-    node.engine.pipeline = SlowPipeline(delay=0.3)
+    node.engine.model = SlowPipeline(delay=0.3)
     node.engine.add_frame(np.full((32, 32, 3), 7, np.uint8), 1)
     executor = MultiThreadedExecutor(num_threads=2)
     executor.add_node(node)
@@ -99,7 +102,7 @@ def test_ten_concurrent_clients_get_answers_or_busy(running_node):
 
 def test_image_intake_continues_while_a_query_runs(running_node):
     node, client_node = running_node
-    node.engine.pipeline.delay = 2.0
+    node.engine.model.delay = 2.0
     pub = client_node.create_publisher(Image, TOPIC, 50)
     client = client_node.create_client(Ask, "/loc3r/ask")
     assert client.wait_for_service(timeout_sec=10)

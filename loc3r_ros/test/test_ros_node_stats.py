@@ -28,7 +28,8 @@ def test_latency_window_percentiles_and_bound():
 
 def test_resident_memory_is_plausible():
     before = resident_memory_bytes()
-    block = np.ones(50_000_000, np.uint8)  # 50 MB touched
+    # 200 MB is above glibc's largest mmap threshold: fresh pages, whatever the heap held before
+    block = np.ones(200_000_000, np.uint8)
     after = resident_memory_bytes()
-    assert before > 10_000_000 and after - before > 40_000_000
+    assert before > 10_000_000 and after - before > 150_000_000
     del block

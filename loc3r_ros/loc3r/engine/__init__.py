@@ -7,7 +7,8 @@ from loc3r.engine.scene_engine import (
     EngineConfig,
     QueryResult,
     SceneEngine,
-    ScenePipeline,
+    SituatedModel,
+    sample_uniform,
 )
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "KeyframeConfig",
     "QueryResult",
     "SceneEngine",
-    "ScenePipeline",
+    "SituatedModel",
+    "sample_uniform",
     "validate_image",
 ]

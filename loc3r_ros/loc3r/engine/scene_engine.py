@@ -3,8 +3,15 @@
 Data path: camera -> `add_frame` (KeyframeBuffer, never blocks) -> perception worker (CUT3R per
 keyframe) -> scene memory -> `localize` / `ask` (Loc3R-VLM over sampled keyframes) -> results.
 
-The model side is a `ScenePipeline`: anything that turns keyframes plus text into a pose and an
-answer. Without one the engine still buffers frames and answers every query with a clear
+Queries sample `num_query_frames` keyframes uniformly (always including the first keyframe, which
+anchors the scene frame) and hand their images and CUT3R camera tokens to a `SituatedModel`.
+The model's encoding of that video (its "scene prefix": vision features, camera tokens, the LLM's
+KV cache of the video part of the prompt) is cached and reused for every question until
+`refresh_after_keyframes` new keyframes have arrived. Two perception modes:
+- "streaming": camera tokens from the running CUT3R stream (cheap; the robot's default);
+- "faithful": CUT3R re-run from a fresh state over exactly the sampled frames, as in the paper.
+
+Without a model the engine still buffers frames and answers every query with a clear
 "no model loaded" error, so the ROS layer can be exercised on its own.
 """
 
@@ -16,12 +23,15 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
+import torch
 
 from loc3r.engine.frame_buffer import Keyframe, KeyframeBuffer, KeyframeConfig
+from loc3r.engine.perception import Perception, PerceptionWorker
 from loc3r.errors import BusyError, NotReadyError
 from loc3r.text_input import DEFAULT_MAX_CHARS, clean_text
 
 DEFAULT_SITUATION = "I am standing in the room"
+MODES = ("streaming", "faithful")
 
 
 @dataclass
@@ -30,8 +40,20 @@ class EngineConfig:
 
     keyframes: KeyframeConfig = field(default_factory=KeyframeConfig)
     max_text_chars: int = DEFAULT_MAX_CHARS  # longest question/situation accepted
-    min_frames: int = 1  # keyframes needed before a query is answered
+    min_frames: int = 1  # processed keyframes needed before a query is answered
+    num_query_frames: int = 32  # frames the VLM sees per query (paper: 32)
+    mode: str = "streaming"  # "streaming" | "faithful" (see module docstring)
+    refresh_after_keyframes: int = 4  # rebuild the cached scene prefix after this many new ones
     query_timeout_s: float = 30.0  # how long a query waits for the model lock before "busy"
+    perception_wait_s: float = 5.0  # how long a query waits for queued keyframes' CUT3R
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.num_query_frames < 1 or self.min_frames < 1:
+            raise ValueError("num_query_frames and min_frames must be >= 1")
+        if self.refresh_after_keyframes < 1:
+            raise ValueError("refresh_after_keyframes must be >= 1")
 
 
 @dataclass
@@ -63,49 +85,107 @@ class QueryResult:
     last_stamp_ns: int
     latency_s: float
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
+    cached: bool = False  # the scene prefix came from the cache
 
 
-class ScenePipeline(Protocol):
-    """The model side of the engine (CUT3R + Loc3R-VLM, or a test double)."""
+class SituatedModel(Protocol):
+    """Loc3R-VLM as the engine uses it (see loc3r.vlm for the real one)."""
 
-    def localize(self, keyframes: list[Keyframe], situation: str) -> AgentPose:
-        """Estimate the pose of the agent the situation describes."""
+    def encode_scene(self, images: list[np.ndarray], camera_tokens: torch.Tensor) -> object:
+        """Encode the video part of the prompt once: (T, H, W, 3) RGB frames + (T, Cd) tokens."""
         ...
 
-    def ask(
-        self, keyframes: list[Keyframe], question: str, situation: str
-    ) -> tuple[str, AgentPose]:
-        """Answer the question from the situation; also return the situated pose."""
+    def localize(self, scene: object, situation: str) -> AgentPose:
+        """Pose of the agent the situation describes, in the first frame's BEV frame."""
         ...
+
+    def answer(self, scene: object, question: str, situation: str) -> tuple[str, AgentPose]:
+        """Answer from the situation; also return the situated pose."""
+        ...
+
+
+def sample_uniform(count: int, available: int) -> list[int]:
+    """`count` indices spread uniformly over range(available), first and last included."""
+    if available <= count:
+        return list(range(available))
+    return sorted(set(np.linspace(0, available - 1, count).round().astype(int).tolist()))
+
+
+@dataclass
+class _ScenePrefix:
+    key: tuple
+    scene: object
+    frames: list[Keyframe]
+    built_at_keyframe: int  # newest keyframe index when built
+    seconds: dict[str, float]
 
 
 class SceneEngine:
-    """Buffers keyframes and serves situated queries one at a time."""
+    """Buffers keyframes, runs perception, and serves situated queries one at a time."""
 
     def __init__(
         self,
         config: EngineConfig | None = None,
-        pipeline: ScenePipeline | None = None,
+        model: SituatedModel | None = None,
+        perception: Perception | None = None,
         no_model_reason: str = "no model loaded",
     ) -> None:
         self.config = config or EngineConfig()
         self.buffer = KeyframeBuffer(self.config.keyframes)
-        self.pipeline = pipeline
+        self.model = model
+        self.perception = perception
+        self.worker = PerceptionWorker(perception) if perception is not None else None
         self.no_model_reason = no_model_reason
         self._query_lock = threading.Lock()
+        self._prefix: _ScenePrefix | None = None
+        self._generation = 0
 
+    # --- intake ----------------------------------------------------------------------------------
     def add_frame(self, image: np.ndarray, stamp_ns: int) -> bool:
         """Offer an RGB uint8 frame; True if it became a keyframe (InputError if malformed)."""
-        return self.buffer.offer(image, stamp_ns) is not None
+        before = self.buffer.version
+        keyframe = self.buffer.offer(image, stamp_ns)
+        if keyframe is None:
+            return False
+        if keyframe.index == 0 and before != 0:  # the buffer restarted (time went backwards)
+            self._new_scene()
+        if self.worker is not None:
+            self.worker.submit(keyframe)
+        return True
 
     def reset(self) -> None:
-        """Forget the scene (keyframes and everything derived from them)."""
+        """Forget the scene (keyframes, perception state and the cached prefix)."""
         self.buffer.clear()
+        self._new_scene()
 
+    def _new_scene(self) -> None:
+        self._generation += 1
+        self._prefix = None
+        if self.worker is not None:
+            self.worker.reset()
+
+    def close(self) -> None:
+        """Stop the perception thread."""
+        if self.worker is not None:
+            self.worker.close()
+
+    @property
+    def ready(self) -> bool:
+        """A model is loaded."""
+        return self.model is not None
+
+    def processed_keyframes(self) -> list[Keyframe]:
+        """Keyframes that have perception (all of them when there is no perception stage)."""
+        frames = self.buffer.snapshot()
+        if self.perception is None:
+            return frames
+        return [k for k in frames if k.perception is not None]
+
+    # --- queries ---------------------------------------------------------------------------------
     def localize(self, situation: str | bytes, *, wait: bool = True) -> QueryResult:
         """Pose of the agent described by `situation`."""
         situation = clean_text(situation, field="situation", max_chars=self.config.max_text_chars)
-        return self._run(lambda p, kf: ("", p.localize(kf, situation)), wait)
+        return self._run(lambda model, scene: ("", model.localize(scene, situation)), wait)
 
     def ask(
         self, question: str | bytes, situation: str | bytes = "", *, wait: bool = True
@@ -115,34 +195,76 @@ class SceneEngine:
         question = clean_text(question, field="question", max_chars=limit)
         situation = clean_text(situation, field="situation", max_chars=limit, required=False)
 
-        def query(p: ScenePipeline, kf: list[Keyframe]) -> tuple[str, AgentPose | None]:
-            answer, pose = p.ask(kf, question, situation or DEFAULT_SITUATION)
+        def query(model: SituatedModel, scene: object) -> tuple[str, AgentPose | None]:
+            answer, pose = model.answer(scene, question, situation or DEFAULT_SITUATION)
             return answer, pose if situation else None
 
         return self._run(query, wait)
 
     def _run(self, query, wait: bool) -> QueryResult:
-        if self.pipeline is None:
+        if self.model is None:
             raise NotReadyError(self.no_model_reason)
-        keyframes = self.buffer.snapshot()
-        if len(keyframes) < self.config.min_frames:
-            raise NotReadyError(
-                f"no frames yet ({len(keyframes)} keyframes, need {self.config.min_frames})"
-            )
         timeout = self.config.query_timeout_s if wait else 0.0
         if not self._query_lock.acquire(timeout=timeout):
             raise BusyError("busy: another query is running")
         try:
             start = time.perf_counter()
-            answer, pose = query(self.pipeline, keyframes)
+            prefix, cached = self._scene_prefix()
+            t_query = time.perf_counter()
+            answer, pose = query(self.model, prefix.scene)
+            timings = dict(prefix.seconds) if not cached else {}
+            timings["query"] = time.perf_counter() - t_query
             latency = time.perf_counter() - start
         finally:
             self._query_lock.release()
         return QueryResult(
             answer=answer,
             pose=pose,
-            num_frames=len(keyframes),
-            first_stamp_ns=keyframes[0].stamp_ns,
-            last_stamp_ns=keyframes[-1].stamp_ns,
+            num_frames=len(prefix.frames),
+            first_stamp_ns=prefix.frames[0].stamp_ns,
+            last_stamp_ns=prefix.frames[-1].stamp_ns,
             latency_s=latency,
+            timings=timings,
+            cached=cached,
         )
+
+    def _scene_prefix(self) -> tuple[_ScenePrefix, bool]:
+        """The cached scene prefix, or a new one when the scene moved on enough."""
+        if self.worker is not None:  # let queued keyframes finish; else use what is processed
+            self.worker.wait_idle(self.config.perception_wait_s)
+        frames = self.processed_keyframes()
+        if len(frames) < self.config.min_frames:
+            queued = len(self.buffer) - len(frames)
+            detail = f", {queued} still in CUT3R" if queued else ""
+            raise NotReadyError(
+                f"no frames yet ({len(frames)} keyframes ready{detail}, need "
+                f"{self.config.min_frames})"
+            )
+        newest = frames[-1].index
+        prefix = self._prefix
+        if (
+            prefix is not None
+            and prefix.key[0] == self._generation
+            and newest - prefix.built_at_keyframe < self.config.refresh_after_keyframes
+        ):
+            return prefix, True
+        picked = [frames[i] for i in sample_uniform(self.config.num_query_frames, len(frames))]
+        seconds: dict[str, float] = {}
+        t0 = time.perf_counter()
+        tokens = self._camera_tokens(picked)
+        seconds["cut3r"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        scene = self.model.encode_scene([k.image for k in picked], tokens)
+        seconds["encode_scene"] = time.perf_counter() - t1
+        key = (self._generation, tuple(k.index for k in picked))
+        self._prefix = _ScenePrefix(key, scene, picked, newest, seconds)
+        return self._prefix, False
+
+    def _camera_tokens(self, frames: list[Keyframe]) -> torch.Tensor | None:
+        """(T, Cd) CUT3R camera tokens of the frames, per the configured mode."""
+        if self.perception is None:
+            return None
+        if self.config.mode == "faithful":
+            fresh = self.perception.run_fresh([k.image for k in frames])
+            return torch.stack([p.camera_token for p in fresh])
+        return torch.stack([k.perception.camera_token for k in frames])
