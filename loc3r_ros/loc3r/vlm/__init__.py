@@ -7,6 +7,17 @@ from loc3r.vlm.llava_video import (
     LlavaVideoConfig,
     LlavaVideoModel,
 )
+from loc3r.vlm.loc3r_vlm import (
+    DEFAULT_SITUATION,
+    ORI_TOKEN,
+    POS_TOKEN,
+    Loc3rVLM,
+    Loc3rVLMConfig,
+    PosePrediction,
+    ScenePrefix,
+    TrainSample,
+)
+from loc3r.vlm.losses import LossWeights
 from loc3r.vlm.processor import (
     chat_prompt,
     frames_to_pixel_values,
@@ -15,6 +26,15 @@ from loc3r.vlm.processor import (
 )
 
 __all__ = [
+    "DEFAULT_SITUATION",
+    "ORI_TOKEN",
+    "POS_TOKEN",
+    "Loc3rVLM",
+    "Loc3rVLMConfig",
+    "LossWeights",
+    "PosePrediction",
+    "ScenePrefix",
+    "TrainSample",
     "IMAGE_TOKEN_INDEX",
     "LlavaCheckpointError",
     "LlavaVideoConfig",

@@ -1,0 +1,434 @@
+"""Loc3R-VLM (arXiv 2603.18002): LLaVA-Video taught 3D by a camera prior, layout, situation heads.
+
+Paper parts and where they live:
+- Camera pose prior: f_cam, a 2-layer MLP on each frame's CUT3R camera token z'_t, gives one LLM
+  token c_t placed right before the frame's vision tokens: [c_t, v_t1 .. v_tn].
+- Layout reconstruction (training only, `enable_layout_head`): a linear head on the LLM's
+  last-layer hidden states of the vision tokens predicts each patch's BEV (x, y, s_x, s_y).
+- Situation modelling: new tokens <Pos> and <Ori> after the situation text; f_pos (2-layer MLP)
+  reads (x, y, s_x, s_y) from <Pos>'s last hidden state, f_ori 36 heading-bin logits from <Ori>'s.
+  Prompt order: [video] [situation] <Pos> <Ori> [question] [answer]; causal attention lets the
+  two tokens see the video and the situation, not the question.
+
+Choices the paper leaves open (?) are fields of Loc3rVLMConfig with their defaults documented:
+f_cam/f_pos/f_ori hidden width (LLM hidden) and activation (GELU); sigma via softplus + floor;
+whether newline tokens stay in the video (kept, as LLaVA-Video); the time instruction (off).
+Positions are metres in the first frame's gravity-aligned BEV frame; yaw is radians, CCW about +z.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoTokenizer
+
+from loc3r.vlm.llava_video import LlavaVideoConfig, LlavaVideoModel
+from loc3r.vlm.losses import (
+    LossWeights,
+    answer_cross_entropy,
+    gaussian_nll_2d,
+    heading_from_bins,
+    orientation_kl,
+    total_loss,
+)
+from loc3r.vlm.processor import SYSTEM_PROMPT
+
+POS_TOKEN = "<Pos>"
+ORI_TOKEN = "<Ori>"
+DEFAULT_SITUATION = "I am standing in the room"
+
+
+@dataclass
+class Loc3rVLMConfig:
+    """Loc3R-VLM additions to the base model."""
+
+    cam_token_dim: int = 768  # CUT3R decoder width (the camera token z'_t)
+    cam_hidden: int = 0  # f_cam hidden width (?); 0 = the LLM hidden size
+    head_hidden: int = 0  # f_pos / f_ori hidden width (?); 0 = the LLM hidden size
+    num_ori_bins: int = 36  # 10-degree heading bins over [-pi, pi)
+    min_sigma: float = 0.01  # sigma = softplus(raw) + min_sigma, metres (?)
+    use_camera_tokens: bool = True  # the camera prior (ablation switch)
+    enable_layout_head: bool = True  # the layout head exists (used by training only)
+    system_prompt: str = SYSTEM_PROMPT
+    max_new_tokens: int = 32
+    weights: LossWeights = field(default_factory=LossWeights)
+
+    def to_dict(self) -> dict:
+        """JSON-friendly dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Loc3rVLMConfig:
+        """Inverse of to_dict."""
+        data = dict(data)
+        weights = LossWeights(**data.pop("weights", {}))
+        return cls(**data, weights=weights)
+
+
+def mlp(dim_in: int, hidden: int, dim_out: int) -> nn.Sequential:
+    """Linear -> GELU -> Linear."""
+    return nn.Sequential(nn.Linear(dim_in, hidden), nn.GELU(), nn.Linear(hidden, dim_out))
+
+
+@dataclass
+class PosePrediction:
+    """What <Pos> and <Ori> say, in the first frame's BEV frame."""
+
+    xy: torch.Tensor  # (2,) metres
+    sigma: torch.Tensor  # (2,) metres
+    yaw: float  # radians
+    yaw_spread: float  # circular std, radians
+    ori_probs: torch.Tensor  # (B,) bin probabilities
+
+
+@dataclass
+class ScenePrefix:
+    """The encoded video part of the prompt and the LLM's KV cache over it."""
+
+    cache: object  # transformers DynamicCache
+    length: int  # tokens in the prefix
+    num_frames: int
+    last_hidden: torch.Tensor = field(repr=False, default=None)  # (length, H), for visualisation
+
+
+@dataclass
+class TrainSample:
+    """One training example (tensors on the model's device)."""
+
+    pixel_values: torch.Tensor  # (T, 3, S, S) in [-1, 1]
+    camera_tokens: torch.Tensor | None  # (T, cam_token_dim)
+    situation: str
+    question: str
+    answer: str
+    position: torch.Tensor | None = None  # (2,) metres, BEV; None = no situation target
+    yaw: float | None = None  # radians, BEV
+    bev_targets: torch.Tensor | None = None  # (T, g, g, 2) metres per pooled patch
+    bev_mask: torch.Tensor | None = None  # (T, g, g) bool
+
+
+class Loc3rVLM(nn.Module):
+    """LLaVA-Video + f_cam + layout head + f_pos + f_ori, with its tokenizer."""
+
+    def __init__(self, base: LlavaVideoModel, tokenizer, config: Loc3rVLMConfig) -> None:
+        super().__init__()
+        self.base = base
+        self.tokenizer = tokenizer
+        self.config = config
+        hidden = base.config.text["hidden_size"]
+        self.f_cam = mlp(config.cam_token_dim, config.cam_hidden or hidden, hidden)
+        self.f_pos = mlp(hidden, config.head_hidden or hidden, 4)
+        self.f_ori = mlp(hidden, config.head_hidden or hidden, config.num_ori_bins)
+        self.layout_head = nn.Linear(hidden, 4) if config.enable_layout_head else None
+        self._add_special_tokens()
+        self.base.vision_tower.requires_grad_(False)  # SigLIP stays frozen
+
+    # --- vocabulary -------------------------------------------------------------------------------
+    def _add_special_tokens(self) -> None:
+        vocab = self.tokenizer.get_vocab()
+        new = [t for t in (POS_TOKEN, ORI_TOKEN) if t not in vocab]
+        if new:
+            self.tokenizer.add_special_tokens({"additional_special_tokens": new})
+        rows = len(self.tokenizer)
+        embeddings = self.base.language_model.get_input_embeddings()
+        if embeddings.num_embeddings < rows:
+            self.base.resize_vocabulary(rows)
+        self.pos_id = self.tokenizer.convert_tokens_to_ids(POS_TOKEN)
+        self.ori_id = self.tokenizer.convert_tokens_to_ids(ORI_TOKEN)
+        self.stop_ids = tuple(
+            i
+            for i in (
+                self.tokenizer.convert_tokens_to_ids("<|im_end|>"),
+                self.tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+            )
+            if isinstance(i, int) and i >= 0
+        )
+
+    def ids(self, text: str) -> list[int]:
+        """Token ids of plain text (no special tokens added)."""
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+    # --- pieces of the sequence ----------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        """Device of the parameters."""
+        return self.f_cam[0].weight.device
+
+    def video_embeddings(
+        self, pixel_values: torch.Tensor, camera_tokens: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(T, 3, S, S) + (T, Cd) -> video embeddings (N, H) and patch-token index (N,).
+
+        Index value p >= 0 marks the p-th pooled patch (frame-major, row-major); -1 marks the
+        camera and newline tokens.
+        """
+        frames = self.base.frame_tokens(pixel_values.to(self.device))  # (T, 210, H)
+        count, per_frame, hidden = frames.shape
+        side = self.base.config.pooled_grid
+        newline = 1 if per_frame == side * (side + 1) else 0
+        patch = torch.arange(side * side, device=self.device).view(side, side)
+        row = torch.cat([patch, torch.full((side, newline), -1, device=self.device)], dim=1)
+        index = (
+            row.reshape(1, -1) + (torch.arange(count, device=self.device) * side * side)[:, None]
+        )
+        index = torch.where(row.reshape(1, -1) < 0, -1, index)  # (T, 210)
+        if self.config.use_camera_tokens:
+            if camera_tokens is None or camera_tokens.shape != (count, self.config.cam_token_dim):
+                shape = None if camera_tokens is None else tuple(camera_tokens.shape)
+                raise ValueError(
+                    f"expected camera tokens of shape ({count}, {self.config.cam_token_dim}), "
+                    f"got {shape}"
+                )
+            cam = self.f_cam(camera_tokens.to(self.device, frames.dtype))[:, None]  # (T, 1, H)
+            frames = torch.cat([cam, frames], dim=1)
+            index = torch.cat([torch.full((count, 1), -1, device=self.device), index], dim=1)
+        return frames.reshape(-1, hidden), index.reshape(-1)
+
+    def prefix_ids(self) -> tuple[list[int], list[int]]:
+        """Ids before the video and right after it (the scene prefix)."""
+        before = self.ids(
+            f"<|im_start|>system\n{self.config.system_prompt}<|im_end|>\n<|im_start|>user\n"
+        )
+        return before, self.ids("\n")
+
+    def situation_ids(self, situation: str) -> list[int]:
+        """[situation] <Pos> <Ori>."""
+        return [*self.ids(situation.strip() + " "), self.pos_id, self.ori_id]
+
+    def question_ids(self, question: str) -> list[int]:
+        """[question] then the assistant header."""
+        return self.ids(f"\n{question.strip()}<|im_end|>\n<|im_start|>assistant\n")
+
+    def answer_ids(self, answer: str) -> list[int]:
+        """[answer] <|im_end|> (what the LM is trained to produce)."""
+        return self.ids(f"{answer.strip()}<|im_end|>")
+
+    def embed(self, ids: list[int]) -> torch.Tensor:
+        """(L,) ids -> (L, H) embeddings."""
+        tensor = torch.tensor(ids, dtype=torch.long, device=self.device)
+        return self.base.embed_tokens(tensor)
+
+    # --- heads ------------------------------------------------------------------------------------
+    def _sigma(self, raw: torch.Tensor) -> torch.Tensor:
+        return F.softplus(raw.float()) + self.config.min_sigma
+
+    def read_pose(self, pos_hidden: torch.Tensor, ori_hidden: torch.Tensor) -> PosePrediction:
+        """Hidden states of <Pos> and <Ori> (H,) -> PosePrediction."""
+        out = self.f_pos(pos_hidden).float()
+        probs = self.f_ori(ori_hidden).float().softmax(-1)
+        yaw, spread = heading_from_bins(probs)
+        return PosePrediction(
+            out[:2], self._sigma(out[2:]), float(yaw.detach()), float(spread.detach()), probs
+        )
+
+    # --- training ---------------------------------------------------------------------------------
+    def _sample_sequence(self, sample: TrainSample):
+        video, patch_index = self.video_embeddings(sample.pixel_values, sample.camera_tokens)
+        before, after = self.prefix_ids()
+        situation = self.situation_ids(sample.situation or DEFAULT_SITUATION)
+        question, answer = self.question_ids(sample.question), self.answer_ids(sample.answer)
+        embeds = torch.cat(
+            [self.embed(before), video, self.embed(after + situation + question + answer)]
+        )
+        n_before, n_video = len(before), len(video)
+        labels = torch.full((len(embeds),), -100, dtype=torch.long, device=self.device)
+        answer_start = len(embeds) - len(answer)
+        labels[answer_start:] = torch.tensor(answer, device=self.device)
+        pos_at = n_before + n_video + len(after) + len(situation) - 2
+        patch_at = torch.full((len(embeds),), -1, dtype=torch.long, device=self.device)
+        patch_at[n_before : n_before + n_video] = patch_index
+        return embeds, labels, pos_at, patch_at
+
+    def forward_train(self, samples: list[TrainSample]) -> dict[str, torch.Tensor]:
+        """Losses of a batch: ce, bev, pos, ori and their weighted total ("loss")."""
+        sequences = [self._sample_sequence(s) for s in samples]
+        length = max(len(s[0]) for s in sequences)
+        hidden = sequences[0][0].shape[-1]
+        batch = len(sequences)
+        embeds = sequences[0][0].new_zeros(batch, length, hidden)
+        labels = torch.full((batch, length), -100, dtype=torch.long, device=self.device)
+        mask = torch.zeros(batch, length, dtype=torch.long, device=self.device)
+        for i, (e, lab, _, _) in enumerate(sequences):
+            embeds[i, : len(e)], labels[i, : len(e)], mask[i, : len(e)] = e, lab, 1
+        out = self.base.language_model.model(inputs_embeds=embeds, attention_mask=mask)
+        states = out.last_hidden_state  # (B, L, H) after the final norm
+        logits = self.base.language_model.lm_head(states)
+        parts = {"ce": answer_cross_entropy(logits, labels)}
+
+        pos_rows = [(i, s[2]) for i, s in enumerate(sequences) if samples[i].position is not None]
+        if pos_rows:
+            rows = torch.tensor([i for i, _ in pos_rows], device=self.device)
+            cols = torch.tensor([p for _, p in pos_rows], device=self.device)
+            pos_out = self.f_pos(states[rows, cols]).float()
+            target = torch.stack([samples[i].position.float() for i, _ in pos_rows]).to(self.device)
+            parts["pos"] = gaussian_nll_2d(pos_out[:, :2], self._sigma(pos_out[:, 2:]), target)
+            ori_logits = self.f_ori(states[rows, cols + 1]).float()
+            yaw = torch.tensor([samples[i].yaw for i, _ in pos_rows], device=self.device)
+            parts["ori"] = orientation_kl(ori_logits, yaw, self.config.weights.ori_sigma)
+
+        if self.layout_head is not None and any(s.bev_targets is not None for s in samples):
+            preds, sigmas, targets, valid = [], [], [], []
+            for i, (_, _, _, patch_at) in enumerate(sequences):
+                sample = samples[i]
+                if sample.bev_targets is None:
+                    continue
+                where = (patch_at >= 0).nonzero().flatten()
+                out_bev = self.layout_head(states[i, where]).float()
+                flat_targets = sample.bev_targets.reshape(-1, 2).to(self.device).float()
+                flat_mask = sample.bev_mask.reshape(-1).to(self.device)
+                order = patch_at[where]
+                preds.append(out_bev[:, :2])
+                sigmas.append(self._sigma(out_bev[:, 2:]))
+                targets.append(flat_targets[order])
+                valid.append(flat_mask[order])
+            parts["bev"] = gaussian_nll_2d(
+                torch.cat(preds), torch.cat(sigmas), torch.cat(targets), torch.cat(valid)
+            )
+        parts["loss"] = total_loss(parts, self.config.weights)
+        return parts
+
+    # --- inference --------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def encode_scene(
+        self, pixel_values: torch.Tensor, camera_tokens: torch.Tensor | None
+    ) -> ScenePrefix:
+        """Run the LLM over [system, user header, video, newline] once; keep its KV cache."""
+        from transformers import DynamicCache
+
+        video, _ = self.video_embeddings(pixel_values, camera_tokens)
+        before, after = self.prefix_ids()
+        embeds = torch.cat([self.embed(before), video, self.embed(after)])[None]
+        cache = DynamicCache()
+        out = self.base.language_model.model(
+            inputs_embeds=embeds, past_key_values=cache, use_cache=True
+        )
+        return ScenePrefix(
+            out.past_key_values, embeds.shape[1], len(pixel_values), out.last_hidden_state[0]
+        )
+
+    def _continue(self, prefix: ScenePrefix, ids: list[int], offset: int):
+        embeds = self.embed(ids)[None]
+        positions = torch.arange(offset, offset + len(ids), device=self.device)[None]
+        return self.base.language_model.model(
+            inputs_embeds=embeds,
+            past_key_values=prefix.cache,
+            position_ids=positions,
+            use_cache=True,
+        )
+
+    @staticmethod
+    def _truncate(prefix: ScenePrefix) -> None:
+        extra = prefix.cache.get_seq_length() - prefix.length
+        if extra > 0:
+            prefix.cache.crop(-extra)  # a negative value removes that many (transformers 4 and 5)
+
+    @torch.inference_mode()
+    def localize(self, prefix: ScenePrefix, situation: str) -> PosePrediction:
+        """One forward over [situation] <Pos> <Ori> after the cached scene prefix."""
+        try:
+            out = self._continue(prefix, self.situation_ids(situation), prefix.length)
+            states = out.last_hidden_state[0]
+            return self.read_pose(states[-2], states[-1])
+        finally:
+            self._truncate(prefix)
+
+    @torch.inference_mode()
+    def answer(
+        self, prefix: ScenePrefix, question: str, situation: str
+    ) -> tuple[str, PosePrediction]:
+        """Pose from the situation, then the greedy answer to the question."""
+        try:
+            situation_ids = self.situation_ids(situation)
+            out = self._continue(prefix, situation_ids, prefix.length)
+            states = out.last_hidden_state[0]
+            pose = self.read_pose(states[-2], states[-1])
+            offset = prefix.length + len(situation_ids)
+            tokens, _ = self.base.generate_greedy(
+                self.embed(self.question_ids(question))[None],
+                max_new_tokens=self.config.max_new_tokens,
+                stop_ids=self.stop_ids,
+                past_key_values=prefix.cache,
+                position_offset=offset,
+            )
+            text = self.tokenizer.decode(
+                [t for t in tokens if t not in self.stop_ids], skip_special_tokens=True
+            )
+            return text.strip(), pose
+        finally:
+            self._truncate(prefix)
+
+    # --- checkpoints ------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """config.json + model.safetensors + tokenizer files."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        base = self.base.config
+        config = {
+            "format": "loc3r_vlm",
+            "loc3r": self.config.to_dict(),
+            "llava": {
+                "text": base.text,
+                "vision": base.vision,
+                "mm_hidden_size": base.mm_hidden_size,
+                "mm_vision_select_layer": base.mm_vision_select_layer,
+                "mm_spatial_pool_mode": base.mm_spatial_pool_mode,
+                "mm_newline_position": base.mm_newline_position,
+                "pool_stride": base.pool_stride,
+            },
+            "vocab_rows": self.base.language_model.get_input_embeddings().num_embeddings,
+        }
+        (directory / "config.json").write_text(json.dumps(config, indent=2))
+        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        save_file(state, str(directory / "model.safetensors"))
+        self.tokenizer.save_pretrained(str(directory))
+        return directory
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        directory: str | Path,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        attn_implementation: str = "sdpa",
+    ) -> Loc3rVLM:
+        """Load a directory written by save_pretrained (strict: every tensor must match)."""
+        from loc3r.vlm.checkpoint import LlavaCheckpointError, load_state_strict
+
+        directory = Path(directory)
+        try:
+            config = json.loads((directory / "config.json").read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise LlavaCheckpointError(f"{directory}: unreadable config.json ({exc})") from exc
+        if config.get("format") != "loc3r_vlm":
+            raise LlavaCheckpointError(f"{directory} is not a Loc3R-VLM checkpoint")
+        llava = LlavaVideoConfig(**config["llava"], attn_implementation=attn_implementation)
+        tokenizer = AutoTokenizer.from_pretrained(str(directory))
+        base = LlavaVideoModel(llava)
+        base.resize_vocabulary(config["vocab_rows"])
+        model = cls(base, tokenizer, Loc3rVLMConfig.from_dict(config["loc3r"]))
+        try:
+            tensors = load_file(str(directory / "model.safetensors"))
+        except Exception as exc:
+            raise LlavaCheckpointError(
+                f"{directory}: unreadable model.safetensors ({exc})"
+            ) from exc
+        load_state_strict(model, {k: v.to(dtype) for k, v in tensors.items()})
+        return model.to(device=device).eval()
+
+
+__all__ = [
+    "DEFAULT_SITUATION",
+    "ORI_TOKEN",
+    "POS_TOKEN",
+    "Loc3rVLM",
+    "Loc3rVLMConfig",
+    "PosePrediction",
+    "ScenePrefix",
+    "TrainSample",
+]

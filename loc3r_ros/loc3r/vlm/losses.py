@@ -1,0 +1,95 @@
+"""Loc3R-VLM training losses: L = L_CE + w_bev L_BEV + w_sit (L_pos + w_ori L_ori) (paper).
+
+- L_CE: next-token cross-entropy on the answer tokens only (labels -100 elsewhere).
+- L_BEV, L_pos: Gaussian negative log-likelihood of a 2D point with per-axis std,
+  1/2 [(x - x^)^2 / s_x^2 + log s_x^2 + (y - y^)^2 / s_y^2 + log s_y^2], averaged over points.
+- L_ori: KL(target || softmax(logits)) over the heading bins, the target a wrapped Gaussian
+  w_b = exp(-1/2 (wrap(theta - theta_b) / s_ori)^2), normalised.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+
+@dataclass
+class LossWeights:
+    """Loss weights (paper values)."""
+
+    bev: float = 0.05  # w_bev, layout reconstruction
+    situation: float = 0.075  # w_sit, on (L_pos + w_ori L_ori)
+    ori: float = 3.5  # w_ori
+    ori_sigma: float = math.radians(10.0)  # s_ori of the wrapped-Gaussian target (?): one bin
+
+
+def wrap_angle(angle: torch.Tensor) -> torch.Tensor:
+    """Wrap radians to [-pi, pi)."""
+    return torch.remainder(angle + math.pi, 2 * math.pi) - math.pi
+
+
+def bin_centres(num_bins: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Centres of `num_bins` equal heading bins over [-pi, pi): -pi + (b + 1/2) 2 pi / B."""
+    width = 2 * math.pi / num_bins
+    return -math.pi + width * (torch.arange(num_bins, device=device, dtype=dtype) + 0.5)
+
+
+def gaussian_nll_2d(
+    pred_xy: torch.Tensor, sigma_xy: torch.Tensor, target_xy: torch.Tensor, mask=None
+) -> torch.Tensor:
+    """Mean Gaussian NLL of 2D points: (..., 2) predictions, stds (> 0) and targets.
+
+    `mask` (...,) selects the points that count; with no valid point the loss is 0 (and keeps
+    the graph).
+    """
+    var = sigma_xy.square()
+    per_point = 0.5 * ((pred_xy - target_xy).square() / var + var.log()).sum(dim=-1)
+    if mask is None:
+        return per_point.mean()
+    mask = mask.to(per_point.dtype)
+    return (per_point * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def orientation_target(yaw: torch.Tensor, num_bins: int, sigma: float) -> torch.Tensor:
+    """(N,) headings -> (N, B) wrapped-Gaussian bin weights, rows summing to 1."""
+    centres = bin_centres(num_bins, yaw.device, yaw.dtype)
+    delta = wrap_angle(yaw[:, None] - centres[None, :])
+    weights = torch.exp(-0.5 * (delta / sigma).square())
+    return weights / weights.sum(dim=-1, keepdim=True)
+
+
+def orientation_kl(logits: torch.Tensor, yaw: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Mean KL(target || softmax(logits)) over a batch: (N, B) logits, (N,) headings."""
+    target = orientation_target(yaw, logits.shape[-1], sigma)
+    log_pred = F.log_softmax(logits.float(), dim=-1)
+    return F.kl_div(log_pred, target.float(), reduction="batchmean")
+
+
+def heading_from_bins(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Circular soft-argmax and circular std of (..., B) bin probabilities (radians)."""
+    centres = bin_centres(probs.shape[-1], probs.device, probs.dtype)
+    sin = (probs * centres.sin()).sum(-1)
+    cos = (probs * centres.cos()).sum(-1)
+    resultant = torch.sqrt(sin.square() + cos.square()).clamp(1e-12, 1.0)
+    return torch.atan2(sin, cos), torch.sqrt(-2.0 * resultant.log())
+
+
+def answer_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token CE: logits (B, L, V) at i predict labels (B, L) at i + 1 (-100 ignored)."""
+    shifted = logits[:, :-1].float().reshape(-1, logits.shape[-1])
+    targets = labels[:, 1:].reshape(-1)
+    if (targets != -100).sum() == 0:
+        return logits.sum() * 0.0
+    return F.cross_entropy(shifted, targets, ignore_index=-100)
+
+
+def total_loss(parts: dict[str, torch.Tensor], weights: LossWeights) -> torch.Tensor:
+    """L = L_CE + w_bev L_BEV + w_sit (L_pos + w_ori L_ori); absent parts count 0."""
+    zero = next(iter(parts.values())) * 0.0
+    ce = parts.get("ce", zero)
+    bev = parts.get("bev", zero)
+    situation = parts.get("pos", zero) + weights.ori * parts.get("ori", zero)
+    return ce + weights.bev * bev + weights.situation * situation

@@ -1,0 +1,150 @@
+"""Loc3R-VLM on tiny configs: shapes, trained parts, cache equality, checkpoints, overfitting."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from loc3r.vlm import LlavaCheckpointError, Loc3rVLM, TrainSample
+from loc3r.vlm.tiny import build_tiny_loc3r
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(data_dir):
+    return data_dir / "llava_video_reference" / "tiny_llava_video"
+
+
+@pytest.fixture
+def model(tokenizer_dir) -> Loc3rVLM:
+    torch.manual_seed(0)
+    return build_tiny_loc3r(AutoTokenizer.from_pretrained(str(tokenizer_dir)))
+
+
+def sample(seed: int = 0, frames: int = 3) -> TrainSample:
+    g = torch.Generator().manual_seed(seed)
+    return TrainSample(
+        pixel_values=torch.rand(frames, 3, 56, 56, generator=g) * 2 - 1,
+        camera_tokens=torch.randn(frames, 24, generator=g),
+        situation="I am sitting on the bed facing the window",
+        question="What is on my left?",
+        answer="a red lamp",
+        position=torch.tensor([1.5, -0.75]),
+        yaw=math.radians(170.0),
+        bev_targets=torch.randn(frames, 2, 2, 2, generator=g),
+        bev_mask=torch.rand(frames, 2, 2, generator=g) > 0.3,
+    )
+
+
+def test_video_layout_camera_token_before_each_frame(model):
+    s = sample()
+    video, index = model.video_embeddings(s.pixel_values, s.camera_tokens)
+    assert video.shape == (3 * 7, 64)  # per frame: 1 camera + 2 rows x (2 patches + newline)
+    assert index.tolist()[:7] == [-1, 0, 1, -1, 2, 3, -1]
+    assert index.tolist()[7:9] == [-1, 4]
+    cam = model.f_cam(s.camera_tokens)
+    torch.testing.assert_close(video[0], cam[0])
+    torch.testing.assert_close(video[7], cam[1])
+    with pytest.raises(ValueError, match="camera tokens of shape"):
+        model.video_embeddings(s.pixel_values, s.camera_tokens[:2])
+
+
+def test_gradients_reach_exactly_the_trained_parts(model):
+    parts = model.forward_train([sample(0), sample(1, frames=2)])
+    assert set(parts) == {"ce", "pos", "ori", "bev", "loss"}
+    assert all(torch.isfinite(v) for v in parts.values())
+    parts["loss"].backward()
+    for name, param in model.named_parameters():
+        frozen = name.startswith("base.vision_tower.")
+        assert (param.grad is None) == frozen, name
+        if not frozen:
+            assert param.requires_grad, name
+    used_rows = model.base.language_model.get_input_embeddings().weight.grad.abs().sum(-1)
+    assert used_rows[model.pos_id] > 0 and used_rows[model.ori_id] > 0
+
+
+def test_pos_and_ori_do_not_see_the_question(model):
+    model.eval()
+    s = sample()
+    prefix = model.encode_scene(s.pixel_values, s.camera_tokens)
+    a = model.answer(prefix, "What is on my left?", s.situation)[1]
+    b = model.answer(prefix, "How many chairs are there?", s.situation)[1]
+    torch.testing.assert_close(a.xy, b.xy)
+    assert a.yaw == pytest.approx(b.yaw)
+
+
+def test_cached_prefix_equals_uncached_forward(model):
+    model.eval()
+    s = sample()
+    prefix = model.encode_scene(s.pixel_values, s.camera_tokens)
+    first = model.localize(prefix, s.situation)
+    assert prefix.cache.get_seq_length() == prefix.length  # the cache was cropped back
+    model.answer(prefix, "Anything?", "I am by the door")  # another query in between
+    second = model.localize(prefix, s.situation)
+    torch.testing.assert_close(first.xy, second.xy)
+    # Uncached: the whole sequence in one forward pass, no cache at all.
+    video, _ = model.video_embeddings(s.pixel_values, s.camera_tokens)
+    before, after = model.prefix_ids()
+    ids = after + model.situation_ids(s.situation)
+    embeds = torch.cat([model.embed(before), video, model.embed(ids)])[None]
+    with torch.no_grad():
+        states = model.base.language_model.model(inputs_embeds=embeds).last_hidden_state[0]
+    cold = model.read_pose(states[-2], states[-1])
+    torch.testing.assert_close(first.xy, cold.xy, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(first.ori_probs, cold.ori_probs, atol=1e-5, rtol=1e-5)
+    # The answer through the cache equals greedy decoding over the full sequence without cache.
+    text, _ = model.answer(prefix, s.question, s.situation)
+    full = torch.cat([embeds[0], model.embed(model.question_ids(s.question))])[None]
+    tokens = []
+    with torch.no_grad():
+        for _ in range(model.config.max_new_tokens):
+            logits = model.base.language_model(inputs_embeds=full).logits[0, -1]
+            token = int(logits.argmax())
+            if token in model.stop_ids:
+                break
+            tokens.append(token)
+            full = torch.cat([full, model.embed([token])[None]], dim=1)
+    assert text == model.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+
+
+def test_checkpoint_round_trip_and_corruption(model, tmp_path):
+    model.eval()
+    s = sample()
+    expected = model.localize(model.encode_scene(s.pixel_values, s.camera_tokens), s.situation)
+    path = model.save_pretrained(tmp_path / "ckpt")
+    loaded = Loc3rVLM.from_pretrained(path)
+    again = loaded.localize(loaded.encode_scene(s.pixel_values, s.camera_tokens), s.situation)
+    torch.testing.assert_close(expected.xy, again.xy)
+    assert loaded.pos_id == model.pos_id and loaded.ori_id == model.ori_id
+    (path / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(LlavaCheckpointError, match="unreadable model.safetensors"):
+        Loc3rVLM.from_pretrained(path)
+    (path / "config.json").write_text('{"format": "something else"}')
+    with pytest.raises(LlavaCheckpointError, match="not a Loc3R-VLM checkpoint"):
+        Loc3rVLM.from_pretrained(path)
+
+
+def test_overfits_one_batch(model):
+    """200 steps on one tiny batch: position < 0.1 m, yaw < 10 deg, exact answer tokens."""
+    torch.manual_seed(0)
+    batch = [sample(0), sample(1)]
+    batch[1].position, batch[1].yaw = torch.tensor([-2.0, 0.5]), math.radians(-60.0)
+    batch[1].question, batch[1].answer = "How many chairs are there?", "three"
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=3e-3, weight_decay=0.0)
+    model.train()
+    for _ in range(200):
+        optimizer.zero_grad()
+        model.forward_train(batch)["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+    model.eval()
+    for s in batch:
+        prefix = model.encode_scene(s.pixel_values, s.camera_tokens)
+        answer, pose = model.answer(prefix, s.question, s.situation)
+        assert torch.linalg.norm(pose.xy - s.position).item() < 0.1
+        error = abs(math.remainder(pose.yaw - s.yaw, 2 * math.pi))
+        assert math.degrees(error) < 10.0
+        assert answer == s.answer
