@@ -47,6 +47,7 @@ from std_srvs.srv import Trigger
 from tf2_msgs.msg import TFMessage
 
 from loc3r.engine import EngineConfig, KeyframeConfig, QueryResult, SceneEngine
+from loc3r.engine.models import ModelLoadError, load_bundle
 from loc3r.errors import BusyError, Loc3rError
 from loc3r_ros.conversions import (
     agent_pose_to_msg,
@@ -82,6 +83,9 @@ class Loc3rNode(Node):
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         self.engine = SceneEngine(self._engine_config(), model=None)
+        self.model_state = Status.STATE_LOADING
+        self.engine.no_model_reason = "model is loading"
+        self._loader = threading.Thread(target=self._load_models, name="loc3r-load", daemon=True)
         self.frames_received = 0
         self.frames_dropped = 0
         self.last_latency_s = 0.0
@@ -133,9 +137,8 @@ class Loc3rNode(Node):
             Trigger, "~/reset", self.reset_cb, callback_group=query_group
         )
         self.status_timer = self.create_timer(self.p["status_period_s"], self.status_cb)
-        self.get_logger().info(
-            f"listening on {self.p['image_topic']}; model: {self.engine.no_model_reason}"
-        )
+        self.get_logger().info(f"listening on {self.p['image_topic']}; loading the model")
+        self._loader.start()
 
     # --- configuration -------------------------------------------------------------------------
     def _engine_config(self) -> EngineConfig:
@@ -149,7 +152,28 @@ class Loc3rNode(Node):
             ),
             max_text_chars=self.p["max_text_chars"],
             query_timeout_s=self.p["query_timeout_s"],
+            mode=self.p["engine_mode"],
         )
+
+    def _load_models(self) -> None:
+        """Load CUT3R + Loc3R-VLM in the background; the node serves (and buffers) meanwhile."""
+        model_dir = self.p["model_dir"]
+        try:
+            bundle = load_bundle(model_dir or None, self.p["device"])
+        except ModelLoadError as exc:
+            self.model_state = Status.STATE_NO_MODEL
+            self.engine.no_model_reason = f"no model loaded: {exc}"
+            self.get_logger().error(self.engine.no_model_reason)
+            return
+        except Exception as exc:  # never let a loader bug kill the node
+            self.model_state = Status.STATE_ERROR
+            self.engine.no_model_reason = f"no model loaded: {type(exc).__name__}: {exc}"
+            self.get_logger().error(self.engine.no_model_reason)
+            return
+        frames = self.p["num_query_frames"] or bundle.num_query_frames
+        self.engine.set_models(bundle.model, bundle.perception, frames)
+        self.model_state = Status.STATE_READY
+        self.get_logger().info(f"model ready: {bundle.description} ({frames} frames per query)")
 
     def _on_set_parameters(self, params) -> SetParametersResult:
         for param in params:
@@ -307,7 +331,7 @@ class Loc3rNode(Node):
         msg = Status()
         msg.header.stamp = self.get_clock().now().to_msg()
         ready = self.engine.ready
-        msg.state = Status.STATE_READY if ready else Status.STATE_NO_MODEL
+        msg.state = self.model_state
         msg.message = "ready" if ready else self.engine.no_model_reason
         msg.frames_received = self.frames_received
         msg.frames_dropped = self.frames_dropped
@@ -318,8 +342,16 @@ class Loc3rNode(Node):
             msg.last_query_latency_s = self.last_latency_s
             msg.mean_query_latency_s = self.latency_sum_s / self.queries_answered
         msg.memory_bytes = resident_memory_bytes()
+        worker = self.engine.worker
+        if worker is not None:
+            msg.cut3r_ms_per_frame = 1000.0 * worker.mean_seconds()
         self.status_pub.publish(msg)
-        level = DiagnosticStatus.OK if ready else DiagnosticStatus.WARN
+        if ready:
+            level = DiagnosticStatus.OK
+        elif self.model_state == Status.STATE_ERROR:
+            level = DiagnosticStatus.ERROR
+        else:
+            level = DiagnosticStatus.WARN
         values = {
             "state": msg.message,
             "input_rate_hz": f"{msg.input_rate_hz:.1f}",
@@ -331,6 +363,9 @@ class Loc3rNode(Node):
             "last_query_latency_s": f"{msg.last_query_latency_s:.3f}",
             "mean_query_latency_s": f"{msg.mean_query_latency_s:.3f}",
             "memory_mb": f"{msg.memory_bytes / 2**20:.1f}",
+            "cut3r_ms_per_frame": f"{msg.cut3r_ms_per_frame:.1f}",
+            "cut3r_frames_failed": worker.failed if worker is not None else 0,
+            "cut3r_frames_skipped": worker.skipped if worker is not None else 0,
         }
         header = Header(stamp=msg.header.stamp)
         self.diagnostics_pub.publish(
@@ -338,8 +373,9 @@ class Loc3rNode(Node):
         )
 
     def destroy_node(self) -> None:
-        """Stop the model thread, then the node."""
+        """Stop the model and perception threads, then the node."""
         self._model_thread.shutdown(wait=False, cancel_futures=True)
+        self.engine.close()
         super().destroy_node()
 
 

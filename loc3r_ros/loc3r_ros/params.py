@@ -86,6 +86,22 @@ PARAMS: tuple[ParamSpec, ...] = (
         read_only=True,
     ),
     ParamSpec(
+        "engine_mode",
+        "streaming",
+        "CUT3R camera tokens from the running stream (streaming) or re-run over exactly the "
+        "frames the VLM sees (faithful, as in the paper)",
+        choices=("streaming", "faithful"),
+        read_only=True,
+    ),
+    ParamSpec(
+        "num_query_frames",
+        0,
+        "Frames the VLM sees per query; 0 = the model's own setting (32 for the paper's model)",
+        0,
+        256,
+        read_only=True,
+    ),
+    ParamSpec(
         "max_text_chars", 2000, "Longest question or situation accepted, characters", 1, 100000
     ),
     ParamSpec(

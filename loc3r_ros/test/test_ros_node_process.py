@@ -127,7 +127,7 @@ def test_images_are_buffered_and_malformed_ones_dropped(graph):
     assert diagnostics, "nothing on /diagnostics"
     entry = diagnostics[-1].status[0]
     values = {kv.key: kv.value for kv in entry.values}
-    assert entry.level == DiagnosticStatus.WARN and entry.message == "no model loaded"
+    assert entry.level == DiagnosticStatus.WARN and entry.message.startswith("no model loaded")
     assert int(values["frames_dropped"]) >= 2 and float(values["memory_mb"]) > 50
 
     reply = call(node, clients["reset"], Trigger.Request())

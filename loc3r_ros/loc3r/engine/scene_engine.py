@@ -140,6 +140,23 @@ class SceneEngine:
         self._prefix: _ScenePrefix | None = None
         self._generation = 0
 
+    def set_models(
+        self, model: SituatedModel, perception: Perception | None, num_query_frames: int | None
+    ) -> None:
+        """Attach the models once loaded (the engine buffers frames before that)."""
+        with self._query_lock:
+            if self.worker is not None:
+                self.worker.close()
+            self.perception = perception
+            self.worker = PerceptionWorker(perception) if perception is not None else None
+            if num_query_frames:
+                self.config.num_query_frames = num_query_frames
+            self.model = model
+            self._new_scene()
+            if self.worker is not None:  # keyframes buffered before the models arrived
+                for keyframe in self.buffer.snapshot():
+                    self.worker.submit(keyframe)
+
     # --- intake ----------------------------------------------------------------------------------
     def add_frame(self, image: np.ndarray, stamp_ns: int) -> bool:
         """Offer an RGB uint8 frame; True if it became a keyframe (InputError if malformed)."""

@@ -1,0 +1,142 @@
+"""Model bundles for the engine: a Loc3R-VLM checkpoint and a CUT3R checkpoint in one directory.
+
+Layout of a model directory (what `save_bundle` writes and `load_bundle` reads):
+    bundle.json     {"format": "loc3r_bundle", "cut3r_image_size": 224, "num_query_frames": 32}
+    vlm/            Loc3rVLM.save_pretrained (config.json, model.safetensors, tokenizer files)
+    cut3r/          our CUT3R format (config.json, model.safetensors), or cut3r.pth (official)
+The embedded default lives in loc3r/assets/default_model (see README); users point the node's
+`model_dir` at their own bundle, e.g. a Loc3R-VLM fine-tuned from LLaVA-Video-7B with the official
+CUT3R checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from loc3r.cut3r import load_cut3r
+from loc3r.engine.perception import Perception, PerceptionConfig
+from loc3r.engine.scene_engine import AgentPose
+from loc3r.errors import Loc3rError
+from loc3r.vlm import Loc3rVLM, ScenePrefix, frames_to_pixel_values
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "default_model"
+
+
+class ModelLoadError(Loc3rError):
+    """A model directory is missing, incomplete or does not load (message says what)."""
+
+
+class Loc3rSceneModel:
+    """Loc3R-VLM as the engine's SituatedModel: frames + camera tokens -> prefix -> pose/answer."""
+
+    def __init__(self, vlm: Loc3rVLM) -> None:
+        self.vlm = vlm.eval()
+        self.image_size = vlm.base.config.vision["image_size"]
+
+    def encode_scene(self, images: list[np.ndarray], camera_tokens: torch.Tensor | None):
+        """Encode the video part of the prompt once (cached by the engine)."""
+        pixels = frames_to_pixel_values(images, size=self.image_size)
+        return self.vlm.encode_scene(pixels, camera_tokens)
+
+    @staticmethod
+    def _pose(prediction) -> AgentPose:
+        x, y = (float(v) for v in prediction.xy)
+        sx, sy = (float(v) for v in prediction.sigma)
+        return AgentPose(x, y, prediction.yaw, sx, sy, prediction.yaw_spread)
+
+    def localize(self, scene: ScenePrefix, situation: str) -> AgentPose:
+        """Situated pose in the first frame's BEV frame."""
+        return self._pose(self.vlm.localize(scene, situation))
+
+    def answer(self, scene: ScenePrefix, question: str, situation: str) -> tuple[str, AgentPose]:
+        """Answer and situated pose."""
+        text, prediction = self.vlm.answer(scene, question, situation)
+        return text, self._pose(prediction)
+
+
+@dataclass
+class Bundle:
+    """What load_bundle returns."""
+
+    model: Loc3rSceneModel
+    perception: Perception
+    num_query_frames: int
+    description: str
+
+
+def resolve_device(device: str) -> torch.device:
+    """'cpu' | 'cuda' | 'auto' -> a torch device; 'cuda' without CUDA is an error (no fallback)."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError("device 'cuda' requested but CUDA is not available")
+    return torch.device(device)
+
+
+def load_bundle(model_dir: str | Path | None = None, device: str = "cpu") -> Bundle:
+    """Load a model directory (default: the embedded model). Raises ModelLoadError."""
+    root = Path(model_dir) if model_dir else DEFAULT_MODEL_DIR
+    spec_path = root / "bundle.json"
+    if not spec_path.is_file():
+        raise ModelLoadError(f"{root} is not a loc3r model directory (no bundle.json)")
+    try:
+        spec = json.loads(spec_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"{spec_path}: invalid JSON ({exc})") from exc
+    if spec.get("format") != "loc3r_bundle":
+        raise ModelLoadError(f"{spec_path}: format is not loc3r_bundle")
+    torch_device = resolve_device(device)
+    dtype = torch.bfloat16 if torch_device.type == "cuda" else torch.float32
+    cut3r_path = root / "cut3r" if (root / "cut3r").is_dir() else root / "cut3r.pth"
+    try:
+        cut3r = load_cut3r(cut3r_path, device=torch_device, dtype=dtype)
+        vlm = Loc3rVLM.from_pretrained(root / "vlm", device=torch_device)
+    except (OSError, ValueError, Loc3rError) as exc:
+        raise ModelLoadError(f"cannot load {root}: {exc}") from exc
+    except Exception as exc:  # any other loader failure is still a load failure
+        raise ModelLoadError(f"cannot load {root}: {type(exc).__name__}: {exc}") from exc
+    if vlm.config.cam_token_dim != cut3r.config.dec_embed_dim:
+        raise ModelLoadError(
+            f"{root}: the VLM expects {vlm.config.cam_token_dim}-d camera tokens, CUT3R gives "
+            f"{cut3r.config.dec_embed_dim}-d"
+        )
+    perception = Perception(
+        cut3r, PerceptionConfig(image_size=int(spec.get("cut3r_image_size", 512)))
+    )
+    return Bundle(
+        model=Loc3rSceneModel(vlm),
+        perception=perception,
+        num_query_frames=int(spec.get("num_query_frames", 32)),
+        description=spec.get("description", str(root)),
+    )
+
+
+def save_bundle(
+    directory: str | Path,
+    vlm: Loc3rVLM,
+    cut3r,
+    *,
+    cut3r_image_size: int,
+    num_query_frames: int,
+    description: str = "",
+) -> Path:
+    """Write a model directory that load_bundle reads."""
+    from loc3r.cut3r import save_pretrained
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    vlm.save_pretrained(directory / "vlm")
+    save_pretrained(cut3r, directory / "cut3r")
+    spec = {
+        "format": "loc3r_bundle",
+        "cut3r_image_size": cut3r_image_size,
+        "num_query_frames": num_query_frames,
+        "description": description,
+    }
+    (directory / "bundle.json").write_text(json.dumps(spec, indent=2))
+    return directory
