@@ -7,7 +7,11 @@ Publications (under the node's name, default /loc3r/...):
   ~/agent_pose_cov       geometry_msgs/PoseWithCovarianceStamped
   ~/result               loc3r_interfaces/SituatedResult   latched (transient local)
   ~/status               loc3r_interfaces/Status
-  /tf                    tf2_msgs/TFMessage               scene_frame -> agent_frame
+  ~/camera_path          nav_msgs/Path                    CUT3R keyframe trajectory (latched)
+  ~/points               sensor_msgs/PointCloud2          downsampled reconstruction (latched)
+  ~/markers              visualization_msgs/MarkerArray   agent, uncertainty, Q and A (latched)
+  /tf_static             tf2_msgs/TFMessage               scene_frame -> agent_frame (latched)
+  /tf                    tf2_msgs/TFMessage               scene_frame -> camera_frame (per keyframe)
 Services:
   ~/ask                  loc3r_interfaces/srv/Ask
   ~/localize             loc3r_interfaces/srv/Localize
@@ -30,6 +34,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped, TransformStamped
 from loc3r_interfaces.msg import SituatedResult, Status
 from loc3r_interfaces.srv import Ask, Localize
+from nav_msgs.msg import Path
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
@@ -41,10 +46,11 @@ from rclpy.qos import (
     ReliabilityPolicy,
 )
 from rclpy.task import Future
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CompressedImage, Image, PointCloud2
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 from tf2_msgs.msg import TFMessage
+from visualization_msgs.msg import MarkerArray
 
 from loc3r.engine import EngineConfig, KeyframeConfig, QueryResult, SceneEngine
 from loc3r.engine.models import ModelLoadError, load_bundle
@@ -58,7 +64,13 @@ from loc3r_ros.conversions import (
 )
 from loc3r_ros.node_stats import LatencyWindow, RateWindow, resident_memory_bytes
 from loc3r_ros.params import PARAMS, validate
-from loc3r_ros.visualization import diagnostics
+from loc3r_ros.visualization import (
+    agent_markers,
+    camera_path,
+    diagnostics,
+    point_cloud,
+    pose_from_matrix,
+)
 
 LATCHED = QoSProfile(
     depth=1,
@@ -103,6 +115,13 @@ class Loc3rNode(Node):
         self.status_pub = self.create_publisher(Status, "~/status", 10)
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.tf_pub = self.create_publisher(TFMessage, "/tf", 100)
+        self.tf_static_pub = self.create_publisher(TFMessage, "/tf_static", LATCHED)
+        self._static_tfs: dict[str, TransformStamped] = {}
+        self._static_lock = threading.Lock()
+        self.path_pub = self.create_publisher(Path, "~/camera_path", LATCHED)
+        self.cloud_pub = self.create_publisher(PointCloud2, "~/points", LATCHED)
+        self.markers_pub = self.create_publisher(MarkerArray, "~/markers", LATCHED)
+        self._last_viz_stamp = -1
 
         image_group = MutuallyExclusiveCallbackGroup()
         reliability = (
@@ -137,6 +156,9 @@ class Loc3rNode(Node):
             Trigger, "~/reset", self.reset_cb, callback_group=query_group
         )
         self.status_timer = self.create_timer(self.p["status_period_s"], self.status_cb)
+        self.viz_timer = self.create_timer(
+            self.p["viz_period_s"], self.viz_cb, callback_group=MutuallyExclusiveCallbackGroup()
+        )
         self.get_logger().info(f"listening on {self.p['image_topic']}; loading the model")
         self._loader.start()
 
@@ -316,8 +338,46 @@ class Loc3rNode(Node):
             tf.transform.translation.y = position.y
             tf.transform.translation.z = position.z
             tf.transform.rotation = orientation
-            self.tf_pub.publish(TFMessage(transforms=[tf]))
+            self._publish_static_tf(tf)
+            self.markers_pub.publish(
+                agent_markers(msg.header, result.pose, question, result.answer)
+            )
         self.result_pub.publish(msg)
+
+    def _publish_static_tf(self, transform: TransformStamped) -> None:
+        """Latch a transform on /tf_static: late listeners get it, no TF_REPEATED_DATA.
+
+        The agent pose holds until the next query, so it is static in the TF sense; every
+        message carries the whole set (transient-local keeps only the last message).
+        """
+        with self._static_lock:
+            self._static_tfs[transform.child_frame_id] = transform
+            self.tf_static_pub.publish(TFMessage(transforms=list(self._static_tfs.values())))
+
+    # --- visualisation -------------------------------------------------------------------------
+    def viz_cb(self) -> None:
+        """Publish the camera trajectory (Path, TF) and the reconstruction (PointCloud2)."""
+        try:
+            view = self.engine.scene_view(
+                voxel=self.p["cloud_voxel_m"], max_points=self.p["cloud_max_points"]
+            )
+        except Exception as exc:
+            self.get_logger().error(f"scene view failed: {exc!r}", throttle_duration_sec=10.0)
+            return
+        if view is None or view.stamps_ns[-1] == self._last_viz_stamp:
+            return
+        self._last_viz_stamp = view.stamps_ns[-1]
+        stamps = [stamp_from_ns(ns, Time) for ns in view.stamps_ns]
+        header = Header(stamp=stamps[-1], frame_id=self.p["scene_frame"])
+        self.path_pub.publish(camera_path(header, view.camera_poses, stamps))
+        self.cloud_pub.publish(point_cloud(header, view.points, view.colors))
+        tf = TransformStamped(header=header, child_frame_id=self.p["camera_frame"])
+        pose = pose_from_matrix(view.camera_poses[-1])
+        tf.transform.translation.x = pose.position.x
+        tf.transform.translation.y = pose.position.y
+        tf.transform.translation.z = pose.position.z
+        tf.transform.rotation = pose.orientation
+        self.tf_pub.publish(TFMessage(transforms=[tf]))
 
     # --- status --------------------------------------------------------------------------------
     def status_cb(self) -> None:

@@ -45,6 +45,11 @@ def test_engine_answers_with_the_real_pipeline(bundle_dir):
         assert {"cut3r", "encode_scene", "query"} <= set(result.timings)
         again = engine.localize("I am sitting on the bed")
         assert again.cached and (again.pose.x, again.pose.y) == (pose.x, pose.y)
+        view = engine.scene_view(voxel=0.01, max_points=500)
+        assert len(view.camera_poses) == len(view.stamps_ns) == 8
+        np.testing.assert_allclose(view.camera_poses[0][:3, 3], 0.0, atol=1e-6)  # BEV origin
+        assert 0 < len(view.points) <= 500 and view.points.dtype == np.float32
+        assert view.frame.source == "level_camera"
     finally:
         engine.close()
 

@@ -27,6 +27,7 @@ import torch
 
 from loc3r.engine.frame_buffer import Keyframe, KeyframeBuffer, KeyframeConfig
 from loc3r.engine.perception import Perception, PerceptionWorker
+from loc3r.engine.scene_frame import SceneView, level_camera_frame, voxel_downsample
 from loc3r.errors import BusyError, NotReadyError
 from loc3r.text_input import DEFAULT_MAX_CHARS, clean_text
 
@@ -197,6 +198,24 @@ class SceneEngine:
         if self.perception is None:
             return frames
         return [k for k in frames if k.perception is not None]
+
+    # --- the scene, for visualisation -------------------------------------------------------------
+    def scene_view(self, voxel: float = 0.05, max_points: int = 50_000) -> SceneView | None:
+        """Camera trajectory and reconstruction in the BEV frame (None before any perception)."""
+        frames = [k for k in self.buffer.snapshot() if k.perception is not None]
+        if not frames:
+            return None
+        frame = level_camera_frame(frames[0].perception.pose_c2w)
+        points = np.concatenate([k.perception.points for k in frames]).astype(np.float64)
+        colors = np.concatenate([k.perception.colors for k in frames])
+        points, colors = voxel_downsample(frame.points(points), colors, voxel, max_points)
+        return SceneView(
+            frame=frame,
+            camera_poses=[frame.camera_pose(k.perception.pose_c2w) for k in frames],
+            stamps_ns=[k.stamp_ns for k in frames],
+            points=points.astype(np.float32),
+            colors=colors,
+        )
 
     # --- queries ---------------------------------------------------------------------------------
     def localize(self, situation: str | bytes, *, wait: bool = True) -> QueryResult:
