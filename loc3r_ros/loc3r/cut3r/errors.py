@@ -1,7 +1,9 @@
 """Exceptions raised by the CUT3R package (one base class so callers can catch them all)."""
 
+from loc3r.errors import Loc3rError
 
-class Cut3rError(Exception):
+
+class Cut3rError(Loc3rError):
     """Base class of every error raised by `loc3r.cut3r`."""
 
 

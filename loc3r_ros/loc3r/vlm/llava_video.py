@@ -24,6 +24,8 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 from transformers import Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel
 
+from loc3r.errors import Loc3rError
+
 IMAGE_TOKEN_INDEX = -200  # placeholder id of the video in input_ids (LLaVA's convention)
 
 # config.json keys of the LLaVA checkpoint that belong to the Qwen2 language model.
@@ -35,7 +37,7 @@ _QWEN2_KEYS = (
 )  # fmt: skip
 
 
-class LlavaCheckpointError(ValueError):
+class LlavaCheckpointError(Loc3rError, ValueError):
     """A LLaVA-Video checkpoint directory does not match the model (message names the keys)."""
 
 

@@ -389,6 +389,30 @@ class Loc3rVLM(nn.Module):
         return directory
 
     @classmethod
+    def from_base(
+        cls,
+        llava_video_dir: str | Path,
+        vision_tower_dir: str | Path,
+        config: Loc3rVLMConfig,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+        attn_implementation: str = "sdpa",
+    ) -> Loc3rVLM:
+        """A Loc3R-VLM to fine-tune: the lmms-lab LLaVA-Video weights + new (random) f_cam/heads."""
+        from loc3r.vlm.checkpoint import load_llava_video
+
+        base, tokenizer = load_llava_video(
+            llava_video_dir,
+            vision_tower_dir,
+            dtype=dtype,
+            device="cpu",
+            attn_implementation=attn_implementation,
+        )
+        model = cls(base, tokenizer, config)
+        return model.to(device=device, dtype=dtype)
+
+    @classmethod
     def from_pretrained(
         cls,
         directory: str | Path,
@@ -397,8 +421,16 @@ class Loc3rVLM(nn.Module):
         dtype: torch.dtype = torch.float32,
         attn_implementation: str = "sdpa",
     ) -> Loc3rVLM:
-        """Load a directory written by save_pretrained (strict: every tensor must match)."""
-        from loc3r.vlm.checkpoint import LlavaCheckpointError, load_state_strict
+        """Load a directory written by save_pretrained (strict: every tensor must match).
+
+        The model is built on the meta device and filled from the file, so a 7B checkpoint is
+        materialised once, in `dtype` (bfloat16 on GPUs).
+        """
+        from loc3r.vlm.checkpoint import (
+            LlavaCheckpointError,
+            load_state_strict,
+            materialise_buffers,
+        )
 
         directory = Path(directory)
         try:
@@ -409,16 +441,19 @@ class Loc3rVLM(nn.Module):
             raise LlavaCheckpointError(f"{directory} is not a Loc3R-VLM checkpoint")
         llava = LlavaVideoConfig(**config["llava"], attn_implementation=attn_implementation)
         tokenizer = AutoTokenizer.from_pretrained(str(directory))
-        base = LlavaVideoModel(llava)
-        base.resize_vocabulary(config["vocab_rows"])
-        model = cls(base, tokenizer, Loc3rVLMConfig.from_dict(config["loc3r"]))
         try:
             tensors = load_file(str(directory / "model.safetensors"))
         except Exception as exc:
             raise LlavaCheckpointError(
                 f"{directory}: unreadable model.safetensors ({exc})"
             ) from exc
+        with torch.device("meta"):
+            base = LlavaVideoModel(llava)
+            base.resize_vocabulary(config["vocab_rows"])
+            model = cls(base, tokenizer, Loc3rVLMConfig.from_dict(config["loc3r"]))
+        model = model.to_empty(device="cpu").to(dtype)
         load_state_strict(model, {k: v.to(dtype) for k, v in tensors.items()})
+        materialise_buffers(model.base)
         return model.to(device=device).eval()
 
 
