@@ -1,0 +1,129 @@
+"""Episodes: a room, a camera walk through it, rendered frames, and situated questions in BEV.
+
+The BEV frame of an episode is the model's frame: gravity-aligned (the room's true z up),
+origin at the first camera centre, x = the first camera's heading on the floor, y = left.
+Positions and yaws of the questions are given in it (and in the world frame, for checks).
+`bev_targets` gives the layout loss targets: the BEV (x, y) of the surface seen by each patch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from loc3r.engine.scene_frame import SceneFrame, bev_frame
+from loc3r.scenes.render import Frame, camera_pose, intrinsics, render
+from loc3r.scenes.situations import QARecord, make_questions, make_situation
+from loc3r.scenes.world import Room, free_floor_points, generate_room
+
+
+@dataclass
+class EpisodeConfig:
+    """How episodes are made."""
+
+    frames: int = 16  # rendered views per episode
+    image_size: int = 96  # square, pixels
+    fov_deg: float = 75.0
+    camera_height: tuple[float, float] = (1.2, 1.6)  # metres
+    pitch_deg: tuple[float, float] = (-20.0, 0.0)  # negative looks down
+    roll_deg: float = 3.0  # max |roll|
+    situations: int = 4  # situations per episode (each with several questions)
+
+
+@dataclass
+class Episode:
+    """A rendered walk through one room with its questions."""
+
+    seed: int
+    room: Room
+    frames: list[Frame]
+    frame: SceneFrame  # BEV frame (from the first camera and true gravity)
+    records: list[QARecord] = field(default_factory=list)  # positions/yaws in BEV
+
+
+def camera_walk(room: Room, config: EpisodeConfig, rng: np.random.Generator) -> list[np.ndarray]:
+    """Camera-to-world poses of a walk: waypoints on free floor, looking around as it goes."""
+    waypoints = free_floor_points(room, rng, 4, clearance=0.45)
+    if len(waypoints) < 2:
+        waypoints = np.array([[room.width / 2, room.depth / 2]] * 2)
+    steps = np.linspace(0, len(waypoints) - 1, config.frames)
+    positions = np.stack(
+        [np.interp(steps, np.arange(len(waypoints)), waypoints[:, k]) for k in range(2)], axis=1
+    )
+    height = rng.uniform(*config.camera_height)
+    start_yaw = rng.uniform(-math.pi, math.pi)
+    sweep = rng.uniform(1.5 * math.pi, 2.2 * math.pi)  # turn around over the episode
+    poses = []
+    for i, (x, y) in enumerate(positions):
+        t = i / max(config.frames - 1, 1)
+        yaw = start_yaw + sweep * t + 0.3 * math.sin(6 * t)
+        pitch = math.radians(rng.uniform(*config.pitch_deg))
+        roll = math.radians(rng.uniform(-config.roll_deg, config.roll_deg))
+        poses.append(camera_pose(np.array([x, y, height]), yaw, pitch, roll))
+    return poses
+
+
+def make_episode(seed: int, config: EpisodeConfig | None = None) -> Episode:
+    """Room, walk, frames and situated questions for `seed` (deterministic)."""
+    config = config or EpisodeConfig()
+    rng = np.random.default_rng(seed)
+    room = generate_room(seed)
+    K = intrinsics(config.image_size, config.fov_deg)  # noqa: N806
+    size = (config.image_size, config.image_size)
+    frames = [render(room, pose, K, size) for pose in camera_walk(room, config, rng)]
+    frame = bev_frame(frames[0].pose_c2w, np.array([0.0, 0.0, 1.0]), "given")
+    episode = Episode(seed, room, frames, frame)
+    # heading of the BEV x axis in the world: yaw_bev = yaw_world - heading0
+    heading0 = math.atan2(frame.bev_from_world[0, 1], frame.bev_from_world[0, 0])
+    for _ in range(config.situations * 3):
+        if len({r.situation for r in episode.records}) >= config.situations:
+            break
+        situated = make_situation(room, rng)
+        if situated is None:
+            continue
+        for record in make_questions(room, situated, rng):
+            world_xy = np.array([*record.position, frames[0].pose_c2w[2, 3]])
+            bev_xy = frame.points(world_xy[None])[0, :2]
+            record.fields["world_position"] = list(record.position)
+            record.fields["world_yaw"] = record.yaw
+            record.position = (float(bev_xy[0]), float(bev_xy[1]))
+            record.yaw = math.remainder(record.yaw - heading0, 2 * math.pi)
+            episode.records.append(record)
+    return episode
+
+
+def bev_targets(
+    frame: Frame, scene: SceneFrame, grid: int, mode: str = "centre", max_range: float = 20.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """(grid, grid, 2) BEV x, y of the surface seen by each image cell, and a validity mask.
+
+    mode "centre": the cell's centre pixel; "mean": the mean over the cell's valid pixels.
+    Pixels with no depth or beyond `max_range` are invalid.
+    """
+    if mode not in ("centre", "mean"):
+        raise ValueError(f"mode must be 'centre' or 'mean', got {mode!r}")
+    height, width = frame.depth.shape
+    v, u = np.mgrid[0:height, 0:width] + 0.5
+    K = frame.K  # noqa: N806
+    z = frame.depth.astype(np.float64)
+    cam = np.stack([(u - K[0, 2]) / K[0, 0] * z, (v - K[1, 2]) / K[1, 1] * z, z], axis=-1)
+    world = cam @ frame.pose_c2w[:3, :3].T + frame.pose_c2w[:3, 3]
+    bev = scene.points(world.reshape(-1, 3))[:, :2].reshape(height, width, 2)
+    valid = np.isfinite(z) & (z > 0) & (z < max_range)
+    rows = np.linspace(0, height, grid + 1).astype(int)
+    cols = np.linspace(0, width, grid + 1).astype(int)
+    targets = np.zeros((grid, grid, 2))
+    mask = np.zeros((grid, grid), dtype=bool)
+    for i in range(grid):
+        for j in range(grid):
+            if mode == "centre":
+                r, c = (rows[i] + rows[i + 1]) // 2, (cols[j] + cols[j + 1]) // 2
+                targets[i, j], mask[i, j] = bev[r, c], valid[r, c]
+            else:
+                cell = valid[rows[i] : rows[i + 1], cols[j] : cols[j + 1]]
+                if cell.any():
+                    targets[i, j] = bev[rows[i] : rows[i + 1], cols[j] : cols[j + 1]][cell].mean(0)
+                    mask[i, j] = True
+    return targets.astype(np.float32), mask

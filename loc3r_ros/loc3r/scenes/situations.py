@@ -1,0 +1,135 @@
+"""Situations and questions computed from the room's geometry, so answers are right by construction.
+
+A situation places an agent: "I am standing next to the red chair, facing the window" gives the
+agent's position (x, y) and heading yaw (world frame, radians CCW about +z from +x). Questions
+are asked from that viewpoint: relative direction (left / right / in front / behind), nearest
+object, colour, counting, distance, room size. Each record carries its question_type and the
+structured fields the answer came from.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from loc3r.scenes.world import Room, SceneObject, free_floor_points
+
+NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+SITTABLE = {"bed", "sofa", "chair"}
+
+
+@dataclass
+class Situated:
+    """An agent pose described in words."""
+
+    text: str
+    position: tuple[float, float]  # world x, y (metres)
+    yaw: float  # world heading (radians)
+    anchor_id: int
+    target_id: int
+
+
+@dataclass
+class QARecord:
+    """One situated question with its answer (world frame; see dataset.py for the BEV frame)."""
+
+    question_type: str
+    situation: str
+    question: str
+    answers: list[str]
+    position: tuple[float, float]
+    yaw: float
+    fields: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """JSON-friendly."""
+        return asdict(self)
+
+
+def relative_direction(position, yaw: float, point) -> str:
+    """Where `point` is for an agent at `position` facing `yaw`: front, left, behind or right."""
+    dx, dy = point[0] - position[0], point[1] - position[1]
+    angle = math.remainder(math.atan2(dy, dx) - yaw, 2 * math.pi)  # CCW from the heading
+    if abs(angle) <= math.pi / 4:
+        return "in front"
+    if abs(angle) >= 3 * math.pi / 4:
+        return "behind"
+    return "left" if angle > 0 else "right"
+
+
+def _unique_label(room: Room, obj: SceneObject) -> str:
+    """'the chair' when it is the only chair, else 'the red chair'."""
+    same = [o for o in room.objects if o.kind == obj.kind]
+    return f"the {obj.kind}" if len(same) == 1 else f"the {obj.label}"
+
+
+def make_situation(room: Room, rng: np.random.Generator) -> Situated | None:
+    """A random situation: next to / sitting on an object, facing another one."""
+    if len(room.objects) < 2:
+        return None
+    anchor, target = rng.choice(len(room.objects), 2, replace=False)
+    anchor, target = room.objects[int(anchor)], room.objects[int(target)]
+    if anchor.kind in SITTABLE and rng.random() < 0.4:
+        position = np.array(anchor.centre[:2])
+        verb = "sitting on"
+    else:
+        candidates = free_floor_points(room, rng, 12, clearance=0.3)
+        if len(candidates) == 0:
+            return None
+        distances = np.linalg.norm(candidates - np.array(anchor.centre[:2]), axis=1)
+        position = candidates[int(np.argmin(distances))]
+        if distances.min() > 1.6:
+            return None
+        verb = "standing next to"
+    to_target = np.array(target.centre[:2]) - position
+    if np.linalg.norm(to_target) < 0.5:
+        return None
+    yaw = math.atan2(to_target[1], to_target[0])
+    text = f"I am {verb} {_unique_label(room, anchor)}, facing {_unique_label(room, target)}"
+    return Situated(text, (float(position[0]), float(position[1])), yaw, anchor.id, target.id)
+
+
+def make_questions(room: Room, situated: Situated, rng: np.random.Generator) -> list[QARecord]:
+    """Questions from the situated viewpoint (one per type where the geometry allows)."""
+    records: list[QARecord] = []
+    pos, yaw = situated.position, situated.yaw
+
+    def add(question_type: str, question: str, answer: str, **fields) -> None:
+        records.append(QARecord(question_type, situated.text, question, [answer], pos, yaw, fields))
+
+    others = [o for o in room.objects if o.id not in (situated.anchor_id, situated.target_id)]
+    distinct = [o for o in others if sum(p.kind == o.kind for p in room.objects) == 1]
+    if distinct:
+        obj = distinct[int(rng.integers(len(distinct)))]
+        direction = relative_direction(pos, yaw, obj.centre[:2])
+        add("direction", f"Is the {obj.kind} on my left, on my right, in front of me or behind me?",
+            direction, object_id=obj.id)  # fmt: skip
+    by_distance = sorted(
+        room.objects, key=lambda o: math.dist(pos, o.centre[:2]) if o.id != situated.anchor_id
+        else math.inf,
+    )  # fmt: skip
+    nearest = by_distance[0]
+    add("nearest", "What is the closest object to me?", nearest.kind, object_id=nearest.id)
+    side = str(rng.choice(["left", "right", "behind"]))
+    on_side = [o for o in room.objects if relative_direction(pos, yaw, o.centre[:2]) == side]
+    if on_side:
+        closest = min(on_side, key=lambda o: math.dist(pos, o.centre[:2]))
+        phrase = "behind me" if side == "behind" else f"on my {side}"
+        add("what_side", f"What is the closest object {phrase}?", closest.kind,
+            object_id=closest.id, side=side)  # fmt: skip
+    if distinct:
+        obj = distinct[int(rng.integers(len(distinct)))]
+        add("colour", f"What colour is the {obj.kind}?", obj.colour, object_id=obj.id)
+    kinds = sorted({o.kind for o in room.objects})
+    kind = str(rng.choice(kinds))
+    count = sum(o.kind == kind for o in room.objects)
+    plural = "shelves" if kind == "shelf" else f"{kind}s"
+    add("counting", f"How many {plural} are in the room?", NUMBER_WORDS[count], object_kind=kind,
+        count=count)  # fmt: skip
+    target = room.objects[situated.target_id]
+    metres = math.dist(pos, target.centre[:2])
+    add("distance", f"How far am I from the {target.kind}, in metres?", str(round(metres)),
+        object_id=target.id, metres=metres)  # fmt: skip
+    return records

@@ -1,0 +1,137 @@
+"""Procedural scenes: determinism, depth and poses by reprojection, answers checked by geometry."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from loc3r.scenes import (
+    EpisodeConfig,
+    bev_targets,
+    camera_pose,
+    generate_room,
+    intrinsics,
+    make_episode,
+    relative_direction,
+    render,
+)
+from loc3r.scenes.render import cast_rays
+from loc3r.scenes.world import _overlaps
+
+CONFIG = EpisodeConfig(frames=6, image_size=64, situations=3)
+
+
+def test_episodes_are_deterministic():
+    a, b = make_episode(11, CONFIG), make_episode(11, CONFIG)
+    assert all(np.array_equal(x.rgb, y.rgb) for x, y in zip(a.frames, b.frames, strict=True))
+    assert [r.to_dict() for r in a.records] == [r.to_dict() for r in b.records]
+    assert not np.array_equal(a.frames[0].rgb, make_episode(12, CONFIG).frames[0].rgb)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_objects_do_not_overlap_and_stay_inside(seed):
+    room = generate_room(seed)
+    floor = [o for o in room.objects if o.kind not in ("window", "door", "tv")]
+    for i, a in enumerate(floor):
+        corners = a.footprint()
+        assert (corners >= -1e-6).all() and (corners[:, 0] <= room.width + 1e-6).all()
+        for b in floor[i + 1 :]:
+            assert not _overlaps(corners, b.footprint(), 0.0), (a.label, b.label)
+
+
+def test_depth_matches_a_known_plane():
+    room = generate_room(0)
+    room.objects.clear()
+    K = intrinsics(32)  # noqa: N806
+    pose = camera_pose(np.array([1.0, 1.0, 1.0]), yaw=0.0, pitch=0.0)  # facing the +x wall
+    frame = render(room, pose, K, (32, 32))
+    # The optical axis hits the wall x = width head-on: z-depth = width - 1 everywhere on it.
+    centre = frame.depth[16, 16]
+    assert centre == pytest.approx(room.width - 1.0, abs=1e-5)
+
+
+def _backproject(frame, v, u):
+    z = float(frame.depth[v, u])
+    K = frame.K  # noqa: N806
+    cam = np.array([(u + 0.5 - K[0, 2]) / K[0, 0] * z, (v + 0.5 - K[1, 2]) / K[1, 1] * z, z])
+    return frame.pose_c2w[:3, :3] @ cam + frame.pose_c2w[:3, 3]
+
+
+def test_points_from_two_views_agree_within_a_millimetre():
+    """A pixel of view A, back-projected with its depth and pose, is hit by view B's ray to it."""
+    episode = make_episode(3, EpisodeConfig(frames=6, image_size=96))
+    a, b = episode.frames[0], episode.frames[2]
+    room, origin_b = episode.room, b.pose_c2w[:3, 3]
+    checked = 0
+    for v in range(3, 96, 7):
+        for u in range(3, 96, 7):
+            p = _backproject(a, v, u)
+            direction = p - origin_b
+            distance = np.linalg.norm(direction)
+            t, *_ = cast_rays(room, origin_b, (direction / distance)[None])
+            if t[0] < distance - 0.01:
+                continue  # occluded from B
+            assert abs(t[0] - distance) < 1e-3
+            checked += 1
+    assert checked > 50
+
+
+def test_relative_directions_swap_when_the_agent_turns_around():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        pos, point = rng.uniform(0, 5, 2), rng.uniform(0, 5, 2)
+        yaw = rng.uniform(-math.pi, math.pi)
+        angle = abs(math.remainder(math.atan2(*(point - pos)[::-1]) - yaw, 2 * math.pi))
+        if min(abs(angle - math.pi / 4), abs(angle - 3 * math.pi / 4)) < 1e-6:
+            continue  # on a sector boundary
+        swap = {"left": "right", "right": "left", "in front": "behind", "behind": "in front"}
+        assert (
+            relative_direction(pos, yaw + math.pi, point)
+            == swap[relative_direction(pos, yaw, point)]
+        )
+    assert relative_direction((0, 0), 0.0, (1, 0.1)) == "in front"
+    assert relative_direction((0, 0), 0.0, (0.1, 1)) == "left"
+
+
+def test_answers_match_the_geometry():
+    episode = make_episode(7, CONFIG)
+    room = episode.room
+    assert {r.question_type for r in episode.records} >= {"nearest", "counting", "distance"}
+    for record in episode.records:
+        world_pos, world_yaw = record.fields["world_position"], record.fields["world_yaw"]
+        if record.question_type == "counting":
+            kind = record.fields["object_kind"]
+            assert record.fields["count"] == sum(o.kind == kind for o in room.objects)
+        if record.question_type == "direction":
+            obj = room.objects[record.fields["object_id"]]
+            assert record.answers == [relative_direction(world_pos, world_yaw, obj.centre[:2])]
+        if record.question_type == "colour":
+            assert record.answers == [room.objects[record.fields["object_id"]].colour]
+        # BEV pose: the same point seen from the BEV frame
+        bev = episode.frame.points(np.array([[*world_pos, episode.frames[0].pose_c2w[2, 3]]]))[0]
+        assert record.position == pytest.approx(tuple(bev[:2]))
+        assert abs(bev[2]) < 1e-9  # the agent is at camera height: BEV z = 0
+
+
+def test_bev_targets_land_on_known_coordinates_with_a_tilted_first_camera():
+    room = generate_room(0)
+    room.objects.clear()
+    K = intrinsics(64)  # noqa: N806
+    pose = camera_pose(np.array([2.0, 1.5, 1.4]), yaw=0.3, pitch=-0.4, roll=0.2)
+    frame = render(room, pose, K, (64, 64))
+    from loc3r.engine.scene_frame import bev_frame
+
+    scene = bev_frame(pose, np.array([0.0, 0.0, 1.0]), "given")
+    targets, mask = bev_targets(frame, scene, 8, mode="centre")
+    assert mask.all()
+    # the centre pixel of cell (4, 4) is pixel (36, 36): back-project it independently
+    p = _backproject(frame, 36, 36)
+    expected = scene.points(p[None])[0, :2]
+    np.testing.assert_allclose(targets[4, 4], expected, atol=1e-4)
+    # BEV x of the origin is the first camera's heading on the floor: a point 1 m ahead, level
+    ahead = pose[:3, 3] + np.array([math.cos(0.3), math.sin(0.3), 0.0])
+    np.testing.assert_allclose(scene.points(ahead[None])[0], [1.0, 0.0, 0.0], atol=1e-9)
+    mean_targets, mean_mask = bev_targets(frame, scene, 8, mode="mean")
+    assert mean_mask.all() and np.abs(mean_targets - targets).max() < 1.5
