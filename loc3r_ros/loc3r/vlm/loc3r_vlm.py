@@ -292,6 +292,10 @@ class Loc3rVLM(nn.Module):
         parts["loss"] = total_loss(parts, self.config.weights)
         return parts
 
+    def forward(self, samples: list[TrainSample]) -> dict[str, torch.Tensor]:
+        """Training forward (what DistributedDataParallel wraps): see forward_train."""
+        return self.forward_train(samples)
+
     # --- inference --------------------------------------------------------------------------------
     @torch.inference_mode()
     def encode_scene(

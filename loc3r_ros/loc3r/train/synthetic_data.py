@@ -1,0 +1,123 @@
+"""Training data from procedural episodes: frames, cached CUT3R camera tokens, BEV targets, QA.
+
+CUT3R is frozen, so each episode's camera tokens are computed once (CUT3R streamed over exactly
+the frames the VLM sees, as the paper trains) and cached with the episode. Also trains the small
+byte-level BPE tokenizer of the embedded model on the synthetic corpus (tokenizers library).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from loc3r.scenes import EpisodeConfig, bev_targets, make_episode
+from loc3r.scenes.situations import QARecord
+from loc3r.vlm import TrainSample, frames_to_pixel_values
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+@dataclass
+class EpisodeData:
+    """One episode ready for training (CPU tensors)."""
+
+    seed: int
+    frames: np.ndarray  # (T, S, S, 3) uint8
+    camera_tokens: torch.Tensor  # (T, Cd)
+    bev_targets: torch.Tensor  # (T, g, g, 2)
+    bev_mask: torch.Tensor  # (T, g, g) bool
+    records: list[QARecord]
+
+    def samples(self, image_size: int) -> list[TrainSample]:
+        """One TrainSample per question (pixel values shared)."""
+        pixels = frames_to_pixel_values(list(self.frames), size=image_size)
+        return [
+            TrainSample(
+                pixel_values=pixels,
+                camera_tokens=self.camera_tokens,
+                situation=r.situation,
+                question=r.question,
+                answer=r.answers[0],
+                position=torch.tensor(r.position, dtype=torch.float32),
+                yaw=float(r.yaw),
+                bev_targets=self.bev_targets,
+                bev_mask=self.bev_mask,
+            )
+            for r in self.records
+        ]
+
+
+def build_episodes(
+    seeds: list[int],
+    config: EpisodeConfig,
+    perception,
+    grid: int,
+    progress: bool = True,
+) -> list[EpisodeData]:
+    """Render episodes and cache their CUT3R camera tokens and layout targets."""
+    out = []
+    for seed in tqdm(seeds, desc="episodes", disable=not progress):
+        episode = make_episode(seed, config)
+        frames = np.stack([f.rgb for f in episode.frames])
+        if perception is not None:
+            tokens = torch.stack([p.camera_token for p in perception.run_fresh(list(frames))])
+        else:
+            tokens = torch.zeros(len(frames), 1)
+        targets, masks = zip(
+            *(bev_targets(f, episode.frame, grid, mode="mean") for f in episode.frames), strict=True
+        )
+        out.append(
+            EpisodeData(
+                seed=seed,
+                frames=frames,
+                camera_tokens=tokens,
+                bev_targets=torch.from_numpy(np.stack(targets)),
+                bev_mask=torch.from_numpy(np.stack(masks)),
+                records=episode.records,
+            )
+        )
+    return out
+
+
+def corpus(episodes_seeds: list[int], config: EpisodeConfig) -> list[str]:
+    """Every situation, question and answer text of some episodes (for the tokenizer)."""
+    lines = []
+    for seed in episodes_seeds:
+        for record in make_episode(seed, EpisodeConfig(**{**config.__dict__, "frames": 2})).records:
+            lines += [record.situation, record.question, *record.answers]
+    return lines
+
+
+def train_tokenizer(lines: list[str], out_dir: Path | None, vocab_size: int = 600):
+    """A byte-level BPE tokenizer with Qwen2's special tokens.
+
+    Saved for AutoTokenizer when `out_dir` is given. Training is deterministic, so every DDP rank
+    gets the same tokenizer.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    chat = ["system", "user", "assistant", "You are a helpful assistant."]
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tokenizer.train_from_iterator(lines + chat * 50, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+    )
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fast.save_pretrained(str(out_dir))
+    return fast
