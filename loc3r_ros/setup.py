@@ -30,6 +30,7 @@ setup(
             "loc3r_node = loc3r_ros.loc3r_node:main",
             "ask = loc3r_ros.ask_client:main",
             "frame_player = loc3r_ros.frame_player:main",
+            "loc3r = loc3r.cli:main",
         ],
     },
 )

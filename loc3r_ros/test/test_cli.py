@@ -1,0 +1,72 @@
+"""The offline CLI: answers as JSON, a BEV picture, and clear errors for bad input."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import pytest
+from tiny_bundle import make_tiny_bundle
+
+from loc3r.cli import main
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return make_tiny_bundle(tmp_path_factory.mktemp("cli") / "bundle")
+
+
+@pytest.fixture(scope="module")
+def scene_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("scene") / "frames"
+    assert main(["scene", str(out), "--count", "6", "--size", "64"]) == 0
+    return out
+
+
+def run(capsys, *argv) -> tuple[int, dict]:
+    code = main(list(argv))
+    return code, json.loads(capsys.readouterr().out)
+
+
+def test_scene_writes_frames_and_truth(scene_dir):
+    assert len(list(scene_dir.glob("*.png"))) == 6
+    truth = json.loads((scene_dir / "questions.json").read_text())
+    assert truth and {"situation", "question", "answers", "position", "yaw"} <= set(truth[0])
+
+
+def test_ask_prints_answer_pose_and_draws_bev(capsys, bundle, scene_dir, tmp_path):
+    png = tmp_path / "bev.png"
+    code, out = run(capsys, "ask", str(scene_dir), "--question", "What is on my left?",
+                    "--situation", "I am sitting on the bed", "--model", str(bundle),
+                    "--bev-png", str(png))  # fmt: skip
+    assert code == 0, out
+    assert isinstance(out["answer"], str) and out["frames_used"] == 4
+    assert {"x", "y", "yaw_deg", "sigma_x"} <= set(out["pose"])
+    image = cv2.imread(str(png))
+    assert image is not None and image.shape == (640, 640, 3) and image.std() > 0
+    code, out = run(capsys, "localize", str(scene_dir), "--situation", "I am by the door",
+                    "--model", str(bundle), "--mode", "streaming")  # fmt: skip
+    assert code == 0 and "answer" not in out and out["pose"]["sigma_y"] > 0
+
+
+@pytest.mark.parametrize(
+    ("make_source", "argv", "reason"),
+    [
+        (lambda d: d / "missing.mp4", ["--question", "q"], "no such video"),
+        (lambda d: d, ["--question", " "], "question is empty"),
+        (lambda d: d, ["--question", "x" * 100_001], "too long"),
+        (lambda d: d, ["--question", "why\x00"], "control character"),
+    ],
+)
+def test_bad_input_gives_a_clear_error(capsys, bundle, scene_dir, make_source, argv, reason):
+    code, out = run(capsys, "ask", str(make_source(scene_dir)), *argv, "--model", str(bundle))
+    assert code == 2 and reason in out["error"]
+
+
+def test_corrupt_video_and_missing_model(capsys, bundle, tmp_path, scene_dir):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"\x00garbage" * 50)
+    code, out = run(capsys, "ask", str(bad), "--question", "q", "--model", str(bundle))
+    assert code == 2 and "video" in out["error"]
+    code, out = run(capsys, "ask", str(scene_dir), "--question", "q", "--model", str(tmp_path))
+    assert code == 2 and "no bundle.json" in out["error"]
