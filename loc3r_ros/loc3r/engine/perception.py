@@ -173,3 +173,6 @@ class PerceptionWorker:
                 continue
             self.processed += 1
             self.total_seconds += keyframe.perception.seconds
+            with self._lock:
+                if self._queue.empty():
+                    self._idle.set()
