@@ -148,3 +148,30 @@ def test_overfits_one_batch(model):
         error = abs(math.remainder(pose.yaw - s.yaw, 2 * math.pi))
         assert math.degrees(error) < 10.0
         assert answer == s.answer
+
+
+def test_sampling_keeps_to_top_k_and_top_p():
+    from loc3r.vlm.llava_video import SamplingConfig
+
+    scores = torch.tensor([5.0, 4.0, 1.0, -2.0, -9.0])
+    picks = {
+        SamplingConfig(temperature=1.0, top_k=2, top_p=1.0, seed=s).pick(scores) for s in range(50)
+    }
+    assert picks == {0, 1}
+    only_best = {SamplingConfig(top_k=0, top_p=0.5, seed=s).pick(scores) for s in range(20)}
+    assert only_best == {0}
+    with pytest.raises(ValueError):
+        SamplingConfig(temperature=0.0)
+
+
+def test_sampling_mode_answers_through_the_same_cache(model):
+    model.eval()
+    model.config.do_sample = True
+    s = sample()
+    prefix = model.encode_scene(s.pixel_values, s.camera_tokens)
+    text, pose = model.answer(prefix, s.question, s.situation)
+    assert isinstance(text, str) and torch.isfinite(pose.xy).all()
+    assert prefix.cache.get_seq_length() == prefix.length
+    model.config.do_sample = False
+    greedy_pose = model.localize(prefix, s.situation)
+    torch.testing.assert_close(greedy_pose.xy, pose.xy)  # sampling touches only the answer

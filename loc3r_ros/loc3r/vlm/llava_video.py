@@ -116,6 +116,36 @@ class LlavaVideoConfig:
         )
 
 
+@dataclass
+class SamplingConfig:
+    """Sampled decoding instead of greedy (transformers' order: temperature, top-k, top-p)."""
+
+    temperature: float = 0.7
+    top_k: int = 20
+    top_p: float = 0.8
+    seed: int | None = None  # a fixed seed makes sampling reproducible
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+            raise ValueError("need temperature > 0, 0 < top_p <= 1 and top_k >= 0")
+        self._generator = torch.Generator()
+        if self.seed is not None:
+            self._generator.manual_seed(self.seed)
+
+    def pick(self, scores: torch.Tensor) -> int:
+        """Sample one token id from (V,) scores."""
+        logits = scores.float().cpu() / self.temperature
+        if self.top_k:
+            kth = torch.topk(logits, min(self.top_k, logits.numel())).values[-1]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        probs = logits.softmax(-1)
+        ordered, order = probs.sort(descending=True)
+        outside = ordered.cumsum(-1) - ordered > self.top_p  # keep the smallest set >= top_p
+        ordered[outside] = 0.0
+        probs = torch.zeros_like(probs).scatter(0, order, ordered)
+        return int(torch.multinomial(probs / probs.sum(), 1, generator=self._generator))
+
+
 class LlavaVideoModel(nn.Module):
     """SigLIP + projector + pooled grid tokens + Qwen2, the LLaVA-Video video path."""
 
@@ -223,6 +253,7 @@ class LlavaVideoModel(nn.Module):
         repetition_penalty: float = 1.0,
         past_key_values=None,
         position_offset: int = 0,
+        sampling: SamplingConfig | None = None,
     ) -> tuple[list[int], list[torch.Tensor]]:
         """Greedy decoding with the KV cache; returns new token ids and each step's raw logits.
 
@@ -255,7 +286,7 @@ class LlavaVideoModel(nn.Module):
                 scores[seen] = torch.where(
                     picked > 0, picked / repetition_penalty, picked * repetition_penalty
                 )
-            token = int(scores.argmax())
+            token = int(scores.argmax()) if sampling is None else sampling.pick(scores)
             tokens.append(token)
             if token in stop_ids:
                 break

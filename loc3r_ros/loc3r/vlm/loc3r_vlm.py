@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoTokenizer
 
-from loc3r.vlm.llava_video import LlavaVideoConfig, LlavaVideoModel
+from loc3r.vlm.llava_video import LlavaVideoConfig, LlavaVideoModel, SamplingConfig
 from loc3r.vlm.losses import (
     LossWeights,
     answer_cross_entropy,
@@ -57,6 +57,10 @@ class Loc3rVLMConfig:
     enable_layout_head: bool = True  # the layout head exists (used by training only)
     system_prompt: str = SYSTEM_PROMPT
     max_new_tokens: int = 32
+    do_sample: bool = False  # greedy by default; True samples with the settings below
+    temperature: float = 0.7  # LLaVA-Video's generation_config values
+    top_k: int = 20
+    top_p: float = 0.8
     weights: LossWeights = field(default_factory=LossWeights)
 
     def to_dict(self) -> dict:
@@ -358,6 +362,11 @@ class Loc3rVLM(nn.Module):
                 stop_ids=self.stop_ids,
                 past_key_values=prefix.cache,
                 position_offset=offset,
+                sampling=(
+                    SamplingConfig(self.config.temperature, self.config.top_k, self.config.top_p)
+                    if self.config.do_sample
+                    else None
+                ),
             )
             text = self.tokenizer.decode(
                 [t for t in tokens if t not in self.stop_ids], skip_special_tokens=True
