@@ -122,6 +122,7 @@ class Loc3rNode(Node):
         self.cloud_pub = self.create_publisher(PointCloud2, "~/points", LATCHED)
         self.markers_pub = self.create_publisher(MarkerArray, "~/markers", LATCHED)
         self._last_viz_stamp = -1
+        self._gravity_source = "unknown (no reconstruction yet)"
 
         image_group = MutuallyExclusiveCallbackGroup()
         reliability = (
@@ -367,6 +368,7 @@ class Loc3rNode(Node):
         if view is None or view.stamps_ns[-1] == self._last_viz_stamp:
             return
         self._last_viz_stamp = view.stamps_ns[-1]
+        self._gravity_source = f"{view.frame.source}: {view.frame.detail}"
         stamps = [stamp_from_ns(ns, Time) for ns in view.stamps_ns]
         header = Header(stamp=stamps[-1], frame_id=self.p["scene_frame"])
         self.path_pub.publish(camera_path(header, view.camera_poses, stamps))
@@ -426,6 +428,7 @@ class Loc3rNode(Node):
             "cut3r_ms_per_frame": f"{msg.cut3r_ms_per_frame:.1f}",
             "cut3r_frames_failed": worker.failed if worker is not None else 0,
             "cut3r_frames_skipped": worker.skipped if worker is not None else 0,
+            "gravity": self._gravity_source,
         }
         header = Header(stamp=msg.header.stamp)
         self.diagnostics_pub.publish(

@@ -49,7 +49,11 @@ def test_engine_answers_with_the_real_pipeline(bundle_dir):
         assert len(view.camera_poses) == len(view.stamps_ns) == 8
         np.testing.assert_allclose(view.camera_poses[0][:3, 3], 0.0, atol=1e-6)  # BEV origin
         assert 0 < len(view.points) <= 500 and view.points.dtype == np.float32
-        assert view.frame.source == "level_camera"
+        assert view.frame.source in ("floor_fit", "level_camera") and view.frame.detail
+        engine.set_gravity(np.array([0.0, -1.0, 0.0]))
+        given = engine.scene_view()
+        assert given.frame.source == "given"
+        np.testing.assert_allclose(given.camera_poses[0][:3, 3], 0.0, atol=1e-6)
     finally:
         engine.close()
 

@@ -26,8 +26,9 @@ import numpy as np
 import torch
 
 from loc3r.engine.frame_buffer import Keyframe, KeyframeBuffer, KeyframeConfig
+from loc3r.engine.gravity import estimate_up
 from loc3r.engine.perception import Perception, PerceptionWorker
-from loc3r.engine.scene_frame import SceneView, level_camera_frame, voxel_downsample
+from loc3r.engine.scene_frame import SceneFrame, SceneView, bev_frame, voxel_downsample
 from loc3r.errors import BusyError, NotReadyError
 from loc3r.text_input import DEFAULT_MAX_CHARS, clean_text
 
@@ -140,6 +141,8 @@ class SceneEngine:
         self._query_lock = threading.Lock()
         self._prefix: _ScenePrefix | None = None
         self._generation = 0
+        self._given_up: np.ndarray | None = None
+        self._frame_cache: tuple | None = None
 
     def set_models(
         self, model: SituatedModel, perception: Perception | None, num_query_frames: int | None
@@ -200,12 +203,33 @@ class SceneEngine:
         return [k for k in frames if k.perception is not None]
 
     # --- the scene, for visualisation -------------------------------------------------------------
+    def set_gravity(self, up_world: np.ndarray | None) -> None:
+        """Gravity's up direction in CUT3R's world from the caller (IMU/TF), or None to estimate."""
+        self._given_up = None if up_world is None else np.asarray(up_world, dtype=np.float64)
+        self._frame_cache = None
+
+    def scene_frame(self, frames: list[Keyframe] | None = None) -> SceneFrame | None:
+        """The BEV frame (given gravity > floor fit > level camera), cached per keyframe set."""
+        frames = frames if frames is not None else self.processed_keyframes()
+        frames = [k for k in frames if k.perception is not None]
+        if not frames:
+            return None
+        key = (self._generation, frames[0].index, len(frames), frames[-1].index)
+        if self._frame_cache is not None and self._frame_cache[0] == key:
+            return self._frame_cache[1]
+        points = np.concatenate([k.perception.points for k in frames])
+        poses = [k.perception.pose_c2w for k in frames]
+        estimate = estimate_up(points, poses, self._given_up)
+        frame = bev_frame(poses[0], estimate.up, estimate.source, estimate.detail)
+        self._frame_cache = (key, frame)
+        return frame
+
     def scene_view(self, voxel: float = 0.05, max_points: int = 50_000) -> SceneView | None:
         """Camera trajectory and reconstruction in the BEV frame (None before any perception)."""
         frames = [k for k in self.buffer.snapshot() if k.perception is not None]
         if not frames:
             return None
-        frame = level_camera_frame(frames[0].perception.pose_c2w)
+        frame = self.scene_frame(frames)
         points = np.concatenate([k.perception.points for k in frames]).astype(np.float64)
         colors = np.concatenate([k.perception.colors for k in frames])
         points, colors = voxel_downsample(frame.points(points), colors, voxel, max_points)

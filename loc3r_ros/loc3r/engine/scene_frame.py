@@ -21,6 +21,7 @@ class SceneFrame:
 
     bev_from_world: np.ndarray  # (4, 4) maps CUT3R world points into the BEV frame
     source: str  # "given" | "floor_fit" | "level_camera"
+    detail: str = ""  # how the up direction was obtained
 
     def points(self, points_world: np.ndarray) -> np.ndarray:
         """(N, 3) CUT3R world points -> BEV."""
@@ -32,7 +33,9 @@ class SceneFrame:
         return self.bev_from_world @ pose_c2w
 
 
-def bev_frame(first_pose_c2w: np.ndarray, up_world: np.ndarray, source: str) -> SceneFrame:
+def bev_frame(
+    first_pose_c2w: np.ndarray, up_world: np.ndarray, source: str, detail: str = ""
+) -> SceneFrame:
     """The BEV frame for a given up direction (in CUT3R world) and the first camera pose."""
     up = np.asarray(up_world, dtype=np.float64)
     up = up / np.linalg.norm(up)
@@ -47,7 +50,7 @@ def bev_frame(first_pose_c2w: np.ndarray, up_world: np.ndarray, source: str) -> 
     bev_from_world = np.eye(4)
     bev_from_world[:3, :3] = rotation
     bev_from_world[:3, 3] = -rotation @ first_pose_c2w[:3, 3]
-    return SceneFrame(bev_from_world, source)
+    return SceneFrame(bev_from_world, source, detail)
 
 
 def level_camera_frame(first_pose_c2w: np.ndarray) -> SceneFrame:
