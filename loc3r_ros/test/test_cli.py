@@ -70,3 +70,22 @@ def test_corrupt_video_and_missing_model(capsys, bundle, tmp_path, scene_dir):
     assert code == 2 and "video" in out["error"]
     code, out = run(capsys, "ask", str(scene_dir), "--question", "q", "--model", str(tmp_path))
     assert code == 2 and "no bundle.json" in out["error"]
+
+
+def test_one_frame_no_frames_and_non_utf8(capsys, bundle, scene_dir, tmp_path):
+    single = tmp_path / "one"
+    single.mkdir()
+    first = sorted(scene_dir.glob("*.png"))[0]
+    (single / first.name).write_bytes(first.read_bytes())
+    code, out = run(capsys, "localize", str(single), "--situation", "I am on the bed",
+                    "--model", str(bundle))  # fmt: skip
+    assert code == 0 and out["frames_used"] == 1
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, out = run(capsys, "ask", str(empty), "--question", "q", "--model", str(bundle))
+    assert code == 2 and "no images" in out["error"]
+    # a non-UTF-8 byte on the command line arrives as a lone surrogate (surrogateescape)
+    code, out = run(
+        capsys, "ask", str(scene_dir), "--question", "caf\udce9?", "--model", str(bundle)
+    )
+    assert code == 2 and "not valid UTF-8" in out["error"]
