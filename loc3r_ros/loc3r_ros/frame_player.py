@@ -29,6 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frame-id", default="camera_optical_frame")
     parser.add_argument("--rate", type=float, default=10.0, help="frames per second")
     parser.add_argument("--loop", action="store_true")
+    parser.add_argument(
+        "--wait-subscribers",
+        type=float,
+        default=10.0,
+        help="seconds to wait for a subscriber before publishing (0: do not wait)",
+    )
     args = parser.parse_args(rclpy.utilities.remove_ros_args(argv or sys.argv)[1:])
     if args.rate <= 0:
         parser.error("--rate must be positive")
@@ -38,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     pub = node.create_publisher(Image, args.topic, qos_profile_sensor_data)
     period = 1.0 / args.rate
     sent = 0
+    deadline = time.monotonic() + args.wait_subscribers
+    while pub.get_subscription_count() == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2 if pub.get_subscription_count() else 0.0)  # let the match settle both ways
     try:
         while True:
             for record in iter_frames(args.source):

@@ -28,6 +28,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import rclpy
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
@@ -46,6 +47,7 @@ from rclpy.qos import (
     ReliabilityPolicy,
 )
 from rclpy.task import Future
+from scipy.spatial.transform import Rotation
 from sensor_msgs.msg import CompressedImage, Image, PointCloud2
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
@@ -53,6 +55,7 @@ from tf2_msgs.msg import TFMessage
 from visualization_msgs.msg import MarkerArray
 
 from loc3r.engine import EngineConfig, KeyframeConfig, QueryResult, SceneEngine
+from loc3r.engine.alignment import AlignmentError, umeyama
 from loc3r.engine.models import ModelLoadError, load_bundle
 from loc3r.errors import BusyError, Loc3rError
 from loc3r_ros.conversions import (
@@ -64,6 +67,7 @@ from loc3r_ros.conversions import (
 )
 from loc3r_ros.node_stats import LatencyWindow, RateWindow, resident_memory_bytes
 from loc3r_ros.params import PARAMS, validate
+from loc3r_ros.tf_buffer import TfBuffer
 from loc3r_ros.visualization import (
     agent_markers,
     camera_path,
@@ -122,6 +126,26 @@ class Loc3rNode(Node):
         self.cloud_pub = self.create_publisher(PointCloud2, "~/points", LATCHED)
         self.markers_pub = self.create_publisher(MarkerArray, "~/markers", LATCHED)
         self._last_viz_stamp = -1
+        self._camera_frame_id = ""
+        self.anchor_rms = float("nan")
+        self.tf_buffer = TfBuffer(cache_s=120.0)
+        if self.p["parent_frame"]:
+            tf_group = MutuallyExclusiveCallbackGroup()
+            tf_qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+            self.create_subscription(
+                TFMessage,
+                "/tf",
+                lambda m: self.tf_buffer.add_message(m, static=False),
+                tf_qos,
+                callback_group=tf_group,
+            )
+            self.create_subscription(
+                TFMessage,
+                "/tf_static",
+                lambda m: self.tf_buffer.add_message(m, static=True),
+                LATCHED,
+                callback_group=tf_group,
+            )
         self._gravity_source = "unknown (no reconstruction yet)"
 
         image_group = MutuallyExclusiveCallbackGroup()
@@ -212,10 +236,12 @@ class Loc3rNode(Node):
     # --- camera --------------------------------------------------------------------------------
     def image_cb(self, msg: Image) -> None:
         """Hand a raw image to the engine; malformed images are counted and dropped."""
+        self._camera_frame_id = msg.header.frame_id
         self._ingest(msg.header.stamp, lambda: image_msg_to_rgb(msg))
 
     def compressed_cb(self, msg: CompressedImage) -> None:
         """Hand a compressed image to the engine (decoded here, lazily)."""
+        self._camera_frame_id = msg.header.frame_id
         self._ingest(msg.header.stamp, lambda: compressed_msg_to_rgb(msg))
 
     def _ingest(self, stamp, decode) -> None:
@@ -380,6 +406,50 @@ class Loc3rNode(Node):
         tf.transform.translation.z = pose.position.z
         tf.transform.rotation = pose.orientation
         self.tf_pub.publish(TFMessage(transforms=[tf]))
+        if self.p["parent_frame"] and self._camera_frame_id:
+            self._anchor(view, header)
+
+    def _anchor(self, view, header: Header) -> None:
+        """Align the CUT3R camera path to the TF camera path; publish parent -> scene frame.
+
+        Gravity from TF (the parent's z axis, seen from the first keyframe's camera) also feeds
+        the engine's scene frame. Keyframes without TF at their stamp are left out.
+        """
+        parent, camera = self.p["parent_frame"], self._camera_frame_id
+        scene_centres, tf_centres = [], []
+        first_rotation = None
+        for pose, stamp_ns in zip(view.camera_poses, view.stamps_ns, strict=True):
+            try:
+                t_parent_camera = self.tf_buffer.lookup(parent, camera, stamp_ns)
+            except LookupError:
+                continue
+            if first_rotation is None and stamp_ns == view.stamps_ns[0]:
+                first_rotation = t_parent_camera[:3, :3]
+            scene_centres.append(pose[:3, 3])
+            tf_centres.append(t_parent_camera[:3, 3])
+        if first_rotation is not None:  # up = parent's +z in the first camera (= CUT3R) frame
+            self.engine.set_gravity(first_rotation.T @ np.array([0.0, 0.0, 1.0]))
+        if len(scene_centres) < 3:
+            return
+        try:
+            fit = umeyama(np.array(scene_centres), np.array(tf_centres), with_scale=False)
+        except AlignmentError as exc:
+            self.get_logger().warning(f"anchoring skipped: {exc}", throttle_duration_sec=10.0)
+            return
+        self.anchor_rms = fit.rms
+        anchor = TransformStamped(
+            header=Header(stamp=header.stamp, frame_id=parent),
+            child_frame_id=self.p["scene_frame"],
+        )
+        q = Rotation.from_matrix(fit.rotation).as_quat()
+        (
+            anchor.transform.translation.x,
+            anchor.transform.translation.y,
+            anchor.transform.translation.z,
+        ) = (float(v) for v in fit.translation)
+        anchor.transform.rotation.x, anchor.transform.rotation.y = float(q[0]), float(q[1])
+        anchor.transform.rotation.z, anchor.transform.rotation.w = float(q[2]), float(q[3])
+        self._publish_static_tf(anchor)
 
     # --- status --------------------------------------------------------------------------------
     def status_cb(self) -> None:
@@ -429,6 +499,7 @@ class Loc3rNode(Node):
             "cut3r_frames_failed": worker.failed if worker is not None else 0,
             "cut3r_frames_skipped": worker.skipped if worker is not None else 0,
             "gravity": self._gravity_source,
+            "anchor_rms_m": f"{self.anchor_rms:.3f}",
         }
         header = Header(stamp=msg.header.stamp)
         self.diagnostics_pub.publish(

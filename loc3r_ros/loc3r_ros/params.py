@@ -73,6 +73,13 @@ PARAMS: tuple[ParamSpec, ...] = (
         read_only=True,
     ),
     ParamSpec(
+        "parent_frame",
+        "",
+        "Robot frame to anchor the scene in (e.g. map or odom); empty = the scene frame is a "
+        "root. Needs TF parent -> the camera frame of the images",
+        read_only=True,
+    ),
+    ParamSpec(
         "model_dir",
         "",
         "Loc3R-VLM checkpoint directory; empty = the embedded default model",

@@ -21,7 +21,11 @@ rclpy = pytest.importorskip("rclpy")
 pytestmark = pytest.mark.ros
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
-from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped  # noqa: E402
+from geometry_msgs.msg import (  # noqa: E402
+    PoseStamped,
+    PoseWithCovarianceStamped,
+    TransformStamped,
+)
 from loc3r_interfaces.msg import SituatedResult, Status  # noqa: E402
 from loc3r_interfaces.srv import Ask, Localize  # noqa: E402
 from nav_msgs.msg import Path  # noqa: E402
@@ -53,6 +57,7 @@ def graph(tmp_path_factory):
         "-p", "keyframe_min_change:=0.0",
         "-p", "viz_period_s:=0.2",
         "-p", "status_period_s:=0.2",
+        "-p", "parent_frame:=odom",
         log_path=root / "node.log",
     )  # fmt: skip
     rclpy.init()
@@ -83,10 +88,18 @@ def graph(tmp_path_factory):
         node, lambda: bool(got["status"]) and got["status"][-1].state == Status.STATE_READY, 60
     )
     assert ready, f"model never became ready:\n{server.log()}"
+    tf_pub = node.create_publisher(TFMessage, "/tf", 100)
     rng = np.random.default_rng(0)
     for i in range(8):
         msg = rgb_to_image_msg(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8), Image)
         msg.header.stamp.sec, msg.header.frame_id = 1000 + i, "camera"
+        odom = TransformStamped(child_frame_id="camera")  # the robot drives along an arc
+        odom.header.stamp, odom.header.frame_id = msg.header.stamp, "odom"
+        odom.transform.translation.x = math.cos(0.3 * i)
+        odom.transform.translation.y = math.sin(0.3 * i)
+        odom.transform.translation.z = 0.1 * i
+        odom.transform.rotation.w = 1.0
+        tf_pub.publish(TFMessage(transforms=[odom]))
         pub.publish(msg)
         spin_until(node, lambda: False, 0.15)
     assert spin_until(node, lambda: bool(got["status"]) and got["status"][-1].keyframes >= 6, 20), (
@@ -152,8 +165,27 @@ def test_localize_and_visualisation_topics(graph):
     camera = [t for m in got["tf"] for t in m.transforms if t.child_frame_id == "loc3r_camera"]
     assert camera and camera[-1].header.frame_id == "loc3r_world"
     assert camera[-1].header.stamp.sec >= 1005  # keyframe stamps, not wall time
+    anchored = [
+        t for m in got["tf_static"] for t in m.transforms if t.child_frame_id == "loc3r_world"
+    ]
+    assert spin_until(
+        node,
+        lambda: any(
+            t.child_frame_id == "loc3r_world" for m in got["tf_static"] for t in m.transforms
+        ),
+        10,
+    )
+    anchored = [
+        t for m in got["tf_static"] for t in m.transforms if t.child_frame_id == "loc3r_world"
+    ]
+    assert anchored[-1].header.frame_id == "odom"
+    q = anchored[-1].transform.rotation
+    assert math.isclose(q.x**2 + q.y**2 + q.z**2 + q.w**2, 1.0, rel_tol=1e-6)
+    latest = got["tf_static"][-1].transforms
+    assert {t.child_frame_id for t in latest} >= {"loc3r_agent", "loc3r_world"}  # whole set
     entry = got["diag"][-1].status[0]
     values = {kv.key: kv.value for kv in entry.values}
     assert entry.level == DiagnosticStatus.OK and entry.message == "ready"
     assert float(values["cut3r_ms_per_frame"]) > 0 and int(values["keyframes"]) >= 6
+    assert values["gravity"].startswith("given")  # from TF: odom's z axis
     time.sleep(0.1)
