@@ -42,6 +42,8 @@ def graph(tmp_path_factory):
         "status_period_s:=0.2",
         "-p",
         "max_text_chars:=500",
+        "-p",
+        "model_dir:=/nonexistent/loc3r_model",  # the no-model path, on purpose
         log_path=log,
     )
     rclpy.init()
@@ -92,7 +94,7 @@ def test_valid_question_without_model_says_so(graph):
         Ask.Request(question="What is on my left?", situation="I am sitting on the bed"),
     )
     assert reply.success is False
-    assert "no model loaded" in reply.message
+    assert "no model loaded" in reply.message and "/nonexistent/loc3r_model" in reply.message
     assert reply.latency_s >= 0.0
 
 
