@@ -50,8 +50,10 @@ def clients():
         parameter_overrides=[
             Parameter("image_topic", value="/fuzz_cam/image_raw"),
             Parameter("max_text_chars", value=LIMIT),
+            Parameter("model_dir", value="/nonexistent/model"),  # keep the stand-in model
         ]
     )
+    node._loader.join(30)  # the background loader is done (and failed) before the swap
     node.engine.model = EchoModel()
     node.engine.add_frame(np.full((32, 32, 3), 9, np.uint8), 1)
     executor = MultiThreadedExecutor(num_threads=2)

@@ -55,8 +55,10 @@ def running_node():
             Parameter("keyframe_min_change", value=0.0),
             Parameter("max_pending_queries", value=3),
             Parameter("query_timeout_s", value=5.0),
+            Parameter("model_dir", value="/nonexistent/model"),  # keep the stand-in model
         ]
     )
+    node._loader.join(30)  # the background loader is done (and failed) before the swap
     node.engine.model = SlowPipeline(delay=0.3)
     node.engine.add_frame(np.full((32, 32, 3), 7, np.uint8), 1)
     executor = MultiThreadedExecutor(num_threads=2)
