@@ -11,6 +11,7 @@ from loc3r_ros.params import PARAMS_BY_NAME, validate
 # Launch argument -> node parameter it overrides (empty launch values leave the yaml's value).
 LAUNCH_TO_PARAM = {
     "image_topic": "image_topic",
+    "camera_info_topic": "camera_info_topic",
     "device": "device",
     "model_dir": "model_dir",
     "scene_frame": "scene_frame",
@@ -22,7 +23,7 @@ LAUNCH_ARGUMENTS: dict[str, tuple[str, str]] = {
     "use_sim_time": ("false", "Use /clock (bag replay, simulation)"),
     "params_file": ("", "Parameter file; empty = the package's config/loc3r.yaml"),
     "image_topic": ("", PARAMS_BY_NAME["image_topic"].description),
-    "camera_info_topic": ("", "Optional sensor_msgs/CameraInfo topic"),
+    "camera_info_topic": ("", PARAMS_BY_NAME["camera_info_topic"].description),
     "device": ("", PARAMS_BY_NAME["device"].description),
     "model_dir": ("", PARAMS_BY_NAME["model_dir"].description),
     "scene_frame": ("", PARAMS_BY_NAME["scene_frame"].description),

@@ -48,7 +48,7 @@ from rclpy.qos import (
 )
 from rclpy.task import Future
 from scipy.spatial.transform import Rotation
-from sensor_msgs.msg import CompressedImage, Image, PointCloud2
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 from tf2_msgs.msg import TFMessage
@@ -172,6 +172,15 @@ class Loc3rNode(Node):
                 Image, self.p["image_topic"], self.image_cb, image_qos, callback_group=image_group
             )
 
+        self.camera_info = "none"
+        if self.p["camera_info_topic"]:
+            self.create_subscription(
+                CameraInfo,
+                self.p["camera_info_topic"],
+                self.camera_info_cb,
+                image_qos,
+                callback_group=image_group,
+            )
         query_group = ReentrantCallbackGroup()
         self.ask_srv = self.create_service(Ask, "~/ask", self.ask_cb, callback_group=query_group)
         self.localize_srv = self.create_service(
@@ -243,6 +252,13 @@ class Loc3rNode(Node):
         """Hand a compressed image to the engine (decoded here, lazily)."""
         self._camera_frame_id = msg.header.frame_id
         self._ingest(msg.header.stamp, lambda: compressed_msg_to_rgb(msg))
+
+    def camera_info_cb(self, msg: CameraInfo) -> None:
+        """Keep the camera's intrinsics for diagnostics (the models do not need them)."""
+        k = msg.k
+        self.camera_info = (
+            f"{msg.width}x{msg.height} fx={k[0]:.1f} fy={k[4]:.1f} cx={k[2]:.1f} cy={k[5]:.1f}"
+        )
 
     def _ingest(self, stamp, decode) -> None:
         start = time.perf_counter()
@@ -499,6 +515,7 @@ class Loc3rNode(Node):
             "cut3r_frames_failed": worker.failed if worker is not None else 0,
             "cut3r_frames_skipped": worker.skipped if worker is not None else 0,
             "gravity": self._gravity_source,
+            "camera_info": self.camera_info,
             "anchor_rms_m": f"{self.anchor_rms:.3f}",
         }
         header = Header(stamp=msg.header.stamp)

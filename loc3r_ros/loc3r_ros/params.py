@@ -47,6 +47,12 @@ PARAMS: tuple[ParamSpec, ...] = (
     ),
     ParamSpec("image_compressed", False, "Subscribe to a CompressedImage topic", read_only=True),
     ParamSpec(
+        "camera_info_topic",
+        "",
+        "Optional sensor_msgs/CameraInfo topic (intrinsics are reported in diagnostics)",
+        read_only=True,
+    ),
+    ParamSpec(
         "image_qos_reliability",
         "best_effort",
         "QoS reliability of the image subscription",
