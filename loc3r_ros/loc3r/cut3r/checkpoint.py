@@ -35,6 +35,7 @@ from loc3r.cut3r.errors import (
     UnsafeCheckpointError,
 )
 from loc3r.cut3r.model import Cut3r
+from loc3r.state_dict import state_dict_mismatch
 
 SAFETENSORS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -213,23 +214,9 @@ def _strip_module_prefix(state_dict: dict[str, torch.Tensor]) -> dict[str, torch
 
 def load_state_dict_strict(model: Cut3r, state_dict: Mapping[str, torch.Tensor]) -> None:
     """Copy `state_dict` into `model`; any missing/unexpected/mis-shaped key is an error."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    mismatched = [
-        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in sorted(set(expected) & set(state_dict))
-        if tuple(state_dict[k].shape) != tuple(expected[k].shape)
-    ]
-    if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys (e.g. {missing[:5]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[:5]})")
-        if mismatched:
-            parts.append(f"{len(mismatched)} mis-shaped keys (e.g. {mismatched[:3]})")
-        raise Cut3rCheckpointError("checkpoint does not match the model: " + "; ".join(parts))
+    problem = state_dict_mismatch(model.state_dict(), state_dict)
+    if problem:
+        raise Cut3rCheckpointError(f"checkpoint does not match the model: {problem}")
     non_float = [k for k, v in state_dict.items() if not v.is_floating_point()]
     if non_float:
         raise Cut3rCheckpointError(f"non-floating tensors in checkpoint: {non_float[:5]}")

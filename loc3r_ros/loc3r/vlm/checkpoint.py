@@ -20,6 +20,7 @@ import torch
 from safetensors import safe_open
 from transformers import AutoTokenizer
 
+from loc3r.state_dict import state_dict_mismatch
 from loc3r.vlm.llava_video import LlavaCheckpointError, LlavaVideoConfig, LlavaVideoModel
 
 _PREFIXES = (  # checkpoint prefix -> our module prefix, first match wins
@@ -75,30 +76,10 @@ def read_checkpoint(
 
 
 def load_state_strict(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
-    """Copy `tensors` into `model`; LlavaCheckpointError on any missing/unused/mis-shaped key."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unused = sorted(set(tensors) - set(expected))
-    shapes = [
-        f"{k}: checkpoint {tuple(tensors[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in sorted(set(expected) & set(tensors))
-        if tensors[k].shape != expected[k].shape
-    ]
-    if missing or unused or shapes:
-        raise LlavaCheckpointError(
-            "checkpoint does not match the model: "
-            + "; ".join(
-                part
-                for part in (
-                    f"missing {missing[:10]}{'...' if len(missing) > 10 else ''}"
-                    if missing
-                    else "",
-                    f"unused {unused[:10]}{'...' if len(unused) > 10 else ''}" if unused else "",
-                    f"shape mismatches {shapes[:10]}" if shapes else "",
-                )
-                if part
-            )
-        )
+    """Copy `tensors` into `model`; LlavaCheckpointError on missing/unexpected/mis-shaped keys."""
+    problem = state_dict_mismatch(model.state_dict(), tensors)
+    if problem:
+        raise LlavaCheckpointError(f"checkpoint does not match the model: {problem}")
     model.load_state_dict(tensors, strict=True)
 
 

@@ -468,15 +468,3 @@ class Loc3rVLM(nn.Module):
         load_state_strict(model, {k: v.to(dtype) for k, v in tensors.items()})
         materialise_buffers(model.base)
         return model.to(device=device).eval()
-
-
-__all__ = [
-    "DEFAULT_SITUATION",
-    "ORI_TOKEN",
-    "POS_TOKEN",
-    "Loc3rVLM",
-    "Loc3rVLMConfig",
-    "PosePrediction",
-    "ScenePrefix",
-    "TrainSample",
-]
