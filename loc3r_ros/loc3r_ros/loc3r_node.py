@@ -60,6 +60,7 @@ from loc3r.engine.models import ModelLoadError, load_bundle
 from loc3r.errors import BusyError, Loc3rError
 from loc3r_ros.conversions import (
     agent_pose_to_msg,
+    compressed_msg_preview,
     compressed_msg_to_rgb,
     image_msg_to_rgb,
     stamp_from_ns,
@@ -249,9 +250,17 @@ class Loc3rNode(Node):
         self._ingest(msg.header.stamp, lambda: image_msg_to_rgb(msg))
 
     def compressed_cb(self, msg: CompressedImage) -> None:
-        """Hand a compressed image to the engine (decoded here, lazily)."""
+        """Hand a compressed image to the engine, decoded lazily.
+
+        A 1/4-size decode (cheap for JPEG) decides whether the frame is a keyframe; only
+        keyframes are decoded at full size.
+        """
         self._camera_frame_id = msg.header.frame_id
-        self._ingest(msg.header.stamp, lambda: compressed_msg_to_rgb(msg))
+        self._ingest(
+            msg.header.stamp,
+            lambda: compressed_msg_preview(msg),
+            lambda: compressed_msg_to_rgb(msg),
+        )
 
     def camera_info_cb(self, msg: CameraInfo) -> None:
         """Keep the camera's intrinsics for diagnostics (the models do not need them)."""
@@ -260,12 +269,12 @@ class Loc3rNode(Node):
             f"{msg.width}x{msg.height} fx={k[0]:.1f} fy={k[4]:.1f} cx={k[2]:.1f} cy={k[5]:.1f}"
         )
 
-    def _ingest(self, stamp, decode) -> None:
+    def _ingest(self, stamp, decode, full=None) -> None:
         start = time.perf_counter()
         self.frames_received += 1
         self.input_rate.tick()
         try:
-            self.engine.add_frame(decode(), stamp_to_ns(stamp))
+            self.engine.add_frame(decode(), stamp_to_ns(stamp), full)
         except Loc3rError as exc:
             self.frames_dropped += 1
             self.get_logger().warning(f"dropped image: {exc}", throttle_duration_sec=5.0)

@@ -143,3 +143,23 @@ def test_keyframes_are_stored_downscaled():
     assert keyframe.image.shape == (48, 64, 3)
     small = np.zeros((20, 30, 3), np.uint8)
     assert buf.offer(small, 10 * SEC).image.shape == (20, 30, 3)
+
+
+def test_lazy_full_decode_only_for_keyframes():
+    buf = KeyframeBuffer(KeyframeConfig(min_interval_s=0.5, max_side=512))
+    calls = []
+
+    def full(value):
+        def load():
+            calls.append(value)
+            return np.full((96, 128, 3), value, np.uint8)
+
+        return load
+
+    preview = np.full((24, 32, 3), 10, np.uint8)
+    assert buf.offer(preview, 0, full(10)).image.shape == (96, 128, 3)
+    assert buf.offer(preview, SEC // 10, full(20)) is None  # too soon: never decoded
+    assert calls == [10]
+    with pytest.raises(InputError):
+        buf.offer(preview, 5 * SEC, lambda: np.zeros((4, 4, 3), np.uint8))
+    assert buf.rejected_invalid == 1

@@ -143,3 +143,15 @@ def test_readme_parameter_table_matches_the_declared_parameters():
     readme = (REPO_ROOT / "README.md").read_text()
     block = readme.split("<!-- params:begin -->\n")[1].split("\n<!-- params:end -->")[0]
     assert block == markdown_table()
+
+
+def test_compressed_preview_is_a_reduced_decode():
+    from loc3r_ros.conversions import compressed_msg_preview
+
+    big = np.zeros((64, 96, 3), np.uint8)
+    big[:, 48:] = (255, 0, 0)  # right half red (RGB)
+    ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(big, cv2.COLOR_RGB2BGR))
+    preview = compressed_msg_preview(CompressedImage(format="jpeg", data=jpg.tobytes()), 4)
+    assert preview.shape == (16, 24, 3) and preview[8, 20, 0] > 200 and preview[8, 2, 0] < 50
+    with pytest.raises(InputError, match="could not decode"):
+        compressed_msg_preview(CompressedImage(format="jpeg", data=jpg.tobytes()[:30]))

@@ -11,6 +11,7 @@ keeps roughly uniform coverage of its whole history in bounded memory.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import cv2
@@ -92,10 +93,18 @@ class KeyframeBuffer:
         self.rejected_invalid = 0
         self.version = 0  # bumps on every change of the keyframe set
 
-    def offer(self, image: np.ndarray, stamp_ns: int) -> Keyframe | None:
+    def offer(
+        self,
+        image: np.ndarray,
+        stamp_ns: int,
+        full: Callable[[], np.ndarray] | None = None,
+    ) -> Keyframe | None:
         """Consider a frame; return the new Keyframe if it was selected, else None.
 
-        Raises InputError for a malformed image (counted in `rejected_invalid`).
+        With `full`, `image` may be a cheap low-resolution preview (e.g. a JPEG decoded at 1/4
+        size) used only for selection; `full()` gives the real image, called only for frames
+        that become keyframes (lazy decoding). Raises InputError for a malformed image (counted
+        in `rejected_invalid`).
         """
         try:
             image = validate_image(image)
@@ -118,6 +127,12 @@ class KeyframeBuffer:
                     change = float(np.mean(np.abs(thumb - last.thumb)))
                     if change < self.config.min_change:
                         return None
+            if full is not None:
+                try:
+                    image = validate_image(full())
+                except InputError:
+                    self.rejected_invalid += 1
+                    raise
             keyframe = Keyframe(self._next_index, int(stamp_ns), self._stored(image), thumb)
             self._next_index += 1
             self._frames.append(keyframe)

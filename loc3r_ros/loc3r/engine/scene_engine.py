@@ -162,10 +162,13 @@ class SceneEngine:
                     self.worker.submit(keyframe)
 
     # --- intake ----------------------------------------------------------------------------------
-    def add_frame(self, image: np.ndarray, stamp_ns: int) -> bool:
-        """Offer an RGB uint8 frame; True if it became a keyframe (InputError if malformed)."""
+    def add_frame(self, image: np.ndarray, stamp_ns: int, full=None) -> bool:
+        """Offer an RGB uint8 frame; True if it became a keyframe (InputError if malformed).
+
+        `full` (optional): a callable giving the full image when `image` is only a preview.
+        """
         before = self.buffer.version
-        keyframe = self.buffer.offer(image, stamp_ns)
+        keyframe = self.buffer.offer(image, stamp_ns, full)
         if keyframe is None:
             return False
         if keyframe.index == 0 and before != 0:  # the buffer restarted (time went backwards)
