@@ -24,6 +24,7 @@ queries run in a separate callback group, so a running query never stalls image 
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -76,6 +77,8 @@ from loc3r_ros.visualization import (
     point_cloud,
     pose_from_matrix,
 )
+
+GIL_SWITCH_INTERVAL_S = 0.0005
 
 LATCHED = QoSProfile(
     depth=1,
@@ -541,6 +544,9 @@ class Loc3rNode(Node):
 
 def main(args: list[str] | None = None) -> None:
     """Run loc3r_node on a multi-threaded executor until shutdown."""
+    # The model thread runs Python-heavy loops (token by token); with CPython's default 5 ms GIL
+    # switch interval an image callback can wait that long. 0.5 ms bounds the wait.
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     rclpy.init(args=args)
     node = None
     try:
