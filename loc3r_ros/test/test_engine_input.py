@@ -156,7 +156,7 @@ def test_lazy_full_decode_only_for_keyframes():
 
         return load
 
-    preview = np.full((24, 32, 3), 10, np.uint8)
+    preview = np.full((6, 8, 3), 10, np.uint8)  # a 1/16 decode: smaller than a frame may be
     assert buf.offer(preview, 0, full(10)).image.shape == (96, 128, 3)
     assert buf.offer(preview, SEC // 10, full(20)) is None  # too soon: never decoded
     assert calls == [10]

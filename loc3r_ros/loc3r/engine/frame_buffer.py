@@ -56,16 +56,18 @@ class Keyframe:
     perception: object | None = None  # filled by the perception worker (CUT3R output)
 
 
-def validate_image(image: np.ndarray) -> np.ndarray:
-    """Check an RGB frame: (H, W, 3) uint8 with H, W >= 16. Returns it contiguous."""
+def validate_image(image: np.ndarray, min_side: int = 16) -> np.ndarray:
+    """Check an RGB frame: (H, W, 3) uint8 with H, W >= min_side. Returns it contiguous."""
     if not isinstance(image, np.ndarray):
         raise InputError(f"image must be a numpy array, got {type(image).__name__}")
     if image.ndim != 3 or image.shape[2] != 3:
         raise InputError(f"image must have shape (H, W, 3), got {image.shape}")
     if image.dtype != np.uint8:
         raise InputError(f"image must be uint8, got {image.dtype}")
-    if image.shape[0] < 16 or image.shape[1] < 16:
-        raise InputError(f"image is too small: {image.shape[1]}x{image.shape[0]} (minimum 16x16)")
+    if image.shape[0] < min_side or image.shape[1] < min_side:
+        raise InputError(
+            f"image is too small: {image.shape[1]}x{image.shape[0]} (minimum {min_side}x{min_side})"
+        )
     return np.ascontiguousarray(image)
 
 
@@ -107,7 +109,9 @@ class KeyframeBuffer:
         in `rejected_invalid`).
         """
         try:
-            image = validate_image(image)
+            image = validate_image(
+                image, min_side=1 if full is not None else 16
+            )  # previews are small
         except InputError:
             with self._lock:
                 self.offered += 1
