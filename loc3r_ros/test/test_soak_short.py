@@ -2,7 +2,8 @@
 
 The benchmark command checks the real targets (5 minutes, memory within 10 % of the 1-minute
 value, image-callback p99 < 2 ms). Here the limits are looser so that a noisy shared CI machine
-cannot fail a sound build: no leak beyond 15 %, no stall (p99 < 10 ms), a clean node exit.
+cannot fail a sound build: no leak beyond 15 %, no stall (p99 < 50 ms while the embedded model
+answers questions on the same 2 cores), a clean node exit.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ def test_soak_30_seconds(capsys):
     soak = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(soak)
     code = soak.main(
-        ["--duration", "30", "--reference", "20", "--max-growth", "0.15", "--max-p99-ms", "10"]
+        ["--duration", "30", "--reference", "20", "--max-growth", "0.15", "--max-p99-ms", "50"]
     )
     out = capsys.readouterr().out
     assert code == 0, out
