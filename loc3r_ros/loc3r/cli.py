@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--mode", choices=("streaming", "faithful"), default="faithful")
         p.add_argument("--device", default="cpu")
         p.add_argument("--bev-png", type=Path)
+    from loc3r.eval.run import add_arguments
+
+    add_arguments(sub.add_parser("eval", help="localization and QA metrics (see loc3r.eval.run)"))
     p = sub.add_parser("scene", help="write a synthetic walk-through")
     p.add_argument("out")
     p.add_argument("--seed", type=int, default=3)
@@ -123,6 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; JSON on stdout."""
     args = build_parser().parse_args(argv)
+    if args.command == "eval":
+        from loc3r.eval.run import run
+
+        try:
+            run(args)
+        except (Loc3rError, OSError, ValueError) as exc:
+            print(f"loc3r eval: {exc}", file=sys.stderr)
+            return 2
+        return 0
     try:
         out = _write_scene(args) if args.command == "scene" else _run_query(args)
     except (Loc3rError, OSError, ValueError) as exc:

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from loc3r.engine.models import DEFAULT_MODEL_DIR, save_bundle
-from loc3r.train.pipeline import CUT3R_IMAGE_SIZE, answer_counts, evaluate, prepare_run
+from loc3r.train.pipeline import CUT3R_IMAGE_SIZE, evaluate, prepare_run
 from loc3r.train.train_vlm import TrainConfig, Trainer
 
 
@@ -36,9 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     run = prepare_run(config)
     trainer = Trainer(config, run.model, run.train_samples)
     history = trainer.fit()
-    report = evaluate(
-        run.model, run.eval_episodes, config.image_size, answer_counts(run.train_episodes)
-    )
+    report = evaluate(run.model, run.eval_episodes, config.image_size)
+    report.pop("cases")
     report["train"] = {
         "steps": config.steps,
         "first_loss": history[0]["loss"] if history else None,

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import math
 import os
-import re
-from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 from transformers import AutoTokenizer
 
 from loc3r.cut3r import Cut3r, Cut3rConfig, load_cut3r
 from loc3r.engine.perception import Perception, PerceptionConfig
+from loc3r.eval.report import EvalCase, evaluate_cases
 from loc3r.scenes import EpisodeConfig
 from loc3r.train.synthetic_data import EpisodeData, build_episodes, corpus, train_tokenizer
 from loc3r.train.train_vlm import TrainConfig, build_model
@@ -76,94 +74,43 @@ def prepare_run(config: TrainConfig, progress: bool = True) -> Run:
     return Run(model, cut3r, train, held_out, samples)
 
 
-def normalise_answer(text: str) -> str:
-    """Lower case, no punctuation, single spaces (the exact-match key)."""
-    return " ".join(re.sub(r"[^a-z0-9 ]", " ", text.lower()).split())
-
-
-def _angle_error(a: float, b: float) -> float:
-    return abs(math.degrees(math.remainder(a - b, 2 * math.pi)))
-
-
 @torch.inference_mode()
+def predict_cases(
+    model: Loc3rVLM, episodes: list[EpisodeData], image_size: int, progress: bool = True
+) -> list[EvalCase]:
+    """Run the model on every question of `episodes` (one scene prefix per episode)."""
+    model.eval()
+    cases = []
+    for episode in tqdm(episodes, desc="eval", disable=not progress):
+        samples = episode.samples(image_size)
+        prefix = model.encode_scene(samples[0].pixel_values, samples[0].camera_tokens)
+        for index, (record, sample) in enumerate(zip(episode.records, samples, strict=True)):
+            answer, pose = model.answer(prefix, sample.question, sample.situation)
+            cases.append(
+                EvalCase(
+                    id=f"{episode.seed}-{index}",
+                    question=record.question,
+                    prediction=answer,
+                    references=list(record.answers),
+                    question_type=record.question_type,
+                    scene_id=f"synthetic-{episode.seed}",
+                    gt_position=[float(v) for v in record.position],
+                    gt_yaw=float(record.yaw),
+                    pred_positions=[[float(v) for v in pose.xy.tolist()]],
+                    pred_yaws=[float(pose.yaw)],
+                )
+            )
+    return cases
+
+
 def evaluate(
     model: Loc3rVLM,
     episodes: list[EpisodeData],
     image_size: int,
-    train_answers: dict[str, Counter] | None = None,
-    seed: int = 0,
     progress: bool = True,
+    answer_variant: str = "leo",
+    localization_variant: str = "sqa3d",
 ) -> dict:
-    """Localization accuracy and answer exact match on held-out episodes, with baselines.
-
-    Baselines on the same records: random (uniform position in the bounding box of the
-    held-out agent positions, uniform yaw; seeded) and majority answer per question type
-    (counted on `train_answers`, else on the held-out records themselves).
-    """
-    model.eval()
-    rng = np.random.default_rng(seed)
-    rows = []
-    for episode in tqdm(episodes, desc="eval", disable=not progress):
-        samples = episode.samples(image_size)
-        prefix = model.encode_scene(samples[0].pixel_values, samples[0].camera_tokens)
-        for record, sample in zip(episode.records, samples, strict=True):
-            answer, pose = model.answer(prefix, sample.question, sample.situation)
-            rows.append({
-                "type": record.question_type,
-                "pos_err": float(np.linalg.norm(pose.xy.numpy() - np.array(record.position))),
-                "yaw_err": _angle_error(pose.yaw, record.yaw),
-                "em": normalise_answer(answer) == normalise_answer(record.answers[0]),
-                "answer": record.answers[0],
-                "position": record.position,
-                "yaw": record.yaw,
-            })  # fmt: skip
-    positions = np.array([r["position"] for r in rows])
-    low, high = positions.min(0), positions.max(0)
-    counts = train_answers or defaultdict(Counter)
-    if train_answers is None:
-        for r in rows:
-            counts[r["type"]][r["answer"]] += 1
-    majority = {t: c.most_common(1)[0][0] for t, c in counts.items()}
-
-    def acc(values, threshold) -> float:
-        return float(np.mean(np.array(values) < threshold))
-
-    random_pos = [
-        float(np.linalg.norm(rng.uniform(low, high) - np.array(r["position"]))) for r in rows
-    ]
-    random_yaw = [_angle_error(rng.uniform(-math.pi, math.pi), r["yaw"]) for r in rows]
-    report = {
-        "n": len(rows),
-        "model": {
-            "acc_0.5m": acc([r["pos_err"] for r in rows], 0.5),
-            "acc_1.0m": acc([r["pos_err"] for r in rows], 1.0),
-            "acc_15deg": acc([r["yaw_err"] for r in rows], 15.0),
-            "acc_30deg": acc([r["yaw_err"] for r in rows], 30.0),
-            "em": float(np.mean([r["em"] for r in rows])),
-        },
-        "random": {
-            "acc_0.5m": acc(random_pos, 0.5),
-            "acc_1.0m": acc(random_pos, 1.0),
-            "acc_15deg": acc(random_yaw, 15.0),
-            "acc_30deg": acc(random_yaw, 30.0),
-        },
-        "em_by_type": {},
-    }
-    for qtype in sorted({r["type"] for r in rows}):
-        of_type = [r for r in rows if r["type"] == qtype]
-        report["em_by_type"][qtype] = {
-            "n": len(of_type),
-            "model": float(np.mean([r["em"] for r in of_type])),
-            "majority": float(np.mean([r["answer"] == majority.get(qtype) for r in of_type])),
-        }
-    report["majority_em"] = float(np.mean([r["answer"] == majority.get(r["type"]) for r in rows]))
-    return report
-
-
-def answer_counts(episodes: list[EpisodeData]) -> dict[str, Counter]:
-    """Answers per question type (for the majority baseline)."""
-    counts: dict[str, Counter] = defaultdict(Counter)
-    for episode in episodes:
-        for record in episode.records:
-            counts[record.question_type][record.answers[0]] += 1
-    return counts
+    """`loc3r eval`'s report of the model on held-out episodes (with both baselines)."""
+    cases = predict_cases(model, episodes, image_size, progress)
+    return evaluate_cases(cases, answer_variant, localization_variant)

@@ -1,0 +1,94 @@
+"""`loc3r eval`: score a predictions file, or run a model on held-out synthetic scenes.
+
+    loc3r eval --predictions preds.jsonl [--answers leo] [--localization sqa3d] [--out DIR]
+    loc3r eval [--model DIR] [--seeds 1000000:1000040] [--out DIR]
+
+Writes ``report.json`` (aggregates, baselines, every case), ``report.md`` and, when it ran a
+model, ``predictions.jsonl`` to ``--out``; prints the Markdown. The variants default to the
+SQA3D localization metric and LEO's answer cleaning / EM-R, as the paper's baselines use them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+from loc3r.eval.answers import ANSWER_VARIANTS
+from loc3r.eval.localization import LOCALIZATION_VARIANTS
+from loc3r.eval.report import EvalCase, evaluate_cases, markdown_report, read_cases, write_cases
+
+DEFAULT_HELD_OUT = "1000000:1000040"  # the held-out synthetic seeds of the default model
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `eval` sub-command's options."""
+    parser.add_argument("--predictions", type=Path, help="JSON-lines predictions to score")
+    parser.add_argument("--model", default="", help="model directory (default: embedded)")
+    parser.add_argument("--seeds", default=DEFAULT_HELD_OUT, help="synthetic scenes A:B (B excl.)")
+    parser.add_argument("--frames", type=int, default=0, help="frames per scene (default: model)")
+    parser.add_argument("--image-size", type=int, default=112, help="rendered frame size")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--answers", choices=ANSWER_VARIANTS, default="leo")
+    parser.add_argument("--localization", choices=LOCALIZATION_VARIANTS, default="sqa3d")
+    parser.add_argument("--out", type=Path, help="folder for report.json / report.md")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``A:B`` (B exclusive) or comma-separated seeds."""
+    try:
+        if ":" in text:
+            start, stop = (int(v) for v in text.split(":"))
+            seeds = list(range(start, stop))
+        else:
+            seeds = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--seeds must be A:B or a comma list of integers, not {text!r}") from None
+    if not seeds:
+        raise ValueError(f"--seeds {text!r} selects no scene")
+    return seeds
+
+
+def predict_synthetic(args: argparse.Namespace) -> list[EvalCase]:
+    """Run a model bundle on held-out synthetic episodes."""
+    import torch
+
+    from loc3r.engine.models import load_bundle
+    from loc3r.scenes import EpisodeConfig
+    from loc3r.train.pipeline import predict_cases
+    from loc3r.train.synthetic_data import build_episodes
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    bundle = load_bundle(args.model or None, args.device)
+    vlm = bundle.model.vlm
+    frames = args.frames or bundle.num_query_frames
+    grid = math.ceil((bundle.model.image_size // 14) / 2)
+    episodes = build_episodes(
+        parse_seeds(args.seeds), EpisodeConfig(frames=frames, image_size=args.image_size),
+        bundle.perception, grid, progress=not args.no_progress,
+    )  # fmt: skip
+    return predict_cases(vlm, episodes, args.image_size, progress=not args.no_progress)
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Score (running the model first when no predictions are given); write the outputs."""
+    start = time.perf_counter()
+    if args.predictions:
+        cases, source = read_cases(args.predictions), str(args.predictions)
+    else:
+        cases, source = predict_synthetic(args), f"model {args.model or 'embedded'}"
+    report = evaluate_cases(cases, args.answers, args.localization)
+    report["source"] = source
+    report["seconds"] = round(time.perf_counter() - start, 2)
+    markdown = markdown_report(report, f"loc3r eval: {source}")
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "report.json").write_text(json.dumps(report, indent=2))
+        (args.out / "report.md").write_text(markdown)
+        if not args.predictions:
+            write_cases(args.out / "predictions.jsonl", cases)
+    print(markdown)
+    return report

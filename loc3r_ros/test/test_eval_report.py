@@ -1,0 +1,127 @@
+"""`loc3r eval`: predictions files, baselines, reports, and the model path end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from loc3r.cli import main as cli_main
+from loc3r.eval.report import (
+    EvalCase,
+    EvalInputError,
+    evaluate_cases,
+    markdown_report,
+    random_baseline,
+    read_cases,
+    write_cases,
+)
+
+
+def _case(i: int, prediction: str, answer: str, kind: str, yaw_err: float = 0.0, shift=0.0):
+    x, y, yaw = 0.1 * i, -0.05 * i, math.remainder(0.7 * i, 2 * math.pi)
+    return EvalCase(
+        id=str(i), question=f"q{i}?", prediction=prediction, references=[answer],
+        question_type=kind, scene_id=f"s{i % 2}", gt_position=[x, y, 0.0], gt_yaw=yaw,
+        pred_positions=[[x + shift, y]], pred_yaws=[yaw + yaw_err],
+    )  # fmt: skip
+
+
+def test_perfect_and_wrong_predictions_score_one_and_zero():
+    perfect = [_case(i, "left", "left", "direction") for i in range(10)]
+    report = evaluate_cases(perfect)
+    assert report["model"]["answers"]["em"] == 1.0
+    assert all(report["model"]["localization"][k] == 1.0 for k in ("acc_0_5m", "acc_30deg"))
+    wrong = [_case(i, "right", "left", "direction", yaw_err=math.pi, shift=2.0) for i in range(10)]
+    report = evaluate_cases(wrong)
+    assert report["model"]["answers"]["em"] == 0.0
+    assert report["model"]["localization"]["acc_1_0m"] == 0.0
+    assert report["model"]["localization"]["acc_30deg"] == 0.0
+    assert report["model"]["localization"]["median_rot_err_deg"] == pytest.approx(180.0)
+
+
+def test_thresholds_strict_for_sqa3d_inclusive_for_view2cap():
+    cases = [_case(0, "a", "a", "t", shift=0.5)]  # exactly 0.5 m off in x
+    assert evaluate_cases(cases, localization_variant="sqa3d")["model"]["localization"][
+        "acc_0_5m"
+    ] == 0.0  # fmt: skip
+    assert evaluate_cases(cases, localization_variant="view2cap")["model"]["localization"][
+        "acc_0_5m"
+    ] == 1.0  # fmt: skip
+
+
+def test_majority_baseline_uses_the_most_frequent_answer_per_type():
+    cases = [_case(i, "x", "left" if i < 7 else "right", "direction") for i in range(10)]
+    cases += [_case(10 + i, "x", "two" if i < 2 else "one", "counting") for i in range(5)]
+    major = evaluate_cases(cases)["majority"]["answers"]
+    assert major["answers"] == {"direction": "left", "counting": "one"}
+    assert major["em"] == pytest.approx((7 + 3) / 15)
+
+
+def test_random_baseline_matches_its_expectation():
+    cases = [_case(i, "a", "a", "t") for i in range(40)]
+    rand = random_baseline(cases, "sqa3d", seed=3)
+    assert rand["acc_15deg"] == pytest.approx(30 / 360, abs=0.01)
+    assert rand["acc_30deg"] == pytest.approx(60 / 360, abs=0.01)
+    assert 0.0 < rand["acc_0_5m"] <= rand["acc_1_0m"] <= 1.0
+    assert random_baseline(cases, "sqa3d", seed=3) == rand  # seeded
+
+
+def test_predictions_file_round_trip_and_errors(tmp_path):
+    cases = [_case(i, "left", "left", "direction") for i in range(3)]
+    cases.append(EvalCase("q", "What is it?", "chair", ["chair", "stool"], dataset="scanqa"))
+    path = tmp_path / "preds.jsonl"
+    write_cases(path, cases)
+    back = read_cases(path)
+    assert [c.to_dict() for c in back] == [c.to_dict() for c in cases]
+    assert back[-1].question_type == "what"  # SQA3D type from the question when not given
+    path.write_text(path.read_text() + '{"id": "bad", "prediction": "x"}\n')
+    with pytest.raises(EvalInputError, match=r"preds.jsonl:5: .*references"):
+        read_cases(path)
+    row = {"id": 1, "prediction": "a", "references": ["a"], "pred": {"position": [0, 0], "yaw": 0},
+           "gt": {"position": [float("nan"), 0], "yaw": 0}}  # fmt: skip
+    path.write_text(json.dumps(row) + "\n")
+    with pytest.raises(EvalInputError, match="finite"):
+        read_cases(path)
+    path.write_text("not json\n")
+    with pytest.raises(EvalInputError, match=":1:"):
+        read_cases(path)
+    path.write_text("")
+    with pytest.raises(EvalInputError, match="no cases"):
+        read_cases(path)
+
+
+def test_markdown_names_variants_and_baselines():
+    report = evaluate_cases([_case(i, "left", "left", "direction") for i in range(4)], "vlm3r")
+    text = markdown_report(report)
+    assert "`vlm3r`" in text and "`sqa3d`" in text
+    assert "| random |" in text and "| direction | 4 | 100.0 | 100.0 | 100.0 | left |" in text
+
+
+def test_cli_scores_a_predictions_file(tmp_path, capsys):
+    path = tmp_path / "preds.jsonl"
+    write_cases(path, [_case(i, "left", "left" if i % 2 else "right", "d") for i in range(6)])
+    out = tmp_path / "out"
+    assert cli_main(["eval", "--predictions", str(path), "--answers", "chatscene",
+                     "--localization", "view2cap", "--out", str(out)]) == 0  # fmt: skip
+    report = json.loads((out / "report.json").read_text())
+    assert report["variants"] == {"answers": "chatscene", "localization": "view2cap"}
+    assert report["model"]["answers"]["em"] == pytest.approx(0.5)
+    assert "Acc@30°" in capsys.readouterr().out
+    assert cli_main(["eval", "--predictions", str(tmp_path / "missing.jsonl")]) == 2
+
+
+def test_cli_runs_the_embedded_model_and_rescoring_agrees(tmp_path):
+    out = tmp_path / "run"
+    argv = ["eval", "--seeds", "1000003:1000004", "--out", str(out), "--no-progress"]
+    assert cli_main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    cases = read_cases(out / "predictions.jsonl")
+    assert len(cases) == report["model"]["answers"]["n"] > 10
+    assert all(c.scene_id == "synthetic-1000003" and c.has_pose for c in cases)
+    again = evaluate_cases(cases)
+    assert again["model"] == report["model"] and again["majority"] == report["majority"]
+    for value in report["model"]["localization"].values():
+        assert math.isfinite(value)
+    assert cli_main(["eval", "--seeds", "7:7"]) == 2  # selects no scene: clear error
