@@ -227,11 +227,17 @@ class Cut3r(nn.Module):
         return pos[None].expand(batch, -1, -1).contiguous()
 
     # ----------------------------------------------------------------------- streaming API
-    @torch.no_grad()
-    def init_state(self, batch_size: int = 1) -> Cut3rState:
-        """A fresh state for `batch_size` parallel streams (independent of any image)."""
+    def init_state(self, batch_size: int = 1, *, grad: bool = False) -> Cut3rState:
+        """A fresh state for `batch_size` parallel streams (independent of any image).
+
+        `grad=True` keeps it in the autograd graph (training the learned initial state).
+        """
         if batch_size < 1:
             raise Cut3rInputError(f"batch_size must be >= 1, got {batch_size}")
+        with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+            return self._initial_state(batch_size)
+
+    def _initial_state(self, batch_size: int) -> Cut3rState:
         device = self.device
         tokens = self.register_tokens(torch.arange(self.config.state_size, device=device))
         state_feat = self.decoder_embed_state(tokens[None].expand(batch_size, -1, -1))
@@ -320,6 +326,19 @@ class Cut3r(nn.Module):
         Updates `state` in place (unless `update=False`: outputs are produced, the state and
         memory stay as they were, like the official `update` flag) and returns the outputs.
         """
+        return self.forward_step(
+            state, image, update=update, return_intermediates=return_intermediates
+        )
+
+    def forward_step(
+        self,
+        state: Cut3rState,
+        image: torch.Tensor | PreprocessedFrame | np.ndarray,
+        *,
+        update: bool = True,
+        return_intermediates: bool = False,
+    ) -> Cut3rOutput:
+        """`step` with autograd (training): gradients flow through the state across frames."""
         if not isinstance(state, Cut3rState):
             raise Cut3rInputError(f"state must be a Cut3rState, got {type(state)}")
         images = self._as_image_tensor(image, state.batch_size)

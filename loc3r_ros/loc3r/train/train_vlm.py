@@ -74,35 +74,40 @@ class TrainConfig:
     @classmethod
     def from_args(cls, argv: list[str] | None = None) -> TrainConfig:
         """Defaults, then --config YAML, then --key=value overrides (type-checked)."""
-        parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-        parser.add_argument("--config", help="YAML file with TrainConfig keys")
-        known, rest = parser.parse_known_args(argv)
-        values = asdict(cls())
-        if known.config:
-            loaded = yaml.safe_load(Path(known.config).read_text()) or {}
-            unknown = set(loaded) - set(values)
-            if unknown:
-                raise SystemExit(f"unknown keys in {known.config}: {sorted(unknown)}")
-            values.update(loaded)
-        types = {f.name: type(values[f.name]) for f in fields(cls)}
-        for item in rest:
-            if not item.startswith("--") or "=" not in item:
-                raise SystemExit(f"expected --key=value, got {item!r}")
-            key, text = item[2:].split("=", 1)
-            key = key.replace("-", "_")
-            if key not in types:
-                raise SystemExit(f"unknown key {key!r} (see TrainConfig)")
-            kind = types[key]
-            if kind is bool:
-                if text.lower() not in ("true", "false", "1", "0"):
-                    raise SystemExit(f"--{key} takes true/false, got {text!r}")
-                values[key] = text.lower() in ("true", "1")
-            else:
-                try:
-                    values[key] = kind(text)
-                except ValueError:
-                    raise SystemExit(f"--{key} takes {kind.__name__}, got {text!r}") from None
-        return cls(**values)
+        return config_from_args(cls, argv)
+
+
+def config_from_args(cls, argv: list[str] | None = None):
+    """A config dataclass from defaults, then --config YAML, then --key=value (type-checked)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="YAML file with TrainConfig keys")
+    known, rest = parser.parse_known_args(argv)
+    values = asdict(cls())
+    if known.config:
+        loaded = yaml.safe_load(Path(known.config).read_text()) or {}
+        unknown = set(loaded) - set(values)
+        if unknown:
+            raise SystemExit(f"unknown keys in {known.config}: {sorted(unknown)}")
+        values.update(loaded)
+    types = {f.name: type(values[f.name]) for f in fields(cls)}
+    for item in rest:
+        if not item.startswith("--") or "=" not in item:
+            raise SystemExit(f"expected --key=value, got {item!r}")
+        key, text = item[2:].split("=", 1)
+        key = key.replace("-", "_")
+        if key not in types:
+            raise SystemExit(f"unknown key {key!r} (see TrainConfig)")
+        kind = types[key]
+        if kind is bool:
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise SystemExit(f"--{key} takes true/false, got {text!r}")
+            values[key] = text.lower() in ("true", "1")
+        else:
+            try:
+                values[key] = kind(text)
+            except ValueError:
+                raise SystemExit(f"--{key} takes {kind.__name__}, got {text!r}") from None
+    return cls(**values)
 
 
 def lr_at(step: int, config: TrainConfig) -> float:

@@ -1,0 +1,273 @@
+"""Train a tiny CUT3R on synthetic rooms so that its camera tokens carry pose.
+
+    python -m loc3r.train.train_cut3r [--key=value ...]     # writes <out>/cut3r (our format)
+
+The objective follows the CUT3R paper for metric data: a confidence-aware regression of the
+pointmaps in the frame's own camera and in the first camera's frame,
+``c * ||x^ - x|| / s - alpha * log c`` over valid pixels (s = the sequence's mean GT point
+distance), plus the pose loss ``||q^ - q|| + ||t^ - t|| / s`` of every frame's camera-to-first-
+camera pose (unit quaternion, real part first and non-negative, as the pose head emits it).
+Gradients flow through the recurrent state across each sequence's frames.
+
+The frames go through exactly the inference pre-processing (`preprocess_frame`, as `Perception`
+does); targets are ray-cast at the pre-processed image's pixels with the matching intrinsics.
+After training, `evaluate` reports pose and pointmap errors and a linear probe: how much of the
+camera pose (R^2) a ridge regression reads from the camera tokens, for the trained model and for
+its random initialisation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.spatial.transform import Rotation
+from tqdm import tqdm
+
+from loc3r.cut3r import Cut3r, Cut3rConfig
+from loc3r.cut3r.checkpoint import save_pretrained
+from loc3r.cut3r.preprocess import preprocess_frame
+from loc3r.scenes import EpisodeConfig, make_episode
+from loc3r.scenes.render import render
+from loc3r.train.train_vlm import config_from_args, lr_at
+
+
+@dataclass
+class Cut3rTrainConfig:
+    """Every knob of a CUT3R training run (CLI keys)."""
+
+    out: str = "runs/cut3r_tiny"
+    seed: int = 0
+    steps: int = 1500
+    batch_size: int = 4  # sequences per step
+    frames: int = 8  # frames per sequence (the VLM's frames per scene)
+    render_size: int = 112  # the VLM's frame size; CUT3R sees it pre-processed
+    cut3r_size: int = 64  # long edge after pre-processing (Perception's image_size)
+    lr: float = 5e-4
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.05
+    grad_clip: float = 1.0
+    conf_alpha: float = 0.2
+    pose_weight: float = 1.0
+    train_episodes: int = 300
+    eval_episodes: int = 20
+    eval_seed_offset: int = 1_000_000
+    log_every: int = 10
+
+    @classmethod
+    def from_args(cls, argv: list[str] | None = None) -> Cut3rTrainConfig:
+        """Defaults, then --config YAML, then --key=value overrides (type-checked)."""
+        return config_from_args(cls, argv)
+
+
+@dataclass
+class Sequence:
+    """One episode as CUT3R training data (T frames)."""
+
+    images: torch.Tensor  # (T, 3, H, W) in [-1, 1], pre-processed like inference
+    pts_self: torch.Tensor  # (T, H, W, 3) metres, own camera (OpenCV axes)
+    pts_world: torch.Tensor  # (T, H, W, 3) metres, first camera's frame
+    valid: torch.Tensor  # (T, H, W) bool
+    pose: torch.Tensor  # (T, 7) [t, q_wxyz], camera-to-first-camera
+
+
+def pose_encoding(c2w: np.ndarray) -> np.ndarray:
+    """4x4 -> [t, q_wxyz] with w >= 0 (the pose head's convention)."""
+    x, y, z, w = Rotation.from_matrix(c2w[:3, :3]).as_quat()
+    quat = np.array([w, x, y, z])
+    if quat[0] < 0:
+        quat = -quat
+    return np.concatenate([c2w[:3, 3], quat])
+
+
+def make_sequence(seed: int, config: Cut3rTrainConfig) -> Sequence:
+    """Render one episode and its pointmap/pose targets at CUT3R's input pixels."""
+    episode = make_episode(seed, EpisodeConfig(frames=config.frames, image_size=config.render_size))
+    first_inv = np.linalg.inv(episode.frames[0].pose_c2w)
+    images, pts_self, pts_world, valid, poses = [], [], [], [], []
+    for frame in episode.frames:
+        pre = preprocess_frame(frame.rgb, size=config.cut3r_size)
+        (height, width), (x0, y0) = pre.true_shape, pre.crop_xy
+        scale = pre.resized_hw[1] / pre.original_hw[1]
+        K = frame.K.copy()  # noqa: N806
+        K[:2] *= scale
+        K[0, 2] -= x0
+        K[1, 2] -= y0
+        target = render(episode.room, frame.pose_c2w, K, (height, width))
+        u, v = np.meshgrid(np.arange(width) + 0.5, np.arange(height) + 0.5)
+        rays = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], -1)
+        local = rays * target.depth[..., None]
+        rel = first_inv @ frame.pose_c2w
+        images.append(pre.image[0])
+        pts_self.append(local)
+        pts_world.append(local @ rel[:3, :3].T + rel[:3, 3])
+        valid.append(np.isfinite(target.depth) & (target.depth > 0))
+        poses.append(pose_encoding(rel))
+    as_tensor = lambda a: torch.from_numpy(np.stack(a)).float()  # noqa: E731
+    return Sequence(
+        torch.stack(images), as_tensor(pts_self), as_tensor(pts_world),
+        torch.from_numpy(np.stack(valid)), as_tensor(poses),
+    )  # fmt: skip
+
+
+def stack(sequences: list[Sequence]) -> Sequence:
+    """Batch sequences: every field gains a leading batch dimension."""
+    return Sequence(
+        *(torch.stack([getattr(s, f) for s in sequences]) for f in Sequence.__annotations__)
+    )
+
+
+def run_stream(model: Cut3r, images: torch.Tensor) -> list:
+    """Differentiable CUT3R over (B, T, 3, H, W) from a fresh state."""
+    state = model.init_state(images.shape[0], grad=True)
+    return [model.forward_step(state, images[:, t]) for t in range(images.shape[1])]
+
+
+def conf_regression(pred, conf, target, valid, scale, alpha: float) -> torch.Tensor:
+    """Confidence-aware pointmap loss over valid pixels (scale-normalised distances)."""
+    dist = (pred - target).norm(dim=-1) / scale[:, None, None]
+    loss = conf * dist - alpha * torch.log(conf)
+    return loss[valid].mean()
+
+
+def sequence_loss(model: Cut3r, batch: Sequence, config: Cut3rTrainConfig) -> dict:
+    """The training objective of one batch of sequences (means over frames)."""
+    outputs = run_stream(model, batch.images)
+    scale = torch.stack([
+        batch.pts_world[b].norm(dim=-1)[batch.valid[b]].mean() for b in range(len(batch.images))
+    ]).clamp(min=1e-3)  # fmt: skip
+    parts = {"pts_self": 0.0, "pts_world": 0.0, "pose": 0.0}
+    for t, out in enumerate(outputs):
+        valid, alpha = batch.valid[:, t], config.conf_alpha
+        parts["pts_self"] += conf_regression(
+            out.pts3d_self, out.conf_self, batch.pts_self[:, t], valid, scale, alpha
+        )
+        parts["pts_world"] += conf_regression(
+            out.pts3d_world, out.conf_world, batch.pts_world[:, t], valid, scale, alpha
+        )
+        rotation = (out.pose_encoding[:, 3:] - batch.pose[:, t, 3:]).norm(dim=-1)
+        translation = (out.pose_encoding[:, :3] - batch.pose[:, t, :3]).norm(dim=-1) / scale
+        parts["pose"] += (rotation + translation).mean()
+    parts = {k: v / len(outputs) for k, v in parts.items()}
+    parts["loss"] = parts["pts_self"] + parts["pts_world"] + config.pose_weight * parts["pose"]
+    return parts
+
+
+@torch.no_grad()
+def camera_tokens_and_poses(model: Cut3r, sequences: list[Sequence]) -> tuple[np.ndarray, ...]:
+    """Camera tokens, predicted and true poses of every frame (frames 1.. of each sequence)."""
+    tokens, predicted, truth = [], [], []
+    for seq in sequences:
+        outputs = model.run([seq.images[t : t + 1] for t in range(len(seq.images))])
+        for t, out in enumerate(outputs[1:], 1):
+            tokens.append(out.camera_token[0].numpy())
+            predicted.append(out.pose_encoding[0].numpy())
+            truth.append(seq.pose[t].numpy())
+    return np.array(tokens), np.array(predicted), np.array(truth)
+
+
+def pose_features(encodings: np.ndarray) -> np.ndarray:
+    """[t_xyz, sin/cos of the heading about the camera's y (down) axis]: what a probe reads."""
+    rot = Rotation.from_quat(np.concatenate([encodings[:, 4:7], encodings[:, 3:4]], 1))
+    forward = rot.apply([0.0, 0.0, 1.0])
+    heading = np.arctan2(forward[:, 0], forward[:, 2])
+    return np.concatenate([encodings[:, :3], np.sin(heading)[:, None], np.cos(heading)[:, None]], 1)
+
+
+def probe_r2(train_x, train_y, test_x, test_y, ridge: float = 1e-2) -> float:
+    """R^2 on held-out frames of a ridge regression from camera tokens to pose features."""
+    mean_x, std_x = train_x.mean(0), train_x.std(0) + 1e-6
+    a = np.c_[(train_x - mean_x) / std_x, np.ones(len(train_x))]
+    weights = np.linalg.solve(a.T @ a + ridge * np.eye(a.shape[1]), a.T @ train_y)
+    pred = np.c_[(test_x - mean_x) / std_x, np.ones(len(test_x))] @ weights
+    residual = ((test_y - pred) ** 2).sum(0)
+    total = ((test_y - test_y.mean(0)) ** 2).sum(0) + 1e-12
+    return float(np.mean(1 - residual / total))
+
+
+def evaluate(model: Cut3r, train: list[Sequence], held_out: list[Sequence]) -> dict:
+    """Pose errors on held-out sequences and the camera-token probe."""
+    model.eval()
+    tokens_tr, _, truth_tr = camera_tokens_and_poses(model, train)
+    tokens_te, pred_te, truth_te = camera_tokens_and_poses(model, held_out)
+    trans_err = np.linalg.norm(pred_te[:, :3] - truth_te[:, :3], axis=1)
+    dots = np.abs((pred_te[:, 3:] * truth_te[:, 3:]).sum(1)).clip(max=1.0)
+    rot_err = np.degrees(2 * np.arccos(dots))
+    return {
+        "frames": len(truth_te),
+        "median_translation_error_m": float(np.median(trans_err)),
+        "median_rotation_error_deg": float(np.median(rot_err)),
+        "median_translation_m": float(np.median(np.linalg.norm(truth_te[:, :3], axis=1))),
+        "probe_r2": probe_r2(
+            tokens_tr, pose_features(truth_tr), tokens_te, pose_features(truth_te)
+        ),
+    }
+
+
+def train(config: Cut3rTrainConfig, progress: bool = True) -> dict:
+    """Build data, train, evaluate against the random initialisation, save; returns the report."""
+    torch.manual_seed(config.seed)
+    start = time.perf_counter()
+    seeds = range(config.train_episodes)
+    held_seeds = range(config.eval_seed_offset, config.eval_seed_offset + config.eval_episodes)
+    train_data = [make_sequence(s, config) for s in tqdm(seeds, "sequences", disable=not progress)]
+    held_out = [make_sequence(s, config) for s in held_seeds]
+    model = Cut3r(Cut3rConfig.tiny())
+    probe_train = train_data[: config.eval_episodes * 4]
+    before = evaluate(model, probe_train, held_out)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.95),
+                                  weight_decay=config.weight_decay)  # fmt: skip
+    rng = np.random.default_rng(config.seed)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    history = []
+    with open(out / "metrics.jsonl", "w") as log:
+        model.train()
+        for step in tqdm(range(config.steps), "cut3r", disable=not progress):
+            lr = lr_at(step, config)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            batch = stack([train_data[i] for i in rng.choice(len(train_data), config.batch_size)])
+            parts = sequence_loss(model, batch, config)
+            optimizer.zero_grad(set_to_none=True)
+            parts["loss"].backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            metrics = {k: float(v.detach()) for k, v in parts.items()}
+            metrics.update(step=step + 1, lr=lr, grad_norm=float(grad_norm))
+            history.append(metrics)
+            if (step + 1) % config.log_every == 0 or step == 0:
+                log.write(json.dumps(metrics) + "\n")
+                log.flush()
+    model.eval()
+    after = evaluate(model, probe_train, held_out)
+    save_pretrained(model, out / "cut3r")
+    report = {
+        "config": asdict(config),
+        "random_init": before,
+        "trained": after,
+        "first_loss": history[0]["loss"] if history else None,
+        "final_loss": float(np.mean([h["loss"] for h in history[-20:]])) if history else None,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Train and print the report."""
+    torch.set_num_threads(1)
+    report = train(Cut3rTrainConfig.from_args(argv))
+    print(json.dumps({k: v for k, v in report.items() if k != "config"}, indent=2))
+    return 0 if math.isfinite(report["final_loss"] or 0.0) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
