@@ -73,6 +73,16 @@ if ! "$py" -c 'import tf2_msgs.msg' 2>/dev/null && [ ! -d "$venv/share/tf2_msgs"
   base_paths+=(.deps/tf2_msgs)
 fi
 
+# 3b. espeak-ng: the default text-to-speech of the speech bridge (and CI's test voices).
+if ! command -v espeak-ng >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    log "installing Debian's espeak-ng (speech synthesis)"
+    apt-get update -qq >/dev/null && apt-get install -y -qq espeak-ng >/dev/null
+  else
+    echo "espeak-ng is missing: run 'sudo apt-get install espeak-ng' and re-run" >&2; exit 1
+  fi
+fi
+
 # 4. Build the workspace.
 src_hash=$( (find "${base_paths[@]}" -type f ! -path '*/__pycache__/*' ! -path '*/test/*' -print0 \
   | sort -z | xargs -0 sha256sum; echo "$py_inc") | sha256sum | cut -c1-16)
