@@ -25,11 +25,18 @@ from ros_graph import NodeProcess, isolate_ros_graph  # noqa: E402
 
 
 def rss_bytes(pid: int) -> int:
-    """Resident memory of a process, from /proc/<pid>/status."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
+    """Resident memory of a process and its descendants (the model process), from /proc."""
+    total = 0
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) * 1024
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                total += rss_bytes(int(child))
+    except OSError:
+        pass
+    return total
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -41,7 +48,8 @@ def run(args: argparse.Namespace) -> dict:
     from sensor_msgs.msg import Image
 
     topic = "/soak_cam/image_raw"
-    node_args = ["--ros-args", "-p", f"image_topic:={topic}", "-p", "status_period_s:=0.5"]
+    node_args = ["--ros-args", "-p", f"image_topic:={topic}", "-p", "status_period_s:=0.5",
+                 "-p", f"model_process:={str(args.model_process).lower()}"]  # fmt: skip
     if args.model_dir:
         node_args += ["-p", f"model_dir:={args.model_dir}"]
     server = NodeProcess("loc3r_node", *node_args, log_path=Path(args.log))
@@ -100,6 +108,7 @@ def run(args: argparse.Namespace) -> dict:
     end = samples[-1]
     p99s = [s[2] for s in samples if s[0] >= args.reference]
     return {
+        "model_process": args.model_process,
         "duration_s": round(end[0], 1),
         "frames_published": frame,
         "rate_hz": round(frame / end[0], 1),
@@ -129,18 +138,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-growth", type=float, default=0.10)
     parser.add_argument("--max-p99-ms", type=float, default=2.0)
     parser.add_argument("--log", default="/tmp/loc3r_soak_node.log")
+    parser.add_argument(
+        "--model-process", choices=("true", "false", "both"), default="true",
+        help="models in a child process (the node's default), in threads, or both in turn",
+    )  # fmt: skip
     args = parser.parse_args(argv)
-    result = run(args)
-    for t, rss, p99 in result.pop("samples")[:: max(1, int(args.duration // 20))]:
-        print(f"t={t:7.1f}s  rss={rss:8.1f} MB  image_cb_p99={p99:6.3f} ms")
-    print(json.dumps(result, indent=2))
-    ok = (
-        result["rss_growth"] <= args.max_growth
-        and result["image_callback_p99_ms_max"] is not None
-        and result["image_callback_p99_ms_max"] < args.max_p99_ms
-        and result["node_exit_code"] == 0
-    )
-    print("PASS" if ok else "FAIL")
+    ok = True
+    for mode in ("true", "false") if args.model_process == "both" else (args.model_process,):
+        args.model_process = mode == "true"
+        result = run(args)
+        for t, rss, p99 in result.pop("samples")[:: max(1, int(args.duration // 20))]:
+            print(f"t={t:7.1f}s  rss={rss:8.1f} MB  image_cb_p99={p99:6.3f} ms")
+        print(json.dumps(result, indent=2))
+        passed = (
+            result["rss_growth"] <= args.max_growth
+            and result["image_callback_p99_ms_max"] is not None
+            and result["image_callback_p99_ms_max"] < args.max_p99_ms
+            and result["node_exit_code"] == 0
+        )
+        print(("PASS" if passed else "FAIL") + f" (model_process={args.model_process})")
+        ok = ok and passed
     return 0 if ok else 1
 
 

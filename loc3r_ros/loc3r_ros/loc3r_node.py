@@ -57,6 +57,7 @@ from visualization_msgs.msg import MarkerArray
 
 from loc3r.engine import EngineConfig, KeyframeConfig, QueryResult, SceneEngine
 from loc3r.engine.alignment import AlignmentError, umeyama
+from loc3r.engine.model_process import ModelProcess, load_bundle_in_process
 from loc3r.engine.models import ModelLoadError, load_bundle
 from loc3r.errors import BusyError, Loc3rError
 from loc3r_ros.conversions import (
@@ -105,6 +106,7 @@ class Loc3rNode(Node):
         self.engine = SceneEngine(self._engine_config(), model=None)
         self.model_state = Status.STATE_LOADING
         self.engine.no_model_reason = "model is loading"
+        self._model_process: ModelProcess | None = None
         self._loader = threading.Thread(target=self._load_models, name="loc3r-load", daemon=True)
         self.frames_received = 0
         self.frames_dropped = 0
@@ -219,7 +221,12 @@ class Loc3rNode(Node):
         """Load CUT3R + Loc3R-VLM in the background; the node serves (and buffers) meanwhile."""
         model_dir = self.p["model_dir"]
         try:
-            bundle = load_bundle(model_dir or None, self.p["device"])
+            if self.p["model_process"]:
+                bundle, self._model_process = load_bundle_in_process(
+                    model_dir or None, self.p["device"]
+                )
+            else:
+                bundle = load_bundle(model_dir or None, self.p["device"])
         except ModelLoadError as exc:
             self.model_state = Status.STATE_NO_MODEL
             self.engine.no_model_reason = f"no model loaded: {exc}"
@@ -487,10 +494,21 @@ class Loc3rNode(Node):
         except Exception as exc:
             self.get_logger().error(f"status failed: {exc!r}", throttle_duration_sec=10.0)
 
+    def _check_model_process(self) -> None:
+        """A model process that died turns the node's model state to error (said once)."""
+        process = self._model_process
+        if process is not None and not process.alive and self.model_state != Status.STATE_ERROR:
+            self.model_state = Status.STATE_ERROR
+            self.engine.no_model_reason = (
+                f"the model process exited (code {process.process.exitcode})"
+            )
+            self.get_logger().error(self.engine.no_model_reason)
+
     def _publish_status(self) -> None:
+        self._check_model_process()
         msg = Status()
         msg.header.stamp = self.get_clock().now().to_msg()
-        ready = self.engine.ready
+        ready = self.engine.ready and self.model_state != Status.STATE_ERROR
         msg.state = self.model_state
         msg.message = "ready" if ready else self.engine.no_model_reason
         msg.frames_received = self.frames_received
@@ -502,6 +520,8 @@ class Loc3rNode(Node):
             msg.last_query_latency_s = self.last_latency_s
             msg.mean_query_latency_s = self.latency_sum_s / self.queries_answered
         msg.memory_bytes = resident_memory_bytes()
+        if self._model_process is not None:
+            msg.memory_bytes += resident_memory_bytes(self._model_process.process.pid)
         worker = self.engine.worker
         if worker is not None:
             msg.cut3r_ms_per_frame = 1000.0 * worker.mean_seconds()
@@ -539,6 +559,8 @@ class Loc3rNode(Node):
         """Stop the model and perception threads, then the node."""
         self._model_thread.shutdown(wait=False, cancel_futures=True)
         self.engine.close()
+        if self._model_process is not None:
+            self._model_process.close()
         super().destroy_node()
 
 

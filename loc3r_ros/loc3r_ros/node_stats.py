@@ -61,10 +61,10 @@ class LatencyWindow:
         return min(self._count, len(self._values))
 
 
-def resident_memory_bytes() -> int:
-    """Current resident set size of this process (Linux /proc; 0 where unavailable)."""
+def resident_memory_bytes(pid: int | None = None) -> int:
+    """Current resident set size of this process or `pid` (Linux /proc; 0 where unavailable)."""
     try:
-        with open("/proc/self/statm") as statm:
+        with open(f"/proc/{pid or 'self'}/statm") as statm:
             return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0

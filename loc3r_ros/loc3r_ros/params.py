@@ -99,6 +99,13 @@ PARAMS: tuple[ParamSpec, ...] = (
         read_only=True,
     ),
     ParamSpec(
+        "model_process",
+        True,
+        "Run the models in a child process, so that image callbacks never wait for the GIL "
+        "held by model threads (false: threads in the node's process)",
+        read_only=True,
+    ),
+    ParamSpec(
         "engine_mode",
         "streaming",
         "CUT3R camera tokens from the running stream (streaming) or re-run over exactly the "

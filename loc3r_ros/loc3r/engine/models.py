@@ -78,18 +78,24 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def load_bundle(model_dir: str | Path | None = None, device: str = "cpu") -> Bundle:
-    """Load a model directory (default: the embedded model). Raises ModelLoadError."""
-    root = Path(model_dir) if model_dir else DEFAULT_MODEL_DIR
+def read_bundle_spec(root: Path) -> dict:
+    """The bundle.json of a model directory (cheap checks before loading anything)."""
     spec_path = root / "bundle.json"
     if not spec_path.is_file():
         raise ModelLoadError(f"{root} is not a loc3r model directory (no bundle.json)")
     try:
         spec = json.loads(spec_path.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelLoadError(f"{spec_path}: invalid JSON ({exc})") from exc
-    if spec.get("format") != "loc3r_bundle":
+    if not isinstance(spec, dict) or spec.get("format") != "loc3r_bundle":
         raise ModelLoadError(f"{spec_path}: format is not loc3r_bundle")
+    return spec
+
+
+def load_bundle(model_dir: str | Path | None = None, device: str = "cpu") -> Bundle:
+    """Load a model directory (default: the embedded model). Raises ModelLoadError."""
+    root = Path(model_dir) if model_dir else DEFAULT_MODEL_DIR
+    spec = read_bundle_spec(root)
     torch_device = resolve_device(device)
     dtype = torch.bfloat16 if torch_device.type == "cuda" else torch.float32
     cut3r_path = root / "cut3r" if (root / "cut3r").is_dir() else root / "cut3r.pth"

@@ -65,6 +65,9 @@ class TrainConfig:
     vocab_size: int = 600
     # objective / ablations
     use_camera_tokens: bool = True
+    # SigLIP is frozen in the paper because it is pretrained; a tiny tower built from scratch
+    # has learned nothing to keep, so the embedded model trains it (true for it, false for 7B)
+    train_vision_tower: bool = False
     layout_weight: float = 0.05  # 0 disables the layout loss (and head)
     situation_weight: float = 0.075
     ori_weight: float = 3.5
@@ -141,7 +144,7 @@ def build_model(config: TrainConfig, tokenizer, cam_dim: int) -> Loc3rVLM:
             bev=config.layout_weight, situation=config.situation_weight, ori=config.ori_weight
         ),
     )
-    return build_tiny_loc3r(
+    model = build_tiny_loc3r(
         tokenizer,
         vlm_config,
         hidden=config.hidden,
@@ -153,6 +156,8 @@ def build_model(config: TrainConfig, tokenizer, cam_dim: int) -> Loc3rVLM:
         vision_hidden=config.vision_hidden,
         vision_layers=config.vision_layers,
     )
+    model.base.vision_tower.requires_grad_(config.train_vision_tower)
+    return model
 
 
 class Trainer:
