@@ -1,12 +1,16 @@
 """Reproduce the embedded default model from scratch (no downloads), and evaluate it.
 
-    python -m loc3r.train.make_default_model                 # ~25 min on one CPU core
+    python -m loc3r.train.make_default_model                 # CUT3R, then the VLM (one core)
     python -m loc3r.train.make_default_model --steps=200     # smoke run (any TrainConfig key)
+    python -m loc3r.train.make_default_model --cut3r_dir=DIR # reuse a trained tiny CUT3R
 
-Trains a tokenizer on the synthetic corpus, renders the training and held-out episodes, trains a
-tiny Loc3R-VLM on the joint objective with a frozen tiny CUT3R, evaluates it against the random
-and majority baselines on held-out rooms, and writes the model bundle to
-loc3r/assets/default_model (bundle.json, vlm/, cut3r/) with eval.json beside it.
+First trains the tiny CUT3R on synthetic rooms (loc3r.train.train_cut3r; skipped when
+--cut3r_dir is given), then a tokenizer on the synthetic corpus, renders the training and
+held-out episodes, trains a tiny Loc3R-VLM on the joint objective with that CUT3R frozen,
+evaluates it with `loc3r eval`'s code against the random and majority baselines on held-out
+rooms, and writes the bundle to loc3r/assets/default_model (bundle.json, vlm/, cut3r/) with
+eval.json beside it. The embedded recipe differs from the paper's in one point, on purpose: the
+tiny vision tower has no pretraining, so it is trained (--train_vision_tower=true).
 """
 
 from __future__ import annotations
@@ -14,13 +18,18 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
 from loc3r.engine.models import DEFAULT_MODEL_DIR, save_bundle
 from loc3r.train.pipeline import CUT3R_IMAGE_SIZE, evaluate, prepare_run
+from loc3r.train.train_cut3r import Cut3rTrainConfig
+from loc3r.train.train_cut3r import train as train_cut3r
 from loc3r.train.train_vlm import TrainConfig, Trainer
+
+EMBEDDED_RECIPE = ("--out=runs/default_model", "--train_vision_tower=true")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,8 +40,17 @@ def main(argv: list[str] | None = None) -> int:
         target = Path(next(a for a in argv if a.startswith("--target=")).split("=", 1)[1])
         argv = [a for a in argv if not a.startswith("--target=")]
     torch.set_num_threads(1)
-    config = TrainConfig.from_args(["--out=runs/default_model", *argv])
+    config = TrainConfig.from_args([*EMBEDDED_RECIPE, *argv])
     start = time.perf_counter()
+    cut3r_report = None
+    if not config.cut3r_dir:
+        cut3r_config = Cut3rTrainConfig(
+            out=str(Path(config.out) / "cut3r_run"),
+            frames=config.frames,
+            render_size=config.image_size,
+        )
+        cut3r_report = train_cut3r(cut3r_config)
+        config = replace(config, cut3r_dir=str(Path(cut3r_config.out) / "cut3r"))
     run = prepare_run(config)
     trainer = Trainer(config, run.model, run.train_samples)
     history = trainer.fit()
@@ -44,7 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         "final_loss": history[-1]["loss"] if history else None,
         "samples": len(run.train_samples),
         "seconds": round(time.perf_counter() - start, 1),
+        "config": asdict(config),
     }
+    if cut3r_report is not None:
+        report["cut3r"] = {k: v for k, v in cut3r_report.items() if k != "config"}
     save_bundle(
         target,
         run.model,
