@@ -125,3 +125,22 @@ def test_cli_runs_the_embedded_model_and_rescoring_agrees(tmp_path):
     for value in report["model"]["localization"].values():
         assert math.isfinite(value)
     assert cli_main(["eval", "--seeds", "7:7"]) == 2  # selects no scene: clear error
+
+
+def test_cli_on_our_dataset_format_matches_the_synthetic_path(tmp_path):
+    from loc3r.datasets.format import export_synthetic
+    from loc3r.scenes import EpisodeConfig
+
+    export_synthetic(tmp_path / "data", [1000003], EpisodeConfig(frames=8, image_size=112), "test")
+    argv = ["eval", "--data", str(tmp_path / "data"), "--split", "test", "--no-progress"]
+    assert cli_main([*argv, "--out", str(tmp_path / "a")]) == 0
+    assert cli_main(["eval", "--seeds", "1000003:1000004", "--no-progress",
+                     "--out", str(tmp_path / "b")]) == 0  # fmt: skip
+    from_data = read_cases(tmp_path / "a" / "predictions.jsonl")
+    synthetic = read_cases(tmp_path / "b" / "predictions.jsonl")
+    assert len(from_data) == len(synthetic) > 10
+    for a, b in zip(from_data, synthetic, strict=True):
+        assert (a.question, a.references, a.prediction) == (b.question, b.references, b.prediction)
+        assert a.gt_position[:2] == pytest.approx(b.gt_position[:2], abs=1e-6)
+        assert a.pred_positions[0] == pytest.approx(b.pred_positions[0], abs=1e-4)
+    assert cli_main([*argv[:3], "--split", "missing"]) == 2

@@ -2,6 +2,7 @@
 
     loc3r eval --predictions preds.jsonl [--answers leo] [--localization sqa3d] [--out DIR]
     loc3r eval [--model DIR] [--seeds 1000000:1000040] [--out DIR]
+    loc3r eval [--model DIR] --data ROOT --split test [--out DIR]   # our dataset format
 
 Writes ``report.json`` (aggregates, baselines, every case), ``report.md`` and, when it ran a
 model, ``predictions.jsonl`` to ``--out``; prints the Markdown. The variants default to the
@@ -16,6 +17,8 @@ import math
 import time
 from pathlib import Path
 
+import torch
+
 from loc3r.eval.answers import ANSWER_VARIANTS
 from loc3r.eval.localization import LOCALIZATION_VARIANTS
 from loc3r.eval.report import EvalCase, evaluate_cases, markdown_report, read_cases, write_cases
@@ -28,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--predictions", type=Path, help="JSON-lines predictions to score")
     parser.add_argument("--model", default="", help="model directory (default: embedded)")
     parser.add_argument("--seeds", default=DEFAULT_HELD_OUT, help="synthetic scenes A:B (B excl.)")
+    parser.add_argument("--data", type=Path, help="dataset root in our format (loc3r.datasets)")
+    parser.add_argument("--split", default="test", help="annotation split of --data")
     parser.add_argument("--frames", type=int, default=0, help="frames per scene (default: model)")
     parser.add_argument("--image-size", type=int, default=112, help="rendered frame size")
     parser.add_argument("--device", default="cpu")
@@ -54,8 +59,6 @@ def parse_seeds(text: str) -> list[int]:
 
 def predict_synthetic(args: argparse.Namespace) -> list[EvalCase]:
     """Run a model bundle on held-out synthetic episodes."""
-    import torch
-
     from loc3r.engine.models import load_bundle
     from loc3r.scenes import EpisodeConfig
     from loc3r.train.pipeline import predict_cases
@@ -73,11 +76,53 @@ def predict_synthetic(args: argparse.Namespace) -> list[EvalCase]:
     return predict_cases(vlm, episodes, args.image_size, progress=not args.no_progress)
 
 
+def predict_dataset(args: argparse.Namespace) -> list[EvalCase]:
+    """Run a model bundle over a dataset in our format.
+
+    Per scene: `frames` frames sampled uniformly, CUT3R over exactly them, one scene encoding
+    for all of the scene's questions.
+    """
+    from tqdm import tqdm
+
+    from loc3r.datasets.format import read_annotations, read_scene
+    from loc3r.engine.models import load_bundle
+    from loc3r.engine.scene_engine import sample_uniform
+
+    annotations = read_annotations(args.data, args.split)
+    bundle = load_bundle(args.model or None, args.device)
+    frames = args.frames or bundle.num_query_frames
+    by_scene: dict[str, list] = {}
+    for note in annotations:
+        by_scene.setdefault(note.scene_id, []).append(note)
+    cases = []
+    for scene_id, notes in tqdm(by_scene.items(), desc="scenes", disable=args.no_progress):
+        scene = read_scene(args.data, scene_id)
+        images = [scene[i].rgb for i in sample_uniform(frames, len(scene))]
+        perceived = bundle.perception.run_fresh(images)
+        tokens = torch.stack([p.camera_token for p in perceived])
+        prefix = bundle.model.encode_scene(images, tokens)
+        for index, note in enumerate(notes):
+            answer, pose = bundle.model.answer(prefix, note.question, note.situation)
+            key = note.question_id if note.question_id is not None else f"{scene_id}-{index}"
+            cases.append(
+                EvalCase(
+                    id=str(key),
+                    question=note.question, prediction=answer, references=list(note.answers),
+                    question_type=note.question_type, scene_id=scene_id,
+                    gt_position=[float(v) for v in note.position], gt_yaw=float(note.yaw),
+                    pred_positions=[[pose.x, pose.y]], pred_yaws=[pose.yaw],
+                )
+            )  # fmt: skip
+    return cases
+
+
 def run(args: argparse.Namespace) -> dict:
     """Score (running the model first when no predictions are given); write the outputs."""
     start = time.perf_counter()
     if args.predictions:
         cases, source = read_cases(args.predictions), str(args.predictions)
+    elif args.data:
+        cases, source = predict_dataset(args), f"model {args.model or 'embedded'} on {args.data}"
     else:
         cases, source = predict_synthetic(args), f"model {args.model or 'embedded'}"
     report = evaluate_cases(cases, args.answers, args.localization)
