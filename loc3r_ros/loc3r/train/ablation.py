@@ -5,9 +5,10 @@
 Three tiny Loc3R-VLMs are trained on the same data, steps and seed, and evaluated by the same
 `loc3r eval` code on the same held-out rooms: *situation only* (no layout loss, no camera
 tokens), *+ layout* (the BEV layout loss) and *+ camera prior* (layout loss and CUT3R camera
-tokens: the full method). Any TrainConfig key can be given; the data (episodes, CUT3R camera
-tokens, tokenizer) is built once. Writes ``ablation.json`` and ``ablation.md`` to ``--out`` and
-prints the table with the random and majority baselines and the time each run took.
+tokens: the full method), with the embedded model's recipe. Any TrainConfig key can be given;
+the data (episodes, CUT3R camera tokens, tokenizer) is built once. Writes ``ablation.json`` and
+``ablation.md`` to ``--out`` and prints the table with the random and majority baselines and
+the time each run took.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from loc3r.train.make_default_model import EMBEDDED_RECIPE
 from loc3r.train.pipeline import evaluate, prepare_run
 from loc3r.train.train_vlm import TrainConfig, Trainer, build_model
 
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     """Build the data once, train and evaluate the three variants, print the table."""
     argv = list(sys.argv[1:] if argv is None else argv)
     torch.set_num_threads(1)
-    config = TrainConfig.from_args(["--out=runs/ablation", *argv])
+    config = TrainConfig.from_args([*EMBEDDED_RECIPE, "--out=runs/ablation", *argv])
     start = time.perf_counter()
     run = prepare_run(config)
     data_seconds = time.perf_counter() - start
