@@ -77,9 +77,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_process_gloo_matches_one_process(tmp_path):
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_process_gloo_matches_one_process(tmp_path, parallel):
     single = tmp_path / "single"
-    double = tmp_path / "ddp"
+    double = tmp_path / parallel
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
     env.pop("RANK", None)
     base = [sys.executable, "-m"]
@@ -90,7 +91,7 @@ def test_two_process_gloo_matches_one_process(tmp_path):
     proc = subprocess.run(
         [*base, "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
          f"--master_port={_free_port()}", "-m", "loc3r.train.train_vlm", f"--out={double}",
-         "--steps=5", *TINY],
+         "--steps=5", f"--parallel={parallel}", *TINY],
         env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -107,3 +108,58 @@ def test_two_process_gloo_matches_one_process(tmp_path):
     b = torch.load(double / "checkpoint.pt", weights_only=True)["model"]
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)
     assert worst < 1e-4
+
+
+def test_lora_trains_adapters_only_and_merges_into_plain_weights(tmp_path):
+    from loc3r.train.train_vlm import merge_lora
+    from loc3r.vlm import Loc3rVLM
+
+    config = TrainConfig.from_args([f"--out={tmp_path}", "--steps=3", "--lora_rank=4", *TINY])
+    run = prepare_run(config, progress=False)
+    llm = run.model.base.language_model
+    frozen = llm.model.layers[0].self_attn.q_proj.base_layer.weight.detach().clone()
+    trainer = Trainer(config, run.model, run.train_samples)
+    names = {n for n, p in run.model.named_parameters() if p.requires_grad}
+    assert any("lora_A" in n for n in names) and any(n.startswith("f_pos") for n in names)
+    assert not any(".base_layer." in n for n in names)  # the LLM's own weights stay frozen
+    history = trainer.fit(progress=False)
+    assert all(math.isfinite(h["loss"]) for h in history)
+    assert torch.equal(llm.model.layers[0].self_attn.q_proj.base_layer.weight, frozen)
+    merged = merge_lora(run.model.state_dict(), config)
+    assert not any("lora_" in k or "base_layer" in k for k in merged)
+    run.model.save_pretrained(tmp_path / "final", merged)
+    plain = Loc3rVLM.from_pretrained(tmp_path / "final")  # strict load: plain keys only
+    samples = run.train_samples[:2]
+    with torch.no_grad():
+        want = run.model.eval()(samples)["loss"]
+        got = plain.eval()(samples)["loss"]
+    assert float(got) == pytest.approx(float(want), rel=1e-4)
+
+
+def test_training_from_a_dataset_in_our_format(tmp_path):
+    from loc3r.datasets.format import export_synthetic
+    from loc3r.scenes import EpisodeConfig
+
+    data = tmp_path / "data"
+    episodes = EpisodeConfig(frames=3, image_size=56)
+    export_synthetic(data, [11, 12], episodes, "train")
+    export_synthetic(data, [1000011], episodes, "val")
+    config = TrainConfig.from_args(
+        [f"--out={tmp_path / 'run'}", f"--data_root={data}", "--steps=2", *TINY]
+    )
+    run = prepare_run(config, progress=False)
+    assert len(run.train_episodes) == 2 and len(run.eval_episodes) == 1
+    assert all(e.bev_mask.any() for e in run.train_episodes)  # layout targets from stored depth
+    history = Trainer(config, run.model, run.train_samples).fit(progress=False)
+    assert len(history) == 2 and all(math.isfinite(h["loss"]) for h in history)
+
+
+def test_the_paper_recipe_config_is_valid():
+    from conftest import REPO_ROOT
+
+    path = REPO_ROOT / "loc3r_ros" / "config" / "train_paper.yaml"
+    config = TrainConfig.from_args(["--config", str(path), "--base_model_dir=/models/llava"])
+    assert (config.lr, config.batch_size, config.epochs, config.frames) == (1e-5, 64, 1.0, 32)
+    assert (config.layout_weight, config.situation_weight, config.ori_weight) == (0.05, 0.075, 3.5)
+    assert config.parallel == "fsdp" and not config.train_vision_tower
+    assert config.base_model_dir == "/models/llava"  # the command line overrides the file

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from loc3r.engine.models import DEFAULT_MODEL_DIR, save_bundle
-from loc3r.train.pipeline import CUT3R_IMAGE_SIZE, evaluate, prepare_run
+from loc3r.train.pipeline import evaluate, prepare_run
 from loc3r.train.train_cut3r import Cut3rTrainConfig
 from loc3r.train.train_cut3r import train as train_cut3r
 from loc3r.train.train_vlm import TrainConfig, Trainer
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         target,
         run.model,
         run.cut3r,
-        cut3r_image_size=CUT3R_IMAGE_SIZE,
+        cut3r_image_size=config.cut3r_image_size,
         num_query_frames=config.frames,
         description=f"embedded tiny Loc3R-VLM ({config.steps} steps on synthetic rooms)",
     )

@@ -52,8 +52,8 @@ def prepare_run(config: TrainConfig, progress: bool = True) -> Run:
     episodes_cfg = episode_config(config)
     train_seeds = list(range(config.train_episodes))
     eval_seeds = [config.eval_seed_offset + i for i in range(config.eval_episodes)]
-    if config.tokenizer_dir:
-        tokenizer = AutoTokenizer.from_pretrained(config.tokenizer_dir)
+    if config.tokenizer_dir or config.base_model_dir:
+        tokenizer = AutoTokenizer.from_pretrained(config.tokenizer_dir or config.base_model_dir)
     else:
         tokenizer_dir = out / "tokenizer"
         if (tokenizer_dir / "tokenizer.json").exists():
@@ -65,10 +65,19 @@ def prepare_run(config: TrainConfig, progress: bool = True) -> Run:
                 lines, tokenizer_dir if main_rank else None, config.vocab_size
             )
     cut3r = load_or_make_cut3r(config)
-    perception = Perception(cut3r, PerceptionConfig(image_size=CUT3R_IMAGE_SIZE))
+    perception = Perception(cut3r, PerceptionConfig(image_size=config.cut3r_image_size))
     grid = math.ceil((config.image_size // 14) / 2)
-    train = build_episodes(train_seeds, episodes_cfg, perception, grid, progress)
-    held_out = build_episodes(eval_seeds, episodes_cfg, perception, grid, progress)
+    if config.data_root:
+        from loc3r.train.dataset_data import build_dataset_episodes
+
+        def episodes_of(split: str) -> list[EpisodeData]:
+            return build_dataset_episodes(config.data_root, split, config.frames, perception,
+                                          grid, progress, config.max_scenes)  # fmt: skip
+
+        train, held_out = episodes_of(config.train_split), episodes_of(config.eval_split)
+    else:
+        train = build_episodes(train_seeds, episodes_cfg, perception, grid, progress)
+        held_out = build_episodes(eval_seeds, episodes_cfg, perception, grid, progress)
     samples = [s for e in train for s in e.samples(config.image_size)]
     model = build_model(config, tokenizer, cut3r.config.dec_embed_dim)
     return Run(model, cut3r, train, held_out, samples)

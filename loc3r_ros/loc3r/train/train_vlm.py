@@ -20,7 +20,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,7 @@ class TrainConfig:
     out: str = "runs/loc3r_tiny"
     seed: int = 0
     steps: int = 2000
+    epochs: float = 0.0  # > 0: steps = ceil(epochs * samples / batch_size) (replaces steps)
     batch_size: int = 16  # global batch (samples per optimizer step, all processes together)
     micro_batch: int = 8  # samples per forward pass and process
     lr: float = 1e-3  # peak learning rate (the paper: 1e-5 for the 7B model)
@@ -71,8 +72,19 @@ class TrainConfig:
     layout_weight: float = 0.05  # 0 disables the layout loss (and head)
     situation_weight: float = 0.075
     ori_weight: float = 3.5
-    cut3r_dir: str = ""  # our CUT3R directory; "" = a seeded random tiny CUT3R
+    cut3r_dir: str = ""  # our CUT3R directory or an official .pth; "" = a seeded random tiny one
+    cut3r_image_size: int = 64  # CUT3R input long edge (512 for the official DPT checkpoint)
     tokenizer_dir: str = ""  # "" = train one on the synthetic corpus into <out>/tokenizer
+    # real models and data (the paper's recipe: see config/train_paper.yaml)
+    base_model_dir: str = ""  # LLaVA-Video checkpoint (lmms-lab/LLaVA-Video-7B-Qwen2); "" = tiny
+    vision_tower_dir: str = ""  # its SigLIP (google/siglip-so400m-patch14-384)
+    data_root: str = ""  # a dataset in our format (loc3r.datasets); "" = synthetic rooms
+    train_split: str = "train"
+    eval_split: str = "val"
+    max_scenes: int = 0  # 0 = all scenes of a split
+    lora_rank: int = 0  # > 0: LoRA adapters on the LLM's attention/MLP (peft), LLM frozen
+    lora_alpha: float = 16.0
+    parallel: str = "ddp"  # ddp | fsdp (shards the model across GPUs; for the 7B model)
 
     @classmethod
     def from_args(cls, argv: list[str] | None = None) -> TrainConfig:
@@ -131,7 +143,11 @@ def batch_indices(step: int, num_samples: int, batch: int, seed: int) -> list[in
 
 
 def build_model(config: TrainConfig, tokenizer, cam_dim: int) -> Loc3rVLM:
-    """A tiny Loc3R-VLM for `tokenizer`, seeded."""
+    """The Loc3R-VLM to train: LLaVA-Video from `base_model_dir` or a tiny one, seeded.
+
+    New parts (f_cam, heads, <Pos>/<Ori> embeddings) are random; with `lora_rank` the LLM gets
+    LoRA adapters and its own weights are frozen.
+    """
     from loc3r.vlm.tiny import build_tiny_loc3r
 
     torch.manual_seed(config.seed)
@@ -144,6 +160,13 @@ def build_model(config: TrainConfig, tokenizer, cam_dim: int) -> Loc3rVLM:
             bev=config.layout_weight, situation=config.situation_weight, ori=config.ori_weight
         ),
     )
+    if config.base_model_dir:
+        dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+        model = Loc3rVLM.from_base(
+            config.base_model_dir, config.vision_tower_dir or config.base_model_dir, vlm_config,
+            dtype=dtype,
+        )  # fmt: skip
+        return add_lora(model, config)
     model = build_tiny_loc3r(
         tokenizer,
         vlm_config,
@@ -157,11 +180,73 @@ def build_model(config: TrainConfig, tokenizer, cam_dim: int) -> Loc3rVLM:
         vision_layers=config.vision_layers,
     )
     model.base.vision_tower.requires_grad_(config.train_vision_tower)
+    return add_lora(model, config)
+
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def add_lora(model: Loc3rVLM, config: TrainConfig) -> Loc3rVLM:
+    """LoRA adapters (peft) on the LLM's linear layers when `lora_rank` > 0; LLM frozen.
+
+    The projector, f_cam, the heads and the input/output embeddings (which hold the new
+    <Pos>/<Ori> rows) stay fully trainable.
+    """
+    if config.lora_rank <= 0:
+        return model
+    try:
+        from peft import LoraConfig, inject_adapter_in_model
+    except ImportError as exc:
+        raise SystemExit("lora_rank > 0 needs the peft package: pip install peft") from exc
+    llm = model.base.language_model
+    llm.requires_grad_(False)
+    lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=0.0,
+                      target_modules=list(LORA_TARGETS))  # fmt: skip
+    inject_adapter_in_model(lora, llm.model)
+    llm.get_input_embeddings().requires_grad_(True)
+    llm.lm_head.requires_grad_(True)
     return model
 
 
+def shard_model(model: Loc3rVLM, device: torch.device) -> Loc3rVLM:
+    """FSDP (fully_shard) for models that do not fit one GPU.
+
+    Each LLM decoder layer is its own unit (gathered only while it runs); the rest (vision
+    tower, embeddings, projector, heads: called in pieces, not through one forward) is the
+    root unit, gathered for the whole step.
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    for layer in model.base.language_model.model.layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def merge_lora(state: dict, config: TrainConfig) -> dict:
+    """Weights with LoRA adapters folded in (W + B A * alpha / r), in the plain model's keys."""
+    if config.lora_rank <= 0:
+        return state
+    scale = config.lora_alpha / config.lora_rank
+    merged = {}
+    for key, value in state.items():
+        if ".lora_" in key:
+            continue
+        if ".base_layer." in key:
+            prefix, name = key.split(".base_layer.")
+            if name == "weight" and f"{prefix}.lora_A.default.weight" in state:
+                lora_a = state[f"{prefix}.lora_A.default.weight"].float()
+                lora_b = state[f"{prefix}.lora_B.default.weight"].float()
+                value = (value.float() + scale * lora_b @ lora_a).to(value.dtype)
+            key = f"{prefix}.{name}"
+        merged[key] = value
+    return merged
+
+
 class Trainer:
-    """Runs the optimisation of one TrainConfig (single process or DDP)."""
+    """Runs the optimisation of one TrainConfig (single process, DDP or FSDP under torchrun)."""
 
     def __init__(self, config: TrainConfig, model: Loc3rVLM, samples: list[TrainSample]) -> None:
         self.config = config
@@ -181,6 +266,18 @@ class Trainer:
         )
         self.model = model.to(self.device)
         self.samples = samples
+        if config.parallel not in ("ddp", "fsdp"):
+            raise ValueError(f"parallel must be ddp or fsdp, got {config.parallel!r}")
+        self.fsdp = self.ddp and config.parallel == "fsdp"
+        if self.fsdp:
+            self.wrapped = shard_model(self.model, self.device)
+        elif self.ddp:
+            self.wrapped = torch.nn.parallel.DistributedDataParallel(
+                self.model, find_unused_parameters=True
+            )
+        else:
+            self.wrapped = self.model
+        # the optimizer is built after sharding (FSDP replaces the parameters)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         decay = [p for p in self.trainable if p.dim() >= 2]
         no_decay = [p for p in self.trainable if p.dim() < 2]
@@ -189,11 +286,6 @@ class Trainer:
              {"params": no_decay, "weight_decay": 0.0}],
             lr=config.lr, betas=(0.9, 0.95),
         )  # fmt: skip
-        self.wrapped = (
-            torch.nn.parallel.DistributedDataParallel(self.model, find_unused_parameters=True)
-            if self.ddp
-            else self.model
-        )
         self.autocast = (
             torch.autocast("cuda", dtype=torch.bfloat16)
             if self.device.type == "cuda"
@@ -226,7 +318,13 @@ class Trainer:
             chunk = indices[micro * config.micro_batch : (micro + 1) * config.micro_batch]
             batch = [self.samples[i] for i in chunk]
             last = micro == self.accumulation - 1
-            sync = contextlib.nullcontext() if (last or not self.ddp) else self.wrapped.no_sync()
+            if self.fsdp:
+                self.wrapped.set_requires_gradient_sync(last)
+                sync = contextlib.nullcontext()
+            else:
+                sync = (
+                    contextlib.nullcontext() if (last or not self.ddp) else self.wrapped.no_sync()
+                )
             with sync, self.autocast:
                 parts = self.wrapped(batch)
                 (parts["loss"] / self.accumulation).backward()
@@ -241,15 +339,29 @@ class Trainer:
             totals = dict(zip(totals, (packed / self.world).tolist(), strict=True))
         return {**totals, "lr": lr, "grad_norm": float(grad_norm)}
 
+    def _states(self) -> tuple[dict, dict]:
+        """Full (unsharded) model and optimizer state dicts (collective under FSDP)."""
+        if not self.fsdp:
+            return self.model.state_dict(), self.optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_state_dict(self.model, self.optimizer, options=options)
+
+    def final_state_dict(self) -> dict:
+        """The model's full weights (gathered from every rank under FSDP)."""
+        return self._states()[0] if self.fsdp else self.model.state_dict()
+
     def save(self, name: str = "checkpoint.pt") -> Path | None:
-        """Model (unwrapped), optimizer and step; rank 0 only."""
+        """Model (unwrapped, full), optimizer and step; written by rank 0 only."""
+        model_state, optimizer_state = self._states()  # every rank takes part under FSDP
         if not self.is_main:
             return None
         self.out.mkdir(parents=True, exist_ok=True)
         path = self.out / name
         state = {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "model": model_state,
+            "optimizer": optimizer_state,
             "step": self.step,
             "config": asdict(self.config),
         }
@@ -259,9 +371,20 @@ class Trainer:
 
     def resume(self, path: Path) -> None:
         """Continue from a checkpoint written by save (weights_only: tensors and plain data)."""
-        state = torch.load(path, map_location=self.device, weights_only=True)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        state = torch.load(
+            path, map_location="cpu" if self.fsdp else self.device, weights_only=True
+        )
+        if self.fsdp:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+            set_state_dict(
+                self.model, self.optimizer, model_state_dict=state["model"],
+                optim_state_dict=state["optimizer"],
+                options=StateDictOptions(full_state_dict=True),
+            )  # fmt: skip
+        else:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
 
     def fit(self, progress: bool = True) -> list[dict]:
@@ -303,14 +426,18 @@ def main(argv: list[str] | None = None) -> int:
 
     config = TrainConfig.from_args(argv)
     run = prepare_run(config)
+    if config.epochs > 0:
+        steps = math.ceil(config.epochs * len(run.train_samples) / config.batch_size)
+        config = replace(config, steps=steps)
     trainer = Trainer(config, run.model, run.train_samples)
     checkpoint = Path(config.out) / "checkpoint.pt"
     if checkpoint.exists():
         trainer.resume(checkpoint)
     trainer.fit()
     trainer.save()
+    weights = merge_lora(trainer.final_state_dict(), config)  # collective under FSDP
     if trainer.is_main:
-        trainer.model.save_pretrained(Path(config.out) / "final")
+        trainer.model.save_pretrained(Path(config.out) / "final", weights)
     if trainer.ddp:
         dist.barrier()  # rank 0 has written everything before anyone leaves
         dist.destroy_process_group()

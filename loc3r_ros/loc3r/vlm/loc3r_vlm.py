@@ -376,8 +376,12 @@ class Loc3rVLM(nn.Module):
             self._truncate(prefix)
 
     # --- checkpoints ------------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """config.json + model.safetensors + tokenizer files."""
+    def save_pretrained(self, directory: str | Path, state_dict: dict | None = None) -> Path:
+        """config.json + model.safetensors + tokenizer files.
+
+        `state_dict` replaces this module's own (the gathered weights of a sharded model, or
+        weights with LoRA adapters merged).
+        """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         base = self.base.config
@@ -396,7 +400,8 @@ class Loc3rVLM(nn.Module):
             "vocab_rows": self.base.language_model.get_input_embeddings().num_embeddings,
         }
         (directory / "config.json").write_text(json.dumps(config, indent=2))
-        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        source = self.state_dict() if state_dict is None else state_dict
+        state = {k: v.detach().cpu().contiguous() for k, v in source.items()}
         save_file(state, str(directory / "model.safetensors"))
         self.tokenizer.save_pretrained(str(directory))
         return directory
