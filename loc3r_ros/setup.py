@@ -28,6 +28,7 @@ setup(
     entry_points={
         "console_scripts": [
             "loc3r_node = loc3r_ros.loc3r_node:main",
+            "loc3r_speech = loc3r_ros.speech_node:main",
             "ask = loc3r_ros.ask_client:main",
             "frame_player = loc3r_ros.frame_player:main",
             "loc3r = loc3r.cli:main",

@@ -13,13 +13,19 @@ from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from loc3r_ros.launch_support import LAUNCH_ARGUMENTS, node_parameter_overrides, ros_arguments
+from loc3r_ros.launch_support import (
+    LAUNCH_ARGUMENTS,
+    node_parameter_overrides,
+    ros_arguments,
+    speech_parameter_overrides,
+)
 
 
 def _nodes(context):
     values = {name: LaunchConfiguration(name).perform(context) for name in LAUNCH_ARGUMENTS}
     share = Path(get_package_share_directory("loc3r_ros"))
     params_file = values["params_file"] or str(share / "config" / "loc3r.yaml")
+    speech_files = [values["params_file"]] if values["params_file"] else []
     common = {"namespace": values["namespace"], "arguments": ["--ros-args", *ros_arguments(values)]}
     nodes = [
         Node(
@@ -36,6 +42,16 @@ def _nodes(context):
             arguments=["-d", str(share / "rviz" / "loc3r.rviz")],
             condition=IfCondition(values["use_rviz"]),
             namespace=values["namespace"],
+        ),
+        Node(
+            package="loc3r_ros",
+            executable="loc3r_speech",
+            name="loc3r_speech",
+            # a user's params_file may hold a loc3r_speech: section (asr_backend, voice, ...)
+            parameters=[*speech_files, speech_parameter_overrides(values)],
+            condition=IfCondition(values["use_speech"]),
+            output="screen",
+            **common,
         ),
     ]
     return nodes

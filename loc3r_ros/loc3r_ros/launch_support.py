@@ -63,6 +63,19 @@ def node_parameter_overrides(values: dict[str, str]) -> dict[str, object]:
     return overrides
 
 
+def speech_parameter_overrides(values: dict[str, str]) -> dict[str, object]:
+    """Launch argument values -> loc3r_speech parameter overrides.
+
+    The bridge runs in the same namespace as loc3r_node, so its Ask client points at
+    /<namespace>/loc3r/ask (the node's `~/ask`).
+    """
+    overrides: dict[str, object] = {"use_sim_time": _as_bool(values.get("use_sim_time", "false"))}
+    namespace = values.get("namespace", "").strip("/")
+    if namespace:
+        overrides["ask_service"] = f"/{namespace}/loc3r/ask"
+    return overrides
+
+
 def ros_arguments(values: dict[str, str]) -> list[str]:
     """Extra --ros-args for the nodes (log level)."""
     level = values.get("log_level", "info").strip().lower()

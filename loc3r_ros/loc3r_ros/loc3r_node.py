@@ -331,6 +331,10 @@ class Loc3rNode(Node):
         waited longer than query_timeout_s before its turn is answered "busy" without running.
         """
         future = Future(executor=self.executor)
+        # A done callback makes set_result (from the model thread) schedule a task on the
+        # executor, which wakes it: without one, the awaiting service coroutine would resume
+        # only at the executor's next wake-up (the next timer tick).
+        future.add_done_callback(lambda _: None)
         with self._pending_lock:
             if self._pending >= self.p["max_pending_queries"]:
                 future.set_result(BusyError(f"busy: {self._pending} queries are waiting"))

@@ -221,10 +221,10 @@ def validate(name: str, value: object) -> str | None:
     return None if spec is None else spec.check(value)
 
 
-def markdown_table() -> str:
+def markdown_table(specs: tuple[ParamSpec, ...] | list[ParamSpec] | None = None) -> str:
     """The parameter table of the README (a test keeps the README equal to it)."""
     rows = ["| parameter | default | range / choices | description |", "|---|---|---|---|"]
-    for spec in PARAMS:
+    for spec in PARAMS if specs is None else specs:
         if spec.choices:
             bounds = ", ".join(spec.choices)
         elif spec.min is not None or spec.max is not None:

@@ -16,6 +16,7 @@ from loc3r_ros.launch_support import (
     default_params_yaml,
     node_parameter_overrides,
     ros_arguments,
+    speech_parameter_overrides,
 )
 from loc3r_ros.params import PARAMS_BY_NAME
 
@@ -45,6 +46,17 @@ def test_launch_overrides_are_typed_and_validated():
     assert ros_arguments({"log_level": "WARN"}) == ["--log-level", "warn"]
     with pytest.raises(ValueError, match="unknown level"):
         ros_arguments({"log_level": "loud"})
+
+
+def test_speech_bridge_follows_the_namespace():
+    values = {name: default for name, (default, _) in LAUNCH_ARGUMENTS.items()}
+    assert values["use_speech"] == "false"
+    assert speech_parameter_overrides(values) == {"use_sim_time": False}
+    values.update(namespace="/robot1/", use_sim_time="true")
+    assert speech_parameter_overrides(values) == {
+        "use_sim_time": True,
+        "ask_service": "/robot1/loc3r/ask",
+    }
 
 
 def test_rviz_config_uses_the_published_topics_and_fixed_frame():

@@ -143,6 +143,12 @@ def test_readme_parameter_table_matches_the_declared_parameters():
     readme = (REPO_ROOT / "README.md").read_text()
     block = readme.split("<!-- params:begin -->\n")[1].split("\n<!-- params:end -->")[0]
     assert block == markdown_table()
+    from loc3r_ros.speech_params import markdown_table as speech_table
+
+    block = readme.split("<!-- speech-params:begin -->\n")[1].split("\n<!-- speech-params:end -->")[
+        0
+    ]
+    assert block == speech_table()
 
 
 def test_compressed_preview_is_a_reduced_decode():
