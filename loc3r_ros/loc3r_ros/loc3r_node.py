@@ -107,6 +107,7 @@ class Loc3rNode(Node):
         self.model_state = Status.STATE_LOADING
         self.engine.no_model_reason = "model is loading"
         self._model_process: ModelProcess | None = None
+        self._last_viz_key: tuple | None = None
         self._loader = threading.Thread(target=self._load_models, name="loc3r-load", daemon=True)
         self.frames_received = 0
         self.frames_dropped = 0
@@ -362,6 +363,7 @@ class Loc3rNode(Node):
     def reset_cb(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         """Forget the scene."""
         self.engine.reset()
+        self._last_viz_key = None
         response.success, response.message = True, "scene reset"
         return response
 
@@ -423,6 +425,11 @@ class Loc3rNode(Node):
     # --- visualisation -------------------------------------------------------------------------
     def viz_cb(self) -> None:
         """Publish the camera trajectory (Path, TF) and the reconstruction (PointCloud2)."""
+        frames = self.engine.processed_keyframes()  # a cheap check before the heavy view
+        key = (len(frames), frames[0].index, frames[-1].index) if frames else None
+        if key is None or key == self._last_viz_key:
+            return
+        self._last_viz_key = key
         try:
             view = self.engine.scene_view(
                 voxel=self.p["cloud_voxel_m"], max_points=self.p["cloud_max_points"]

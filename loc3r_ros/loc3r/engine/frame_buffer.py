@@ -117,10 +117,10 @@ class KeyframeBuffer:
                 self.offered += 1
                 self.rejected_invalid += 1
             raise
-        thumb = thumbnail(image)
         with self._lock:
             self.offered += 1
             last = self._frames[-1] if self._frames else None
+            thumb = None  # computed only for frames past the interval check (most are not)
             if last is not None:
                 dt = stamp_ns - last.stamp_ns
                 if dt < 0:  # time went backwards (bag loop, sim reset): start a new scene
@@ -128,9 +128,12 @@ class KeyframeBuffer:
                 elif dt < self._min_interval_ns:
                     return None
                 elif dt < self.config.max_interval_s * 1e9:
+                    thumb = thumbnail(image)
                     change = float(np.mean(np.abs(thumb - last.thumb)))
                     if change < self.config.min_change:
                         return None
+            if thumb is None:
+                thumb = thumbnail(image)
             if full is not None:
                 try:
                     image = validate_image(full())
