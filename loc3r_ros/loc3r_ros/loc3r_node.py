@@ -224,7 +224,10 @@ class Loc3rNode(Node):
         try:
             if self.p["model_process"]:
                 bundle, self._model_process = load_bundle_in_process(
-                    model_dir or None, self.p["device"]
+                    model_dir or None,
+                    self.p["device"],
+                    self.p["model_threads"],
+                    self.p["model_niceness"],
                 )
             else:
                 bundle = load_bundle(model_dir or None, self.p["device"])

@@ -106,6 +106,22 @@ PARAMS: tuple[ParamSpec, ...] = (
         read_only=True,
     ),
     ParamSpec(
+        "model_threads",
+        0,
+        "Torch CPU threads of the model process (0 = all cores but one, which stays for the node)",
+        0,
+        256,
+        read_only=True,
+    ),
+    ParamSpec(
+        "model_niceness",
+        5,
+        "Scheduling niceness added to the model process, so camera callbacks win on a busy CPU",
+        0,
+        19,
+        read_only=True,
+    ),
+    ParamSpec(
         "engine_mode",
         "streaming",
         "CUT3R camera tokens from the running stream (streaming) or re-run over exactly the "

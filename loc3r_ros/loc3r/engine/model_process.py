@@ -17,6 +17,7 @@ hang: every wait is bounded by `call_timeout_s`.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import threading
 import traceback
 from collections import OrderedDict
@@ -69,13 +70,14 @@ def _serve_channel(conn: Connection, handlers: dict) -> None:
             return
 
 
-def _child_main(model_dir: str, device: str, threads: int, perception_conn: Connection,
-                model_conn: Connection) -> None:  # fmt: skip
+def _child_main(model_dir: str, device: str, threads: int, niceness: int,
+                perception_conn: Connection, model_conn: Connection) -> None:  # fmt: skip
     """Entry point of the child: load, report, then serve both channels."""
     from loc3r.engine.models import load_bundle
 
-    if threads > 0:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads if threads > 0 else max(1, (os.cpu_count() or 2) - 1))
+    if niceness > 0:
+        os.nice(niceness)  # the camera callbacks of the parent come first on a busy CPU
     try:
         bundle = load_bundle(model_dir or None, device)
     except Exception as exc:  # noqa: BLE001
@@ -195,13 +197,13 @@ class ModelProcess:
     """The child process and its two channels (close() ends it)."""
 
     def __init__(self, model_dir: str | Path | None, device: str = "cpu", threads: int = 0,
-                 call_timeout_s: float = 120.0) -> None:  # fmt: skip
+                 niceness: int = 5, call_timeout_s: float = 120.0) -> None:  # fmt: skip
         context = mp.get_context("spawn")
         perception_parent, perception_child = context.Pipe()
         model_parent, model_child = context.Pipe()
         self.process = context.Process(
             target=_child_main, name="loc3r-models", daemon=True,
-            args=(str(model_dir or ""), device, threads, perception_child, model_child),
+            args=(str(model_dir or ""), device, threads, niceness, perception_child, model_child),
         )  # fmt: skip
         self.process.start()
         perception_child.close()
@@ -250,9 +252,14 @@ class ModelProcess:
             self.process.join(timeout_s)
 
 
-def load_bundle_in_process(model_dir: str | Path | None = None, device: str = "cpu",
-                           threads: int = 0) -> tuple[Bundle, ModelProcess]:  # fmt: skip
-    """Start a model process for `model_dir` (default: embedded); raises ModelLoadError."""
+def load_bundle_in_process(
+    model_dir: str | Path | None = None, device: str = "cpu", threads: int = 0, niceness: int = 5
+) -> tuple[Bundle, ModelProcess]:
+    """Start a model process for `model_dir` (default: embedded); raises ModelLoadError.
+
+    `threads`: torch CPU threads in it (0 = all cores but one, which stays for the node);
+    `niceness`: added to its scheduling niceness, so camera callbacks win on a busy CPU.
+    """
     read_bundle_spec(Path(model_dir) if model_dir else DEFAULT_MODEL_DIR)  # fail fast
-    process = ModelProcess(model_dir, device, threads)
+    process = ModelProcess(model_dir, device, threads, niceness)
     return process.bundle(), process
