@@ -10,6 +10,7 @@ import math
 import os
 import threading
 import time
+import unicodedata
 
 import numpy as np
 import pytest
@@ -95,7 +96,8 @@ FUZZ = settings(
 def expected_failure(text: str, required: bool) -> bool:
     text = text.split("\x00")[0]  # ROS strings end at the first NUL on the wire
     cleaned = " ".join(text.split())
-    control = any(ord(c) < 32 and not c.isspace() or 0x7F <= ord(c) < 0xA0 for c in text)
+    # the node's rule: control characters (Cc) are rejected unless they are whitespace (e.g. NEL)
+    control = any(unicodedata.category(c) == "Cc" and not c.isspace() for c in text)
     return len(text) > LIMIT or control or (required and not cleaned)
 
 
