@@ -69,6 +69,7 @@ class TrainConfig:
     # SigLIP is frozen in the paper because it is pretrained; a tiny tower built from scratch
     # has learned nothing to keep, so the embedded model trains it (true for it, false for 7B)
     train_vision_tower: bool = False
+    vision_init: str = ""  # tiny tower weights from loc3r.train.pretrain_vision (safetensors)
     layout_weight: float = 0.05  # 0 disables the layout loss (and head)
     situation_weight: float = 0.075
     ori_weight: float = 3.5
@@ -179,6 +180,12 @@ def build_model(config: TrainConfig, tokenizer, cam_dim: int) -> Loc3rVLM:
         vision_hidden=config.vision_hidden,
         vision_layers=config.vision_layers,
     )
+    if config.vision_init:
+        from safetensors.torch import load_file
+
+        from loc3r.vlm.checkpoint import load_state_strict
+
+        load_state_strict(model.base.vision_tower, load_file(config.vision_init))
     model.base.vision_tower.requires_grad_(config.train_vision_tower)
     return add_lora(model, config)
 

@@ -1,0 +1,189 @@
+"""Pretrain the tiny vision tower on synthetic rooms (what SigLIP's pretraining is to the 7B).
+
+    python -m loc3r.train.pretrain_vision [--key=value ...]  # <out>/vision_tower.safetensors
+
+In the paper the vision tower (SigLIP so400m) is pretrained and stays frozen. The embedded model's
+tower is tiny and built from scratch, so it is given the same status by a short supervised
+pretraining on rendered frames: from the features the VLM reads (the tower's last kept layer),
+linear heads predict, for every patch, the kind of object it shows (or a room surface), the
+object's colour, and the log depth; the labels come from the renderer's object ids and depth.
+The tower is then loaded (TrainConfig.vision_init) and frozen while Loc3R-VLM trains.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from loc3r.scenes import EpisodeConfig, make_episode
+from loc3r.scenes.world import CATALOGUE, COLOURS
+from loc3r.train.train_vlm import config_from_args, lr_at
+from loc3r.vlm import frames_to_pixel_values
+from loc3r.vlm.llava_video import LlavaVideoModel
+from loc3r.vlm.tiny import tiny_llava_config
+
+KINDS = ("surface", *CATALOGUE)  # class 0: wall, floor or ceiling
+COLOUR_NAMES = ("none", *COLOURS)
+
+
+@dataclass
+class VisionPretrainConfig:
+    """Every knob of the pretraining (CLI keys; sizes must match the VLM's TrainConfig)."""
+
+    out: str = "runs/vision_pretrain"
+    seed: int = 0
+    steps: int = 3000
+    batch_frames: int = 32
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.05
+    warmup_steps: int = 50
+    weight_decay: float = 0.01
+    episodes: int = 300
+    eval_episodes: int = 10
+    eval_seed_offset: int = 1_000_000
+    frames: int = 8
+    image_size: int = 112
+    vision_hidden: int = 64
+    vision_layers: int = 2
+
+    @classmethod
+    def from_args(cls, argv: list[str] | None = None) -> VisionPretrainConfig:
+        """Defaults, then --config YAML, then --key=value overrides (type-checked)."""
+        return config_from_args(cls, argv)
+
+
+def patch_labels(frame, room, grid: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(grid, grid) kind index, colour index and log depth at each patch centre."""
+    height, width = frame.object_id.shape
+    rows = ((np.arange(grid) + 0.5) * height / grid).astype(int)
+    cols = ((np.arange(grid) + 0.5) * width / grid).astype(int)
+    ids = frame.object_id[np.ix_(rows, cols)]
+    by_id = {obj.id: obj for obj in room.objects}
+    kinds = np.zeros((grid, grid), np.int64)
+    colours = np.zeros((grid, grid), np.int64)
+    for (i, j), obj_id in np.ndenumerate(ids):
+        if obj_id >= 0:
+            obj = by_id[int(obj_id)]
+            kinds[i, j] = KINDS.index(obj.kind)
+            colours[i, j] = COLOUR_NAMES.index(obj.colour)
+    depth = np.log(np.clip(frame.depth[np.ix_(rows, cols)], 0.1, 20.0))
+    return kinds, colours, depth.astype(np.float32)
+
+
+def make_data(seeds, config: VisionPretrainConfig, grid: int, progress: bool):
+    """Pixel values and patch labels of every frame of the episodes of `seeds`."""
+    episode_config = EpisodeConfig(frames=config.frames, image_size=config.image_size)
+    pixels, kinds, colours, depths = [], [], [], []
+    for seed in tqdm(seeds, desc="frames", disable=not progress):
+        episode = make_episode(seed, episode_config)
+        pixels.append(frames_to_pixel_values([f.rgb for f in episode.frames], config.image_size))
+        for frame in episode.frames:
+            k, c, d = patch_labels(frame, episode.room, grid)
+            kinds.append(k)
+            colours.append(c)
+            depths.append(d)
+    as_tensor = lambda a: torch.from_numpy(np.stack(a))  # noqa: E731
+    return torch.cat(pixels), as_tensor(kinds), as_tensor(colours), as_tensor(depths)
+
+
+class PatchHeads(torch.nn.Module):
+    """Linear read-outs of kind, colour and log depth per patch."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.kind = torch.nn.Linear(dim, len(KINDS))
+        self.colour = torch.nn.Linear(dim, len(COLOUR_NAMES))
+        self.depth = torch.nn.Linear(dim, 1)
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(B, N, C) features -> kind logits, colour logits, log depth."""
+        return self.kind(features), self.colour(features), self.depth(features)[..., 0]
+
+
+def losses(model, heads, pixels, kinds, colours, depths) -> dict[str, torch.Tensor]:
+    """Cross-entropy of kind and colour, L1 of log depth (means over patches)."""
+    features = model.vision_features(pixels)  # (B, g*g, C)
+    kind_logits, colour_logits, depth_pred = heads(features)
+    parts = {
+        "kind": F.cross_entropy(kind_logits.flatten(0, 1), kinds.flatten()),
+        "colour": F.cross_entropy(colour_logits.flatten(0, 1), colours.flatten()),
+        "depth": (depth_pred - depths.flatten(1)).abs().mean(),
+    }
+    parts["loss"] = parts["kind"] + parts["colour"] + parts["depth"]
+    with torch.no_grad():
+        parts["kind_acc"] = (kind_logits.argmax(-1) == kinds.flatten(1)).float().mean()
+        parts["colour_acc"] = (colour_logits.argmax(-1) == colours.flatten(1)).float().mean()
+    return parts
+
+
+def build_vision_model(config: VisionPretrainConfig) -> LlavaVideoModel:
+    """A tiny LLaVA-Video whose tower has the VLM's sizes (the LLM part is unused here)."""
+    llava = tiny_llava_config(vocab_size=16, hidden=32, layers=1, intermediate=64,
+                              image_size=config.image_size, vision_hidden=config.vision_hidden,
+                              vision_layers=config.vision_layers)  # fmt: skip
+    return LlavaVideoModel(llava)
+
+
+def pretrain(config: VisionPretrainConfig, progress: bool = True) -> dict:
+    """Train tower + heads, report held-out patch accuracies, save the tower."""
+    torch.manual_seed(config.seed)
+    start = time.perf_counter()
+    model = build_vision_model(config)
+    grid = model.config.grid
+    train = make_data(range(config.episodes), config, grid, progress)
+    held = make_data(range(config.eval_seed_offset, config.eval_seed_offset + config.eval_episodes),
+                     config, grid, progress)  # fmt: skip
+    heads = PatchHeads(config.vision_hidden)
+    params = [*model.vision_tower.parameters(), *heads.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    rng = np.random.default_rng(config.seed)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    history = []
+    for step in tqdm(range(config.steps), desc="vision", disable=not progress):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, config)
+        count = min(config.batch_frames, len(train[0]))
+        pick = torch.from_numpy(rng.choice(len(train[0]), count, replace=False))
+        parts = losses(model, heads, *(t[pick] for t in train))
+        optimizer.zero_grad(set_to_none=True)
+        parts["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        history.append({k: float(v.detach()) for k, v in parts.items()})
+    with torch.no_grad():
+        evaluation = {k: float(v) for k, v in losses(model, heads, *held).items()}
+    majority_kind = float((held[1] == torch.mode(train[1].flatten()).values).float().mean())
+    save_file({k: v.detach().contiguous() for k, v in model.vision_tower.state_dict().items()},
+              str(out / "vision_tower.safetensors"))  # fmt: skip
+    report = {
+        "config": asdict(config),
+        "held_out": evaluation,
+        "majority_kind_acc": majority_kind,
+        "first_loss": history[0]["loss"],
+        "final_loss": float(np.mean([h["loss"] for h in history[-20:]])),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Pretrain and print the report."""
+    torch.set_num_threads(1)
+    report = pretrain(VisionPretrainConfig.from_args(argv))
+    print(json.dumps({k: v for k, v in report.items() if k != "config"}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
