@@ -1,6 +1,11 @@
 """The paper's localization ablation on synthetic rooms, in one command.
 
-    python -m loc3r.train.ablation [--steps=N] [--cut3r_dir=DIR] [--out=runs/ablation] [...]
+    python -m loc3r.train.ablation [--steps=N] [--out=runs/ablation] \
+        --cut3r_dir=runs/default_model/cut3r_run/cut3r \
+        --vision_init=runs/default_model/vision_run/vision_tower.safetensors
+
+The pretrained parts come from make_default_model's run (without them CUT3R and the vision
+tower are random, and the camera prior carries no pose).
 
 Three tiny Loc3R-VLMs are trained on the same data, steps and seed, and evaluated by the same
 `loc3r eval` code on the same held-out rooms: *situation only* (no layout loss, no camera

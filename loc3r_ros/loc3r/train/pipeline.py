@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -76,7 +76,8 @@ def prepare_run(config: TrainConfig, progress: bool = True) -> Run:
 
         train, held_out = episodes_of(config.train_split), episodes_of(config.eval_split)
     else:
-        train = build_episodes(train_seeds, episodes_cfg, perception, grid, progress)
+        train_cfg = replace(episodes_cfg, situations=config.train_situations)
+        train = build_episodes(train_seeds, train_cfg, perception, grid, progress)
         held_out = build_episodes(eval_seeds, episodes_cfg, perception, grid, progress)
     samples = [s for e in train for s in e.samples(config.image_size)]
     model = build_model(config, tokenizer, cut3r.config.dec_embed_dim)

@@ -55,6 +55,7 @@ class TrainConfig:
     eval_seed_offset: int = 1_000_000  # held-out episodes use seeds from here
     frames: int = 8
     image_size: int = 112
+    train_situations: int = 4  # situations per training room (held-out rooms always have 4)
     # model (tiny): see loc3r.vlm.tiny
     hidden: int = 128
     layers: int = 4
