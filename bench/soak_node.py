@@ -52,6 +52,8 @@ def run(args: argparse.Namespace) -> dict:
                  "-p", f"model_process:={str(args.model_process).lower()}"]  # fmt: skip
     if args.model_dir:
         node_args += ["-p", f"model_dir:={args.model_dir}"]
+    for item in args.param:
+        node_args += ["-p", item]
     server = NodeProcess("loc3r_node", *node_args, log_path=Path(args.log))
     rclpy.init()
     node = rclpy.create_node("loc3r_soak")
@@ -138,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-growth", type=float, default=0.10)
     parser.add_argument("--max-p99-ms", type=float, default=2.0)
     parser.add_argument("--log", default="/tmp/loc3r_soak_node.log")
+    parser.add_argument("--param", action="append", default=[], help="node parameter NAME:=VALUE")
     parser.add_argument(
         "--model-process", choices=("true", "false", "both"), default="true",
         help="models in a child process (the node's default), in threads, or both in turn",

@@ -24,6 +24,7 @@ class GravityConfig:
     min_inlier_ratio: float = 0.08  # of all points
     min_camera_height: float = 0.2  # the floor lies at least this far below the cameras
     iterations: int = 300
+    max_points: int = 8192  # hypotheses are scored on at most this many points (evenly strided)
     seed: int = 0
 
 
@@ -52,9 +53,10 @@ def fit_floor(
     extent = float(np.linalg.norm(np.percentile(points, 95, 0) - np.percentile(points, 5, 0)))
     threshold = max(config.inlier_fraction * extent, 1e-4)
     cos_tilt = np.cos(np.radians(config.max_tilt_deg))
+    sample = points[:: max(1, len(points) // config.max_points)]  # the final fit uses all
     best: tuple[int, np.ndarray, float] | None = None
     for _ in range(config.iterations):
-        a, b, c = points[rng.choice(len(points), 3, replace=False)]
+        a, b, c = sample[rng.choice(len(sample), 3, replace=False)]
         normal = np.cross(b - a, c - a)
         if np.linalg.norm(normal) < 1e-12:
             continue
@@ -67,7 +69,7 @@ def fit_floor(
         lowest_camera = float((camera_centres @ normal).min())
         if lowest_camera - offset < config.min_camera_height:
             continue  # not below the cameras: a table top, the ceiling, ...
-        inliers = int((np.abs(points @ normal - offset) < threshold).sum())
+        inliers = int((np.abs(sample @ normal - offset) < threshold).sum())
         if best is None or inliers > best[0]:  # the floor is the largest such plane
             best = (inliers, normal, offset)
     if best is None:

@@ -106,6 +106,9 @@ class SituatedModel(Protocol):
         ...
 
 
+VIEW_POINTS = 32_768  # input points of a scene view (the reconstruction shown in RViz)
+
+
 def sample_uniform(count: int, available: int) -> list[int]:
     """`count` indices spread uniformly over range(available), first and last included."""
     if available <= count:
@@ -218,8 +221,16 @@ class SceneEngine:
         if not frames:
             return None
         key = (self._generation, frames[0].index, len(frames), frames[-1].index)
-        if self._frame_cache is not None and self._frame_cache[0] == key:
-            return self._frame_cache[1]
+        if self._frame_cache is not None:
+            cached_key, cached = self._frame_cache
+            same_scene = cached_key[:2] == key[:2] and cached.source != "given"
+            # refit only when the scene grew by a quarter (or 16 keyframes): a stable frame for
+            # users, and a floor fit per second at most a few times in a long stream
+            grown = len(frames) >= max(cached_key[2] * 1.25, cached_key[2] + 1) or (
+                len(frames) >= cached_key[2] + 16
+            )
+            if cached_key == key or (same_scene and self._given_up is None and not grown):
+                return cached
         points = np.concatenate([k.perception.points for k in frames])
         poses = [k.perception.pose_c2w for k in frames]
         estimate = estimate_up(points, poses, self._given_up)
@@ -233,8 +244,12 @@ class SceneEngine:
         if not frames:
             return None
         frame = self.scene_frame(frames)
-        points = np.concatenate([k.perception.points for k in frames]).astype(np.float64)
-        colors = np.concatenate([k.perception.colors for k in frames])
+        # about VIEW_POINTS input points (an even stride through each keyframe's points): the view
+        # is for display, and its cost is paid in the node's process
+        total = sum(len(k.perception.points) for k in frames)
+        stride = max(1, -(-total // VIEW_POINTS))
+        points = np.concatenate([k.perception.points[::stride] for k in frames]).astype(np.float64)
+        colors = np.concatenate([k.perception.colors[::stride] for k in frames])
         points, colors = voxel_downsample(frame.points(points), colors, voxel, max_points)
         return SceneView(
             frame=frame,

@@ -65,8 +65,11 @@ def voxel_downsample(
     """One point per occupied voxel (the first), then at most max_points (evenly strided)."""
     if len(points) == 0:
         return points.reshape(0, 3), colors.reshape(0, 3)
-    keys = np.floor(points / voxel).astype(np.int64)
-    _, first = np.unique(keys, axis=0, return_index=True)
+    cells = np.floor(points / voxel).astype(np.int64)
+    cells -= cells.min(0)
+    span = cells.max(0) + 1
+    keys = (cells[:, 0] * span[1] + cells[:, 1]) * span[2] + cells[:, 2]  # one int per voxel
+    _, first = np.unique(keys, return_index=True)
     first.sort()
     if len(first) > max_points:
         first = first[np.linspace(0, len(first) - 1, max_points).astype(int)]
