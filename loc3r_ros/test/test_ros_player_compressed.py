@@ -77,6 +77,8 @@ def test_frame_player_streams_a_folder_into_the_node(ros, tmp_path):
             return bool(values) and values[-1].get("camera_info", "").startswith("64x64 fx=50.0")
 
         assert spin_until(ros, reported, 10)
+        # the model loads in its own process meanwhile (slower to start than a thread)
+        assert spin_until(ros, lambda: statuses[-1].state == Status.STATE_READY, 120), server.log()
         localize = ros.create_client(Localize, "/player_node/localize")
         assert localize.wait_for_service(timeout_sec=10)
         reply = call(ros, localize, Localize.Request(situation="I am by the door"), 60)
