@@ -30,7 +30,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import rclpy
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped, TransformStamped
@@ -39,7 +38,6 @@ from loc3r_interfaces.srv import Ask, Localize
 from nav_msgs.msg import Path
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import (
     DurabilityPolicy,
@@ -68,6 +66,7 @@ from loc3r_ros.conversions import (
     stamp_from_ns,
     stamp_to_ns,
 )
+from loc3r_ros.node_runner import run_node
 from loc3r_ros.node_stats import LatencyWindow, RateWindow, resident_memory_bytes
 from loc3r_ros.params import PARAMS, validate
 from loc3r_ros.tf_buffer import TfBuffer
@@ -583,19 +582,7 @@ def main(args: list[str] | None = None) -> None:
     # The model thread runs Python-heavy loops (token by token); with CPython's default 5 ms GIL
     # switch interval an image callback can wait that long. 0.5 ms bounds the wait.
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = Loc3rNode()
-        executor = MultiThreadedExecutor(num_threads=4)
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
+    run_node(Loc3rNode, args)
 
 
 if __name__ == "__main__":

@@ -32,13 +32,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from loc3r_interfaces.msg import AudioChunk
 from loc3r_interfaces.srv import Ask, AskSpoken
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.task import Future
@@ -58,6 +56,7 @@ from loc3r.speech.errors import SpeechBackendError, SpeechInputError
 from loc3r.speech.split import PARTICIPLES, split_utterance
 from loc3r.speech.tts import EspeakConfig, PiperConfig, TtsConfig, make_synthesizer
 from loc3r.speech.vad import SpeechSegment, StreamingVad, VadConfig, find_speech
+from loc3r_ros.node_runner import run_node
 from loc3r_ros.speech_params import SPEECH_PARAMS, validate
 from loc3r_ros.visualization import diagnostics
 
@@ -586,19 +585,7 @@ class SpeechNode(Node):
 
 def main(args: list[str] | None = None) -> None:
     """Run the speech bridge on a multi-threaded executor until shutdown."""
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = SpeechNode()
-        executor = MultiThreadedExecutor(num_threads=4)
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
+    run_node(SpeechNode, args)
 
 
 if __name__ == "__main__":
