@@ -34,7 +34,12 @@ from loc3r.train.train_cut3r import Cut3rTrainConfig
 from loc3r.train.train_cut3r import train as train_cut3r
 from loc3r.train.train_vlm import TrainConfig, Trainer
 
-EMBEDDED_RECIPE = ("--out=runs/default_model", "--situation_weight=0.3")
+EMBEDDED_RECIPE = (
+    "--out=runs/default_model",
+    "--situation_weight=0.3",
+    "--steps=5000",
+    "--train_situations=8",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
