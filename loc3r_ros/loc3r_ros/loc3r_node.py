@@ -68,7 +68,7 @@ from loc3r_ros.conversions import (
 )
 from loc3r_ros.node_runner import run_node
 from loc3r_ros.node_stats import LatencyWindow, RateWindow, resident_memory_bytes
-from loc3r_ros.params import PARAMS, validate
+from loc3r_ros.params import PARAMS, accept_parameters, validate
 from loc3r_ros.tf_buffer import TfBuffer
 from loc3r_ros.visualization import (
     agent_markers,
@@ -246,12 +246,9 @@ class Loc3rNode(Node):
         self.get_logger().info(f"model ready: {bundle.description} ({frames} frames per query)")
 
     def _on_set_parameters(self, params) -> SetParametersResult:
-        for param in params:
-            reason = validate(param.name, param.value)
-            if reason:
-                return SetParametersResult(successful=False, reason=reason)
-        for param in params:
-            self.p[param.name] = param.value
+        reason = accept_parameters(params, self.p, validate)
+        if reason:
+            return SetParametersResult(successful=False, reason=reason)
         self.engine.config.max_text_chars = self.p["max_text_chars"]
         self.engine.config.query_timeout_s = self.p["query_timeout_s"]
         return SetParametersResult(successful=True)

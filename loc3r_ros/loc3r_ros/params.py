@@ -237,6 +237,21 @@ def validate(name: str, value: object) -> str | None:
     return None if spec is None else spec.check(value)
 
 
+def accept_parameters(params, store: dict, check=None) -> str | None:
+    """Validate every (name, value) of a parameter update, then apply all or none to `store`.
+
+    Returns the first rejection reason (nothing is applied then), or None.
+    """
+    check = check or validate
+    for param in params:
+        reason = check(param.name, param.value)
+        if reason:
+            return reason
+    for param in params:
+        store[param.name] = param.value
+    return None
+
+
 def markdown_table(specs: tuple[ParamSpec, ...] | list[ParamSpec] | None = None) -> str:
     """The parameter table of the README (a test keeps the README equal to it)."""
     rows = ["| parameter | default | range / choices | description |", "|---|---|---|---|"]

@@ -57,6 +57,7 @@ from loc3r.speech.split import PARTICIPLES, split_utterance
 from loc3r.speech.tts import EspeakConfig, PiperConfig, TtsConfig, make_synthesizer
 from loc3r.speech.vad import SpeechSegment, StreamingVad, VadConfig, find_speech
 from loc3r_ros.node_runner import run_node
+from loc3r_ros.params import accept_parameters
 from loc3r_ros.speech_params import SPEECH_PARAMS, validate
 from loc3r_ros.visualization import diagnostics
 
@@ -194,12 +195,9 @@ class SpeechNode(Node):
         self.get_logger().info(f"speech recogniser ready ({p['asr_backend']})")
 
     def _on_set_parameters(self, params) -> SetParametersResult:
-        for param in params:
-            reason = validate(param.name, param.value)
-            if reason:
-                return SetParametersResult(successful=False, reason=reason)
-        for param in params:
-            self.p[param.name] = param.value
+        reason = accept_parameters(params, self.p, validate)
+        if reason:
+            return SetParametersResult(successful=False, reason=reason)
         return SetParametersResult(successful=True)
 
     def _count(self, key: str, n: int = 1) -> None:

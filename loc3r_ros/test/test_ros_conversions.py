@@ -161,3 +161,18 @@ def test_compressed_preview_is_a_reduced_decode():
     assert preview.shape == (16, 24, 3) and preview[8, 20, 0] > 200 and preview[8, 2, 0] < 50
     with pytest.raises(InputError, match="could not decode"):
         compressed_msg_preview(CompressedImage(format="jpeg", data=jpg.tobytes()[:30]))
+
+
+def test_parameter_updates_apply_all_or_nothing():
+    from rclpy.parameter import Parameter
+
+    from loc3r_ros.params import accept_parameters
+
+    store = {"max_text_chars": 500, "query_timeout_s": 30.0}
+    good = [Parameter("max_text_chars", value=200), Parameter("query_timeout_s", value=10.0)]
+    assert accept_parameters(good, store) is None
+    assert store == {"max_text_chars": 200, "query_timeout_s": 10.0}
+    mixed = [Parameter("max_text_chars", value=300), Parameter("query_timeout_s", value=-1.0)]
+    reason = accept_parameters(mixed, store)
+    assert reason and "query_timeout_s" in reason
+    assert store == {"max_text_chars": 200, "query_timeout_s": 10.0}  # nothing applied
