@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -77,6 +78,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _torchrun(argv: list[str], env: dict, timeout: float = 300.0) -> tuple[int, str]:
+    """Run torchrun in its own process group; on a timeout kill the whole group (workers too)."""
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)  # fmt: skip
+    try:
+        _, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, stderr = proc.communicate()
+        return -1, f"torchrun timed out after {timeout} s\n{stderr}"
+    return proc.returncode, stderr
+
+
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_two_process_gloo_matches_one_process(tmp_path, parallel):
     single = tmp_path / "single"
@@ -88,13 +102,14 @@ def test_two_process_gloo_matches_one_process(tmp_path, parallel):
         [*base, "loc3r.train.train_vlm", f"--out={single}", "--steps=5", *TINY],
         check=True, env=env, capture_output=True, timeout=300,
     )  # fmt: skip
-    proc = subprocess.run(
+    env["LOC3R_DIST_TIMEOUT_MIN"] = "2"  # a stuck collective fails instead of hanging
+    code, stderr = _torchrun(
         [*base, "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
          f"--master_port={_free_port()}", "-m", "loc3r.train.train_vlm", f"--out={double}",
          "--steps=5", f"--parallel={parallel}", *TINY],
-        env=env, capture_output=True, text=True, timeout=300,
+        env,
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert code == 0, stderr[-3000:]
 
     def curve(path):
         rows = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]

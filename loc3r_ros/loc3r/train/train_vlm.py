@@ -21,6 +21,7 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass, fields, replace
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -261,7 +262,9 @@ class Trainer:
         self.ddp = "RANK" in os.environ
         if self.ddp and not dist.is_initialized():
             backend = "nccl" if torch.cuda.is_available() else "gloo"
-            dist.init_process_group(backend)
+            # a rank that dies or hangs turns into an error on the others after this long
+            minutes = float(os.environ.get("LOC3R_DIST_TIMEOUT_MIN", "30"))
+            dist.init_process_group(backend, timeout=timedelta(minutes=minutes))
         self.rank = dist.get_rank() if self.ddp else 0
         self.world = dist.get_world_size() if self.ddp else 1
         if config.batch_size % (config.micro_batch * self.world):
