@@ -255,12 +255,15 @@ def test_situation_before_a_pause_is_kept_for_the_question(graph, tts):
 
 
 def test_too_many_requests_get_busy(graph, tts):
-    node, ask_spoken, _, _, logs = graph
+    node, ask_spoken, _, got, logs = graph
     audio = chunk(s16(tts.synthesize(UTTERANCE).samples), 22050)
+    # an earlier streamed utterance may still hold the one slot (speaking its answer)
+    idle = lambda: {kv.key: kv.value for kv in got["diag"][-1].values}["pending"] == "0"  # noqa: E731
+    assert spin_until(node, idle, 60), logs()
     futures = [ask_spoken.call_async(AskSpoken.Request(audio=audio)) for _ in range(3)]
     assert spin_until(node, lambda: all(f.done() for f in futures), 90), logs()
     replies = [f.result() for f in futures]
-    assert sum(r.success for r in replies) >= 1
+    assert sum(r.success for r in replies) >= 1, [r.message for r in replies]
     busy = [r for r in replies if not r.success]
     assert busy and all(r.message.startswith("busy") for r in busy), [r.message for r in busy]
 
