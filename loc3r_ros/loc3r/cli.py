@@ -34,7 +34,7 @@ def _engine(args):
         perception_wait_s=600.0,
     )
     engine = SceneEngine(config)
-    engine.set_models(bundle.model, bundle.perception, frames)
+    engine.set_models(bundle.model, bundle.perception, frames, bundle.geometry)
     return engine, frames
 
 

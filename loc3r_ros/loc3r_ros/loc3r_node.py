@@ -241,7 +241,7 @@ class Loc3rNode(Node):
             self.get_logger().error(self.engine.no_model_reason)
             return
         frames = self.p["num_query_frames"] or bundle.num_query_frames
-        self.engine.set_models(bundle.model, bundle.perception, frames)
+        self.engine.set_models(bundle.model, bundle.perception, frames, bundle.geometry)
         self.model_state = Status.STATE_READY
         self.get_logger().info(f"model ready: {bundle.description} ({frames} frames per query)")
 

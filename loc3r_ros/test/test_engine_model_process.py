@@ -31,7 +31,7 @@ def _engine(bundle) -> SceneEngine:
         num_query_frames=4, perception_wait_s=60.0,
     )  # fmt: skip
     engine = SceneEngine(config)
-    engine.set_models(bundle.model, bundle.perception, 4)
+    engine.set_models(bundle.model, bundle.perception, 4, bundle.geometry)
     for i, frame in enumerate(_frames()):
         engine.add_frame(frame, (i + 1) * 100_000_000)
     return engine
@@ -48,15 +48,19 @@ def test_same_results_as_in_process(bundle_dir):
             assert a.answer == b.answer and (a.pose is None) == (b.pose is None)
             if a.pose is not None:
                 assert (a.pose.x, a.pose.y, a.pose.yaw) == pytest.approx(
-                    (b.pose.x, b.pose.y, b.pose.yaw)
+                    (b.pose.x, b.pose.y, b.pose.yaw),
+                    abs=1e-5,  # float32, other thread counts
                 )
         pose_a, pose_b = (
             local.localize("I am by the door").pose,
             remote.localize("I am by the door").pose,
         )
-        assert (pose_a.x, pose_a.y) == pytest.approx((pose_b.x, pose_b.y))
-        view = remote.scene_view()
+        assert (pose_a.x, pose_a.y) == pytest.approx((pose_b.x, pose_b.y), abs=1e-5)
+        assert remote.geometry is remote_bundle.geometry  # built in the child
+        view, same = remote.scene_view(), local.scene_view()
         assert len(view.points) > 0 and len(view.camera_poses) == 4
+        np.testing.assert_allclose(view.points, same.points, atol=1e-5)
+        np.testing.assert_allclose(view.frame.bev_from_world, same.frame.bev_from_world, atol=1e-6)
         local.close()
         remote.close()
     finally:

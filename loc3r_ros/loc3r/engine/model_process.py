@@ -2,11 +2,12 @@
 
 In one process, the Python between a transformer's kernels (thousands of small ops per query)
 holds the GIL often enough to delay a camera callback by milliseconds. `load_bundle_in_process`
-starts a child process (``spawn``) that loads the bundle and serves two channels, each with its
-own thread there: *perception* (one CUT3R step per keyframe, stream resets, fresh runs) and
-*model* (scene encoding, localize, answer). The parent gets a `Bundle` whose `perception` and
-`model` are proxies with the same methods as the in-process ones, so the scene engine does not
-know the difference. Encoded scenes stay in the child (their KV caches are large); the parent
+starts a child process (``spawn``) that loads the bundle and serves three channels, each with its
+own thread there: *perception* (one CUT3R step per keyframe, stream resets, fresh runs),
+*model* (scene encoding, localize, answer) and *geometry* (the scene view for RViz: floor fit and
+point-cloud downsampling). The parent gets a `Bundle` whose `perception`, `model` and `geometry`
+are proxies with the same methods as the in-process ones, so the scene engine does not know the
+difference. Encoded scenes stay in the child (their KV caches are large); the parent
 holds integer handles, and the child keeps the most recent `SCENES_KEPT` of them.
 
 Errors raised in the child come back as the same exception (a `Loc3rError` for bad text, ...);
@@ -31,6 +32,8 @@ import torch
 from loc3r.engine.models import DEFAULT_MODEL_DIR, Bundle, ModelLoadError, read_bundle_spec
 from loc3r.engine.perception import FramePerception, PerceptionConfig
 from loc3r.engine.scene_engine import AgentPose
+from loc3r.engine.scene_frame import SceneView
+from loc3r.engine.scene_geometry import KeyframeGeometry, SceneGeometry
 from loc3r.errors import Loc3rError
 
 SCENES_KEPT = 4  # encoded scenes the child keeps (the engine uses the newest one)
@@ -71,8 +74,9 @@ def _serve_channel(conn: Connection, handlers: dict) -> None:
 
 
 def _child_main(model_dir: str, device: str, threads: int, niceness: int,
-                perception_conn: Connection, model_conn: Connection) -> None:  # fmt: skip
-    """Entry point of the child: load, report, then serve both channels."""
+                perception_conn: Connection, model_conn: Connection,
+                geometry_conn: Connection) -> None:  # fmt: skip
+    """Entry point of the child: load, report, then serve the three channels."""
     from loc3r.engine.models import load_bundle
 
     torch.set_num_threads(threads if threads > 0 else max(1, (os.cpu_count() or 2) - 1))
@@ -115,12 +119,11 @@ def _child_main(model_dir: str, device: str, threads: int, niceness: int,
         "description": bundle.description,
         "perception_config": perception.config,
     }
+    geometry_handlers = {"update_and_view": SceneGeometry().update_and_view}
     model_conn.send(("ok", info))
-    worker = threading.Thread(
-        target=_serve_channel, args=(perception_conn, perception_handlers),
-        daemon=True,
-    )  # fmt: skip
-    worker.start()
+    for conn, handlers in ((perception_conn, perception_handlers),
+                           (geometry_conn, geometry_handlers)):  # fmt: skip
+        threading.Thread(target=_serve_channel, args=(conn, handlers), daemon=True).start()
     _serve_channel(model_conn, model_handlers)
 
 
@@ -193,24 +196,48 @@ class RemoteSceneModel:
         return self._channel.call("answer", scene, question, situation)
 
 
+class RemoteSceneGeometry:
+    """The engine's SceneGeometry, kept in the model process."""
+
+    def __init__(self, channel: _Channel) -> None:
+        self._channel = channel
+
+    def update_and_view(
+        self,
+        generation: int,
+        added: list[KeyframeGeometry],
+        alive: list[int],
+        given_up: np.ndarray | None,
+        voxel: float,
+        max_points: int,
+    ) -> SceneView | None:
+        """Send the new keyframes, get the view back."""
+        return self._channel.call(
+            "update_and_view", generation, added, alive, given_up, voxel, max_points
+        )
+
+
 class ModelProcess:
-    """The child process and its two channels (close() ends it)."""
+    """The child process and its three channels (close() ends it)."""
 
     def __init__(self, model_dir: str | Path | None, device: str = "cpu", threads: int = 0,
                  niceness: int = 5, call_timeout_s: float = 120.0) -> None:  # fmt: skip
         context = mp.get_context("spawn")
         perception_parent, perception_child = context.Pipe()
         model_parent, model_child = context.Pipe()
+        geometry_parent, geometry_child = context.Pipe()
         self.process = context.Process(
             target=_child_main, name="loc3r-models", daemon=True,
-            args=(str(model_dir or ""), device, threads, niceness, perception_child, model_child),
+            args=(str(model_dir or ""), device, threads, niceness, perception_child, model_child,
+                  geometry_child),
         )  # fmt: skip
         self.process.start()
-        perception_child.close()
-        model_child.close()
+        for conn in (perception_child, model_child, geometry_child):
+            conn.close()
         self.perception_channel = _Channel(perception_parent, self.process, call_timeout_s)
         self.model_channel = _Channel(model_parent, self.process, call_timeout_s)
-        self._conns = (perception_parent, model_parent)
+        self.geometry_channel = _Channel(geometry_parent, self.process, call_timeout_s)
+        self._conns = (perception_parent, model_parent, geometry_parent)
         try:
             if not model_parent.poll(START_TIMEOUT_S):
                 raise ModelLoadError(f"the model process did not start in {START_TIMEOUT_S:.0f} s")
@@ -229,12 +256,13 @@ class ModelProcess:
         self.info = value
 
     def bundle(self) -> Bundle:
-        """A Bundle whose perception and model run in this process."""
+        """A Bundle whose perception, model and scene geometry run in this process."""
         return Bundle(
             model=RemoteSceneModel(self.model_channel),
             perception=RemotePerception(self.perception_channel, self.info["perception_config"]),
             num_query_frames=int(self.info["num_query_frames"]),
             description=f"{self.info['description']} (in a model process)",
+            geometry=RemoteSceneGeometry(self.geometry_channel),
         )
 
     @property

@@ -67,6 +67,7 @@ class Bundle:
     perception: Perception
     num_query_frames: int
     description: str
+    geometry: object | None = None  # where scene views are built; None = in the engine
 
 
 def resolve_device(device: str) -> torch.device:

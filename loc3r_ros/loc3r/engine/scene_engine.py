@@ -26,9 +26,9 @@ import numpy as np
 import torch
 
 from loc3r.engine.frame_buffer import Keyframe, KeyframeBuffer, KeyframeConfig
-from loc3r.engine.gravity import estimate_up
 from loc3r.engine.perception import Perception, PerceptionWorker
-from loc3r.engine.scene_frame import SceneFrame, SceneView, bev_frame, voxel_downsample
+from loc3r.engine.scene_frame import SceneView
+from loc3r.engine.scene_geometry import KeyframeGeometry, SceneGeometry
 from loc3r.errors import BusyError, NotReadyError
 from loc3r.text_input import DEFAULT_MAX_CHARS, clean_text
 
@@ -106,9 +106,6 @@ class SituatedModel(Protocol):
         ...
 
 
-VIEW_POINTS = 32_768  # input points of a scene view (the reconstruction shown in RViz)
-
-
 def sample_uniform(count: int, available: int) -> list[int]:
     """`count` indices spread uniformly over range(available), first and last included."""
     if available <= count:
@@ -145,13 +142,24 @@ class SceneEngine:
         self._prefix: _ScenePrefix | None = None
         self._generation = 0
         self._given_up: np.ndarray | None = None
-        self._frame_cache: tuple | None = None
+        self.geometry = SceneGeometry()  # or the model process's (set_models)
+        self._geometry_sent: tuple[int | None, set[int]] = (None, set())
+        self._view_lock = threading.Lock()
 
     def set_models(
-        self, model: SituatedModel, perception: Perception | None, num_query_frames: int | None
+        self,
+        model: SituatedModel,
+        perception: Perception | None,
+        num_query_frames: int | None,
+        geometry: SceneGeometry | None = None,
     ) -> None:
-        """Attach the models once loaded (the engine buffers frames before that)."""
-        with self._query_lock:
+        """Attach the models once loaded (the engine buffers frames before that).
+
+        `geometry`: where scene views are built (the model process's; default in-process).
+        """
+        with self._query_lock, self._view_lock:
+            self.geometry = geometry or SceneGeometry()
+            self._geometry_sent = (None, set())
             if self.worker is not None:
                 self.worker.close()
             self.perception = perception
@@ -212,52 +220,38 @@ class SceneEngine:
     def set_gravity(self, up_world: np.ndarray | None) -> None:
         """Gravity's up direction in CUT3R's world from the caller (IMU/TF), or None to estimate."""
         self._given_up = None if up_world is None else np.asarray(up_world, dtype=np.float64)
-        self._frame_cache = None
-
-    def scene_frame(self, frames: list[Keyframe] | None = None) -> SceneFrame | None:
-        """The BEV frame (given gravity > floor fit > level camera), cached per keyframe set."""
-        frames = frames if frames is not None else self.processed_keyframes()
-        frames = [k for k in frames if k.perception is not None]
-        if not frames:
-            return None
-        key = (self._generation, frames[0].index, len(frames), frames[-1].index)
-        if self._frame_cache is not None:
-            cached_key, cached = self._frame_cache
-            same_scene = cached_key[:2] == key[:2] and cached.source != "given"
-            # refit only when the scene grew by a quarter (or 16 keyframes): a stable frame for
-            # users, and a floor fit per second at most a few times in a long stream
-            grown = len(frames) >= max(cached_key[2] * 1.25, cached_key[2] + 1) or (
-                len(frames) >= cached_key[2] + 16
-            )
-            if cached_key == key or (same_scene and self._given_up is None and not grown):
-                return cached
-        points = np.concatenate([k.perception.points for k in frames])
-        poses = [k.perception.pose_c2w for k in frames]
-        estimate = estimate_up(points, poses, self._given_up)
-        frame = bev_frame(poses[0], estimate.up, estimate.source, estimate.detail)
-        self._frame_cache = (key, frame)
-        return frame
 
     def scene_view(self, voxel: float = 0.05, max_points: int = 50_000) -> SceneView | None:
-        """Camera trajectory and reconstruction in the BEV frame (None before any perception)."""
-        frames = [k for k in self.buffer.snapshot() if k.perception is not None]
-        if not frames:
-            return None
-        frame = self.scene_frame(frames)
-        # about VIEW_POINTS input points (an even stride through each keyframe's points): the view
-        # is for display, and its cost is paid in the node's process
-        total = sum(len(k.perception.points) for k in frames)
-        stride = max(1, -(-total // VIEW_POINTS))
-        points = np.concatenate([k.perception.points[::stride] for k in frames]).astype(np.float64)
-        colors = np.concatenate([k.perception.colors[::stride] for k in frames])
-        points, colors = voxel_downsample(frame.points(points), colors, voxel, max_points)
-        return SceneView(
-            frame=frame,
-            camera_poses=[frame.camera_pose(k.perception.pose_c2w) for k in frames],
-            stamps_ns=[k.stamp_ns for k in frames],
-            points=points.astype(np.float32),
-            colors=colors,
-        )
+        """Camera trajectory and reconstruction in the BEV frame (None before any perception).
+
+        Built by `self.geometry`, which gets only the keyframes it has not seen yet (it may live
+        in the model process, where its NumPy work does not delay the caller's other threads).
+        """
+        with self._view_lock:
+            generation = self._generation
+            frames = [k for k in self.buffer.snapshot() if k.perception is not None]
+            if not frames:
+                return None
+            sent_generation, sent = self._geometry_sent
+            known = sent if sent_generation == generation else set()
+            added = [
+                KeyframeGeometry(
+                    k.index,
+                    k.stamp_ns,
+                    k.perception.pose_c2w,
+                    k.perception.points,
+                    k.perception.colors,
+                )  # fmt: skip
+                for k in frames
+                if k.index not in known
+            ]
+            alive = [k.index for k in frames]
+            self._geometry_sent = (None, set())  # unknown until the call succeeds
+            view = self.geometry.update_and_view(
+                generation, added, alive, self._given_up, voxel, max_points
+            )
+            self._geometry_sent = (generation, set(alive))
+            return view
 
     # --- queries ---------------------------------------------------------------------------------
     def localize(self, situation: str | bytes, *, wait: bool = True) -> QueryResult:
