@@ -74,6 +74,7 @@ def run(args: argparse.Namespace) -> dict:
     msg = Image(height=args.height, width=args.width, encoding="rgb8", step=3 * args.width)
     samples: list[tuple[float, int, float]] = []  # (t, rss, p99 ms)
     answers = {"ok": 0, "failed": 0}
+    failures: dict[str, int] = {}  # reply message -> count
     pending = None
     start = time.monotonic()
     next_frame = next_ask = next_sample = start
@@ -95,7 +96,10 @@ def run(args: argparse.Namespace) -> dict:
                 )
                 next_ask = now + args.ask_period
             if pending is not None and pending.done():
-                answers["ok" if pending.result().success else "failed"] += 1
+                reply = pending.result()
+                answers["ok" if reply.success else "failed"] += 1
+                if not reply.success:
+                    failures[reply.message] = failures.get(reply.message, 0) + 1
                 pending = None
             if now >= next_sample:
                 p99 = statuses[-1].image_callback_p99_ms if statuses else 0.0
@@ -115,6 +119,7 @@ def run(args: argparse.Namespace) -> dict:
         "frames_published": frame,
         "rate_hz": round(frame / end[0], 1),
         "queries": answers,
+        "query_failures": failures,
         "rss_mb_at_reference": round(ref[1] / 2**20, 1),
         "reference_s": round(ref[0], 1),
         "rss_mb_at_end": round(end[1] / 2**20, 1),
