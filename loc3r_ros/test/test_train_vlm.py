@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -78,15 +79,28 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _torchrun(argv: list[str], env: dict, timeout: float = 300.0) -> tuple[int, str]:
-    """Run torchrun in its own process group; on a timeout kill the whole group (workers too)."""
+def _kill_workers(marker: str) -> None:
+    """SIGKILL every process whose command line has `marker` (workers run in their own session)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if marker in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                os.kill(int(entry.name), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            pass
+
+
+def _torchrun(argv: list[str], env: dict, marker: str, timeout: float = 300.0) -> tuple[int, str]:
+    """Run torchrun; on a timeout kill it and its workers (found by `marker`, e.g. the out dir)."""
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)  # fmt: skip
     try:
         _, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        _, stderr = proc.communicate()
+        _kill_workers(marker)  # else an orphaned worker keeps the pipes open and this waits
+        _, stderr = proc.communicate(timeout=60)
         return -1, f"torchrun timed out after {timeout} s\n{stderr}"
     return proc.returncode, stderr
 
@@ -107,7 +121,7 @@ def test_two_process_gloo_matches_one_process(tmp_path, parallel):
         [*base, "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
          f"--master_port={_free_port()}", "-m", "loc3r.train.train_vlm", f"--out={double}",
          "--steps=5", f"--parallel={parallel}", *TINY],
-        env,
+        env, f"--out={double}",
     )  # fmt: skip
     assert code == 0, stderr[-3000:]
 

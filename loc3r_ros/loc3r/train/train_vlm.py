@@ -451,17 +451,20 @@ def main(argv: list[str] | None = None) -> int:
         trainer.model.save_pretrained(Path(config.out) / "final", weights)
     if trainer.ddp:
         dist.barrier()  # rank 0 has written everything before anyone leaves
-        dist.destroy_process_group()
+        if "LOCAL_RANK" not in os.environ:
+            dist.destroy_process_group()
+        # a torchrun worker keeps its group: destroying it can hang (pytorch/pytorch#75097,
+        # seen here once in CI) and nothing is pending after the barrier; see exit_process
     return 0
 
 
 def exit_process(code: int) -> None:
-    """Leave the process; a torchrun worker skips interpreter teardown.
+    """Leave the process; a torchrun worker skips the teardown of its process group and Python.
 
-    After a clean run (barrier passed, process group destroyed, files closed) a Gloo worker
-    thread can still hold tensors when the interpreter is torn down, and the process then aborts
-    with SIGABRT ("terminate called without an active exception"; seen once in CI on the FSDP
-    test). Nothing is left to clean up by then, so a worker exits at once with its code.
+    After a clean run (final barrier passed, files closed) both can fail a worker that has
+    finished its work: `destroy_process_group` may hang, and Gloo threads that still hold
+    tensors abort interpreter teardown with SIGABRT ("terminate called without an active
+    exception"); each was seen once in CI. Nothing is left to clean up, so a worker exits at once.
     """
     if "LOCAL_RANK" in os.environ:
         sys.stdout.flush()
