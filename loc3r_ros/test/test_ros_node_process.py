@@ -127,6 +127,12 @@ def test_images_are_buffered_and_malformed_ones_dropped(graph):
     assert status.input_rate_hz > 0.0 and 0.0 < status.image_callback_p99_ms < 100.0
     assert status.memory_bytes > 50 * 2**20
     assert diagnostics, "nothing on /diagnostics"
+
+    def diagnosed_drops() -> bool:  # /diagnostics and ~/status are separate messages: may lag
+        values = {kv.key: kv.value for kv in diagnostics[-1].status[0].values}
+        return int(values["frames_dropped"]) >= 2
+
+    assert spin_until(node, diagnosed_drops, 10.0), diagnostics[-1]
     entry = diagnostics[-1].status[0]
     values = {kv.key: kv.value for kv in entry.values}
     assert entry.level == DiagnosticStatus.WARN and entry.message.startswith("no model loaded")
