@@ -241,7 +241,7 @@ class SceneEngine:
                     k.perception.pose_c2w,
                     k.perception.points,
                     k.perception.colors,
-                )  # fmt: skip
+                )
                 for k in frames
                 if k.index not in known
             ]
