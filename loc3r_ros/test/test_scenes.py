@@ -14,6 +14,7 @@ from loc3r.scenes import (
     generate_room,
     intrinsics,
     make_episode,
+    object_cover,
     relative_direction,
     render,
 )
@@ -135,3 +136,31 @@ def test_bev_targets_land_on_known_coordinates_with_a_tilted_first_camera():
     np.testing.assert_allclose(scene.points(ahead[None])[0], [1.0, 0.0, 0.0], atol=1e-9)
     mean_targets, mean_mask = bev_targets(frame, scene, 8, mode="mean")
     assert mean_mask.all() and np.abs(mean_targets - targets).max() < 1.5
+
+
+def test_object_cover_counts_each_objects_share_of_each_cell():
+    ids = np.full((6, 6), -1, dtype=np.int16)
+    ids[0:3, 0:3] = 0  # object 0 fills cell (0, 0)
+    ids[0, 3:6] = 1  # object 1: one row of cell (0, 1)
+    ids[5, 5] = 2  # object 2: one pixel of cell (1, 1)
+    cover = object_cover(ids, 4, 2)
+    expected = np.zeros((2, 2, 4), dtype=np.float32)
+    expected[0, 0, 0], expected[0, 1, 1], expected[1, 1, 2] = 1.0, 3 / 9, 1 / 9
+    np.testing.assert_allclose(cover, expected)
+    uneven = object_cover(np.zeros((7, 5), dtype=np.int16), 1, 3)  # cells of unequal size
+    np.testing.assert_allclose(uneven, np.ones((3, 3, 1)))
+
+
+def test_records_name_the_situation_objects_and_renders_show_them():
+    episode = make_episode(3, EpisodeConfig(frames=8, image_size=96, situations=4))
+    objects = episode.room.objects
+    for record in episode.records:
+        anchor, target = objects[record.fields["anchor_id"]], objects[record.fields["target_id"]]
+        before, after = record.situation.split(", facing ")
+        assert before.endswith((f" the {anchor.kind}", f" the {anchor.label}"))
+        assert after in (f"the {target.kind}", f"the {target.label}")
+        assert math.dist(record.fields["world_position"], anchor.centre[:2]) <= 1.6 + 1e-9
+    cover = np.stack([object_cover(f.object_id, len(objects), 4) for f in episode.frames])
+    anchors = {r.fields["anchor_id"] for r in episode.records}
+    shown = {a for a in anchors if cover[..., a].max() >= 0.1}
+    assert len(anchors) >= 3 and shown == anchors  # the walk turns around the room

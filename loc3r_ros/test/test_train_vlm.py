@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -192,3 +193,23 @@ def test_the_paper_recipe_config_is_valid():
     assert (config.layout_weight, config.situation_weight, config.ori_weight) == (0.05, 0.075, 3.5)
     assert config.parallel == "fsdp" and not config.train_vision_tower
     assert config.base_model_dir == "/models/llava"  # the command line overrides the file
+
+
+def test_synthetic_samples_carry_the_patches_of_their_situation_objects():
+    from loc3r.scenes import EpisodeConfig, make_episode, object_cover
+    from loc3r.train.synthetic_data import MIN_OBJECT_COVER, build_episodes
+
+    config = EpisodeConfig(frames=4, image_size=56, situations=2)
+    (data,) = build_episodes([5], config, None, grid=2, progress=False)
+    episode = make_episode(5, config)
+    samples = data.samples(56)
+    assert len(samples) == len(episode.records) > 0
+    for record, s in zip(episode.records, samples, strict=True):
+        for key, cells in (("anchor_id", s.anchor_cells), ("target_id", s.target_cells)):
+            cover = np.stack([object_cover(f.object_id, 9, 2) for f in episode.frames])
+            expected = cover[..., record.fields[key]] >= MIN_OBJECT_COVER
+            assert cells.shape == (4, 2, 2) and cells.dtype == torch.bool
+            assert np.array_equal(cells.numpy(), expected)
+    record = episode.records[0]
+    record.fields.pop("anchor_id")  # records of real datasets name no objects
+    assert data.cells_of(record, "anchor_id") is None

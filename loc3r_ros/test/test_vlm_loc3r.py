@@ -175,3 +175,84 @@ def test_sampling_mode_answers_through_the_same_cache(model):
     model.config.do_sample = False
     greedy_pose = model.localize(prefix, s.situation)
     torch.testing.assert_close(greedy_pose.xy, pose.xy)  # sampling touches only the answer
+
+
+def grounded_sample(seed: int, frames: int = 3) -> TrainSample:
+    """sample() with the anchor and target objects in some of its 2 x 2 pooled patches."""
+    s = sample(seed, frames)
+    g = torch.Generator().manual_seed(100 + seed)
+    s.anchor_cells = torch.rand(frames, 2, 2, generator=g) > 0.6
+    s.target_cells = torch.rand(frames, 2, 2, generator=g) > 0.6
+    s.anchor_cells[0, 0, 0] = s.target_cells[-1, 1, 1] = True  # both in view
+    return s
+
+
+@pytest.mark.parametrize("layer", [-1, 0])
+def test_grounding_loss_is_the_attention_mass_eager_attention_puts_on_the_objects(
+    tokenizer_dir, layer
+):
+    """L_ground from our few-row attention equals -log mass read from eager attention weights."""
+    from loc3r.vlm import Loc3rVLMConfig, LossWeights
+    from loc3r.vlm.loc3r_vlm import GROUNDING_HEADS
+
+    torch.manual_seed(0)
+    config = Loc3rVLMConfig(
+        cam_token_dim=24, grounding_layer=layer, weights=LossWeights(grounding=0.5)
+    )
+    model = build_tiny_loc3r(
+        AutoTokenizer.from_pretrained(str(tokenizer_dir)), config, attn_implementation="eager"
+    )
+    batch = [grounded_sample(0), grounded_sample(1, frames=2)]
+    batch[1].target_cells = None  # a target out of view: only the anchor heads count
+    seen = {}
+    attention = model.base.language_model.model.layers[layer].self_attn
+
+    def keep_weights(module, args, out) -> None:
+        seen["w"] = out[1]
+
+    handle = attention.register_forward_hook(keep_weights)
+    parts = model.forward_train(batch)
+    handle.remove()
+    weights = seen["w"]  # (B, heads, L, L) from the eager kernel
+    terms = []
+    for i, s in enumerate(batch):
+        _, _, pos_at, patch_at = model._sample_sequence(s)
+        cells = {"anchor": s.anchor_cells, "target": s.target_cells}
+        for query, head, name in GROUNDING_HEADS:
+            if cells[name] is None:
+                continue
+            on = torch.zeros(weights.shape[-1], dtype=torch.bool)
+            where = (patch_at >= 0).nonzero().flatten()
+            on[where] = cells[name].reshape(-1)[patch_at[where]]
+            terms.append(-torch.log(weights[i, head, pos_at + query][on].sum() + 1e-6))
+    assert len(terms) == 5
+    torch.testing.assert_close(parts["ground"], torch.stack(terms).mean(), rtol=1e-5, atol=1e-6)
+    expected_total = parts["ce"] + 0.05 * parts["bev"] + 0.075 * (parts["pos"] + 3.5 * parts["ori"])
+    torch.testing.assert_close(parts["loss"], expected_total + 0.5 * parts["ground"])
+    parts["loss"].backward()
+    assert attention.q_proj.weight.grad.abs().sum() > 0
+
+
+def test_grounding_loss_is_off_by_default_and_absent_objects_cost_nothing(model):
+    assert set(model.forward_train([grounded_sample(0)])) == {"ce", "pos", "ori", "bev", "loss"}
+    model.config.weights.grounding = 1.0
+    parts = model.forward_train([sample(0)])  # no object cells (real datasets): zero, reported
+    assert parts["ground"].item() == 0.0
+    assert model.forward_train([grounded_sample(0)])["ground"].item() > 0.0
+
+
+def test_grounding_loss_teaches_the_heads_to_look_at_the_objects(model):
+    """60 steps of L_ground alone: from about 1/4 of the heads' mass on the objects to most."""
+    model.config.weights = type(model.config.weights)(
+        bev=0.0, situation=0.0, grounding=1.0
+    )  # only L_ground (and the answer CE) drive the update
+    batch = [grounded_sample(0), grounded_sample(1)]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=3e-3, weight_decay=0.0)
+    first = model.forward_train(batch)["ground"].item()
+    for _ in range(60):
+        optimizer.zero_grad()
+        model.forward_train(batch)["loss"].backward()
+        optimizer.step()
+    last = model.forward_train(batch)["ground"].item()
+    assert first > 1.0 and last < 0.2, (first, last)  # mass: < 0.37 at first, > 0.8 at the end

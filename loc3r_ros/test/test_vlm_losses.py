@@ -12,6 +12,7 @@ from loc3r.vlm.losses import (
     answer_cross_entropy,
     bin_centres,
     gaussian_nll_2d,
+    grounding_nll,
     heading_from_bins,
     orientation_kl,
     orientation_target,
@@ -86,3 +87,15 @@ def test_total_loss_uses_the_paper_weights():
     expected = 1.0 + 0.05 * 2.0 + 0.075 * (3.0 + 3.5 * 4.0)
     assert total_loss(parts, LossWeights()).item() == pytest.approx(expected)
     assert total_loss({"ce": torch.tensor(1.0)}, LossWeights()).item() == 1.0
+
+
+def test_grounding_nll_is_minus_log_attention_mass_on_the_object():
+    probs = torch.tensor([[0.5, 0.25, 0.25], [0.1, 0.1, 0.8], [0.2, 0.3, 0.5]])
+    on = torch.tensor([[True, True, False], [False, False, False], [False, False, True]])
+    expected = -(math.log(0.75 + 1e-6) + math.log(0.5 + 1e-6)) / 2  # row 2: object not in view
+    assert grounding_nll(probs, on).item() == pytest.approx(expected)
+    none = grounding_nll(probs.requires_grad_(), torch.zeros(3, 3, dtype=torch.bool))
+    assert none.item() == 0.0 and none.requires_grad
+    parts = {"ce": torch.tensor(1.0), "ground": torch.tensor(2.0)}
+    assert total_loss(parts, LossWeights()).item() == 1.0  # off by default (not in the paper)
+    assert total_loss(parts, LossWeights(grounding=0.5)).item() == 2.0

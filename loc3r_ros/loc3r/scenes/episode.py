@@ -90,6 +90,8 @@ def make_episode(seed: int, config: EpisodeConfig | None = None) -> Episode:
             record.fields["world_yaw"] = record.yaw
             record.position = (float(bev_xy[0]), float(bev_xy[1]))
             record.yaw = math.remainder(record.yaw - heading0, 2 * math.pi)
+            record.fields["anchor_id"] = situated.anchor_id
+            record.fields["target_id"] = situated.target_id
             episode.records.append(record)
     return episode
 
@@ -127,3 +129,21 @@ def bev_targets(
                     targets[i, j] = bev[rows[i] : rows[i + 1], cols[j] : cols[j + 1]][cell].mean(0)
                     mask[i, j] = True
     return targets.astype(np.float32), mask
+
+
+def object_cover(object_id: np.ndarray, num_objects: int, grid: int) -> np.ndarray:
+    """(grid, grid, num_objects) fraction of each image cell that shows each object.
+
+    `object_id` is a frame's (H, W) id map (-1 for room surfaces); cells split the image like
+    bev_targets' cells, so cell (i, j) is the pooled patch the VLM sees there.
+    """
+    height, width = object_id.shape
+    rows = np.linspace(0, height, grid + 1).astype(int)
+    cols = np.linspace(0, width, grid + 1).astype(int)
+    cover = np.zeros((grid, grid, num_objects), dtype=np.float32)
+    for i in range(grid):
+        for j in range(grid):
+            cell = object_id[rows[i] : rows[i + 1], cols[j] : cols[j + 1]].ravel()
+            counts = np.bincount(cell[cell >= 0], minlength=num_objects)[:num_objects]
+            cover[i, j] = counts / max(cell.size, 1)
+    return cover

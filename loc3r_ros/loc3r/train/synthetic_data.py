@@ -14,11 +14,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from loc3r.scenes import EpisodeConfig, bev_targets, make_episode
+from loc3r.scenes import EpisodeConfig, bev_targets, make_episode, object_cover
 from loc3r.scenes.situations import QARecord
 from loc3r.vlm import TrainSample, frames_to_pixel_values
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+MIN_OBJECT_COVER = 0.1  # a pooled patch shows an object when it covers this much of the cell
 
 
 @dataclass
@@ -31,6 +32,14 @@ class EpisodeData:
     bev_targets: torch.Tensor  # (T, g, g, 2)
     bev_mask: torch.Tensor  # (T, g, g) bool
     records: list[QARecord]
+    object_cover: torch.Tensor | None = None  # (T, g, g, objects) cell fractions; None: unknown
+
+    def cells_of(self, record: QARecord, key: str) -> torch.Tensor | None:
+        """(T, g, g) bool: the pooled patches showing the record's `key` object (anchor_id ...)."""
+        object_id = record.fields.get(key)
+        if self.object_cover is None or object_id is None:
+            return None
+        return self.object_cover[..., int(object_id)] >= MIN_OBJECT_COVER
 
     def samples(self, image_size: int) -> list[TrainSample]:
         """One TrainSample per question (pixel values shared)."""
@@ -46,6 +55,8 @@ class EpisodeData:
                 yaw=float(r.yaw),
                 bev_targets=self.bev_targets,
                 bev_mask=self.bev_mask,
+                anchor_cells=self.cells_of(r, "anchor_id"),
+                target_cells=self.cells_of(r, "target_id"),
             )
             for r in self.records
         ]
@@ -78,6 +89,14 @@ def build_episodes(
                 bev_targets=torch.from_numpy(np.stack(targets)),
                 bev_mask=torch.from_numpy(np.stack(masks)),
                 records=episode.records,
+                object_cover=torch.from_numpy(
+                    np.stack(
+                        [
+                            object_cover(f.object_id, len(episode.room.objects), grid)
+                            for f in episode.frames
+                        ]
+                    )
+                ),
             )
         )
     return out

@@ -75,6 +75,10 @@ class TrainConfig:
     layout_weight: float = 0.05  # 0 disables the layout loss (and head)
     situation_weight: float = 0.075
     ori_weight: float = 3.5
+    # attention supervision of <Pos>/<Ori> (not in the paper; loc3r.vlm.loc3r_vlm docstring):
+    # synthetic rooms only (their records name the objects), 0 = off
+    grounding_weight: float = 0.0
+    grounding_layer: int = -1
     cut3r_dir: str = ""  # our CUT3R directory or an official .pth; "" = a seeded random tiny one
     cut3r_image_size: int = 64  # CUT3R input long edge (512 for the official DPT checkpoint)
     tokenizer_dir: str = ""  # "" = train one on the synthetic corpus into <out>/tokenizer
@@ -159,8 +163,12 @@ def build_model(config: TrainConfig, tokenizer, cam_dim: int) -> Loc3rVLM:
         use_camera_tokens=config.use_camera_tokens,
         enable_layout_head=config.layout_weight > 0,
         max_new_tokens=8,
+        grounding_layer=config.grounding_layer,
         weights=LossWeights(
-            bev=config.layout_weight, situation=config.situation_weight, ori=config.ori_weight
+            bev=config.layout_weight,
+            situation=config.situation_weight,
+            ori=config.ori_weight,
+            grounding=config.grounding_weight,
         ),
     )
     if config.base_model_dir:

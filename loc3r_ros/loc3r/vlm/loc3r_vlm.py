@@ -10,6 +10,12 @@ Paper parts and where they live:
   Prompt order: [video] [situation] <Pos> <Ori> [question] [answer]; causal attention lets the
   two tokens see the video and the situation, not the question.
 
+Grounding loss (ours, training only, weight 0 by default): the embedded model is trained from
+scratch, without the vision-language alignment LLaVA-Video brings, so its recipe also supervises
+attention: in one LLM layer, head 0 of <Pos> and head 2 of <Ori> should look at the patches that
+show the situation's anchor object ("next to the bed"), head 1 of <Ori> at its target object
+("facing the window"). See `grounding_attention` and losses.grounding_nll.
+
 Choices the paper leaves open (?) are fields of Loc3rVLMConfig with their defaults documented:
 f_cam/f_pos/f_ori hidden width (LLM hidden) and activation (GELU); sigma via softplus + floor;
 whether newline tokens stay in the video (kept, as LLaVA-Video); the time instruction (off).
@@ -33,6 +39,7 @@ from loc3r.vlm.losses import (
     LossWeights,
     answer_cross_entropy,
     gaussian_nll_2d,
+    grounding_nll,
     heading_from_bins,
     orientation_kl,
     total_loss,
@@ -55,6 +62,7 @@ class Loc3rVLMConfig:
     min_sigma: float = 0.01  # sigma = softplus(raw) + min_sigma, metres (?)
     use_camera_tokens: bool = True  # the camera prior (ablation switch)
     enable_layout_head: bool = True  # the layout head exists (used by training only)
+    grounding_layer: int = -1  # LLM layer whose attention the grounding loss supervises
     system_prompt: str = SYSTEM_PROMPT
     max_new_tokens: int = 32
     do_sample: bool = False  # greedy by default; True samples with the settings below
@@ -91,6 +99,42 @@ class PosePrediction:
     ori_probs: torch.Tensor  # (B,) bin probabilities
 
 
+# (query: 0 = <Pos>, 1 = <Ori>; attention head; object) that the grounding loss supervises
+GROUNDING_HEADS = ((0, 0, "anchor"), (1, 1, "target"), (1, 2, "anchor"))
+
+
+def grounding_attention(
+    attention: nn.Module,
+    hidden: torch.Tensor,
+    position_embeddings: tuple[torch.Tensor, torch.Tensor],
+    rows: torch.Tensor,
+    queries: torch.Tensor,
+) -> torch.Tensor:
+    """Attention probabilities of some query tokens, as `attention` (Qwen2Attention) has them.
+
+    hidden (B, L, H) is the layer's normed input, position_embeddings its RoPE (cos, sin) of
+    shape (1 or B, L, head_dim); rows (N,) pick sequences and queries (N, Q) token positions in
+    them. Returns (N, heads, Q, L) under causal masking: the same numbers eager or SDPA
+    attention uses, for a few rows only, so training can supervise them whatever the kernel.
+    """
+    from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
+
+    cos, sin = (t.expand(hidden.shape[0], -1, -1) for t in position_embeddings)
+    count, num_queries = queries.shape
+    length, head_dim = hidden.shape[1], attention.head_dim
+    q = attention.q_proj(hidden[rows[:, None], queries]).view(count, num_queries, -1, head_dim)
+    k = attention.k_proj(hidden[rows]).view(count, length, -1, head_dim)
+    q, k = q.transpose(1, 2), k.transpose(1, 2)  # (N, heads, Q, d), (N, kv_heads, L, d)
+    q = apply_rotary_pos_emb(q, q, cos[rows[:, None], queries], sin[rows[:, None], queries])[0]
+    k = apply_rotary_pos_emb(k, k, cos[rows], sin[rows])[1]
+    k = k.repeat_interleave(attention.num_key_value_groups, dim=1)  # as transformers' repeat_kv
+    scores = (q @ k.transpose(-1, -2)).float() * attention.scaling
+    future = (
+        torch.arange(length, device=hidden.device)[None, None, None] > queries[:, None, :, None]
+    )
+    return scores.masked_fill(future, float("-inf")).softmax(-1)
+
+
 @dataclass
 class ScenePrefix:
     """The encoded video part of the prompt and the LLM's KV cache over it."""
@@ -114,6 +158,8 @@ class TrainSample:
     yaw: float | None = None  # radians, BEV
     bev_targets: torch.Tensor | None = None  # (T, g, g, 2) metres per pooled patch
     bev_mask: torch.Tensor | None = None  # (T, g, g) bool
+    anchor_cells: torch.Tensor | None = None  # (T, g, g) bool: patches showing the anchor object
+    target_cells: torch.Tensor | None = None  # (T, g, g) bool: ... the object faced
 
 
 class Loc3rVLM(nn.Module):
@@ -259,10 +305,41 @@ class Loc3rVLM(nn.Module):
         mask = torch.zeros(batch, length, dtype=torch.long, device=self.device)
         for i, (e, lab, _, _) in enumerate(sequences):
             embeds[i, : len(e)], labels[i, : len(e)], mask[i, : len(e)] = e, lab, 1
-        out = self.base.language_model.model(inputs_embeds=embeds, attention_mask=mask)
+        grounded = [
+            i
+            for i, s in enumerate(samples)
+            if s.anchor_cells is not None and s.position is not None
+        ]
+        captured: dict[str, torch.Tensor] = {}
+        handle = None
+        if grounded and self.config.weights.grounding > 0:
+            rows = torch.tensor(grounded, device=self.device)
+            queries = torch.tensor([[sequences[i][2], sequences[i][2] + 1] for i in grounded],
+                                   device=self.device)  # fmt: skip
+            layers = self.base.language_model.model.layers
+            attention = layers[self.config.grounding_layer].self_attn
+
+            def capture(module, args, kwargs, output) -> None:
+                hidden = kwargs.get("hidden_states", args[0] if args else None)
+                captured["probs"] = grounding_attention(
+                    module, hidden, kwargs["position_embeddings"], rows, queries
+                )
+
+            handle = attention.register_forward_hook(capture, with_kwargs=True)
+        try:
+            out = self.base.language_model.model(inputs_embeds=embeds, attention_mask=mask)
+        finally:
+            if handle is not None:
+                handle.remove()
         states = out.last_hidden_state  # (B, L, H) after the final norm
         logits = self.base.language_model.lm_head(states)
         parts = {"ce": answer_cross_entropy(logits, labels)}
+        if self.config.weights.grounding > 0:  # always reported, so DDP ranks log the same keys
+            parts["ground"] = (
+                self._grounding_loss(captured["probs"], grounded, samples, sequences)
+                if "probs" in captured
+                else logits.sum() * 0.0
+            )
 
         pos_rows = [(i, s[2]) for i, s in enumerate(sequences) if samples[i].position is not None]
         if pos_rows:
@@ -295,6 +372,25 @@ class Loc3rVLM(nn.Module):
             )
         parts["loss"] = total_loss(parts, self.config.weights)
         return parts
+
+    def _grounding_loss(self, probs, grounded, samples, sequences) -> torch.Tensor:
+        """L_ground from (N, heads, 2, L) attention of <Pos>/<Ori> (see GROUNDING_HEADS)."""
+        picked, on_object = [], []
+        for n, i in enumerate(grounded):
+            patch_at = sequences[i][3]
+            cells = {"anchor": samples[i].anchor_cells, "target": samples[i].target_cells}
+            for query, head, name in GROUNDING_HEADS:
+                if head >= probs.shape[1] or cells[name] is None:
+                    continue
+                flat = cells[name].reshape(-1).to(self.device)
+                mask = torch.zeros(probs.shape[-1], dtype=torch.bool, device=self.device)
+                where = (patch_at >= 0).nonzero().flatten()
+                mask[where] = flat[patch_at[where]]
+                picked.append(probs[n, head, query])
+                on_object.append(mask)
+        if not picked:
+            return probs.sum() * 0.0
+        return grounding_nll(torch.stack(picked), torch.stack(on_object))
 
     def forward(self, samples: list[TrainSample]) -> dict[str, torch.Tensor]:
         """Training forward (what DistributedDataParallel wraps): see forward_train."""

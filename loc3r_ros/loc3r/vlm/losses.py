@@ -5,6 +5,9 @@
   1/2 [(x - x^)^2 / s_x^2 + log s_x^2 + (y - y^)^2 / s_y^2 + log s_y^2], averaged over points.
 - L_ori: KL(target || softmax(logits)) over the heading bins, the target a wrapped Gaussian
   w_b = exp(-1/2 (wrap(theta - theta_b) / s_ori)^2), normalised.
+- L_ground (ours, off by default, for models trained from scratch): -log of the attention mass
+  that chosen heads of <Pos>/<Ori> put on the patches showing the situation's objects; see
+  grounding_nll. The total adds w_ground L_ground.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ class LossWeights:
     situation: float = 0.075  # w_sit, on (L_pos + w_ori L_ori)
     ori: float = 3.5  # w_ori
     ori_sigma: float = math.radians(10.0)  # s_ori of the wrapped-Gaussian target (?): one bin
+    grounding: float = 0.0  # w_ground (not in the paper; the embedded model's recipe uses it)
 
 
 def wrap_angle(angle: torch.Tensor) -> torch.Tensor:
@@ -86,10 +90,27 @@ def answer_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
     return F.cross_entropy(shifted, targets, ignore_index=-100)
 
 
+def grounding_nll(probs: torch.Tensor, on_object: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Mean -log(attention mass on an object) over rows: (N, L) probabilities, (N, L) bool.
+
+    Rows whose object shows in no patch do not count; with no such row the loss is 0 (and keeps
+    the graph).
+    """
+    mass = (probs * on_object.to(probs.dtype)).sum(-1)
+    valid = on_object.any(-1)
+    if not bool(valid.any()):
+        return probs.sum() * 0.0
+    return -(mass[valid] + eps).log().mean()
+
+
 def total_loss(parts: dict[str, torch.Tensor], weights: LossWeights) -> torch.Tensor:
-    """L = L_CE + w_bev L_BEV + w_sit (L_pos + w_ori L_ori); absent parts count 0."""
+    """L = L_CE + w_bev L_BEV + w_sit (L_pos + w_ori L_ori) + w_ground L_ground.
+
+    Absent parts count 0.
+    """
     zero = next(iter(parts.values())) * 0.0
     ce = parts.get("ce", zero)
     bev = parts.get("bev", zero)
     situation = parts.get("pos", zero) + weights.ori * parts.get("ori", zero)
-    return ce + weights.bev * bev + weights.situation * situation
+    ground = parts.get("ground", zero)
+    return ce + weights.bev * bev + weights.situation * situation + weights.grounding * ground
