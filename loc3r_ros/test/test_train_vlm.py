@@ -205,7 +205,8 @@ def test_synthetic_samples_carry_the_patches_of_their_situation_objects():
     samples = data.samples(56)
     assert len(samples) == len(episode.records) > 0
     for record, s in zip(episode.records, samples, strict=True):
-        for key, cells in (("anchor_id", s.anchor_cells), ("target_id", s.target_cells)):
+        pairs = ("anchor_id", s.anchor_cells), ("target_id", s.target_cells)
+        for key, cells in (*pairs, ("object_id", s.question_cells)):
             cover = np.stack([object_cover(f.object_id, 9, 2) for f in episode.frames])
             expected = cover[..., record.fields[key]] >= MIN_OBJECT_COVER
             assert cells.shape == (4, 2, 2) and cells.dtype == torch.bool

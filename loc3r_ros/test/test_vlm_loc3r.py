@@ -178,12 +178,13 @@ def test_sampling_mode_answers_through_the_same_cache(model):
 
 
 def grounded_sample(seed: int, frames: int = 3) -> TrainSample:
-    """sample() with the anchor and target objects in some of its 2 x 2 pooled patches."""
+    """sample() with its three objects (anchor, target, question's) in some pooled patches."""
     s = sample(seed, frames)
     g = torch.Generator().manual_seed(100 + seed)
     s.anchor_cells = torch.rand(frames, 2, 2, generator=g) > 0.6
     s.target_cells = torch.rand(frames, 2, 2, generator=g) > 0.6
-    s.anchor_cells[0, 0, 0] = s.target_cells[-1, 1, 1] = True  # both in view
+    s.question_cells = torch.rand(frames, 2, 2, generator=g) > 0.6
+    s.anchor_cells[0, 0, 0] = s.target_cells[-1, 1, 1] = s.question_cells[0, 1, 0] = True
     return s
 
 
@@ -216,16 +217,18 @@ def test_grounding_loss_is_the_attention_mass_eager_attention_puts_on_the_object
     weights = seen["w"]  # (B, heads, L, L) from the eager kernel
     terms = []
     for i, s in enumerate(batch):
-        _, _, pos_at, patch_at = model._sample_sequence(s)
-        cells = {"anchor": s.anchor_cells, "target": s.target_cells}
+        _, labels, pos_at, patch_at = model._sample_sequence(s)
+        queries = model._grounding_queries(labels, pos_at)
+        assert queries[2] == len(labels) - len(model.answer_ids(s.answer)) - 1
+        cells = {"anchor": s.anchor_cells, "target": s.target_cells, "question": s.question_cells}
         for query, head, name in GROUNDING_HEADS:
             if cells[name] is None:
                 continue
             on = torch.zeros(weights.shape[-1], dtype=torch.bool)
             where = (patch_at >= 0).nonzero().flatten()
             on[where] = cells[name].reshape(-1)[patch_at[where]]
-            terms.append(-torch.log(weights[i, head, pos_at + query][on].sum() + 1e-6))
-    assert len(terms) == 5
+            terms.append(-torch.log(weights[i, head, queries[query]][on].sum() + 1e-6))
+    assert len(terms) == 7
     torch.testing.assert_close(parts["ground"], torch.stack(terms).mean(), rtol=1e-5, atol=1e-6)
     expected_total = parts["ce"] + 0.05 * parts["bev"] + 0.075 * (parts["pos"] + 3.5 * parts["ori"])
     torch.testing.assert_close(parts["loss"], expected_total + 0.5 * parts["ground"])

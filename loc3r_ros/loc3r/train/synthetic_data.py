@@ -57,6 +57,7 @@ class EpisodeData:
                 bev_mask=self.bev_mask,
                 anchor_cells=self.cells_of(r, "anchor_id"),
                 target_cells=self.cells_of(r, "target_id"),
+                question_cells=self.cells_of(r, "object_id"),
             )
             for r in self.records
         ]

@@ -14,7 +14,8 @@ Grounding loss (ours, training only, weight 0 by default): the embedded model is
 scratch, without the vision-language alignment LLaVA-Video brings, so its recipe also supervises
 attention: in one LLM layer, head 0 of <Pos> and head 2 of <Ori> should look at the patches that
 show the situation's anchor object ("next to the bed"), head 1 of <Ori> at its target object
-("facing the window"). See `grounding_attention` and losses.grounding_nll.
+("facing the window"), and head 3 of the token that starts the answer at the object the answer
+is about ("is the lamp on my left?"). See `grounding_attention` and losses.grounding_nll.
 
 Choices the paper leaves open (?) are fields of Loc3rVLMConfig with their defaults documented:
 f_cam/f_pos/f_ori hidden width (LLM hidden) and activation (GELU); sigma via softplus + floor;
@@ -99,8 +100,9 @@ class PosePrediction:
     ori_probs: torch.Tensor  # (B,) bin probabilities
 
 
-# (query: 0 = <Pos>, 1 = <Ori>; attention head; object) that the grounding loss supervises
-GROUNDING_HEADS = ((0, 0, "anchor"), (1, 1, "target"), (1, 2, "anchor"))
+# (query: 0 = <Pos>, 1 = <Ori>, 2 = the token before the answer; attention head; object) that the
+# grounding loss supervises
+GROUNDING_HEADS = ((0, 0, "anchor"), (1, 1, "target"), (1, 2, "anchor"), (2, 3, "question"))
 
 
 def grounding_attention(
@@ -160,6 +162,7 @@ class TrainSample:
     bev_mask: torch.Tensor | None = None  # (T, g, g) bool
     anchor_cells: torch.Tensor | None = None  # (T, g, g) bool: patches showing the anchor object
     target_cells: torch.Tensor | None = None  # (T, g, g) bool: ... the object faced
+    question_cells: torch.Tensor | None = None  # ... the object the answer is about
 
 
 class Loc3rVLM(nn.Module):
@@ -308,14 +311,15 @@ class Loc3rVLM(nn.Module):
         grounded = [
             i
             for i, s in enumerate(samples)
-            if s.anchor_cells is not None and s.position is not None
+            if any(c is not None for c in (s.anchor_cells, s.target_cells, s.question_cells))
         ]
         captured: dict[str, torch.Tensor] = {}
         handle = None
         if grounded and self.config.weights.grounding > 0:
             rows = torch.tensor(grounded, device=self.device)
-            queries = torch.tensor([[sequences[i][2], sequences[i][2] + 1] for i in grounded],
-                                   device=self.device)  # fmt: skip
+            queries = torch.tensor(
+                [self._grounding_queries(*sequences[i][1:3]) for i in grounded], device=self.device
+            )
             layers = self.base.language_model.model.layers
             attention = layers[self.config.grounding_layer].self_attn
 
@@ -373,12 +377,23 @@ class Loc3rVLM(nn.Module):
         parts["loss"] = total_loss(parts, self.config.weights)
         return parts
 
+    @staticmethod
+    def _grounding_queries(labels: torch.Tensor, pos_at: int) -> list[int]:
+        """Positions of <Pos>, <Ori> and the token that predicts the first answer token."""
+        answer_start = int((labels != -100).nonzero()[0])
+        return [pos_at, pos_at + 1, answer_start - 1]
+
     def _grounding_loss(self, probs, grounded, samples, sequences) -> torch.Tensor:
-        """L_ground from (N, heads, 2, L) attention of <Pos>/<Ori> (see GROUNDING_HEADS)."""
+        """L_ground from (N, heads, 3, L) attention of <Pos>, <Ori>, answer (GROUNDING_HEADS)."""
         picked, on_object = [], []
         for n, i in enumerate(grounded):
             patch_at = sequences[i][3]
-            cells = {"anchor": samples[i].anchor_cells, "target": samples[i].target_cells}
+            sample = samples[i]
+            cells = {
+                "anchor": sample.anchor_cells,
+                "target": sample.target_cells,
+                "question": sample.question_cells,
+            }
             for query, head, name in GROUNDING_HEADS:
                 if head >= probs.shape[1] or cells[name] is None:
                     continue
