@@ -11,6 +11,7 @@ from loc3r.cut3r.heads import pose_encoding_to_c2w
 from loc3r.train.train_cut3r import (
     Cut3rTrainConfig,
     make_sequence,
+    model_config,
     probe_r2,
     run_stream,
     sequence_loss,
@@ -78,3 +79,14 @@ def test_probe_reads_a_linear_signal_and_rejects_noise():
     assert probe_r2(x[:300], y[:300], x[300:], y[300:]) > 0.99
     noise = rng.normal(size=(400, 2))
     assert probe_r2(x[:300], noise[:300], x[300:], noise[300:]) < 0.05
+
+
+def test_model_sizes_are_run_keys_and_set_the_camera_token_width(sequence):
+    config = Cut3rTrainConfig.from_args(
+        ["--dec_embed_dim=48", "--dec_num_heads=4", "--state_size=8"]
+    )
+    model_cfg = model_config(config)
+    assert (model_cfg.dec_embed_dim, model_cfg.dec_num_heads, model_cfg.state_size) == (48, 4, 8)
+    assert model_cfg.enc_embed_dim == Cut3rConfig.tiny().enc_embed_dim  # the rest stays tiny
+    outputs = run_stream(Cut3r(model_cfg), stack([sequence]).images)
+    assert [tuple(o.camera_token.shape) for o in outputs] == [(1, 48)] * 3

@@ -22,7 +22,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +60,12 @@ class Cut3rTrainConfig:
     eval_episodes: int = 20
     eval_seed_offset: int = 1_000_000
     log_every: int = 10
+    # model sizes (the rest as Cut3rConfig.tiny)
+    enc_embed_dim: int = 64
+    dec_embed_dim: int = 24  # also the camera token's width (the VLM's cam_token_dim)
+    dec_depth: int = 3
+    dec_num_heads: int = 2
+    state_size: int = 16
 
     @classmethod
     def from_args(cls, argv: list[str] | None = None) -> Cut3rTrainConfig:
@@ -211,6 +217,12 @@ def evaluate(model: Cut3r, train: list[Sequence], held_out: list[Sequence]) -> d
     }
 
 
+def model_config(config: Cut3rTrainConfig) -> Cut3rConfig:
+    """Cut3rConfig.tiny() with the run's sizes."""
+    sizes = ("enc_embed_dim", "dec_embed_dim", "dec_depth", "dec_num_heads", "state_size")
+    return replace(Cut3rConfig.tiny(), **{name: getattr(config, name) for name in sizes})
+
+
 def train(config: Cut3rTrainConfig, progress: bool = True) -> dict:
     """Build data, train, evaluate against the random initialisation, save; returns the report."""
     torch.manual_seed(config.seed)
@@ -219,7 +231,7 @@ def train(config: Cut3rTrainConfig, progress: bool = True) -> dict:
     held_seeds = range(config.eval_seed_offset, config.eval_seed_offset + config.eval_episodes)
     train_data = [make_sequence(s, config) for s in tqdm(seeds, "sequences", disable=not progress)]
     held_out = [make_sequence(s, config) for s in held_seeds]
-    model = Cut3r(Cut3rConfig.tiny())
+    model = Cut3r(model_config(config))
     probe_train = train_data[: config.eval_episodes * 4]
     before = evaluate(model, probe_train, held_out)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.95),
