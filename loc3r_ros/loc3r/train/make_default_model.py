@@ -12,8 +12,12 @@ held-out episodes, trains a tiny Loc3R-VLM on the joint objective with that CUT3
 evaluates it with `loc3r eval`'s code against the random and majority baselines on held-out
 rooms, and writes the bundle to loc3r/assets/default_model (bundle.json, vlm/, cut3r/) with
 eval.json beside it. The embedded recipe differs from the paper's where the tiny scale asks for
-it: the vision tower's pretraining is our own (SigLIP's is not available at this size), and the
-situation losses weigh 0.3 instead of 0.075 (a model trained from scratch, not fine-tuned).
+it: the vision tower's pretraining is our own (SigLIP's is not available at this size), the
+situation losses weigh 0.3 instead of 0.075 (a model trained from scratch, not fine-tuned), and
+the grounding loss (attention of <Pos>, <Ori> and the answer on the objects named; see
+loc3r.vlm.loc3r_vlm) stands in for the vision-language alignment a pretrained LLaVA-Video has.
+The tiny CUT3R is wider than Cut3rConfig.tiny (decoder 96, state 32): the VLM's layout, and so
+its positions, are only as good as the camera poses its tokens carry.
 """
 
 from __future__ import annotations
@@ -37,8 +41,17 @@ from loc3r.train.train_vlm import TrainConfig, Trainer
 EMBEDDED_RECIPE = (
     "--out=runs/default_model",
     "--situation_weight=0.3",
+    "--grounding_weight=0.5",
     "--steps=5000",
-    "--train_situations=8",
+    "--train_episodes=800",
+    "--train_situations=4",
+)
+EMBEDDED_CUT3R_RECIPE = (
+    "--dec_embed_dim=96",
+    "--dec_num_heads=4",
+    "--state_size=32",
+    "--steps=3000",
+    "--train_episodes=600",
 )
 
 
@@ -70,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     if not config.cut3r_dir:
         cut3r_config = Cut3rTrainConfig.from_args([
             f"--out={Path(config.out) / 'cut3r_run'}", f"--frames={config.frames}",
-            f"--render_size={config.image_size}", *stage_args["cut3r"],
+            f"--render_size={config.image_size}", *EMBEDDED_CUT3R_RECIPE, *stage_args["cut3r"],
         ])  # fmt: skip
         cut3r_report = train_cut3r(cut3r_config)
         config = replace(config, cut3r_dir=str(Path(cut3r_config.out) / "cut3r"))
