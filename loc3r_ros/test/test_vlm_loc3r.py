@@ -236,7 +236,14 @@ def test_grounding_loss_is_the_attention_mass_eager_attention_puts_on_the_object
     assert attention.q_proj.weight.grad.abs().sum() > 0
 
 
-def test_grounding_loss_is_off_by_default_and_absent_objects_cost_nothing(model):
+def test_grounding_loss_is_off_by_default_and_absent_objects_cost_nothing(model, tokenizer_dir):
+    from loc3r.vlm import Loc3rVLMConfig
+
+    with pytest.raises(ValueError, match="grounding_layer 2 outside the 2 layers"):
+        build_tiny_loc3r(
+            AutoTokenizer.from_pretrained(str(tokenizer_dir)),
+            Loc3rVLMConfig(cam_token_dim=24, grounding_layer=2),
+        )
     assert set(model.forward_train([grounded_sample(0)])) == {"ce", "pos", "ori", "bev", "loss"}
     model.config.weights.grounding = 1.0
     parts = model.forward_train([sample(0)])  # no object cells (real datasets): zero, reported

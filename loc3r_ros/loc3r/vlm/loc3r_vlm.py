@@ -180,6 +180,11 @@ class Loc3rVLM(nn.Module):
         self.layout_head = nn.Linear(hidden, 4) if config.enable_layout_head else None
         self._add_special_tokens()
         self.base.vision_tower.requires_grad_(False)  # SigLIP stays frozen
+        layers = base.config.text["num_hidden_layers"]
+        if not -layers <= config.grounding_layer < layers:
+            raise ValueError(
+                f"grounding_layer {config.grounding_layer} outside the {layers} layers"
+            )
 
     # --- vocabulary -------------------------------------------------------------------------------
     def _add_special_tokens(self) -> None:
@@ -383,7 +388,9 @@ class Loc3rVLM(nn.Module):
         answer_start = int((labels != -100).nonzero()[0])
         return [pos_at, pos_at + 1, answer_start - 1]
 
-    def _grounding_loss(self, probs, grounded, samples, sequences) -> torch.Tensor:
+    def _grounding_loss(
+        self, probs: torch.Tensor, grounded: list[int], samples: list[TrainSample], sequences: list
+    ) -> torch.Tensor:
         """L_ground from (N, heads, 3, L) attention of <Pos>, <Ori>, answer (GROUNDING_HEADS)."""
         picked, on_object = [], []
         for n, i in enumerate(grounded):
