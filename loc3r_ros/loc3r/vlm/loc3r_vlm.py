@@ -395,6 +395,7 @@ class Loc3rVLM(nn.Module):
         picked, on_object = [], []
         for n, i in enumerate(grounded):
             patch_at = sequences[i][3]
+            where = (patch_at >= 0).nonzero().flatten()  # the video's patch tokens
             sample = samples[i]
             cells = {
                 "anchor": sample.anchor_cells,
@@ -406,7 +407,6 @@ class Loc3rVLM(nn.Module):
                     continue
                 flat = cells[name].reshape(-1).to(self.device)
                 mask = torch.zeros(probs.shape[-1], dtype=torch.bool, device=self.device)
-                where = (patch_at >= 0).nonzero().flatten()
                 mask[where] = flat[patch_at[where]]
                 picked.append(probs[n, head, query])
                 on_object.append(mask)
