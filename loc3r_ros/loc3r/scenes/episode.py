@@ -96,6 +96,11 @@ def make_episode(seed: int, config: EpisodeConfig | None = None) -> Episode:
     return episode
 
 
+def cell_edges(height: int, width: int, grid: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column edges (grid + 1 each) splitting an image into the VLM's pooled cells."""
+    return np.linspace(0, height, grid + 1).astype(int), np.linspace(0, width, grid + 1).astype(int)
+
+
 def bev_targets(
     frame: Frame, scene: SceneFrame, grid: int, mode: str = "centre", max_range: float = 20.0
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -114,8 +119,7 @@ def bev_targets(
     world = cam @ frame.pose_c2w[:3, :3].T + frame.pose_c2w[:3, 3]
     bev = scene.points(world.reshape(-1, 3))[:, :2].reshape(height, width, 2)
     valid = np.isfinite(z) & (z > 0) & (z < max_range)
-    rows = np.linspace(0, height, grid + 1).astype(int)
-    cols = np.linspace(0, width, grid + 1).astype(int)
+    rows, cols = cell_edges(height, width, grid)
     targets = np.zeros((grid, grid, 2))
     mask = np.zeros((grid, grid), dtype=bool)
     for i in range(grid):
@@ -137,9 +141,7 @@ def object_cover(object_id: np.ndarray, num_objects: int, grid: int) -> np.ndarr
     `object_id` is a frame's (H, W) id map (-1 for room surfaces); cells split the image like
     bev_targets' cells, so cell (i, j) is the pooled patch the VLM sees there.
     """
-    height, width = object_id.shape
-    rows = np.linspace(0, height, grid + 1).astype(int)
-    cols = np.linspace(0, width, grid + 1).astype(int)
+    rows, cols = cell_edges(*object_id.shape, grid)
     cover = np.zeros((grid, grid, num_objects), dtype=np.float32)
     for i in range(grid):
         for j in range(grid):

@@ -79,6 +79,8 @@ def build_episodes(
             tokens = torch.stack([p.camera_token for p in perception.run_fresh(list(frames))])
         else:
             tokens = torch.zeros(len(frames), 1)
+        objects = len(episode.room.objects)
+        cover = np.stack([object_cover(f.object_id, objects, grid) for f in episode.frames])
         targets, masks = zip(
             *(bev_targets(f, episode.frame, grid, mode="mean") for f in episode.frames), strict=True
         )
@@ -90,14 +92,7 @@ def build_episodes(
                 bev_targets=torch.from_numpy(np.stack(targets)),
                 bev_mask=torch.from_numpy(np.stack(masks)),
                 records=episode.records,
-                object_cover=torch.from_numpy(
-                    np.stack(
-                        [
-                            object_cover(f.object_id, len(episode.room.objects), grid)
-                            for f in episode.frames
-                        ]
-                    )
-                ),
+                object_cover=torch.from_numpy(cover),
             )
         )
     return out

@@ -75,7 +75,7 @@ class TrainConfig:
     layout_weight: float = 0.05  # 0 disables the layout loss (and head)
     situation_weight: float = 0.075
     ori_weight: float = 3.5
-    # attention supervision of <Pos>/<Ori> (not in the paper; loc3r.vlm.loc3r_vlm docstring):
+    # attention supervision of <Pos>, <Ori> and the answer (not in the paper; see loc3r_vlm):
     # synthetic rooms only (their records name the objects), 0 = off
     grounding_weight: float = 0.0
     grounding_layer: int = -1
