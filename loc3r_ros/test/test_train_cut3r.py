@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from loc3r.cut3r import Cut3r, Cut3rConfig
+from loc3r.cut3r.checkpoint import save_pretrained
 from loc3r.cut3r.heads import pose_encoding_to_c2w
 from loc3r.train.train_cut3r import (
     Cut3rTrainConfig,
+    initial_model,
     make_sequence,
     model_config,
     probe_r2,
@@ -90,3 +92,21 @@ def test_model_sizes_are_run_keys_and_set_the_camera_token_width(sequence):
     assert model_cfg.enc_embed_dim == Cut3rConfig.tiny().enc_embed_dim  # the rest stays tiny
     outputs = run_stream(Cut3r(model_cfg), stack([sequence]).images)
     assert [tuple(o.camera_token.shape) for o in outputs] == [(1, 48)] * 3
+
+
+def test_init_continues_from_a_saved_model_of_the_same_sizes(tmp_path):
+    sizes = ["--dec_embed_dim=48", "--dec_num_heads=4", "--state_size=8"]
+    saved = Cut3r(model_config(Cut3rTrainConfig.from_args(sizes)))
+    marked = next(saved.parameters())
+    with torch.no_grad():
+        marked.fill_(0.125)  # not what a fresh init draws
+    save_pretrained(saved, tmp_path / "cut3r")
+    config = Cut3rTrainConfig.from_args([*sizes, f"--init={tmp_path / 'cut3r'}"])
+    model = initial_model(config)
+    assert model.training
+    for name, tensor in saved.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], tensor, rtol=0, atol=0)
+    fresh = initial_model(Cut3rTrainConfig.from_args(sizes))
+    assert not torch.equal(next(fresh.parameters()), marked)
+    with pytest.raises(ValueError, match=r"dec_embed_dim=48 \(run: 24\)"):
+        initial_model(Cut3rTrainConfig(init=str(tmp_path / "cut3r")))

@@ -31,7 +31,7 @@ from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
 from loc3r.cut3r import Cut3r, Cut3rConfig
-from loc3r.cut3r.checkpoint import save_pretrained
+from loc3r.cut3r.checkpoint import load_pretrained, save_pretrained
 from loc3r.cut3r.preprocess import preprocess_frame
 from loc3r.scenes import EpisodeConfig, make_episode
 from loc3r.scenes.render import render
@@ -66,6 +66,7 @@ class Cut3rTrainConfig:
     dec_depth: int = 3
     dec_num_heads: int = 2
     state_size: int = 16
+    init: str = ""  # a saved CUT3R directory to start from (its sizes must equal the run's)
 
     @classmethod
     def from_args(cls, argv: list[str] | None = None) -> Cut3rTrainConfig:
@@ -223,6 +224,19 @@ def model_config(config: Cut3rTrainConfig) -> Cut3rConfig:
     return replace(Cut3rConfig.tiny(), **{name: getattr(config, name) for name in sizes})
 
 
+def initial_model(config: Cut3rTrainConfig) -> Cut3r:
+    """A fresh model of the run's sizes, or the `init` checkpoint (which must have them)."""
+    if not config.init:
+        return Cut3r(model_config(config))
+    model = load_pretrained(config.init)
+    expected = model_config(config).to_dict()
+    differ = {k: (v, expected[k]) for k, v in model.config.to_dict().items() if v != expected[k]}
+    if differ:
+        detail = ", ".join(f"{k}={a} (run: {b})" for k, (a, b) in sorted(differ.items()))
+        raise ValueError(f"--init={config.init} does not match the run's model sizes: {detail}")
+    return model.train()
+
+
 def train(config: Cut3rTrainConfig, progress: bool = True) -> dict:
     """Build data, train, evaluate against the random initialisation, save; returns the report."""
     torch.manual_seed(config.seed)
@@ -231,7 +245,7 @@ def train(config: Cut3rTrainConfig, progress: bool = True) -> dict:
     held_seeds = range(config.eval_seed_offset, config.eval_seed_offset + config.eval_episodes)
     train_data = [make_sequence(s, config) for s in tqdm(seeds, "sequences", disable=not progress)]
     held_out = [make_sequence(s, config) for s in held_seeds]
-    model = Cut3r(model_config(config))
+    model = initial_model(config)
     probe_train = train_data[: config.eval_episodes * 4]
     before = evaluate(model, probe_train, held_out)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.95),
