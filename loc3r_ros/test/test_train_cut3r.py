@@ -18,6 +18,7 @@ from loc3r.train.train_cut3r import (
     run_stream,
     sequence_loss,
     stack,
+    window,
 )
 
 CONFIG = Cut3rTrainConfig(frames=3, train_episodes=2, eval_episodes=1)
@@ -110,3 +111,24 @@ def test_init_continues_from_a_saved_model_of_the_same_sizes(tmp_path):
     assert not torch.equal(next(fresh.parameters()), marked)
     with pytest.raises(ValueError, match=r"dec_embed_dim=48 \(run: 24\)"):
         initial_model(Cut3rTrainConfig(init=str(tmp_path / "cut3r")))
+
+
+def test_a_window_is_the_walk_seen_from_its_first_camera(sequence):
+    whole = window(sequence, 0, 3)
+    for name in ("pts_world", "pose"):
+        torch.testing.assert_close(getattr(whole, name), getattr(sequence, name), atol=1e-5, rtol=0)
+    part = window(sequence, 1, 2)
+    assert part.images.shape[0] == 2 and torch.equal(part.images, sequence.images[1:])
+    torch.testing.assert_close(part.pose[0], torch.tensor([0, 0, 0, 1.0, 0, 0, 0]), atol=1e-6,
+                               rtol=0)  # fmt: skip
+    valid = part.valid[0]
+    torch.testing.assert_close(part.pts_world[0][valid], part.pts_self[0][valid], atol=1e-5, rtol=0)
+    c2w = pose_encoding_to_c2w(sequence.pose.double())
+    expected = torch.linalg.inv(c2w[1]) @ c2w[2]  # camera 2 in camera 1's frame
+    torch.testing.assert_close(pose_encoding_to_c2w(part.pose.double())[1], expected, atol=1e-5,
+                               rtol=0)  # fmt: skip
+    # the world points of a frame are the same surface points, moved by one rigid transform
+    world = sequence.pts_world[2][sequence.valid[2]].double()
+    rebased = world @ torch.linalg.inv(c2w[1])[:3, :3].T + torch.linalg.inv(c2w[1])[:3, 3]
+    torch.testing.assert_close(part.pts_world[1][part.valid[1]].double(), rebased, atol=1e-4,
+                               rtol=0)  # fmt: skip

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from loc3r.cut3r import Cut3r, Cut3rConfig
 from loc3r.cut3r.checkpoint import load_pretrained, save_pretrained
+from loc3r.cut3r.heads import pose_encoding_to_c2w
 from loc3r.cut3r.preprocess import preprocess_frame
 from loc3r.scenes import EpisodeConfig, make_episode
 from loc3r.scenes.render import render
@@ -67,6 +68,9 @@ class Cut3rTrainConfig:
     dec_num_heads: int = 2
     state_size: int = 16
     init: str = ""  # a saved CUT3R directory to start from (its sizes must equal the run's)
+    window: int = 0  # > 0: train on this many consecutive frames of each walk (re-based on
+    # the window's first camera), a shorter-baseline curriculum; 0: whole walks. Held-out
+    # evaluation always runs on whole walks.
 
     @classmethod
     def from_args(cls, argv: list[str] | None = None) -> Cut3rTrainConfig:
@@ -121,6 +125,24 @@ def make_sequence(seed: int, config: Cut3rTrainConfig) -> Sequence:
     return Sequence(
         torch.stack(images), as_tensor(pts_self), as_tensor(pts_world),
         torch.from_numpy(np.stack(valid)), as_tensor(poses),
+    )  # fmt: skip
+
+
+def window(sequence: Sequence, start: int, length: int) -> Sequence:
+    """Frames [start, start + length) as a sequence of their own (re-based on camera `start`).
+
+    Poses and world points become those a stream starting at that frame must predict.
+    """
+    frames = slice(start, start + length)
+    c2w = pose_encoding_to_c2w(sequence.pose[frames].double())
+    rebased = torch.linalg.inv(c2w[0]) @ c2w
+    pts_self = sequence.pts_self[frames]
+    pts_world = pts_self.double() @ rebased[:, None, :3, :3].transpose(-1, -2)
+    pts_world = pts_world + rebased[:, None, None, :3, 3]
+    poses = np.stack([pose_encoding(m) for m in rebased.numpy()])
+    return Sequence(
+        sequence.images[frames], pts_self, pts_world.float(), sequence.valid[frames],
+        torch.from_numpy(poses).float(),
     )  # fmt: skip
 
 
@@ -260,7 +282,12 @@ def train(config: Cut3rTrainConfig, progress: bool = True) -> dict:
             lr = lr_at(step, config)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            batch = stack([train_data[i] for i in rng.choice(len(train_data), config.batch_size)])
+            chosen = [train_data[i] for i in rng.choice(len(train_data), config.batch_size)]
+            if 0 < config.window < config.frames:
+                starts = rng.integers(0, config.frames - config.window + 1, len(chosen))
+                pairs = zip(chosen, starts, strict=True)
+                chosen = [window(seq, int(s), config.window) for seq, s in pairs]
+            batch = stack(chosen)
             parts = sequence_loss(model, batch, config)
             optimizer.zero_grad(set_to_none=True)
             parts["loss"].backward()
