@@ -127,6 +127,11 @@ def test_a_window_is_the_walk_seen_from_its_first_camera(sequence):
     expected = torch.linalg.inv(c2w[1]) @ c2w[2]  # camera 2 in camera 1's frame
     torch.testing.assert_close(pose_encoding_to_c2w(part.pose.double())[1], expected, atol=1e-5,
                                rtol=0)  # fmt: skip
+    backwards = window(sequence, 0, 3, backwards=True)  # the walk from its last camera
+    assert torch.equal(backwards.images, sequence.images.flip(0))
+    expected = torch.linalg.inv(c2w[2]) @ c2w[0]
+    torch.testing.assert_close(pose_encoding_to_c2w(backwards.pose.double())[2], expected,
+                               atol=1e-5, rtol=0)  # fmt: skip
     # the world points of a frame are the same surface points, moved by one rigid transform
     world = sequence.pts_world[2][sequence.valid[2]].double()
     rebased = world @ torch.linalg.inv(c2w[1])[:3, :3].T + torch.linalg.inv(c2w[1])[:3, 3]

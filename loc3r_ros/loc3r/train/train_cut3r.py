@@ -71,6 +71,9 @@ class Cut3rTrainConfig:
     window: int = 0  # > 0: train on this many consecutive frames of each walk (re-based on
     # the window's first camera), a shorter-baseline curriculum; 0: whole walks. Held-out
     # evaluation always runs on whole walks.
+    reverse_prob: float = 0.0  # chance to play a training walk backwards (it then turns the
+    # other way: the synthetic walks all turn left, which a model can learn as a prior instead
+    # of matching frames)
 
     @classmethod
     def from_args(cls, argv: list[str] | None = None) -> Cut3rTrainConfig:
@@ -128,12 +131,15 @@ def make_sequence(seed: int, config: Cut3rTrainConfig) -> Sequence:
     )  # fmt: skip
 
 
-def window(sequence: Sequence, start: int, length: int) -> Sequence:
-    """Frames [start, start + length) as a sequence of their own (re-based on camera `start`).
+def window(sequence: Sequence, start: int, length: int, backwards: bool = False) -> Sequence:
+    """Frames [start, start + length) as a sequence of their own (re-based on its first camera).
 
-    Poses and world points become those a stream starting at that frame must predict.
+    Poses and world points become those a stream starting at that frame must predict;
+    `backwards` plays the window in reverse (its first camera is then frame start + length - 1).
     """
-    frames = slice(start, start + length)
+    frames = torch.arange(start, start + length)
+    if backwards:
+        frames = frames.flip(0)
     c2w = pose_encoding_to_c2w(sequence.pose[frames].double())
     rebased = torch.linalg.inv(c2w[0]) @ c2w
     pts_self = sequence.pts_self[frames]
@@ -283,10 +289,12 @@ def train(config: Cut3rTrainConfig, progress: bool = True) -> dict:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             chosen = [train_data[i] for i in rng.choice(len(train_data), config.batch_size)]
-            if 0 < config.window < config.frames:
-                starts = rng.integers(0, config.frames - config.window + 1, len(chosen))
-                pairs = zip(chosen, starts, strict=True)
-                chosen = [window(seq, int(s), config.window) for seq, s in pairs]
+            length = config.window if 0 < config.window < config.frames else config.frames
+            if length < config.frames or config.reverse_prob > 0:
+                starts = rng.integers(0, config.frames - length + 1, len(chosen))
+                backwards = rng.random(len(chosen)) < config.reverse_prob
+                picks = zip(chosen, starts, backwards, strict=True)
+                chosen = [window(seq, int(s), length, bool(b)) for seq, s, b in picks]
             batch = stack(chosen)
             parts = sequence_loss(model, batch, config)
             optimizer.zero_grad(set_to_none=True)
