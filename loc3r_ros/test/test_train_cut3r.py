@@ -11,9 +11,11 @@ from loc3r.cut3r.checkpoint import save_pretrained
 from loc3r.cut3r.heads import pose_encoding_to_c2w
 from loc3r.train.train_cut3r import (
     Cut3rTrainConfig,
+    evaluate,
     initial_model,
     make_sequence,
     model_config,
+    pose_errors,
     probe_r2,
     run_stream,
     sequence_loss,
@@ -137,3 +139,17 @@ def test_a_window_is_the_walk_seen_from_its_first_camera(sequence):
     rebased = world @ torch.linalg.inv(c2w[1])[:3, :3].T + torch.linalg.inv(c2w[1])[:3, 3]
     torch.testing.assert_close(part.pts_world[1][part.valid[1]].double(), rebased, atol=1e-4,
                                rtol=0)  # fmt: skip
+
+
+def test_pose_errors_and_the_backwards_check(sequence):
+    truth = np.array([[0, 0, 0, 1.0, 0, 0, 0], [1.0, 0, 0, 1.0, 0, 0, 0]])
+    quarter_turn = [np.cos(np.pi / 4), 0, np.sin(np.pi / 4), 0]  # 90 deg about y
+    predicted = np.array([[0, 0, 0, 1.0, 0, 0, 0], [1.0, 2.0, 2.0, *quarter_turn]])
+    trans_err, rot_err = pose_errors(predicted, truth)
+    np.testing.assert_allclose(trans_err, [0.0, np.sqrt(8.0)], atol=1e-12)
+    np.testing.assert_allclose(rot_err, [0.0, 90.0], atol=1e-9)
+    torch.manual_seed(0)
+    report = evaluate(Cut3r(Cut3rConfig.tiny()), [sequence], [sequence])
+    assert report["frames"] == 2  # frames after the first
+    for key in ("backwards_median_translation_error_m", "backwards_median_rotation_error_deg"):
+        assert np.isfinite(report[key]) and report[key] > 0

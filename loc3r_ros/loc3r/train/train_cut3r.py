@@ -227,19 +227,33 @@ def probe_r2(train_x, train_y, test_x, test_y, ridge: float = 1e-2) -> float:
     return float(np.mean(1 - residual / total))
 
 
+def pose_errors(predicted: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Translation errors (m) and rotation errors (deg) between [t, q_wxyz] encodings."""
+    trans_err = np.linalg.norm(predicted[:, :3] - truth[:, :3], axis=1)
+    dots = np.abs((predicted[:, 3:] * truth[:, 3:]).sum(1)).clip(max=1.0)
+    return trans_err, np.degrees(2 * np.arccos(dots))
+
+
 def evaluate(model: Cut3r, train: list[Sequence], held_out: list[Sequence]) -> dict:
-    """Pose errors on held-out sequences and the camera-token probe."""
+    """Pose errors on held-out sequences, and the camera-token probe.
+
+    The same walks played backwards turn the other way: a model that learned the walks'
+    turning as a prior, instead of matching frames, has much larger errors on them.
+    """
     model.eval()
     tokens_tr, _, truth_tr = camera_tokens_and_poses(model, train)
     tokens_te, pred_te, truth_te = camera_tokens_and_poses(model, held_out)
-    trans_err = np.linalg.norm(pred_te[:, :3] - truth_te[:, :3], axis=1)
-    dots = np.abs((pred_te[:, 3:] * truth_te[:, 3:]).sum(1)).clip(max=1.0)
-    rot_err = np.degrees(2 * np.arccos(dots))
+    trans_err, rot_err = pose_errors(pred_te, truth_te)
+    backwards = [window(s, 0, len(s.images), backwards=True) for s in held_out]
+    _, pred_bw, truth_bw = camera_tokens_and_poses(model, backwards)
+    trans_bw, rot_bw = pose_errors(pred_bw, truth_bw)
     return {
         "frames": len(truth_te),
         "median_translation_error_m": float(np.median(trans_err)),
         "median_rotation_error_deg": float(np.median(rot_err)),
         "median_translation_m": float(np.median(np.linalg.norm(truth_te[:, :3], axis=1))),
+        "backwards_median_translation_error_m": float(np.median(trans_bw)),
+        "backwards_median_rotation_error_deg": float(np.median(rot_bw)),
         "probe_r2": probe_r2(
             tokens_tr, pose_features(truth_tr), tokens_te, pose_features(truth_te)
         ),
