@@ -203,8 +203,17 @@ def test_synthetic_samples_carry_the_patches_of_their_situation_objects():
     (data,) = build_episodes([5], config, None, grid=2, progress=False)
     episode = make_episode(5, config)
     samples = data.samples(56)
+    firsts = data.samples(56, grounding_views="first")
     assert len(samples) == len(episode.records) > 0
-    for record, s in zip(episode.records, samples, strict=True):
+    for record, s, f in zip(episode.records, samples, firsts, strict=True):
+        # "first" keeps exactly the first frame that shows the object, and only it
+        for every, first in ((s.anchor_cells, f.anchor_cells), (s.target_cells, f.target_cells)):
+            shown = every.flatten(1).any(1).nonzero().flatten().tolist()
+            if not shown:  # out of view (or under MIN_OBJECT_COVER in every cell)
+                assert not first.any()
+                continue
+            assert torch.equal(first[shown[0]], every[shown[0]]) and first[shown[0]].any()
+            assert first.sum() == every[shown[0]].sum()
         pairs = ("anchor_id", s.anchor_cells), ("target_id", s.target_cells)
         for key, cells in (*pairs, ("object_id", s.question_cells)):
             if key not in record.fields:  # counting is about no single object
@@ -217,3 +226,26 @@ def test_synthetic_samples_carry_the_patches_of_their_situation_objects():
     record = episode.records[0]
     record.fields.pop("anchor_id")  # records of real datasets name no objects
     assert data.cells_of(record, "anchor_id") is None
+    with pytest.raises(ValueError, match="views='last'"):
+        data.cells_of(episode.records[1], "target_id", views="last")
+
+
+def test_first_view_grounding_keeps_only_the_first_frame_showing_the_object():
+    from loc3r.scenes.situations import QARecord
+    from loc3r.train.synthetic_data import EpisodeData
+
+    cover = torch.zeros(4, 2, 2, 2)  # (frames, g, g, objects)
+    cover[1, 0, 1, 0], cover[2, :, 0, 0], cover[3, 1, 1, 0] = 0.5, 0.3, 0.05  # object 0
+    cover[0, 0, 0, 1] = 1.0  # object 1, first frame only
+    record = QARecord("direction", "s", "q", ["left"], (0.0, 0.0), 0.0, {"anchor_id": 0})
+    data = EpisodeData(0, np.zeros((4, 8, 8, 3), np.uint8), torch.zeros(4, 4),
+                       torch.zeros(4, 2, 2, 2), torch.ones(4, 2, 2, dtype=torch.bool), [record],
+                       object_cover=cover)  # fmt: skip
+    every = data.cells_of(record, "anchor_id")
+    assert every.flatten(1).any(1).tolist() == [False, True, True, False]  # 0.05 < MIN cover
+    first = data.cells_of(record, "anchor_id", views="first")
+    expected = torch.zeros(4, 2, 2, dtype=torch.bool)
+    expected[1, 0, 1] = True
+    assert torch.equal(first, expected)
+    record.fields["anchor_id"] = 1
+    assert torch.equal(data.cells_of(record, "anchor_id", views="first"), cover[..., 1] > 0)

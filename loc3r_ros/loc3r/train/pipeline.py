@@ -79,7 +79,7 @@ def prepare_run(config: TrainConfig, progress: bool = True) -> Run:
         train_cfg = replace(episodes_cfg, situations=config.train_situations)
         train = build_episodes(train_seeds, train_cfg, perception, grid, progress)
         held_out = build_episodes(eval_seeds, episodes_cfg, perception, grid, progress)
-    samples = [s for e in train for s in e.samples(config.image_size)]
+    samples = [s for e in train for s in e.samples(config.image_size, config.grounding_views)]
     model = build_model(config, tokenizer, cut3r.config.dec_embed_dim)
     return Run(model, cut3r, train, held_out, samples)
 

@@ -19,6 +19,7 @@ from loc3r.scenes.situations import QARecord
 from loc3r.vlm import TrainSample, frames_to_pixel_values
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+GROUNDING_VIEWS = ("all", "first")
 MIN_OBJECT_COVER = 0.1  # a pooled patch shows an object when it covers this much of the cell
 
 
@@ -34,15 +35,26 @@ class EpisodeData:
     records: list[QARecord]
     object_cover: torch.Tensor | None = None  # (T, g, g, objects) cell fractions; None: unknown
 
-    def cells_of(self, record: QARecord, key: str) -> torch.Tensor | None:
-        """(T, g, g) bool: the pooled patches showing the record's `key` object (anchor_id ...)."""
+    def cells_of(self, record: QARecord, key: str, views: str = "all") -> torch.Tensor | None:
+        """(T, g, g) bool: the pooled patches showing the record's `key` object (anchor_id ...).
+
+        views="first" keeps only the first frame that shows it.
+        """
+        if views not in GROUNDING_VIEWS:
+            raise ValueError(f"views={views!r}: expected one of {GROUNDING_VIEWS}")
         object_id = record.fields.get(key)
         if self.object_cover is None or object_id is None:
             return None
-        return self.object_cover[..., int(object_id)] >= MIN_OBJECT_COVER
+        cells = self.object_cover[..., int(object_id)] >= MIN_OBJECT_COVER
+        if views == "first" and cells.any():
+            first = int(cells.flatten(1).any(1).nonzero()[0])
+            cells = torch.zeros_like(cells).index_copy_(
+                0, torch.tensor([first]), cells[first : first + 1]
+            )
+        return cells
 
-    def samples(self, image_size: int) -> list[TrainSample]:
-        """One TrainSample per question (pixel values shared)."""
+    def samples(self, image_size: int, grounding_views: str = "all") -> list[TrainSample]:
+        """One TrainSample per question (pixel values shared); see `cells_of` for the views."""
         pixels = frames_to_pixel_values(list(self.frames), size=image_size)
         return [
             TrainSample(
@@ -55,9 +67,9 @@ class EpisodeData:
                 yaw=float(r.yaw),
                 bev_targets=self.bev_targets,
                 bev_mask=self.bev_mask,
-                anchor_cells=self.cells_of(r, "anchor_id"),
-                target_cells=self.cells_of(r, "target_id"),
-                question_cells=self.cells_of(r, "object_id"),
+                anchor_cells=self.cells_of(r, "anchor_id", grounding_views),
+                target_cells=self.cells_of(r, "target_id", grounding_views),
+                question_cells=self.cells_of(r, "object_id", grounding_views),
             )
             for r in self.records
         ]

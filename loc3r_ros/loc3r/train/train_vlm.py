@@ -79,6 +79,8 @@ class TrainConfig:
     # synthetic rooms only (their records name the objects), 0 = off
     grounding_weight: float = 0.0
     grounding_layer: int = -1
+    grounding_views: str = "all"  # "all": every frame showing the object; "first": only the
+    # first frame that shows it (its layout needs the least camera motion: CUT3R's pose drifts)
     cut3r_dir: str = ""  # our CUT3R directory or an official .pth; "" = a seeded random tiny one
     cut3r_image_size: int = 64  # CUT3R input long edge (512 for the official DPT checkpoint)
     tokenizer_dir: str = ""  # "" = train one on the synthetic corpus into <out>/tokenizer
