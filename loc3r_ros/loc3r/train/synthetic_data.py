@@ -46,11 +46,8 @@ class EpisodeData:
         if self.object_cover is None or object_id is None:
             return None
         cells = self.object_cover[..., int(object_id)] >= MIN_OBJECT_COVER
-        if views == "first" and cells.any():
-            first = int(cells.flatten(1).any(1).nonzero()[0])
-            cells = torch.zeros_like(cells).index_copy_(
-                0, torch.tensor([first]), cells[first : first + 1]
-            )
+        if views == "first":  # frames up to the first showing it (those before show nothing)
+            cells = cells & (cells.flatten(1).any(1).cumsum(0) <= 1)[:, None, None]
         return cells
 
     def samples(self, image_size: int, grounding_views: str = "all") -> list[TrainSample]:
