@@ -257,8 +257,15 @@ def test_situation_before_a_pause_is_kept_for_the_question(graph, tts):
 def test_too_many_requests_get_busy(graph, tts):
     node, ask_spoken, _, got, logs = graph
     audio = chunk(s16(tts.synthesize(UTTERANCE).samples), 22050)
-    # an earlier streamed utterance may still hold the one slot (speaking its answer)
-    idle = lambda: {kv.key: kv.value for kv in got["diag"][-1].values}["pending"] == "0"  # noqa: E731
+    # an earlier streamed utterance may still hold the one slot (speaking its answer), and one
+    # diagnostics message can be older than the result that ended the last test: wait until
+    # five fresh messages in a row (1 s at status_period_s 0.2) report the slot free
+    seen = len(got["diag"])
+
+    def idle() -> bool:
+        fresh = [{kv.key: kv.value for kv in m.values} for m in got["diag"][seen:]]
+        return len(fresh) >= 5 and all(v["pending"] == "0" for v in fresh[-5:])
+
     assert spin_until(node, idle, 60), logs()
     futures = [ask_spoken.call_async(AskSpoken.Request(audio=audio)) for _ in range(3)]
     assert spin_until(node, lambda: all(f.done() for f in futures), 90), logs()
