@@ -42,3 +42,14 @@ def test_ablation_table(tmp_path, capsys):
         {"use_camera_tokens": False},
     ]
     assert "steps per variant" in capsys.readouterr().out
+
+
+def test_an_oracle_camera_prior_run_writes_its_report_but_no_bundle(tmp_path):
+    target = tmp_path / "oracle"
+    argv = [f"--out={tmp_path / 'run'}", f"--target={target}", "--camera_prior=oracle", *TOY,
+            *STAGES]  # fmt: skip
+    assert make_default_model.main(argv) == 0
+    report = json.loads((target / "eval.json").read_text())
+    assert report["train"]["config"]["camera_prior"] == "oracle"
+    assert report["model"]["localization"]["n"] > 0
+    assert not (target / "bundle.json").exists()  # the node could not stream CUT3R for it

@@ -249,3 +249,40 @@ def test_first_view_grounding_keeps_only_the_first_frame_showing_the_object():
     assert torch.equal(first, expected)
     record.fields["anchor_id"] = 1
     assert torch.equal(data.cells_of(record, "anchor_id", views="first"), cover[..., 1] > 0)
+
+
+def test_oracle_camera_tokens_state_the_true_relative_poses():
+    from types import SimpleNamespace
+
+    from scipy.spatial.transform import Rotation
+
+    from loc3r.scenes import EpisodeConfig, make_episode
+    from loc3r.train.synthetic_data import build_episodes, oracle_camera_tokens
+
+    config = EpisodeConfig(frames=4, image_size=56, situations=1)
+    no_cut3r = SimpleNamespace(model=SimpleNamespace(config=SimpleNamespace(dec_embed_dim=16)))
+    (data,) = build_episodes([7], config, no_cut3r, grid=2, progress=False, camera_prior="oracle")
+    poses = [f.pose_c2w for f in make_episode(7, config).frames]
+    assert data.camera_tokens.shape == (4, 16) and not data.camera_tokens[:, 12:].any()
+    first_rotation, first_origin = poses[0][:3, :3], poses[0][:3, 3]
+    for token, pose in zip(data.camera_tokens.numpy(), poses, strict=True):
+        # R0^T (t - t0) and R0^T R: the pose in the first camera's frame
+        np.testing.assert_allclose(token[:3], first_rotation.T @ (pose[:3, 3] - first_origin),
+                                   atol=1e-5)  # fmt: skip
+        rotation = token[3:12].reshape(3, 3)
+        np.testing.assert_allclose(rotation, first_rotation.T @ pose[:3, :3], atol=1e-5)
+    np.testing.assert_allclose(
+        data.camera_tokens[0, :12].numpy(), [0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1], atol=1e-6
+    )
+    turn = Rotation.from_matrix(data.camera_tokens[1:, 3:12].reshape(-1, 3, 3).double().numpy())
+    assert np.all(turn.magnitude() > 0) and np.linalg.norm(data.camera_tokens[-1, :3]) > 0.1
+    with pytest.raises(ValueError, match="at least 12"):
+        oracle_camera_tokens(poses, 8)
+    with pytest.raises(ValueError, match="camera_prior='gps'"):
+        build_episodes([7], config, no_cut3r, grid=2, progress=False, camera_prior="gps")
+
+
+def test_oracle_camera_prior_needs_synthetic_rooms(tmp_path):
+    config = TrainConfig(out=str(tmp_path), data_root=str(tmp_path), camera_prior="oracle")
+    with pytest.raises(ValueError, match="synthetic rooms"):
+        prepare_run(config, progress=False)

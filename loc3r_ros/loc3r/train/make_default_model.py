@@ -104,6 +104,11 @@ def main(argv: list[str] | None = None) -> int:
         report["cut3r"] = {k: v for k, v in cut3r_report.items() if k != "config"}
     if vision_report is not None:
         report["vision"] = {k: v for k, v in vision_report.items() if k != "config"}
+    if config.camera_prior != "cut3r":  # the node streams CUT3R: no bundle without it
+        target.mkdir(parents=True, exist_ok=True)
+        (target / "eval.json").write_text(json.dumps(report, indent=2))
+        print(json.dumps(report, indent=2))
+        return 0
     save_bundle(
         target,
         run.model,

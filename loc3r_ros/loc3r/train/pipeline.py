@@ -48,6 +48,8 @@ def load_or_make_cut3r(config: TrainConfig) -> Cut3r:
 
 def prepare_run(config: TrainConfig, progress: bool = True) -> Run:
     """Tokenizer, CUT3R, train/eval episodes (with cached camera tokens) and the model."""
+    if config.data_root and config.camera_prior != "cut3r":
+        raise ValueError("camera_prior='oracle' needs synthetic rooms (their true poses)")
     out = Path(config.out)
     episodes_cfg = episode_config(config)
     train_seeds = list(range(config.train_episodes))
@@ -77,8 +79,9 @@ def prepare_run(config: TrainConfig, progress: bool = True) -> Run:
         train, held_out = episodes_of(config.train_split), episodes_of(config.eval_split)
     else:
         train_cfg = replace(episodes_cfg, situations=config.train_situations)
-        train = build_episodes(train_seeds, train_cfg, perception, grid, progress)
-        held_out = build_episodes(eval_seeds, episodes_cfg, perception, grid, progress)
+        prior = config.camera_prior
+        train = build_episodes(train_seeds, train_cfg, perception, grid, progress, prior)
+        held_out = build_episodes(eval_seeds, episodes_cfg, perception, grid, progress, prior)
     samples = [s for e in train for s in e.samples(config.image_size, config.grounding_views)]
     model = build_model(config, tokenizer, cut3r.config.dec_embed_dim)
     return Run(model, cut3r, train, held_out, samples)

@@ -20,6 +20,7 @@ from loc3r.vlm import TrainSample, frames_to_pixel_values
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 GROUNDING_VIEWS = ("all", "first")
+CAMERA_PRIORS = ("cut3r", "oracle")
 MIN_OBJECT_COVER = 0.1  # a pooled patch shows an object when it covers this much of the cell
 
 
@@ -72,19 +73,46 @@ class EpisodeData:
         ]
 
 
+def oracle_camera_tokens(poses_c2w: list[np.ndarray], width: int) -> torch.Tensor:
+    """(T, width) "camera tokens" that state each true camera-to-first-camera pose exactly.
+
+    Row t holds the translation (metres) and the flattened rotation of inv(c2w_0) @ c2w_t (the
+    pose CUT3R's head predicts from its camera token), zero-padded to `width`. A diagnostic
+    upper bound for synthetic rooms, where the poses are known: the VLM with a perfect camera prior.
+    """
+    if width < 12:
+        raise ValueError(f"an oracle camera token needs at least 12 values, the width is {width}")
+    first_inverse = np.linalg.inv(poses_c2w[0])
+    relative = np.stack([first_inverse @ pose for pose in poses_c2w])  # (T, 4, 4)
+    values = np.concatenate([relative[:, :3, 3], relative[:, :3, :3].reshape(-1, 9)], axis=1)
+    tokens = torch.zeros(len(poses_c2w), width)
+    tokens[:, :12] = torch.from_numpy(values).float()
+    return tokens
+
+
 def build_episodes(
     seeds: list[int],
     config: EpisodeConfig,
     perception,
     grid: int,
     progress: bool = True,
+    camera_prior: str = "cut3r",
 ) -> list[EpisodeData]:
-    """Render episodes and cache their CUT3R camera tokens and layout targets."""
+    """Render episodes and cache their camera tokens and layout targets.
+
+    camera_prior="cut3r" streams `perception`'s CUT3R over the frames; "oracle" puts the true
+    poses in the tokens instead (`oracle_camera_tokens`, as wide as CUT3R's).
+    """
+    if camera_prior not in CAMERA_PRIORS:
+        raise ValueError(f"camera_prior={camera_prior!r}: expected one of {CAMERA_PRIORS}")
     out = []
     for seed in tqdm(seeds, desc="episodes", disable=not progress):
         episode = make_episode(seed, config)
         frames = np.stack([f.rgb for f in episode.frames])
-        if perception is not None:
+        if camera_prior == "oracle":
+            width = perception.model.config.dec_embed_dim
+            tokens = oracle_camera_tokens([f.pose_c2w for f in episode.frames], width)
+        elif perception is not None:
             tokens = torch.stack([p.camera_token for p in perception.run_fresh(list(frames))])
         else:
             tokens = torch.zeros(len(frames), 1)

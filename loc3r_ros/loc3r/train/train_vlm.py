@@ -83,6 +83,9 @@ class TrainConfig:
     # first frame that shows it (its layout needs the least camera motion: CUT3R's pose drifts)
     cut3r_dir: str = ""  # our CUT3R directory or an official .pth; "" = a seeded random tiny one
     cut3r_image_size: int = 64  # CUT3R input long edge (512 for the official DPT checkpoint)
+    # "oracle": camera tokens state the true poses instead of CUT3R's (synthetic rooms only):
+    # what the VLM reaches with a perfect camera prior, an upper bound, never a bundle
+    camera_prior: str = "cut3r"
     tokenizer_dir: str = ""  # "" = train one on the synthetic corpus into <out>/tokenizer
     # real models and data (the paper's recipe: see config/train_paper.yaml)
     base_model_dir: str = ""  # LLaVA-Video checkpoint (lmms-lab/LLaVA-Video-7B-Qwen2); "" = tiny
