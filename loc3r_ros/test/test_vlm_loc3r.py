@@ -266,3 +266,61 @@ def test_grounding_loss_teaches_the_heads_to_look_at_the_objects(model):
         optimizer.step()
     last = model.forward_train(batch)["ground"].item()
     assert first > 1.0 and last < 0.2, (first, last)  # mass: < 0.37 at first, > 0.8 at the end
+
+
+def test_attended_layout_readout_is_the_attention_weighted_layout_plus_f_pos(tokenizer_dir):
+    """Cached inference and the training loss both read the position eager attention implies."""
+    from loc3r.vlm import Loc3rVLMConfig, LossWeights
+    from loc3r.vlm.losses import gaussian_nll_2d
+
+    torch.manual_seed(0)
+    config = Loc3rVLMConfig(cam_token_dim=24, position_readout="attended_layout",
+                            weights=LossWeights(grounding=0.5))  # fmt: skip
+    model = build_tiny_loc3r(
+        AutoTokenizer.from_pretrained(str(tokenizer_dir)), config, attn_implementation="eager"
+    ).eval()
+    s = grounded_sample(0)
+    prefix = model.encode_scene(s.pixel_values, s.camera_tokens)
+    pose = model.localize(prefix, s.situation)
+    assert prefix.cache.get_seq_length() == prefix.length
+    # Uncached eager forward: head 0's weights of <Pos> over the patch tokens, the layout head.
+    video, patch_index = model.video_embeddings(s.pixel_values, s.camera_tokens)
+    before, after = model.prefix_ids()
+    embeds = torch.cat([model.embed(before), video, model.embed(after + model.situation_ids(
+        s.situation))])[None]  # fmt: skip
+    seen = {}
+    attention = model.base.language_model.model.layers[-1].self_attn
+    handle = attention.register_forward_hook(lambda m, a, out: seen.update(w=out[1]))
+    with torch.no_grad():
+        states = model.base.language_model.model(inputs_embeds=embeds).last_hidden_state[0]
+    handle.remove()
+    patches = (patch_index >= 0).nonzero().flatten() + len(before)
+    weights = seen["w"][0, 0, -2, patches]
+    layout = model.layout_head(states[patches])[:, :2]
+    expected = model.f_pos(states[-2])[:2] + (weights / weights.sum()) @ layout
+    torch.testing.assert_close(pose.xy, expected, atol=1e-5, rtol=1e-5)
+    answered = model.answer(prefix, s.question, s.situation)[1]
+    torch.testing.assert_close(answered.xy, pose.xy)
+    # Training: L_pos is the Gaussian NLL of that same position (the answer comes after <Pos>).
+    model.train()
+    parts = model.forward_train([s])
+    sigma = model._sigma(model.f_pos(states[-2])[2:])
+    nll = gaussian_nll_2d(expected[None], sigma[None], s.position[None])
+    torch.testing.assert_close(parts["pos"], nll, atol=1e-5, rtol=1e-5)
+    parts["pos"].backward()  # the position teaches the layout head and where <Pos> looks
+    assert model.layout_head.weight.grad.abs().sum() > 0
+    assert attention.q_proj.weight.grad.abs().sum() > 0
+    prefix.layer_input = None  # a prefix encoded by a model reading the hidden state
+    with pytest.raises(ValueError, match="without the attended layout"):
+        model.localize(prefix, s.situation)
+
+
+def test_position_readout_is_validated(tokenizer_dir):
+    from loc3r.vlm import Loc3rVLMConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    with pytest.raises(ValueError, match="position_readout='pointer'"):
+        build_tiny_loc3r(tokenizer, Loc3rVLMConfig(cam_token_dim=24, position_readout="pointer"))
+    with pytest.raises(ValueError, match="needs the layout head"):
+        build_tiny_loc3r(tokenizer, Loc3rVLMConfig(
+            cam_token_dim=24, position_readout="attended_layout", enable_layout_head=False))  # fmt: skip

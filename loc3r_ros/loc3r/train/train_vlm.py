@@ -79,6 +79,9 @@ class TrainConfig:
     # synthetic rooms only (their records name the objects), 0 = off
     grounding_weight: float = 0.0
     grounding_layer: int = -1
+    # "attended_layout" (ours): position = layout of the patches <Pos>'s grounding head attends
+    # to, plus f_pos's offset; "hidden": f_pos alone (the paper)
+    position_readout: str = "hidden"
     grounding_views: str = "all"  # "all": every frame showing the object; "first": only the
     # first frame that shows it (its layout needs the least camera motion: CUT3R's pose drifts)
     cut3r_dir: str = ""  # our CUT3R directory or an official .pth; "" = a seeded random tiny one
@@ -169,6 +172,7 @@ def build_model(config: TrainConfig, tokenizer, cam_dim: int) -> Loc3rVLM:
         enable_layout_head=config.layout_weight > 0,
         max_new_tokens=8,
         grounding_layer=config.grounding_layer,
+        position_readout=config.position_readout,
         weights=LossWeights(
             bev=config.layout_weight,
             situation=config.situation_weight,

@@ -17,6 +17,12 @@ show the situation's anchor object ("next to the bed"), head 1 of <Ori> at its t
 ("facing the window"), and head 3 of the token that starts the answer at the object the answer
 is about ("is the lamp on my left?"). See `grounding_attention` and losses.grounding_nll.
 
+Attended-layout read-out (ours, `position_readout="attended_layout"`; the paper's is "hidden"):
+the position is f_pos's (x, y) plus the layout head's (x, y) of the video patches, averaged with
+the attention of <Pos>'s grounding head (head 0 of `grounding_layer`). A tiny LM trained from
+scratch finds the anchor's patches (the grounding loss) but its f_pos stays near a prior; this
+read-out takes the position from where it looks, and f_pos learns the offset from there.
+
 Choices the paper leaves open (?) are fields of Loc3rVLMConfig with their defaults documented:
 f_cam/f_pos/f_ori hidden width (LLM hidden) and activation (GELU); sigma via softplus + floor;
 whether newline tokens stay in the video (kept, as LLaVA-Video); the time instruction (off).
@@ -26,6 +32,7 @@ Positions are metres in the first frame's gravity-aligned BEV frame; yaw is radi
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -47,6 +54,7 @@ from loc3r.vlm.losses import (
 )
 from loc3r.vlm.processor import SYSTEM_PROMPT
 
+POSITION_READOUTS = ("hidden", "attended_layout")
 POS_TOKEN = "<Pos>"
 ORI_TOKEN = "<Ori>"
 DEFAULT_SITUATION = "I am standing in the room"
@@ -64,6 +72,7 @@ class Loc3rVLMConfig:
     use_camera_tokens: bool = True  # the camera prior (ablation switch)
     enable_layout_head: bool = True  # the layout head exists (used by training only)
     grounding_layer: int = -1  # LLM layer whose attention the grounding loss supervises
+    position_readout: str = "hidden"  # "hidden": f_pos on <Pos> (paper); "attended_layout": ours
     system_prompt: str = SYSTEM_PROMPT
     max_new_tokens: int = 32
     do_sample: bool = False  # greedy by default; True samples with the settings below
@@ -145,6 +154,12 @@ class ScenePrefix:
     length: int  # tokens in the prefix
     num_frames: int
     last_hidden: torch.Tensor = field(repr=False, default=None)  # (length, H), for visualisation
+    # attended-layout read-out only: the grounding layer's input over the prefix (hidden (1,
+    # length, H), RoPE cos, sin), the prefix positions of the patch tokens (P,) and their layout
+    # (P, 2)
+    layer_input: tuple | None = field(repr=False, default=None)
+    patch_positions: torch.Tensor | None = field(repr=False, default=None)
+    patch_layout: torch.Tensor | None = field(repr=False, default=None)
 
 
 @dataclass
@@ -185,6 +200,12 @@ class Loc3rVLM(nn.Module):
             raise ValueError(
                 f"grounding_layer {config.grounding_layer} outside the {layers} layers"
             )
+        if config.position_readout not in POSITION_READOUTS:
+            raise ValueError(
+                f"position_readout={config.position_readout!r}: expected one of {POSITION_READOUTS}"
+            )
+        if config.position_readout == "attended_layout" and self.layout_head is None:
+            raise ValueError("position_readout='attended_layout' needs the layout head")
 
     # --- vocabulary -------------------------------------------------------------------------------
     def _add_special_tokens(self) -> None:
@@ -275,14 +296,48 @@ class Loc3rVLM(nn.Module):
     def _sigma(self, raw: torch.Tensor) -> torch.Tensor:
         return F.softplus(raw.float()) + self.config.min_sigma
 
-    def read_pose(self, pos_hidden: torch.Tensor, ori_hidden: torch.Tensor) -> PosePrediction:
-        """Hidden states of <Pos> and <Ori> (H,) -> PosePrediction."""
+    @property
+    def attends_for_position(self) -> bool:
+        """True when the position is read from the attended layout."""
+        return self.config.position_readout == "attended_layout"
+
+    def attended_layout(self, attention: torch.Tensor, patch_layout: torch.Tensor) -> torch.Tensor:
+        """(P,) attention on the video patches and their (P, 2) layout -> the weighted (x, y)."""
+        weights = attention.float()
+        return (weights / weights.sum().clamp_min(1e-9)) @ patch_layout.float()
+
+    def read_pose(
+        self,
+        pos_hidden: torch.Tensor,
+        ori_hidden: torch.Tensor,
+        attended_xy: torch.Tensor | None = None,
+    ) -> PosePrediction:
+        """Hidden states of <Pos> and <Ori> (H,) -> PosePrediction.
+
+        attended_xy: the attended layout (attended-layout read-out), which f_pos's (x, y) offsets.
+        """
         out = self.f_pos(pos_hidden).float()
+        xy = out[:2] if attended_xy is None else out[:2] + attended_xy.float()
         probs = self.f_ori(ori_hidden).float().softmax(-1)
         yaw, spread = heading_from_bins(probs)
         return PosePrediction(
-            out[:2], self._sigma(out[2:]), float(yaw.detach()), float(spread.detach()), probs
+            xy, self._sigma(out[2:]), float(yaw.detach()), float(spread.detach()), probs
         )
+
+    @contextmanager
+    def _grounding_layer_input(self, store: dict):
+        """Within the block, each forward leaves the grounding layer's input in `store`."""
+        attention = self.base.language_model.model.layers[self.config.grounding_layer].self_attn
+
+        def capture(module, args, kwargs, output) -> None:
+            store["hidden"] = kwargs.get("hidden_states", args[0] if args else None)
+            store["rope"] = kwargs["position_embeddings"]
+
+        handle = attention.register_forward_hook(capture, with_kwargs=True)
+        try:
+            yield attention
+        finally:
+            handle.remove()
 
     # --- training ---------------------------------------------------------------------------------
     def _sample_sequence(self, sample: TrainSample):
@@ -318,12 +373,21 @@ class Loc3rVLM(nn.Module):
             for i, s in enumerate(samples)
             if any(c is not None for c in (s.anchor_cells, s.target_cells, s.question_cells))
         ]
+        # rows whose attention is needed: the grounded ones (grounding loss), every one with a
+        # position target (attended-layout read-out)
+        attention_rows = grounded if self.config.weights.grounding > 0 else []
+        if self.attends_for_position:
+            attention_rows = sorted(
+                set(attention_rows) | {i for i, s in enumerate(samples) if s.position is not None}
+            )
+        row_of = {i: n for n, i in enumerate(attention_rows)}
         captured: dict[str, torch.Tensor] = {}
         handle = None
-        if grounded and self.config.weights.grounding > 0:
-            rows = torch.tensor(grounded, device=self.device)
+        if attention_rows:
+            rows = torch.tensor(attention_rows, device=self.device)
             queries = torch.tensor(
-                [self._grounding_queries(*sequences[i][1:3]) for i in grounded], device=self.device
+                [self._grounding_queries(*sequences[i][1:3]) for i in attention_rows],
+                device=self.device,
             )
             layers = self.base.language_model.model.layers
             attention = layers[self.config.grounding_layer].self_attn
@@ -345,8 +409,10 @@ class Loc3rVLM(nn.Module):
         parts = {"ce": answer_cross_entropy(logits, labels)}
         if self.config.weights.grounding > 0:  # always reported, so DDP ranks log the same keys
             parts["ground"] = (
-                self._grounding_loss(captured["probs"], grounded, samples, sequences)
-                if "probs" in captured
+                self._grounding_loss(
+                    captured["probs"][[row_of[i] for i in grounded]], grounded, samples, sequences
+                )
+                if grounded and "probs" in captured
                 else logits.sum() * 0.0
             )
 
@@ -356,7 +422,11 @@ class Loc3rVLM(nn.Module):
             cols = torch.tensor([p for _, p in pos_rows], device=self.device)
             pos_out = self.f_pos(states[rows, cols]).float()
             target = torch.stack([samples[i].position.float() for i, _ in pos_rows]).to(self.device)
-            parts["pos"] = gaussian_nll_2d(pos_out[:, :2], self._sigma(pos_out[:, 2:]), target)
+            xy = pos_out[:, :2]
+            if self.attends_for_position:
+                xy = xy + torch.stack([self._attended_xy(captured["probs"][row_of[i]], states[i],
+                                       sequences[i][3]) for i, _ in pos_rows])  # fmt: skip
+            parts["pos"] = gaussian_nll_2d(xy, self._sigma(pos_out[:, 2:]), target)
             ori_logits = self.f_ori(states[rows, cols + 1]).float()
             yaw = torch.tensor([samples[i].yaw for i, _ in pos_rows], device=self.device)
             parts["ori"] = orientation_kl(ori_logits, yaw, self.config.weights.ori_sigma)
@@ -381,6 +451,13 @@ class Loc3rVLM(nn.Module):
             )
         parts["loss"] = total_loss(parts, self.config.weights)
         return parts
+
+    def _attended_xy(
+        self, probs: torch.Tensor, states: torch.Tensor, patch_at: torch.Tensor
+    ) -> torch.Tensor:
+        """Attended layout of one training sequence: probs (heads, 3, L) of its queries."""
+        where = (patch_at >= 0).nonzero().flatten()
+        return self.attended_layout(probs[0, 0, where], self.layout_head(states[where])[:, :2])
 
     @staticmethod
     def _grounding_queries(labels: torch.Tensor, pos_at: int) -> list[int]:
@@ -426,16 +503,24 @@ class Loc3rVLM(nn.Module):
         """Run the LLM over [system, user header, video, newline] once; keep its KV cache."""
         from transformers import DynamicCache
 
-        video, _ = self.video_embeddings(pixel_values, camera_tokens)
+        video, patch_index = self.video_embeddings(pixel_values, camera_tokens)
         before, after = self.prefix_ids()
         embeds = torch.cat([self.embed(before), video, self.embed(after)])[None]
         cache = DynamicCache()
-        out = self.base.language_model.model(
-            inputs_embeds=embeds, past_key_values=cache, use_cache=True
-        )
-        return ScenePrefix(
+        store: dict = {}
+        with self._grounding_layer_input(store):
+            out = self.base.language_model.model(
+                inputs_embeds=embeds, past_key_values=cache, use_cache=True
+            )
+        prefix = ScenePrefix(
             out.past_key_values, embeds.shape[1], len(pixel_values), out.last_hidden_state[0]
         )
+        if self.attends_for_position:
+            positions = (patch_index >= 0).nonzero().flatten() + len(before)
+            prefix.layer_input = (store["hidden"], *store["rope"])
+            prefix.patch_positions = positions
+            prefix.patch_layout = self.layout_head(prefix.last_hidden[positions])[:, :2].float()
+        return prefix
 
     def _continue(self, prefix: ScenePrefix, ids: list[int], offset: int):
         embeds = self.embed(ids)[None]
@@ -453,13 +538,35 @@ class Loc3rVLM(nn.Module):
         if extra > 0:
             prefix.cache.crop(-extra)  # a negative value removes that many (transformers 4 and 5)
 
+    def _situate(self, prefix: ScenePrefix, situation_ids: list[int]) -> PosePrediction:
+        """Forward [situation] <Pos> <Ori> after the prefix (left in the cache); read the pose."""
+        store: dict = {}
+        with self._grounding_layer_input(store) as attention:
+            out = self._continue(prefix, situation_ids, prefix.length)
+        states = out.last_hidden_state[0]
+        attended_xy = None
+        if self.attends_for_position:
+            if prefix.layer_input is None:
+                raise ValueError("this scene prefix was encoded without the attended layout")
+            hidden, cos, sin = prefix.layer_input
+            new_cos, new_sin = store["rope"]
+            probs = grounding_attention(
+                attention,
+                torch.cat([hidden, store["hidden"]], dim=1),
+                (torch.cat([cos, new_cos], dim=1), torch.cat([sin, new_sin], dim=1)),
+                torch.tensor([0], device=self.device),
+                torch.tensor([[prefix.length + len(situation_ids) - 2]], device=self.device),
+            )  # (1, heads, 1, L): <Pos>'s attention
+            attended_xy = self.attended_layout(
+                probs[0, 0, 0, prefix.patch_positions], prefix.patch_layout
+            )
+        return self.read_pose(states[-2], states[-1], attended_xy)
+
     @torch.inference_mode()
     def localize(self, prefix: ScenePrefix, situation: str) -> PosePrediction:
         """One forward over [situation] <Pos> <Ori> after the cached scene prefix."""
         try:
-            out = self._continue(prefix, self.situation_ids(situation), prefix.length)
-            states = out.last_hidden_state[0]
-            return self.read_pose(states[-2], states[-1])
+            return self._situate(prefix, self.situation_ids(situation))
         finally:
             self._truncate(prefix)
 
@@ -470,9 +577,7 @@ class Loc3rVLM(nn.Module):
         """Pose from the situation, then the greedy answer to the question."""
         try:
             situation_ids = self.situation_ids(situation)
-            out = self._continue(prefix, situation_ids, prefix.length)
-            states = out.last_hidden_state[0]
-            pose = self.read_pose(states[-2], states[-1])
+            pose = self._situate(prefix, situation_ids)
             offset = prefix.length + len(situation_ids)
             tokens, _ = self.base.generate_greedy(
                 self.embed(self.question_ids(question))[None],
