@@ -322,5 +322,7 @@ def test_position_readout_is_validated(tokenizer_dir):
     with pytest.raises(ValueError, match="position_readout='pointer'"):
         build_tiny_loc3r(tokenizer, Loc3rVLMConfig(cam_token_dim=24, position_readout="pointer"))
     with pytest.raises(ValueError, match="needs the layout head"):
-        build_tiny_loc3r(tokenizer, Loc3rVLMConfig(
-            cam_token_dim=24, position_readout="attended_layout", enable_layout_head=False))  # fmt: skip
+        no_layout = Loc3rVLMConfig(
+            cam_token_dim=24, position_readout="attended_layout", enable_layout_head=False
+        )
+        build_tiny_loc3r(tokenizer, no_layout)
