@@ -14,6 +14,7 @@ reference fixture (test/data/llava_video_reference, made with the original LLaVA
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from dataclasses import dataclass, field
@@ -114,6 +115,16 @@ class LlavaVideoConfig:
             raw=raw,
             **overrides,
         )
+
+
+def cache_kwargs(model: nn.Module, cache) -> dict:
+    """The KV cache as a transformers decoder's forward takes it.
+
+    `cache=` where the forward has that keyword (transformers 5 deprecates `past_key_values`
+    and removes it in 5.40), `past_key_values=` where it has not.
+    """
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return {name: cache}
 
 
 @dataclass
@@ -262,8 +273,11 @@ class LlavaVideoModel(nn.Module):
         divided by it, a negative one multiplied. `past_key_values` / `position_offset` continue
         from a cached prefix (the prefix's length).
         """
+        from transformers import DynamicCache
+
         tokens: list[int] = []
         step_logits: list[torch.Tensor] = []
+        past_key_values = DynamicCache() if past_key_values is None else past_key_values
         embeds = inputs_embeds
         offset = position_offset
         for _ in range(max_new_tokens):
@@ -271,11 +285,10 @@ class LlavaVideoModel(nn.Module):
             positions = torch.arange(offset, offset + length, device=embeds.device)[None]
             out = self.language_model(
                 inputs_embeds=embeds,
-                past_key_values=past_key_values,
                 position_ids=positions,
                 use_cache=True,
+                **cache_kwargs(self.language_model, past_key_values),
             )
-            past_key_values = out.past_key_values
             offset += length
             logits = out.logits[0, -1].float()
             step_logits.append(logits)

@@ -42,7 +42,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoTokenizer
 
-from loc3r.vlm.llava_video import LlavaVideoConfig, LlavaVideoModel, SamplingConfig
+from loc3r.vlm.llava_video import (
+    LlavaVideoConfig,
+    LlavaVideoModel,
+    SamplingConfig,
+    cache_kwargs,
+)
 from loc3r.vlm.losses import (
     LossWeights,
     answer_cross_entropy,
@@ -509,12 +514,9 @@ class Loc3rVLM(nn.Module):
         cache = DynamicCache()
         store: dict = {}
         with self._grounding_layer_input(store):
-            out = self.base.language_model.model(
-                inputs_embeds=embeds, past_key_values=cache, use_cache=True
-            )
-        prefix = ScenePrefix(
-            out.past_key_values, embeds.shape[1], len(pixel_values), out.last_hidden_state[0]
-        )
+            decoder = self.base.language_model.model
+            out = decoder(inputs_embeds=embeds, use_cache=True, **cache_kwargs(decoder, cache))
+        prefix = ScenePrefix(cache, embeds.shape[1], len(pixel_values), out.last_hidden_state[0])
         if self.attends_for_position:
             positions = (patch_index >= 0).nonzero().flatten() + len(before)
             prefix.layer_input = (store["hidden"], *store["rope"])
@@ -525,11 +527,12 @@ class Loc3rVLM(nn.Module):
     def _continue(self, prefix: ScenePrefix, ids: list[int], offset: int):
         embeds = self.embed(ids)[None]
         positions = torch.arange(offset, offset + len(ids), device=self.device)[None]
-        return self.base.language_model.model(
+        decoder = self.base.language_model.model
+        return decoder(
             inputs_embeds=embeds,
-            past_key_values=prefix.cache,
             position_ids=positions,
             use_cache=True,
+            **cache_kwargs(decoder, prefix.cache),
         )
 
     @staticmethod
