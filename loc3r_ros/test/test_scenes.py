@@ -108,6 +108,16 @@ def test_answers_match_the_geometry():
         if record.question_type == "direction":
             obj = room.objects[record.fields["object_id"]]
             assert record.answers == [relative_direction(world_pos, world_yaw, obj.centre[:2])]
+            # the object's BEV position gives the same answer from the BEV pose
+            bev_answer = relative_direction(record.position, record.yaw,
+                                            record.fields["object_position"])  # fmt: skip
+            assert record.answers == [bev_answer]
+        if "object_id" in record.fields:
+            world = room.objects[record.fields["object_id"]].centre
+            expected = episode.frame.points(np.array([world]))[0, :2]
+            assert record.fields["object_position"] == pytest.approx(list(expected))
+        else:
+            assert "object_position" not in record.fields
         if record.question_type == "colour":
             assert record.answers == [room.objects[record.fields["object_id"]].colour]
         # BEV pose: the same point seen from the BEV frame

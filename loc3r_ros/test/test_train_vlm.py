@@ -223,6 +223,20 @@ def test_synthetic_samples_carry_the_patches_of_their_situation_objects():
             expected = cover[..., record.fields[key]] >= MIN_OBJECT_COVER
             assert cells.shape == (4, 2, 2) and cells.dtype == torch.bool
             assert np.array_equal(cells.numpy(), expected)
+    directions = 0
+    for record, s in zip(episode.records, samples, strict=True):  # the object, seen by the agent
+        if record.question_type == "counting":
+            assert s.object_offset is None
+            continue
+        ahead, left = s.object_offset.tolist()
+        angle = math.degrees(math.atan2(left, ahead))
+        if record.question_type == "direction" and min(abs(abs(angle) - b) for b in (45, 135)) > 1:
+            word = "in front" if abs(angle) < 45 else "behind" if abs(angle) > 135 else None
+            assert record.answers[0] == (word or ("left" if angle > 0 else "right"))
+            directions += 1
+        distance = math.dist(record.position, record.fields["object_position"])
+        assert math.hypot(ahead, left) == pytest.approx(distance, rel=1e-5)
+    assert directions > 0
     record = episode.records[0]
     record.fields.pop("anchor_id")  # records of real datasets name no objects
     assert data.cells_of(record, "anchor_id") is None

@@ -326,3 +326,35 @@ def test_position_readout_is_validated(tokenizer_dir):
             cam_token_dim=24, position_readout="attended_layout", enable_layout_head=False
         )
         build_tiny_loc3r(tokenizer, no_layout)
+
+
+def test_egocentric_loss_regresses_the_object_offset_at_the_answer_start(tokenizer_dir):
+    from loc3r.vlm import Loc3rVLMConfig, LossWeights
+
+    torch.manual_seed(0)
+    config = Loc3rVLMConfig(cam_token_dim=24, enable_egocentric_head=True,
+                            weights=LossWeights(egocentric=0.2))  # fmt: skip
+    model = build_tiny_loc3r(AutoTokenizer.from_pretrained(str(tokenizer_dir)), config)
+    batch = [sample(0), sample(1, frames=2), sample(2)]
+    batch[0].object_offset = torch.tensor([2.0, -0.5])
+    batch[2].object_offset = torch.tensor([-1.0, 3.0])  # batch[1]: counting, no object
+    parts = model.forward_train(batch)
+    starts, states = [], []
+    for s in (batch[0], batch[2]):
+        embeds, labels, pos_at, _ = model._sample_sequence(s)
+        start = len(labels) - len(model.answer_ids(s.answer)) - 1  # predicts the first word
+        with torch.no_grad():
+            out = model.base.language_model.model(inputs_embeds=embeds[None])
+        states.append(out.last_hidden_state[0, start])
+        starts.append(start)
+    predicted = model.egocentric_head(torch.stack(states))
+    target = torch.stack([batch[0].object_offset, batch[2].object_offset])
+    expected = torch.nn.functional.smooth_l1_loss(predicted, target)
+    torch.testing.assert_close(parts["ego"], expected, atol=1e-5, rtol=1e-5)
+    others = parts["ce"] + 0.05 * parts["bev"] + 0.075 * (parts["pos"] + 3.5 * parts["ori"])
+    torch.testing.assert_close(parts["loss"], others + 0.2 * parts["ego"])
+    parts["ego"].backward()
+    assert model.egocentric_head.weight.grad.abs().sum() > 0
+    no_object = model.forward_train([sample(1)])  # still reported, as zero, for DDP's logs
+    assert no_object["ego"].item() == 0.0
+    assert "ego" not in build_tiny_loc3r(model.tokenizer).forward_train([batch[0]])  # off: absent

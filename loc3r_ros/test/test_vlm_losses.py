@@ -11,6 +11,7 @@ from loc3r.vlm.losses import (
     LossWeights,
     answer_cross_entropy,
     bin_centres,
+    egocentric_offset,
     gaussian_nll_2d,
     grounding_nll,
     heading_from_bins,
@@ -87,6 +88,34 @@ def test_total_loss_uses_the_paper_weights():
     expected = 1.0 + 0.05 * 2.0 + 0.075 * (3.0 + 3.5 * 4.0)
     assert total_loss(parts, LossWeights()).item() == pytest.approx(expected)
     assert total_loss({"ce": torch.tensor(1.0)}, LossWeights()).item() == 1.0
+    ours = LossWeights(grounding=0.5, egocentric=0.2)
+    parts |= {"ground": torch.tensor(5.0), "ego": torch.tensor(6.0)}
+    assert total_loss(parts, ours).item() == pytest.approx(expected + 0.5 * 5.0 + 0.2 * 6.0)
+
+
+def test_egocentric_offset_is_ahead_and_left_of_the_agent():
+    from loc3r.scenes.situations import relative_direction
+
+    facing_y = math.pi / 2
+    assert egocentric_offset((1.0, 1.0), facing_y, (1.0, 3.0)) == pytest.approx((2.0, 0.0))
+    assert egocentric_offset((1.0, 1.0), facing_y, (0.0, 1.0)) == pytest.approx((0.0, 1.0))
+    assert egocentric_offset((1.0, 1.0), facing_y, (1.5, 0.0)) == pytest.approx((-1.0, -0.5))
+    g = torch.Generator().manual_seed(0)
+    words = {}
+    positions, points = torch.randn(2, 200, 2, generator=g).tolist()
+    yaws = (torch.rand(200, generator=g) * 7 - 3.5).tolist()
+    for position, yaw, point in zip(positions, yaws, points, strict=True):
+        ahead, left = egocentric_offset(position, yaw, point)
+        angle = math.degrees(math.atan2(left, ahead))
+        word = relative_direction(position, yaw, point)
+        words[word] = words.get(word, 0) + 1
+        if abs(angle) <= 44:
+            assert word == "in front"
+        elif abs(angle) >= 136:
+            assert word == "behind"
+        elif 46 <= abs(angle) <= 134:
+            assert word == ("left" if angle > 0 else "right")
+    assert len(words) == 4  # every quadrant was drawn
 
 
 def test_grounding_nll_is_minus_log_attention_mass_on_the_object():

@@ -90,6 +90,10 @@ def make_episode(seed: int, config: EpisodeConfig | None = None) -> Episode:
             record.fields["world_yaw"] = record.yaw
             record.position = (float(bev_xy[0]), float(bev_xy[1]))
             record.yaw = math.remainder(record.yaw - heading0, 2 * math.pi)
+            if "object_id" in record.fields:  # where the question's object is, BEV metres
+                centre = room.objects[record.fields["object_id"]].centre
+                object_xy = frame.points(np.array([[centre[0], centre[1], centre[2]]]))[0, :2]
+                record.fields["object_position"] = [float(v) for v in object_xy]
             record.fields["anchor_id"] = situated.anchor_id
             record.fields["target_id"] = situated.target_id
             episode.records.append(record)

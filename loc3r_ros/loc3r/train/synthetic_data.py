@@ -17,6 +17,7 @@ from tqdm import tqdm
 from loc3r.scenes import EpisodeConfig, bev_targets, make_episode, object_cover
 from loc3r.scenes.situations import QARecord
 from loc3r.vlm import TrainSample, frames_to_pixel_values
+from loc3r.vlm.losses import egocentric_offset
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 GROUNDING_VIEWS = ("all", "first")
@@ -54,6 +55,13 @@ class EpisodeData:
     def samples(self, image_size: int, grounding_views: str = "all") -> list[TrainSample]:
         """One TrainSample per question (pixel values shared); see `cells_of` for the views."""
         pixels = frames_to_pixel_values(list(self.frames), size=image_size)
+
+        def offset(record: QARecord) -> torch.Tensor | None:
+            point = record.fields.get("object_position")
+            if point is None:
+                return None
+            return torch.tensor(egocentric_offset(record.position, record.yaw, point))
+
         return [
             TrainSample(
                 pixel_values=pixels,
@@ -68,6 +76,7 @@ class EpisodeData:
                 anchor_cells=self.cells_of(r, "anchor_id", grounding_views),
                 target_cells=self.cells_of(r, "target_id", grounding_views),
                 question_cells=self.cells_of(r, "object_id", grounding_views),
+                object_offset=offset(r),
             )
             for r in self.records
         ]

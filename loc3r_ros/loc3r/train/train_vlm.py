@@ -82,6 +82,9 @@ class TrainConfig:
     # "attended_layout" (ours): position = layout of the patches <Pos>'s grounding head attends
     # to, plus f_pos's offset; "hidden": f_pos alone (the paper)
     position_readout: str = "hidden"
+    # the question's object in the agent's frame, regressed at the answer's first token (ours;
+    # synthetic rooms, whose records know the object), 0 = off
+    egocentric_weight: float = 0.0
     grounding_views: str = "all"  # "all": every frame showing the object; "first": only the
     # first frame that shows it (its layout needs the least camera motion: CUT3R's pose drifts)
     cut3r_dir: str = ""  # our CUT3R directory or an official .pth; "" = a seeded random tiny one
@@ -173,11 +176,13 @@ def build_model(config: TrainConfig, tokenizer, cam_dim: int) -> Loc3rVLM:
         max_new_tokens=8,
         grounding_layer=config.grounding_layer,
         position_readout=config.position_readout,
+        enable_egocentric_head=config.egocentric_weight > 0,
         weights=LossWeights(
             bev=config.layout_weight,
             situation=config.situation_weight,
             ori=config.ori_weight,
             grounding=config.grounding_weight,
+            egocentric=config.egocentric_weight,
         ),
     )
     if config.base_model_dir:

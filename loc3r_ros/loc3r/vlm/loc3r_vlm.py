@@ -23,6 +23,12 @@ the attention of <Pos>'s grounding head (head 0 of `grounding_layer`). A tiny LM
 scratch finds the anchor's patches (the grounding loss) but its f_pos stays near a prior; this
 read-out takes the position from where it looks, and f_pos learns the offset from there.
 
+Egocentric loss (ours, training only, weight 0 by default): a linear head on the last hidden
+state of the token that starts the answer regresses where the question's object is in the
+agent's frame (metres ahead, to the left; smooth L1). Direction questions ("is the lamp on my
+left?") need exactly that; the loss asks the LM for it densely, where the answer's cross-entropy
+gives one of four words.
+
 Choices the paper leaves open (?) are fields of Loc3rVLMConfig with their defaults documented:
 f_cam/f_pos/f_ori hidden width (LLM hidden) and activation (GELU); sigma via softplus + floor;
 whether newline tokens stay in the video (kept, as LLaVA-Video); the time instruction (off).
@@ -76,6 +82,7 @@ class Loc3rVLMConfig:
     min_sigma: float = 0.01  # sigma = softplus(raw) + min_sigma, metres (?)
     use_camera_tokens: bool = True  # the camera prior (ablation switch)
     enable_layout_head: bool = True  # the layout head exists (used by training only)
+    enable_egocentric_head: bool = False  # ours, training only: see the module docstring
     grounding_layer: int = -1  # LLM layer whose attention the grounding loss supervises
     position_readout: str = "hidden"  # "hidden": f_pos on <Pos> (paper); "attended_layout": ours
     system_prompt: str = SYSTEM_PROMPT
@@ -183,6 +190,7 @@ class TrainSample:
     anchor_cells: torch.Tensor | None = None  # (T, g, g) bool: patches showing the anchor object
     target_cells: torch.Tensor | None = None  # (T, g, g) bool: ... the object faced
     question_cells: torch.Tensor | None = None  # ... the object the answer is about
+    object_offset: torch.Tensor | None = None  # (2,) that object in the agent frame (ahead, left)
 
 
 class Loc3rVLM(nn.Module):
@@ -198,6 +206,7 @@ class Loc3rVLM(nn.Module):
         self.f_pos = mlp(hidden, config.head_hidden or hidden, 4)
         self.f_ori = mlp(hidden, config.head_hidden or hidden, config.num_ori_bins)
         self.layout_head = nn.Linear(hidden, 4) if config.enable_layout_head else None
+        self.egocentric_head = nn.Linear(hidden, 2) if config.enable_egocentric_head else None
         self._add_special_tokens()
         self.base.vision_tower.requires_grad_(False)  # SigLIP stays frozen
         layers = base.config.text["num_hidden_layers"]
@@ -435,6 +444,16 @@ class Loc3rVLM(nn.Module):
             ori_logits = self.f_ori(states[rows, cols + 1]).float()
             yaw = torch.tensor([samples[i].yaw for i, _ in pos_rows], device=self.device)
             parts["ori"] = orientation_kl(ori_logits, yaw, self.config.weights.ori_sigma)
+
+        ego_rows = [i for i, s in enumerate(samples) if s.object_offset is not None]
+        if self.egocentric_head is not None and ego_rows:
+            starts = [self._grounding_queries(*sequences[i][1:3])[2] for i in ego_rows]
+            rows = torch.tensor(ego_rows, device=self.device)
+            predicted = self.egocentric_head(states[rows, torch.tensor(starts, device=self.device)])
+            target = torch.stack([samples[i].object_offset.float() for i in ego_rows])
+            parts["ego"] = F.smooth_l1_loss(predicted.float(), target.to(self.device))
+        elif self.egocentric_head is not None:  # reported (and the head used) on every DDP rank
+            parts["ego"] = self.egocentric_head(states[:1, 0]).float().sum() * 0.0
 
         if self.layout_head is not None and any(s.bev_targets is not None for s in samples):
             preds, sigmas, targets, valid = [], [], [], []

@@ -28,6 +28,7 @@ class LossWeights:
     ori: float = 3.5  # w_ori
     ori_sigma: float = math.radians(10.0)  # s_ori of the wrapped-Gaussian target (?): one bin
     grounding: float = 0.0  # w_ground (not in the paper; the embedded model's recipe uses it)
+    egocentric: float = 0.0  # w_ego (not in the paper): the question's object in the agent frame
 
 
 def wrap_angle(angle: torch.Tensor) -> torch.Tensor:
@@ -103,8 +104,15 @@ def grounding_nll(probs: torch.Tensor, on_object: torch.Tensor, eps: float = 1e-
     return -(mass[valid] + eps).log().mean()
 
 
+def egocentric_offset(position, yaw: float, point) -> tuple[float, float]:
+    """`point` in the frame of an agent at `position` facing `yaw`: (ahead, to the left), metres."""
+    dx, dy = point[0] - position[0], point[1] - position[1]
+    cos, sin = math.cos(yaw), math.sin(yaw)
+    return cos * dx + sin * dy, -sin * dx + cos * dy
+
+
 def total_loss(parts: dict[str, torch.Tensor], weights: LossWeights) -> torch.Tensor:
-    """L = L_CE + w_bev L_BEV + w_sit (L_pos + w_ori L_ori) + w_ground L_ground.
+    """L = L_CE + w_bev L_BEV + w_sit (L_pos + w_ori L_ori) + w_ground L_ground + w_ego L_ego.
 
     Absent parts count 0.
     """
@@ -113,4 +121,11 @@ def total_loss(parts: dict[str, torch.Tensor], weights: LossWeights) -> torch.Te
     bev = parts.get("bev", zero)
     situation = parts.get("pos", zero) + weights.ori * parts.get("ori", zero)
     ground = parts.get("ground", zero)
-    return ce + weights.bev * bev + weights.situation * situation + weights.grounding * ground
+    ego = parts.get("ego", zero)
+    return (
+        ce
+        + weights.bev * bev
+        + weights.situation * situation
+        + weights.grounding * ground
+        + weights.egocentric * ego
+    )
