@@ -358,3 +358,19 @@ def test_egocentric_loss_regresses_the_object_offset_at_the_answer_start(tokeniz
     no_object = model.forward_train([sample(1)])  # still reported, as zero, for DDP's logs
     assert no_object["ego"].item() == 0.0
     assert "ego" not in build_tiny_loc3r(model.tokenizer).forward_train([batch[0]])  # off: absent
+
+
+def test_our_readout_and_head_survive_a_checkpoint_round_trip(tokenizer_dir, tmp_path):
+    from loc3r.vlm import Loc3rVLMConfig
+
+    torch.manual_seed(0)
+    config = Loc3rVLMConfig(cam_token_dim=24, position_readout="attended_layout",
+                            enable_egocentric_head=True)  # fmt: skip
+    model = build_tiny_loc3r(AutoTokenizer.from_pretrained(str(tokenizer_dir)), config).eval()
+    s = sample()
+    pose = model.localize(model.encode_scene(s.pixel_values, s.camera_tokens), s.situation)
+    loaded = Loc3rVLM.from_pretrained(model.save_pretrained(tmp_path / "ours"))
+    assert loaded.config.position_readout == "attended_layout"
+    assert loaded.egocentric_head is not None
+    again = loaded.localize(loaded.encode_scene(s.pixel_values, s.camera_tokens), s.situation)
+    torch.testing.assert_close(again.xy, pose.xy)
