@@ -38,7 +38,7 @@ Positions are metres in the first frame's gravity-aligned BEV frame; yaw is radi
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -532,8 +532,8 @@ class Loc3rVLM(nn.Module):
         embeds = torch.cat([self.embed(before), video, self.embed(after)])[None]
         cache = DynamicCache()
         store: dict = {}
-        with self._grounding_layer_input(store):
-            decoder = self.base.language_model.model
+        decoder = self.base.language_model.model
+        with self._grounding_layer_input(store) if self.attends_for_position else nullcontext():
             out = decoder(inputs_embeds=embeds, use_cache=True, **cache_kwargs(decoder, cache))
         prefix = ScenePrefix(cache, embeds.shape[1], len(pixel_values), out.last_hidden_state[0])
         if self.attends_for_position:
@@ -562,26 +562,26 @@ class Loc3rVLM(nn.Module):
 
     def _situate(self, prefix: ScenePrefix, situation_ids: list[int]) -> PosePrediction:
         """Forward [situation] <Pos> <Ori> after the prefix (left in the cache); read the pose."""
+        if not self.attends_for_position:
+            states = self._continue(prefix, situation_ids, prefix.length).last_hidden_state[0]
+            return self.read_pose(states[-2], states[-1])
+        if prefix.layer_input is None:
+            raise ValueError("this scene prefix was encoded without the attended layout")
         store: dict = {}
         with self._grounding_layer_input(store) as attention:
-            out = self._continue(prefix, situation_ids, prefix.length)
-        states = out.last_hidden_state[0]
-        attended_xy = None
-        if self.attends_for_position:
-            if prefix.layer_input is None:
-                raise ValueError("this scene prefix was encoded without the attended layout")
-            hidden, cos, sin = prefix.layer_input
-            new_cos, new_sin = store["rope"]
-            probs = grounding_attention(
-                attention,
-                torch.cat([hidden, store["hidden"]], dim=1),
-                (torch.cat([cos, new_cos], dim=1), torch.cat([sin, new_sin], dim=1)),
-                torch.tensor([0], device=self.device),
-                torch.tensor([[prefix.length + len(situation_ids) - 2]], device=self.device),
-            )  # (1, heads, 1, L): <Pos>'s attention
-            attended_xy = self.attended_layout(
-                probs[0, 0, 0, prefix.patch_positions], prefix.patch_layout
-            )
+            states = self._continue(prefix, situation_ids, prefix.length).last_hidden_state[0]
+        hidden, cos, sin = prefix.layer_input
+        new_cos, new_sin = store["rope"]
+        probs = grounding_attention(
+            attention,
+            torch.cat([hidden, store["hidden"]], dim=1),
+            (torch.cat([cos, new_cos], dim=1), torch.cat([sin, new_sin], dim=1)),
+            torch.tensor([0], device=self.device),
+            torch.tensor([[prefix.length + len(situation_ids) - 2]], device=self.device),
+        )  # (1, heads, 1, L): <Pos>'s attention
+        attended_xy = self.attended_layout(
+            probs[0, 0, 0, prefix.patch_positions], prefix.patch_layout
+        )
         return self.read_pose(states[-2], states[-1], attended_xy)
 
     @torch.inference_mode()
