@@ -14,6 +14,7 @@ reference fixture (test/data/llava_video_reference, made with the original LLaVA
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import math
@@ -117,14 +118,20 @@ class LlavaVideoConfig:
         )
 
 
+@functools.cache
+def _cache_keyword(decoder_type: type) -> str:
+    """`cache` if the decoder type's forward takes that keyword, else `past_key_values`."""
+    parameters = inspect.signature(decoder_type.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
 def cache_kwargs(model: nn.Module, cache) -> dict:
     """The KV cache as a transformers decoder's forward takes it.
 
     `cache=` where the forward has that keyword (transformers 5 deprecates `past_key_values`
     and removes it in 5.40), `past_key_values=` where it has not.
     """
-    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    return {name: cache}
+    return {_cache_keyword(type(model)): cache}
 
 
 @dataclass
