@@ -15,7 +15,12 @@ eval.json beside it. The embedded recipe differs from the paper's where the tiny
 it: the vision tower's pretraining is our own (SigLIP's is not available at this size), the
 situation losses weigh 0.3 instead of 0.075 (a model trained from scratch, not fine-tuned), and
 the grounding loss (attention of <Pos>, <Ori> and the answer on the objects named; see
-loc3r.vlm.loc3r_vlm) stands in for the vision-language alignment a pretrained LLaVA-Video has.
+loc3r.vlm.loc3r_vlm) stands in for the vision-language alignment a pretrained LLaVA-Video has,
+and the egocentric loss (the question's object in the agent's frame, regressed at the answer)
+pushes the LM towards the geometry that direction questions need.
+It trains on 3000 rooms, each question seen about once (about 5 GB of RAM): on 800 rooms, each
+question seen four times, the training position loss went to zero and the positions of held-out
+rooms stayed near chance.
 The tiny CUT3R is wider than Cut3rConfig.tiny (decoder 96, state 32): the VLM's layout, and so
 its positions, are only as good as the camera poses its tokens carry.
 """
@@ -43,7 +48,8 @@ EMBEDDED_RECIPE = (
     "--situation_weight=0.3",
     "--grounding_weight=0.5",
     "--steps=5000",
-    "--train_episodes=800",
+    "--egocentric_weight=0.5",
+    "--train_episodes=3000",
     "--train_situations=4",
 )
 EMBEDDED_CUT3R_RECIPE = (
