@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from loc3r.engine.models import load_bundle
 from loc3r.train import ablation, make_default_model
 
@@ -42,6 +44,24 @@ def test_ablation_table(tmp_path, capsys):
         {"use_camera_tokens": False},
     ]
     assert "steps per variant" in capsys.readouterr().out
+
+
+def test_ablation_in_forked_workers_gives_the_sequential_numbers(tmp_path):
+    assert ablation.main([f"--out={tmp_path / 'one'}", *TOY]) == 0
+    assert ablation.main([f"--out={tmp_path / 'two'}", "--jobs=2", *TOY]) == 0
+    one, two = (json.loads((tmp_path / d / "ablation.json").read_text()) for d in ("one", "two"))
+    assert two["jobs"] == 2
+    assert [r["name"] for r in two["rows"]] == [name for name, _ in ablation.VARIANTS]
+    for a, b in zip(one["rows"], two["rows"], strict=True):
+        assert a["final_loss"] == b["final_loss"]
+        assert a["report"]["model"] == b["report"]["model"]
+    assert (tmp_path / "two" / "situation_only" / "metrics.jsonl").exists()
+
+
+def test_ablation_refuses_a_bad_jobs_value(tmp_path):
+    for bad in ("--jobs=0", "--jobs=two"):
+        with pytest.raises(SystemExit, match="--jobs"):
+            ablation.main([f"--out={tmp_path}", bad, *TOY])
 
 
 def test_an_oracle_camera_prior_run_writes_its_report_but_no_bundle(tmp_path):
