@@ -188,18 +188,22 @@ def grounded_sample(seed: int, frames: int = 3) -> TrainSample:
     return s
 
 
-@pytest.mark.parametrize("layer", [-1, 0])
+@pytest.mark.parametrize(("layer", "answer_grounding"), [(-1, "question"), (0, "situation")])
 def test_grounding_loss_is_the_attention_mass_eager_attention_puts_on_the_objects(
-    tokenizer_dir, layer
+    tokenizer_dir, layer, answer_grounding
 ):
     """L_ground from our few-row attention equals -log mass read from eager attention weights."""
     from loc3r.vlm import Loc3rVLMConfig, LossWeights
-    from loc3r.vlm.loc3r_vlm import GROUNDING_HEADS
+    from loc3r.vlm.loc3r_vlm import ANSWER_SITUATION_HEADS, GROUNDING_HEADS
 
     torch.manual_seed(0)
     config = Loc3rVLMConfig(
-        cam_token_dim=24, grounding_layer=layer, weights=LossWeights(grounding=0.5)
+        cam_token_dim=24,
+        grounding_layer=layer,
+        answer_grounding=answer_grounding,
+        weights=LossWeights(grounding=0.5),
     )
+    heads = GROUNDING_HEADS + (ANSWER_SITUATION_HEADS if answer_grounding == "situation" else ())
     model = build_tiny_loc3r(
         AutoTokenizer.from_pretrained(str(tokenizer_dir)), config, attn_implementation="eager"
     )
@@ -221,14 +225,14 @@ def test_grounding_loss_is_the_attention_mass_eager_attention_puts_on_the_object
         queries = model._grounding_queries(labels, pos_at)
         assert queries[2] == len(labels) - len(model.answer_ids(s.answer)) - 1
         cells = {"anchor": s.anchor_cells, "target": s.target_cells, "question": s.question_cells}
-        for query, head, name in GROUNDING_HEADS:
+        for query, head, name in heads:
             if cells[name] is None:
                 continue
             on = torch.zeros(weights.shape[-1], dtype=torch.bool)
             where = (patch_at >= 0).nonzero().flatten()
             on[where] = cells[name].reshape(-1)[patch_at[where]]
             terms.append(-torch.log(weights[i, head, queries[query]][on].sum() + 1e-6))
-    assert len(terms) == 7
+    assert len(terms) == (7 if answer_grounding == "question" else 10)
     torch.testing.assert_close(parts["ground"], torch.stack(terms).mean(), rtol=1e-5, atol=1e-6)
     expected_total = parts["ce"] + 0.05 * parts["bev"] + 0.075 * (parts["pos"] + 3.5 * parts["ori"])
     torch.testing.assert_close(parts["loss"], expected_total + 0.5 * parts["ground"])
@@ -326,6 +330,8 @@ def test_position_readout_is_validated(tokenizer_dir):
             cam_token_dim=24, position_readout="attended_layout", enable_layout_head=False
         )
         build_tiny_loc3r(tokenizer, no_layout)
+    with pytest.raises(ValueError, match="answer_grounding='everything'"):
+        build_tiny_loc3r(tokenizer, Loc3rVLMConfig(cam_token_dim=24, answer_grounding="everything"))
 
 
 def test_egocentric_loss_regresses_the_object_offset_at_the_answer_start(tokenizer_dir):

@@ -82,6 +82,9 @@ class TrainConfig:
     # "attended_layout" (ours): position = layout of the patches <Pos>'s grounding head attends
     # to, plus f_pos's offset; "hidden": f_pos alone (the paper)
     position_readout: str = "hidden"
+    # what the answer token's grounding heads look at: "question" (its object) or "situation"
+    # (also the anchor and the faced object; ours, see loc3r_vlm)
+    answer_grounding: str = "question"
     # the question's object in the agent's frame, regressed at the answer's first token (ours;
     # synthetic rooms, whose records know the object), 0 = off
     egocentric_weight: float = 0.0
@@ -176,6 +179,7 @@ def build_model(config: TrainConfig, tokenizer, cam_dim: int) -> Loc3rVLM:
         max_new_tokens=8,
         grounding_layer=config.grounding_layer,
         position_readout=config.position_readout,
+        answer_grounding=config.answer_grounding,
         enable_egocentric_head=config.egocentric_weight > 0,
         weights=LossWeights(
             bev=config.layout_weight,

@@ -16,6 +16,10 @@ attention: in one LLM layer, head 0 of <Pos> and head 2 of <Ori> should look at 
 show the situation's anchor object ("next to the bed"), head 1 of <Ori> at its target object
 ("facing the window"), and head 3 of the token that starts the answer at the object the answer
 is about ("is the lamp on my left?"). See `grounding_attention` and losses.grounding_nll.
+With `answer_grounding="situation"` heads 0 and 1 of that answer token also look at the anchor
+and the faced object: a direction ("on my left") relates three objects, and attention at the
+last layer hands the answer token only what it attends to there; <Pos> and <Ori> read their
+objects at that same layer, too late for the answer to read them through them.
 
 Attended-layout read-out (ours, `position_readout="attended_layout"`; the paper's is "hidden"):
 the position is f_pos's (x, y) plus the layout head's (x, y) of the video patches, averaged with
@@ -85,6 +89,9 @@ class Loc3rVLMConfig:
     enable_egocentric_head: bool = False  # ours, training only: see the module docstring
     grounding_layer: int = -1  # LLM layer whose attention the grounding loss supervises
     position_readout: str = "hidden"  # "hidden": f_pos on <Pos> (paper); "attended_layout": ours
+    # what the answer token's grounding heads look at (ours): "question" = its object (head 3);
+    # "situation" = also the anchor (head 0) and the faced object (head 1)
+    answer_grounding: str = "question"
     system_prompt: str = SYSTEM_PROMPT
     max_new_tokens: int = 32
     do_sample: bool = False  # greedy by default; True samples with the settings below
@@ -124,6 +131,8 @@ class PosePrediction:
 # (query: 0 = <Pos>, 1 = <Ori>, 2 = the token before the answer; attention head; object) that the
 # grounding loss supervises
 GROUNDING_HEADS = ((0, 0, "anchor"), (1, 1, "target"), (1, 2, "anchor"), (2, 3, "question"))
+ANSWER_SITUATION_HEADS = ((2, 0, "anchor"), (2, 1, "target"))  # answer_grounding="situation"
+ANSWER_GROUNDINGS = ("question", "situation")
 
 
 def grounding_attention(
@@ -220,6 +229,13 @@ class Loc3rVLM(nn.Module):
             )
         if config.position_readout == "attended_layout" and self.layout_head is None:
             raise ValueError("position_readout='attended_layout' needs the layout head")
+        if config.answer_grounding not in ANSWER_GROUNDINGS:
+            raise ValueError(
+                f"answer_grounding={config.answer_grounding!r}: expected one of {ANSWER_GROUNDINGS}"
+            )
+        self.grounding_heads = GROUNDING_HEADS + (
+            ANSWER_SITUATION_HEADS if config.answer_grounding == "situation" else ()
+        )
 
     # --- vocabulary -------------------------------------------------------------------------------
     def _add_special_tokens(self) -> None:
@@ -492,7 +508,7 @@ class Loc3rVLM(nn.Module):
     def _grounding_loss(
         self, probs: torch.Tensor, grounded: list[int], samples: list[TrainSample], sequences: list
     ) -> torch.Tensor:
-        """L_ground from (N, heads, 3, L) attention of <Pos>, <Ori>, answer (GROUNDING_HEADS)."""
+        """L_ground from (N, heads, 3, L) attention of <Pos>, <Ori>, answer (grounding_heads)."""
         picked, on_object = [], []
         for n, i in enumerate(grounded):
             patch_at = sequences[i][3]
@@ -503,7 +519,7 @@ class Loc3rVLM(nn.Module):
                 "target": sample.target_cells,
                 "question": sample.question_cells,
             }
-            for query, head, name in GROUNDING_HEADS:
+            for query, head, name in self.grounding_heads:
                 if head >= probs.shape[1] or cells[name] is None:
                     continue
                 flat = cells[name].reshape(-1).to(self.device)
