@@ -17,9 +17,9 @@ show the situation's anchor object ("next to the bed"), head 1 of <Ori> at its t
 ("facing the window"), and head 3 of the token that starts the answer at the object the answer
 is about ("is the lamp on my left?"). See `grounding_attention` and losses.grounding_nll.
 With `answer_grounding="situation"` heads 0 and 1 of that answer token also look at the anchor
-and the faced object: a direction ("on my left") relates three objects, and attention at the
-last layer hands the answer token only what it attends to there; <Pos> and <Ori> read their
-objects at that same layer, too late for the answer to read them through them.
+and the faced object: a direction ("on my left") relates three objects. <Pos> and <Ori> find
+theirs in the same (last) layer, so the answer token cannot read them through those two tokens;
+it gets only what its own heads attend to there.
 
 Attended-layout read-out (ours, `position_readout="attended_layout"`; the paper's is "hidden"):
 the position is f_pos's (x, y) plus the layout head's (x, y) of the video patches, averaged with
