@@ -11,7 +11,9 @@ from loc3r.scenes import EpisodeConfig, make_episode
 from loc3r.train.pretrain_vision import (
     COLOUR_NAMES,
     KINDS,
+    PatchHeads,
     VisionPretrainConfig,
+    losses,
     patch_labels,
     pretrain,
 )
@@ -34,6 +36,30 @@ def test_patch_labels_follow_the_renderer():
     assert np.isfinite(depth).all()
 
 
+class _FeaturesArePixels:
+    """A stand-in tower whose features are its input (to feed the heads known values)."""
+
+    def vision_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        return pixels
+
+
+def test_accuracies_count_object_patches_apart():
+    dim = len(KINDS)
+    heads = PatchHeads(dim)
+    with torch.no_grad():  # kind logits = features: the prediction is the one-hot's index
+        heads.kind.weight.copy_(torch.eye(dim))
+        heads.kind.bias.zero_()
+    truth = torch.tensor([[0, 0, 0, 0, 3, 3, 5, 7]])  # 4 surface patches, 4 object patches
+    predicted = torch.tensor([[0, 0, 0, 2, 3, 1, 5, 7]])  # 3 of 4 right on each
+    features = torch.nn.functional.one_hot(predicted, dim).float()
+    zeros = torch.zeros_like(truth)
+    parts = losses(_FeaturesArePixels(), heads, features, truth, zeros, zeros.float())
+    assert parts["kind_acc"].item() == 6 / 8
+    assert parts["object_kind_acc"].item() == 3 / 4
+    no_objects = losses(_FeaturesArePixels(), heads, features, zeros, zeros, zeros.float())
+    assert no_objects["object_kind_acc"].isnan()
+
+
 def test_pretraining_learns_and_the_tower_loads_into_the_vlm(tmp_path, data_dir):
     sizes = {"image_size": 56, "vision_hidden": 16, "vision_layers": 1}
     config = VisionPretrainConfig(
@@ -49,6 +75,7 @@ def test_pretraining_learns_and_the_tower_loads_into_the_vlm(tmp_path, data_dir)
     report = pretrain(config, progress=False)
     assert report["final_loss"] < 0.6 * report["first_loss"]
     assert 0.0 < report["held_out"]["kind_acc"] <= 1.0 and report["held_out"]["loss"] < 5.0
+    assert 0.0 <= report["held_out"]["object_kind_acc"] <= 1.0
     tokenizer = AutoTokenizer.from_pretrained(
         str(data_dir / "llava_video_reference" / "tiny_llava_video")
     )

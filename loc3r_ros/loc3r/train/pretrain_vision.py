@@ -110,7 +110,10 @@ class PatchHeads(torch.nn.Module):
 
 
 def losses(model, heads, pixels, kinds, colours, depths) -> dict[str, torch.Tensor]:
-    """Cross-entropy of kind and colour, L1 of log depth (means over patches)."""
+    """Cross-entropy of kind and colour, L1 of log depth (means over patches); accuracies.
+
+    ``object_kind_acc`` is the kind accuracy on the patches that show an object (NaN if none).
+    """
     features = model.vision_features(pixels)  # (B, g*g, C)
     kind_logits, colour_logits, depth_pred = heads(features)
     parts = {
@@ -120,7 +123,12 @@ def losses(model, heads, pixels, kinds, colours, depths) -> dict[str, torch.Tens
     }
     parts["loss"] = parts["kind"] + parts["colour"] + parts["depth"]
     with torch.no_grad():
-        parts["kind_acc"] = (kind_logits.argmax(-1) == kinds.flatten(1)).float().mean()
+        kind_right = kind_logits.argmax(-1) == kinds.flatten(1)
+        parts["kind_acc"] = kind_right.float().mean()
+        on_objects = kinds.flatten(1) > 0  # most patches show walls or floor: the hard part
+        parts["object_kind_acc"] = (
+            kind_right[on_objects].float().mean() if on_objects.any() else torch.tensor(np.nan)
+        )
         parts["colour_acc"] = (colour_logits.argmax(-1) == colours.flatten(1)).float().mean()
     return parts
 
