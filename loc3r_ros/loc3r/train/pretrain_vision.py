@@ -123,9 +123,10 @@ def losses(model, heads, pixels, kinds, colours, depths) -> dict[str, torch.Tens
     }
     parts["loss"] = parts["kind"] + parts["colour"] + parts["depth"]
     with torch.no_grad():
-        kind_right = kind_logits.argmax(-1) == kinds.flatten(1)
+        kind_truth = kinds.flatten(1)
+        kind_right = kind_logits.argmax(-1) == kind_truth
         parts["kind_acc"] = kind_right.float().mean()
-        on_objects = kinds.flatten(1) > 0  # most patches show walls or floor: the hard part
+        on_objects = kind_truth > 0  # most patches show walls or floor: the hard part
         parts["object_kind_acc"] = (
             kind_right[on_objects].float().mean() if on_objects.any() else torch.tensor(np.nan)
         )
