@@ -319,6 +319,56 @@ def test_attended_layout_readout_is_the_attention_weighted_layout_plus_f_pos(tok
         model.localize(prefix, s.situation)
 
 
+@pytest.mark.parametrize("readout", ["hidden", "attended_layout"])
+def test_trace_situation_is_what_localize_and_eager_attention_give(tokenizer_dir, readout):
+    """The diagnostic trace: localize()'s pose, eager attention on the patches, the layout head."""
+    from loc3r.vlm import Loc3rVLMConfig
+
+    torch.manual_seed(0)
+    config = Loc3rVLMConfig(cam_token_dim=24, position_readout=readout)
+    model = build_tiny_loc3r(
+        AutoTokenizer.from_pretrained(str(tokenizer_dir)), config, attn_implementation="eager"
+    ).eval()
+    s = sample(0)
+    trace = model.trace_situation(s.pixel_values, s.camera_tokens, s.situation)
+    pose = model.localize(model.encode_scene(s.pixel_values, s.camera_tokens), s.situation)
+    torch.testing.assert_close(trace.pose.xy, pose.xy, atol=1e-5, rtol=1e-5)
+    assert trace.pose.yaw == pytest.approx(pose.yaw, abs=1e-5)
+    assert trace.patch_index.tolist() == list(range(3 * 2 * 2))  # 3 frames of 2 x 2, in order
+    video, patch_index = model.video_embeddings(s.pixel_values, s.camera_tokens)
+    before, after = model.prefix_ids()
+    embeds = torch.cat([model.embed(before), video, model.embed(after + model.situation_ids(
+        s.situation))])[None]  # fmt: skip
+    seen = {}
+    attention = model.base.language_model.model.layers[-1].self_attn
+    handle = attention.register_forward_hook(lambda m, a, out: seen.update(w=out[1]))
+    with torch.no_grad():
+        states = model.base.language_model.model(inputs_embeds=embeds).last_hidden_state[0]
+    handle.remove()
+    patches = (patch_index >= 0).nonzero().flatten() + len(before)
+    torch.testing.assert_close(trace.attention, seen["w"][0][:, -2:, patches], atol=1e-5, rtol=1e-4)
+    assert 0.0 < float(trace.attention.sum(-1).max()) <= 1.0 + 1e-5  # part of each row's mass
+    torch.testing.assert_close(trace.layout, model.layout_head(states[patches])[:, :2])
+    # With the question: the answer token's row too (the one the grounding loss supervises);
+    # <Pos> and <Ori> do not see the question, so their rows and the pose stay.
+    asked = model.trace_situation(s.pixel_values, s.camera_tokens, s.situation, s.question)
+    _, labels, pos_at, _ = model._sample_sequence(s)
+    query = model._grounding_queries(labels, pos_at)[2]
+    embeds = torch.cat([embeds[0], model.embed(model.question_ids(s.question))])[None]
+    handle = attention.register_forward_hook(lambda m, a, out: seen.update(w=out[1]))
+    with torch.no_grad():
+        model.base.language_model.model(inputs_embeds=embeds)
+    handle.remove()
+    assert query == embeds.shape[1] - 1 and asked.attention.shape == (4, 3, 12)
+    torch.testing.assert_close(asked.attention[:, 2], seen["w"][0][:, -1, patches], atol=1e-5,
+                               rtol=1e-4)  # fmt: skip
+    torch.testing.assert_close(asked.attention[:, :2], trace.attention, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(asked.pose.xy, trace.pose.xy, atol=1e-5, rtol=1e-5)
+    model.layout_head = None
+    model.config.position_readout = "hidden"
+    assert model.trace_situation(s.pixel_values, s.camera_tokens, s.situation).layout is None
+
+
 def test_position_readout_is_validated(tokenizer_dir):
     from loc3r.vlm import Loc3rVLMConfig
 

@@ -15,6 +15,7 @@ from loc3r.vlm.loc3r_vlm import (
     Loc3rVLMConfig,
     PosePrediction,
     ScenePrefix,
+    SituationTrace,
     TrainSample,
 )
 from loc3r.vlm.losses import LossWeights
@@ -34,6 +35,7 @@ __all__ = [
     "LossWeights",
     "PosePrediction",
     "ScenePrefix",
+    "SituationTrace",
     "TrainSample",
     "IMAGE_TOKEN_INDEX",
     "LlavaCheckpointError",

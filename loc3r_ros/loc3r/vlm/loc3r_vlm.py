@@ -184,6 +184,19 @@ class ScenePrefix:
 
 
 @dataclass
+class SituationTrace:
+    """Where <Pos> and <Ori> look and where the layout head puts the video patches (diagnostics).
+
+    P is the number of video patch tokens (camera and newline tokens left out), frame-major.
+    """
+
+    patch_index: torch.Tensor  # (P,) pooled-patch index of each token: frame * g * g + cell
+    attention: torch.Tensor  # (heads, Q, P) <Pos>, <Ori> (, answer) attention on them
+    layout: torch.Tensor | None  # (P, 2) the layout head's (x, y), metres; None without the head
+    pose: PosePrediction  # what localize() returns for the same situation
+
+
+@dataclass
 class TrainSample:
     """One training example (tensors on the model's device)."""
 
@@ -607,6 +620,46 @@ class Loc3rVLM(nn.Module):
             return self._situate(prefix, self.situation_ids(situation))
         finally:
             self._truncate(prefix)
+
+    @torch.inference_mode()
+    def trace_situation(
+        self,
+        pixel_values: torch.Tensor,
+        camera_tokens: torch.Tensor | None,
+        situation: str,
+        question: str | None = None,
+    ) -> SituationTrace:
+        """One uncached forward over [video] [situation] <Pos> <Ori> ([question]): for diagnostics.
+
+        The attention is the grounding layer's, as the grounding loss supervises it, of <Pos>,
+        <Ori> and, with a question, the token that predicts the answer's first token; the layout
+        is the layout head's output (which only training uses otherwise).
+        """
+        video, patch_index = self.video_embeddings(pixel_values, camera_tokens)
+        before, after = self.prefix_ids()
+        situation_ids = after + self.situation_ids(situation)
+        question_ids = self.question_ids(question) if question is not None else []
+        embeds = torch.cat([self.embed(before), video, self.embed(situation_ids + question_ids)])
+        store: dict = {}
+        with self._grounding_layer_input(store) as attention:
+            states = self.base.language_model.model(inputs_embeds=embeds[None]).last_hidden_state
+        pos_at = len(before) + len(video) + len(situation_ids) - 2
+        queries = [pos_at, pos_at + 1] + ([len(embeds) - 1] if question_ids else [])
+        probs = grounding_attention(
+            attention, store["hidden"], store["rope"],
+            torch.tensor([0], device=self.device), torch.tensor([queries], device=self.device),
+        )[0]  # fmt: skip
+        patches = (patch_index >= 0).nonzero().flatten()
+        positions = patches + len(before)
+        states = states[0]
+        layout = None
+        if self.layout_head is not None:
+            layout = self.layout_head(states[positions])[:, :2].float()
+        attended = None
+        if self.attends_for_position:
+            attended = self.attended_layout(probs[0, 0, positions], layout)
+        pose = self.read_pose(states[pos_at], states[pos_at + 1], attended)
+        return SituationTrace(patch_index[patches], probs[:, :, positions], layout, pose)
 
     @torch.inference_mode()
     def answer(

@@ -1,0 +1,333 @@
+"""Where a trained Loc3R-VLM loses the situation: grounding and layout, measured apart.
+
+    python -m loc3r.eval.bounds [--model DIR] [--seeds 1000000:1000040] [--out bounds.json]
+
+Synthetic rooms know which pooled patches show each object and where every patch lies in the BEV
+frame, so a situation's position can be read out with the model's parts swapped for the truth
+one at a time (Acc@0.5m / Acc@1.0m, SQA3D's strict thresholds, one read-out per situation):
+- "f_pos": the model's own position (what `loc3r eval` scores);
+- "attended, model layout": the layout head's (x, y) of the video patches, averaged with the
+  attention of <Pos>'s grounding head (head 0 of the grounding layer);
+- "anchor, model layout": the same with perfect grounding (the patches that show the anchor);
+- "anchor first view, model layout": only the first frame that shows the anchor (frame 1 needs
+  no camera pose; later frames need CUT3R's);
+- "attended, true layout" and "anchor, true layout": the patches' true (x, y) instead.
+A read-out that needs the anchor falls back to f_pos when no frame shows it.
+
+Also: the grounding (<Pos>'s attention mass on the anchor, how often its most attended patch
+shows it), the layout head's median error per frame, and the direction questions answered by
+geometry from the patches (standing at the anchor, facing the faced object; "in front", the
+majority answer, when one of the three objects is out of view), with the model's and with the
+true layout: what an LM reasoning perfectly over what the model grounds and lays out would score.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from loc3r.eval.localization import POSITION_THRESHOLDS_M, position_error
+from loc3r.scenes.situations import relative_direction
+from loc3r.vlm.loc3r_vlm import GROUNDING_HEADS
+
+POSITION_READOUTS = (
+    "f_pos",
+    "attended, model layout",
+    "anchor, model layout",
+    "anchor first view, model layout",
+    "attended, true layout",
+    "anchor, true layout",
+)
+DIRECTION_READOUTS = (
+    "model grounding, model layout",
+    "true grounding, model layout",
+    "true grounding, true layout",
+)
+FALLBACK_DIRECTION = "in front"
+DIRECTION_OBJECTS = ("anchor_id", "target_id", "object_id")  # standing at, facing, asked about
+
+
+def weighted_point(
+    weights: torch.Tensor, points: torch.Tensor, keep: torch.Tensor | None = None
+) -> torch.Tensor | None:
+    """(P,) non-negative weights and (P, 2) points -> their weighted mean; None without weight.
+
+    `keep` (P,) bool leaves out points without a value (patches without a true layout).
+    """
+    w = weights.double()
+    if keep is not None:
+        w = w * keep.double()
+    total = w.sum()
+    if not bool(total > 0):
+        return None
+    return (w / total) @ points.double()
+
+
+def first_view(cells: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+    """(P,) bool cells of an object, (P,) frame of each patch -> only those in its first frame."""
+    if not bool(cells.any()):
+        return cells
+    return cells & (frames == frames[cells].min())
+
+
+def position_readouts(
+    trace, anchor: torch.Tensor, true_xy: torch.Tensor, valid: torch.Tensor, frames: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Every read-out of POSITION_READOUTS for one situation (the trace of loc3r_vlm).
+
+    anchor (P,) bool marks the patches that show the anchor; true_xy (P, 2) and valid (P,) are the
+    patches' true layout; frames (P,) their frame.
+    """
+    own = trace.pose.xy.double()
+    attention = trace.attention[0, 0]  # head 0 of <Pos>
+    on_anchor = anchor.double()
+    candidates = {
+        "f_pos": own,
+        "attended, model layout": weighted_point(attention, trace.layout),
+        "anchor, model layout": weighted_point(on_anchor, trace.layout),
+        "anchor first view, model layout": weighted_point(
+            first_view(anchor, frames).double(), trace.layout
+        ),
+        "attended, true layout": weighted_point(attention, true_xy, valid),
+        "anchor, true layout": weighted_point(on_anchor, true_xy, valid),
+    }
+    return {name: own if xy is None else xy for name, xy in candidates.items()}
+
+
+def direction_by_geometry(
+    anchor: torch.Tensor,
+    target: torch.Tensor,
+    obj: torch.Tensor,
+    layout: torch.Tensor,
+    keep: torch.Tensor | None = None,
+) -> str | None:
+    """Where `obj` is for an agent at the anchor facing the target, from the patches' layout.
+
+    anchor, target, obj: (P,) weights of the patches (bool cells or attention); each object is
+    the weighted mean (x, y) of its patches. None when one is out of view (or the target sits on
+    the anchor).
+    """
+    points = [weighted_point(w.double(), layout, keep) for w in (anchor, target, obj)]
+    if any(p is None for p in points):
+        return None
+    at, facing, point = (p.tolist() for p in points)
+    if math.dist(at, facing) < 1e-6:
+        return None
+    yaw = math.atan2(facing[1] - at[1], facing[0] - at[0])
+    return relative_direction(at, yaw, point)
+
+
+def _patch_truth(episode, patch_index: torch.Tensor):
+    """The true layout (P, 2), its validity (P,) and the frame (P,) of each patch token."""
+    cells = episode.bev_mask[0].numel()
+    true_xy = episode.bev_targets.reshape(-1, 2)[patch_index].double()
+    valid = episode.bev_mask.reshape(-1)[patch_index]
+    return true_xy, valid, patch_index // cells
+
+
+def _cells(episode, record, key: str, patch_index: torch.Tensor) -> torch.Tensor | None:
+    cells = episode.cells_of(record, key)
+    return None if cells is None else cells.reshape(-1)[patch_index]
+
+
+def measure(vlm, episodes: list, image_size: int, progress: bool = True) -> dict:
+    """The report (see the module docstring) of `vlm` (a Loc3rVLM) on rendered episodes."""
+    from loc3r.vlm import frames_to_pixel_values
+
+    if vlm.layout_head is None:
+        raise ValueError("the model has no layout head: its layout cannot be measured")
+    vlm.eval()
+    errors = {name: [] for name in POSITION_READOUTS}
+    mass, top_on_anchor, in_view, by_frame = [], [], [], {}
+    directions = {"questions": 0, "majority": 0, **{name: 0 for name in DIRECTION_READOUTS}}
+    for episode in tqdm(episodes, desc="bounds", disable=not progress):
+        pixels = frames_to_pixel_values(list(episode.frames), size=image_size)
+        traces: dict[tuple, object] = {}
+        for record in episode.records:
+            key = (record.situation, tuple(record.position), record.yaw)
+            if key not in traces:
+                traces[key] = trace = vlm.trace_situation(
+                    pixels, episode.camera_tokens, record.situation
+                )
+                true_xy, valid, frames = _patch_truth(episode, trace.patch_index.cpu())
+                anchor = _cells(episode, record, "anchor_id", trace.patch_index.cpu())
+                anchor = torch.zeros_like(valid) if anchor is None else anchor
+                in_view.append(bool(anchor.any()))
+                attention = trace.attention[0, 0].cpu()
+                if anchor.any():
+                    mass.append(float(attention[anchor].sum()))
+                    top_on_anchor.append(bool(anchor[attention.argmax()]))
+                readouts = position_readouts(_on_cpu(trace), anchor, true_xy, valid, frames)
+                for name, xy in readouts.items():
+                    errors[name].append(position_error(record.position, xy.tolist()))
+                if len(traces) == 1:  # the layout does not depend on the situation
+                    error = (trace.layout.cpu().double() - true_xy).norm(dim=-1)
+                    for frame in frames.unique().tolist():
+                        chosen = valid & (frames == frame)
+                        by_frame.setdefault(frame, []).extend(error[chosen].tolist())
+            if record.question_type == "direction":
+                said = _directions(vlm, episode, record, pixels)
+                truth = record.answers[0]
+                directions["questions"] += 1
+                directions["majority"] += int(truth == FALLBACK_DIRECTION)
+                for name, answer in said.items():
+                    directions[name] += int((answer or FALLBACK_DIRECTION) == truth)
+    count = max(len(errors["f_pos"]), 1)
+    asked = max(directions["questions"], 1)
+    return {
+        "situations": len(errors["f_pos"]),
+        "anchor_in_view": float(np.mean(in_view)) if in_view else 0.0,
+        "grounding": {
+            "anchor_mass": float(np.mean(mass)) if mass else None,
+            "top_patch_on_anchor": float(np.mean(top_on_anchor)) if top_on_anchor else None,
+        },
+        "layout_median_error_m_by_frame": [
+            float(np.median(by_frame[f])) if by_frame[f] else None for f in sorted(by_frame)
+        ],
+        "position": {
+            name: {
+                **{
+                    f"acc_{str(t).replace('.', '_')}m": sum(e < t for e in values) / count
+                    for t in POSITION_THRESHOLDS_M
+                },
+                "median_error_m": float(np.median(values)) if values else None,
+            }
+            for name, values in errors.items()
+        },
+        "direction": {
+            "questions": directions["questions"],
+            "majority": directions["majority"] / asked,
+            **{name: directions[name] / asked for name in DIRECTION_READOUTS},
+        },
+    }
+
+
+def _directions(vlm, episode, record, pixels: torch.Tensor) -> dict[str, str | None]:
+    """A direction question answered by geometry, each way of DIRECTION_READOUTS."""
+    trace = _on_cpu(
+        vlm.trace_situation(pixels, episode.camera_tokens, record.situation, record.question)
+    )
+    true_xy, valid, _ = _patch_truth(episode, trace.patch_index)
+    heads = {name: (query, head) for query, head, name in GROUNDING_HEADS}
+    attended = [trace.attention[heads[n][1], heads[n][0]] for n in ("anchor", "target", "question")]
+    cells = [_cells(episode, record, key, trace.patch_index) for key in DIRECTION_OBJECTS]
+    seen = all(c is not None for c in cells)
+    return {
+        "model grounding, model layout": direction_by_geometry(*attended, trace.layout),
+        "true grounding, model layout": direction_by_geometry(*cells, trace.layout)
+        if seen
+        else None,
+        "true grounding, true layout": direction_by_geometry(*cells, true_xy, valid)
+        if seen
+        else None,
+    }
+
+
+def _on_cpu(trace):
+    """The trace with its tensors on the CPU (the truth lives there)."""
+    from dataclasses import replace
+
+    pose = replace(trace.pose, xy=trace.pose.xy.cpu())
+    layout = None if trace.layout is None else trace.layout.cpu()
+    return replace(trace, attention=trace.attention.cpu(), layout=layout, pose=pose)
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f} %"
+
+
+def markdown(report: dict) -> str:
+    """The report as Markdown tables."""
+    grounding = report["grounding"]
+    frames = ", ".join(
+        "n/a" if e is None else f"{e:.2f}" for e in report["layout_median_error_m_by_frame"]
+    )
+    lines = [
+        f"{report['situations']} situations; the anchor is in view in "
+        f"{_pct(report['anchor_in_view'])} of them.",
+        "",
+        f"Grounding: <Pos> puts {_pct(grounding['anchor_mass'])} of its attention on the anchor; "
+        f"its top patch shows it in {_pct(grounding['top_patch_on_anchor'])}.",
+        "",
+        f"Layout median error by frame (m): {frames}",
+        "",
+        "| position read-out | Acc@0.5m | Acc@1.0m | median error |",
+        "|---|---|---|---|",
+    ]
+    for name, row in report["position"].items():
+        median = row["median_error_m"]
+        lines.append(
+            f"| {name} | {_pct(row['acc_0_5m'])} | {_pct(row['acc_1_0m'])} | "
+            + ("n/a" if median is None else f"{median:.2f} m")
+            + " |"
+        )
+    d = report["direction"]
+    lines += [
+        "",
+        f"| {d['questions']} direction questions answered by geometry | EM |",
+        "|---|---|",
+        *(f"| {name} | {_pct(d[name])} |" for name in DIRECTION_READOUTS),
+        f"| majority answer | {_pct(d['majority'])} |",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Render the held-out rooms, trace the model on every situation, print (and save) it."""
+    from loc3r.engine.models import load_bundle
+    from loc3r.eval.run import DEFAULT_HELD_OUT, parse_seeds
+    from loc3r.scenes import EpisodeConfig
+    from loc3r.train.synthetic_data import CAMERA_PRIORS, build_episodes
+
+    parser = argparse.ArgumentParser(
+        prog="python -m loc3r.eval.bounds",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--model", default="", help="model directory (default: embedded)")
+    parser.add_argument("--seeds", default=DEFAULT_HELD_OUT, help="synthetic scenes A:B (B excl.)")
+    parser.add_argument("--frames", type=int, default=0, help="frames per scene (default: model)")
+    parser.add_argument("--image-size", type=int, default=112, help="rendered frame size")
+    parser.add_argument(
+        "--camera-prior",
+        choices=CAMERA_PRIORS,
+        default="cut3r",
+        help="'oracle': the true poses in the camera tokens (for a model trained with them)",
+    )
+    parser.add_argument("--out", type=Path, help="JSON report to write")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        seeds = parse_seeds(args.seeds)
+    except ValueError as error:
+        parser.error(str(error))
+    start = time.perf_counter()
+    bundle = load_bundle(args.model or None)
+    vlm = bundle.model.vlm
+    grid = math.ceil((bundle.model.image_size // 14) / 2)
+    episodes = build_episodes(
+        seeds, EpisodeConfig(frames=args.frames or bundle.num_query_frames,
+                             image_size=args.image_size),
+        bundle.perception, grid, progress=not args.no_progress, camera_prior=args.camera_prior,
+    )  # fmt: skip
+    with torch.inference_mode():
+        report = measure(vlm, episodes, args.image_size, progress=not args.no_progress)
+    report.update(model=args.model or "embedded", seeds=args.seeds, camera_prior=args.camera_prior,
+                  seconds=round(time.perf_counter() - start, 1))  # fmt: skip
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2))
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""`python -m loc3r.eval.bounds`: read-outs with the model's parts swapped for the truth."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from tiny_bundle import make_tiny_bundle
+
+from loc3r.eval.bounds import (
+    DIRECTION_READOUTS,
+    POSITION_READOUTS,
+    direction_by_geometry,
+    first_view,
+    main,
+    measure,
+    position_readouts,
+    weighted_point,
+)
+from loc3r.vlm import frames_to_pixel_values
+
+
+def test_weighted_point_leaves_out_unknown_points_and_says_when_nothing_is_left():
+    points = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 4.0]])
+    mean = weighted_point(torch.tensor([1.0, 1.0, 2.0]), points)
+    torch.testing.assert_close(mean, torch.tensor([0.5, 2.0], dtype=torch.float64))
+    kept = weighted_point(torch.tensor([1.0, 1.0, 2.0]), points, torch.tensor([True, True, False]))
+    torch.testing.assert_close(kept, torch.tensor([1.0, 0.0], dtype=torch.float64))
+    assert (
+        weighted_point(torch.tensor([0.0, 0.0, 3.0]), points, torch.tensor([1, 1, 0]).bool())
+        is None
+    )
+
+
+def test_first_view_keeps_the_first_frame_that_shows_the_object():
+    frames = torch.tensor([0, 0, 1, 1, 2, 2])
+    cells = torch.tensor([False, False, True, False, True, True])
+    assert first_view(cells, frames).tolist() == [False, False, True, False, False, False]
+    assert not first_view(torch.zeros(6, dtype=torch.bool), frames).any()
+
+
+@pytest.mark.parametrize(
+    ("point", "expected"),
+    [
+        ((0.0, 1.0), "left"),
+        ((0.0, -1.0), "right"),
+        ((-1.0, 0.1), "behind"),
+        ((2.0, 0.3), "in front"),
+    ],
+)
+def test_direction_by_geometry_stands_at_the_anchor_facing_the_target(point, expected):
+    # patches: two of the anchor around (0, 0), one of the target at (1, 0), one of the object;
+    # the whole layout is rotated and shifted, which must not change a relative direction
+    layout = torch.tensor([[-0.1, 0.0], [0.1, 0.0], [1.0, 0.0], list(point)], dtype=torch.float64)
+    turn = math.radians(130.0)
+    rotation = torch.tensor(
+        [[math.cos(turn), -math.sin(turn)], [math.sin(turn), math.cos(turn)]], dtype=torch.float64
+    )
+    layout = layout @ rotation.T + torch.tensor([3.0, -2.0], dtype=torch.float64)
+    anchor, target, obj = (torch.tensor(c) for c in ([1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]))
+    assert direction_by_geometry(anchor.bool(), target.bool(), obj.bool(), layout) == expected
+    # attention weights work as well as cells; an object out of view or a target on the anchor
+    # give no answer
+    soft = torch.tensor([0.0, 0.0, 0.2, 0.8])
+    assert direction_by_geometry(anchor.double(), target.double(), soft, layout) is not None
+    assert direction_by_geometry(anchor, target, torch.zeros(4), layout) is None
+    assert direction_by_geometry(anchor, anchor, obj, layout) is None
+
+
+def test_position_readouts_swap_grounding_and_layout_one_at_a_time():
+    frames = torch.tensor([0, 0, 1, 1])
+    true_xy = torch.tensor([[1.0, 0.0], [3.0, 0.0], [0.0, 2.0], [0.0, 4.0]], dtype=torch.float64)
+    layout = true_xy + torch.tensor([[0.0, 0.0], [0.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
+    valid = torch.tensor([True, True, True, False])
+    anchor = torch.tensor([False, True, True, False])
+    attention = torch.zeros(4, 2, 4)
+    attention[0, 0] = torch.tensor([0.5, 0.0, 0.0, 0.5])  # head 0 of <Pos>
+    trace = SimpleNamespace(
+        attention=attention,
+        layout=layout.float(),
+        pose=SimpleNamespace(xy=torch.tensor([9.0, 9.0])),
+    )
+    got = {
+        k: v.tolist() for k, v in position_readouts(trace, anchor, true_xy, valid, frames).items()
+    }
+    assert set(got) == set(POSITION_READOUTS)
+    assert got["f_pos"] == [9.0, 9.0]
+    assert got["attended, model layout"] == pytest.approx([1.0, 2.0])  # (1, 0) and (1, 4)
+    assert got["anchor, model layout"] == pytest.approx([2.0, 1.0])  # (3, 0) and (1, 2)
+    assert got["anchor first view, model layout"] == pytest.approx([3.0, 0.0])
+    assert got["attended, true layout"] == pytest.approx([1.0, 0.0])  # patch 3 has no truth
+    assert got["anchor, true layout"] == pytest.approx([1.5, 1.0])
+    no_anchor = position_readouts(trace, torch.zeros(4, dtype=torch.bool), true_xy, valid, frames)
+    assert no_anchor["anchor, true layout"].tolist() == [9.0, 9.0]  # falls back to f_pos
+
+
+@pytest.fixture(scope="module")
+def episodes_and_bundles(tmp_path_factory):
+    from loc3r.engine.models import load_bundle
+    from loc3r.scenes import EpisodeConfig
+    from loc3r.train.synthetic_data import build_episodes
+
+    root = tmp_path_factory.mktemp("bounds")
+    bundles = [load_bundle(make_tiny_bundle(root / f"b{seed}", seed=seed)) for seed in (0, 1)]
+    episodes = build_episodes(
+        [1_000_000, 1_000_001], EpisodeConfig(frames=4, image_size=56), bundles[0].perception,
+        grid=2, progress=False,
+    )  # fmt: skip
+    # only situations whose anchor is in view: no read-out falls back to the model's f_pos
+    episodes = [
+        replace(e, records=[r for r in e.records if e.cells_of(r, "anchor_id").any()])
+        for e in episodes
+    ]
+    return episodes, bundles, root
+
+
+def test_measure_reports_the_model_and_the_truth_apart(episodes_and_bundles):
+    episodes, bundles, _ = episodes_and_bundles
+    reports = [measure(b.model.vlm, episodes, 56, progress=False) for b in bundles]
+    first = reports[0]
+    situations = {(r.situation, tuple(r.position)) for e in episodes for r in e.records}
+    asked = sum(r.question_type == "direction" for e in episodes for r in e.records)
+    assert first["situations"] == len(situations) > 0
+    assert first["direction"]["questions"] == asked > 0
+    assert len(first["layout_median_error_m_by_frame"]) == 4
+    for row in first["position"].values():
+        assert 0.0 <= row["acc_0_5m"] <= row["acc_1_0m"] <= 1.0
+    # f_pos is what localize() says
+    errors = []
+    vlm = bundles[0].model.vlm
+    for episode in episodes:
+        prefix = vlm.encode_scene(
+            frames_to_pixel_values(list(episode.frames), size=56), episode.camera_tokens
+        )
+        seen = set()
+        for record in episode.records:
+            if (record.situation, tuple(record.position)) in seen:
+                continue
+            seen.add((record.situation, tuple(record.position)))
+            xy = vlm.localize(prefix, record.situation).xy
+            errors.append(math.dist(record.position, xy.tolist()))
+    assert first["position"]["f_pos"]["median_error_m"] == pytest.approx(
+        np.median(errors), abs=1e-4
+    )
+    assert first["position"]["f_pos"]["acc_1_0m"] == pytest.approx(np.mean(np.array(errors) < 1.0))
+    # read-outs from the truth alone do not depend on the model; those from the model do
+    second = reports[1]
+    assert first["position"]["anchor, true layout"] == second["position"]["anchor, true layout"]
+    assert first["direction"]["true grounding, true layout"] == pytest.approx(
+        second["direction"]["true grounding, true layout"]
+    )
+    assert first["position"]["f_pos"] != second["position"]["f_pos"]
+    assert set(first["direction"]) == {"questions", "majority", *DIRECTION_READOUTS}
+
+
+def test_command_writes_the_report_and_refuses_bad_seeds(episodes_and_bundles, capsys):
+    _, _, root = episodes_and_bundles
+    out = root / "bounds.json"
+    args = ["--model", str(root / "b0"), "--seeds", "1000000:1000001", "--image-size", "56"]
+    assert main([*args, "--out", str(out), "--no-progress"]) == 0
+    report = json.loads(out.read_text())
+    assert report["model"] == str(root / "b0") and report["seconds"] > 0
+    assert "| anchor, true layout |" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model", str(root / "b0"), "--seeds", "5:5"])
+    assert exit_info.value.code == 2
+    assert "selects no scene" in capsys.readouterr().err
