@@ -128,6 +128,8 @@ def test_measure_reports_the_model_and_the_truth_apart(episodes_and_bundles):
     assert first["situations"] == len(situations) > 0
     assert first["direction"]["questions"] == asked > 0
     assert len(first["layout_median_error_m_by_frame"]) == 4
+    for value in first["grounding"].values():
+        assert 0.0 <= value <= 1.0
     for row in first["position"].values():
         assert 0.0 <= row["acc_0_5m"] <= row["acc_1_0m"] <= 1.0
     # f_pos is what localize() says

@@ -15,10 +15,11 @@ one at a time (Acc@0.5m / Acc@1.0m, SQA3D's strict thresholds, one read-out per 
 A read-out that needs the anchor falls back to f_pos when no frame shows it.
 
 Also: the grounding (<Pos>'s attention mass on the anchor, how often its most attended patch
-shows it), the layout head's median error per frame, and the direction questions answered by
-geometry from the patches (standing at the anchor, facing the faced object; "in front", the
-majority answer, when one of the three objects is out of view), with the model's and with the
-true layout: what an LM reasoning perfectly over what the model grounds and lays out would score.
+shows it; the answer token's mass on the object a direction question asks about), the layout
+head's median error per frame, and the direction questions answered by geometry from the
+patches (standing at the anchor, facing the faced object; "in front", the majority answer, when
+one of the three objects is out of view), with the model's grounding and layout, then the true
+ones: what an LM reasoning perfectly over what the model grounds and lays out would score.
 """
 
 from __future__ import annotations
@@ -146,7 +147,7 @@ def measure(vlm, episodes: list, image_size: int, progress: bool = True) -> dict
         raise ValueError("the model has no layout head: its layout cannot be measured")
     vlm.eval()
     errors = {name: [] for name in POSITION_READOUTS}
-    mass, top_on_anchor, in_view, by_frame = [], [], [], {}
+    mass, top_on_anchor, in_view, by_frame, question_mass = [], [], [], {}, []
     directions = {"questions": 0, "majority": 0, **{name: 0 for name in DIRECTION_READOUTS}}
     for episode in tqdm(episodes, desc="bounds", disable=not progress):
         pixels = frames_to_pixel_values(list(episode.frames), size=image_size)
@@ -174,7 +175,9 @@ def measure(vlm, episodes: list, image_size: int, progress: bool = True) -> dict
                         chosen = valid & (frames == frame)
                         by_frame.setdefault(frame, []).extend(error[chosen].tolist())
             if record.question_type == "direction":
-                said = _directions(vlm, episode, record, pixels)
+                said, object_mass = _directions(vlm, episode, record, pixels)
+                if object_mass is not None:
+                    question_mass.append(object_mass)
                 truth = record.answers[0]
                 directions["questions"] += 1
                 directions["majority"] += int(truth == FALLBACK_DIRECTION)
@@ -188,6 +191,7 @@ def measure(vlm, episodes: list, image_size: int, progress: bool = True) -> dict
         "grounding": {
             "anchor_mass": float(np.mean(mass)) if mass else None,
             "top_patch_on_anchor": float(np.mean(top_on_anchor)) if top_on_anchor else None,
+            "question_object_mass": float(np.mean(question_mass)) if question_mass else None,
         },
         "layout_median_error_m_by_frame": [
             float(np.median(by_frame[f])) if by_frame[f] else None for f in sorted(by_frame)
@@ -210,8 +214,12 @@ def measure(vlm, episodes: list, image_size: int, progress: bool = True) -> dict
     }
 
 
-def _directions(vlm, episode, record, pixels: torch.Tensor) -> dict[str, str | None]:
-    """A direction question answered by geometry, each way of DIRECTION_READOUTS."""
+def _directions(vlm, episode, record, pixels: torch.Tensor) -> tuple[dict, float | None]:
+    """A direction question answered by geometry, each way of DIRECTION_READOUTS.
+
+    Also returns the mass the answer token's grounding head puts on the question's object (None
+    when it is out of view).
+    """
     trace = _on_cpu(
         vlm.trace_situation(pixels, episode.camera_tokens, record.situation, record.question)
     )
@@ -219,16 +227,13 @@ def _directions(vlm, episode, record, pixels: torch.Tensor) -> dict[str, str | N
     heads = {name: (query, head) for query, head, name in GROUNDING_HEADS}
     attended = [trace.attention[heads[n][1], heads[n][0]] for n in ("anchor", "target", "question")]
     cells = [_cells(episode, record, key, trace.patch_index) for key in DIRECTION_OBJECTS]
-    seen = all(c is not None for c in cells)
-    return {
-        "model grounding, model layout": direction_by_geometry(*attended, trace.layout),
-        "true grounding, model layout": direction_by_geometry(*cells, trace.layout)
-        if seen
-        else None,
-        "true grounding, true layout": direction_by_geometry(*cells, true_xy, valid)
-        if seen
-        else None,
-    }
+    answers = {"model grounding, model layout": direction_by_geometry(*attended, trace.layout)}
+    if any(c is None for c in cells):
+        return answers, None
+    answers["true grounding, model layout"] = direction_by_geometry(*cells, trace.layout)
+    answers["true grounding, true layout"] = direction_by_geometry(*cells, true_xy, valid)
+    mass = float(attended[2][cells[2]].sum()) if cells[2].any() else None
+    return answers, mass
 
 
 def _on_cpu(trace):
@@ -255,7 +260,9 @@ def markdown(report: dict) -> str:
         f"{_pct(report['anchor_in_view'])} of them.",
         "",
         f"Grounding: <Pos> puts {_pct(grounding['anchor_mass'])} of its attention on the anchor; "
-        f"its top patch shows it in {_pct(grounding['top_patch_on_anchor'])}.",
+        f"its top patch shows it in {_pct(grounding['top_patch_on_anchor'])}. On direction "
+        f"questions the answer token puts {_pct(grounding['question_object_mass'])} on the "
+        "object asked about.",
         "",
         f"Layout median error by frame (m): {frames}",
         "",
