@@ -172,3 +172,18 @@ def test_command_writes_the_report_and_refuses_bad_seeds(episodes_and_bundles, c
         main(["--model", str(root / "b0"), "--seeds", "5:5"])
     assert exit_info.value.code == 2
     assert "selects no scene" in capsys.readouterr().err
+
+
+def test_without_object_cells_the_readouts_fall_back_to_the_model_and_the_majority(
+    episodes_and_bundles,
+):
+    episodes, bundles, _ = episodes_and_bundles
+    blind = [replace(e, object_cover=None) for e in episodes]  # e.g. a renderer without ids
+    report = measure(bundles[0].model.vlm, blind, 56, progress=False)
+    assert report["anchor_in_view"] == 0.0 and report["grounding"]["anchor_mass"] is None
+    for name in ("anchor, model layout", "anchor, true layout", "anchor first view, model layout"):
+        assert report["position"][name] == report["position"]["f_pos"]
+    direction = report["direction"]
+    assert direction["majority"] > 0.0  # some answers are "in front": the fallback scores them
+    assert direction["true grounding, true layout"] == direction["majority"]
+    assert direction["true grounding, model layout"] == direction["majority"]

@@ -151,26 +151,27 @@ def measure(vlm, episodes: list, image_size: int, progress: bool = True) -> dict
     directions = {"questions": 0, "majority": 0, **{name: 0 for name in DIRECTION_READOUTS}}
     for episode in tqdm(episodes, desc="bounds", disable=not progress):
         pixels = frames_to_pixel_values(list(episode.frames), size=image_size)
-        traces: dict[tuple, object] = {}
+        situations: set[tuple] = set()
         for record in episode.records:
             key = (record.situation, tuple(record.position), record.yaw)
-            if key not in traces:
-                traces[key] = trace = vlm.trace_situation(
-                    pixels, episode.camera_tokens, record.situation
+            if key not in situations:
+                situations.add(key)
+                trace = _on_cpu(
+                    vlm.trace_situation(pixels, episode.camera_tokens, record.situation)
                 )
-                true_xy, valid, frames = _patch_truth(episode, trace.patch_index.cpu())
-                anchor = _cells(episode, record, "anchor_id", trace.patch_index.cpu())
+                true_xy, valid, frames = _patch_truth(episode, trace.patch_index)
+                anchor = _cells(episode, record, "anchor_id", trace.patch_index)
                 anchor = torch.zeros_like(valid) if anchor is None else anchor
                 in_view.append(bool(anchor.any()))
-                attention = trace.attention[0, 0].cpu()
+                attention = trace.attention[0, 0]  # head 0 of <Pos>
                 if anchor.any():
                     mass.append(float(attention[anchor].sum()))
                     top_on_anchor.append(bool(anchor[attention.argmax()]))
-                readouts = position_readouts(_on_cpu(trace), anchor, true_xy, valid, frames)
+                readouts = position_readouts(trace, anchor, true_xy, valid, frames)
                 for name, xy in readouts.items():
                     errors[name].append(position_error(record.position, xy.tolist()))
-                if len(traces) == 1:  # the layout does not depend on the situation
-                    error = (trace.layout.cpu().double() - true_xy).norm(dim=-1)
+                if len(situations) == 1:  # the layout does not depend on the situation
+                    error = (trace.layout.double() - true_xy).norm(dim=-1)
                     for frame in frames.unique().tolist():
                         chosen = valid & (frames == frame)
                         by_frame.setdefault(frame, []).extend(error[chosen].tolist())
@@ -181,8 +182,8 @@ def measure(vlm, episodes: list, image_size: int, progress: bool = True) -> dict
                 truth = record.answers[0]
                 directions["questions"] += 1
                 directions["majority"] += int(truth == FALLBACK_DIRECTION)
-                for name, answer in said.items():
-                    directions[name] += int((answer or FALLBACK_DIRECTION) == truth)
+                for name in DIRECTION_READOUTS:
+                    directions[name] += int((said.get(name) or FALLBACK_DIRECTION) == truth)
     count = max(len(errors["f_pos"]), 1)
     asked = max(directions["questions"], 1)
     return {
