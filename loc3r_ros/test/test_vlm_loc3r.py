@@ -272,6 +272,25 @@ def test_grounding_loss_teaches_the_heads_to_look_at_the_objects(model):
     assert first > 1.0 and last < 0.2, (first, last)  # mass: < 0.37 at first, > 0.8 at the end
 
 
+def eager_forward(model: Loc3rVLM, s: TrainSample, extra_ids: list[int] | None = None):
+    """Uncached forward over [video] [situation] <Pos> <Ori> [extra_ids] of an eager model.
+
+    Returns the last hidden states (L, H), the last layer's attention weights (heads, L, L) and
+    the sequence positions of the video patch tokens.
+    """
+    video, patch_index = model.video_embeddings(s.pixel_values, s.camera_tokens)
+    before, after = model.prefix_ids()
+    ids = after + model.situation_ids(s.situation) + (extra_ids or [])
+    embeds = torch.cat([model.embed(before), video, model.embed(ids)])[None]
+    seen = {}
+    attention = model.base.language_model.model.layers[-1].self_attn
+    handle = attention.register_forward_hook(lambda m, a, out: seen.update(w=out[1]))
+    with torch.no_grad():
+        states = model.base.language_model.model(inputs_embeds=embeds).last_hidden_state[0]
+    handle.remove()
+    return states, seen["w"][0], (patch_index >= 0).nonzero().flatten() + len(before)
+
+
 def test_attended_layout_readout_is_the_attention_weighted_layout_plus_f_pos(tokenizer_dir):
     """Cached inference and the training loss both read the position eager attention implies."""
     from loc3r.vlm import Loc3rVLMConfig, LossWeights
@@ -288,18 +307,9 @@ def test_attended_layout_readout_is_the_attention_weighted_layout_plus_f_pos(tok
     pose = model.localize(prefix, s.situation)
     assert prefix.cache.get_seq_length() == prefix.length
     # Uncached eager forward: head 0's weights of <Pos> over the patch tokens, the layout head.
-    video, patch_index = model.video_embeddings(s.pixel_values, s.camera_tokens)
-    before, after = model.prefix_ids()
-    embeds = torch.cat([model.embed(before), video, model.embed(after + model.situation_ids(
-        s.situation))])[None]  # fmt: skip
-    seen = {}
+    states, all_weights, patches = eager_forward(model, s)
     attention = model.base.language_model.model.layers[-1].self_attn
-    handle = attention.register_forward_hook(lambda m, a, out: seen.update(w=out[1]))
-    with torch.no_grad():
-        states = model.base.language_model.model(inputs_embeds=embeds).last_hidden_state[0]
-    handle.remove()
-    patches = (patch_index >= 0).nonzero().flatten() + len(before)
-    weights = seen["w"][0, 0, -2, patches]
+    weights = all_weights[0, -2, patches]
     layout = model.layout_head(states[patches])[:, :2]
     expected = model.f_pos(states[-2])[:2] + (weights / weights.sum()) @ layout
     torch.testing.assert_close(pose.xy, expected, atol=1e-5, rtol=1e-5)
@@ -335,18 +345,8 @@ def test_trace_situation_is_what_localize_and_eager_attention_give(tokenizer_dir
     torch.testing.assert_close(trace.pose.xy, pose.xy, atol=1e-5, rtol=1e-5)
     assert trace.pose.yaw == pytest.approx(pose.yaw, abs=1e-5)
     assert trace.patch_index.tolist() == list(range(3 * 2 * 2))  # 3 frames of 2 x 2, in order
-    video, patch_index = model.video_embeddings(s.pixel_values, s.camera_tokens)
-    before, after = model.prefix_ids()
-    embeds = torch.cat([model.embed(before), video, model.embed(after + model.situation_ids(
-        s.situation))])[None]  # fmt: skip
-    seen = {}
-    attention = model.base.language_model.model.layers[-1].self_attn
-    handle = attention.register_forward_hook(lambda m, a, out: seen.update(w=out[1]))
-    with torch.no_grad():
-        states = model.base.language_model.model(inputs_embeds=embeds).last_hidden_state[0]
-    handle.remove()
-    patches = (patch_index >= 0).nonzero().flatten() + len(before)
-    torch.testing.assert_close(trace.attention, seen["w"][0][:, -2:, patches], atol=1e-5, rtol=1e-4)
+    states, weights, patches = eager_forward(model, s)
+    torch.testing.assert_close(trace.attention, weights[:, -2:, patches], atol=1e-5, rtol=1e-4)
     assert 0.0 < float(trace.attention.sum(-1).max()) <= 1.0 + 1e-5  # part of each row's mass
     torch.testing.assert_close(trace.layout, model.layout_head(states[patches])[:, :2])
     # With the question: the answer token's row too (the one the grounding loss supervises);
@@ -354,14 +354,9 @@ def test_trace_situation_is_what_localize_and_eager_attention_give(tokenizer_dir
     asked = model.trace_situation(s.pixel_values, s.camera_tokens, s.situation, s.question)
     _, labels, pos_at, _ = model._sample_sequence(s)
     query = model._grounding_queries(labels, pos_at)[2]
-    embeds = torch.cat([embeds[0], model.embed(model.question_ids(s.question))])[None]
-    handle = attention.register_forward_hook(lambda m, a, out: seen.update(w=out[1]))
-    with torch.no_grad():
-        model.base.language_model.model(inputs_embeds=embeds)
-    handle.remove()
-    assert query == embeds.shape[1] - 1 and asked.attention.shape == (4, 3, 12)
-    torch.testing.assert_close(asked.attention[:, 2], seen["w"][0][:, -1, patches], atol=1e-5,
-                               rtol=1e-4)  # fmt: skip
+    asked_states, weights, _ = eager_forward(model, s, model.question_ids(s.question))
+    assert query == len(asked_states) - 1 and asked.attention.shape == (4, 3, 12)
+    torch.testing.assert_close(asked.attention[:, 2], weights[:, -1, patches], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(asked.attention[:, :2], trace.attention, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(asked.pose.xy, trace.pose.xy, atol=1e-5, rtol=1e-5)
     model.layout_head = None
