@@ -147,7 +147,8 @@ def measure(vlm, episodes: list, image_size: int, progress: bool = True) -> dict
         raise ValueError("the model has no layout head: its layout cannot be measured")
     vlm.eval()
     errors = {name: [] for name in POSITION_READOUTS}
-    mass, top_on_anchor, in_view, by_frame, question_mass = [], [], [], {}, []
+    mass, top_on_anchor, in_view, by_frame = [], [], [], {}
+    question_mass, anchor_share, question_share = [], [], []
     directions = {"questions": 0, "majority": 0, **{name: 0 for name in DIRECTION_READOUTS}}
     for episode in tqdm(episodes, desc="bounds", disable=not progress):
         pixels = frames_to_pixel_values(list(episode.frames), size=image_size)
@@ -166,6 +167,7 @@ def measure(vlm, episodes: list, image_size: int, progress: bool = True) -> dict
                 attention = trace.attention[0, 0]  # head 0 of <Pos>
                 if anchor.any():
                     mass.append(float(attention[anchor].sum()))
+                    anchor_share.append(float(anchor.double().mean()))
                     top_on_anchor.append(bool(anchor[attention.argmax()]))
                 readouts = position_readouts(trace, anchor, true_xy, valid, frames)
                 for name, xy in readouts.items():
@@ -176,9 +178,10 @@ def measure(vlm, episodes: list, image_size: int, progress: bool = True) -> dict
                         chosen = valid & (frames == frame)
                         by_frame.setdefault(frame, []).extend(error[chosen].tolist())
             if record.question_type == "direction":
-                said, object_mass = _directions(vlm, episode, record, pixels)
+                said, object_mass, share = _directions(vlm, episode, record, pixels)
                 if object_mass is not None:
                     question_mass.append(object_mass)
+                    question_share.append(share)
                 truth = record.answers[0]
                 directions["questions"] += 1
                 directions["majority"] += int(truth == FALLBACK_DIRECTION)
@@ -193,6 +196,9 @@ def measure(vlm, episodes: list, image_size: int, progress: bool = True) -> dict
             "anchor_mass": float(np.mean(mass)) if mass else None,
             "top_patch_on_anchor": float(np.mean(top_on_anchor)) if top_on_anchor else None,
             "question_object_mass": float(np.mean(question_mass)) if question_mass else None,
+            # what uniform attention over the video patches would put on them
+            "anchor_share": float(np.mean(anchor_share)) if anchor_share else None,
+            "question_object_share": float(np.mean(question_share)) if question_share else None,
         },
         "layout_median_error_m_by_frame": [
             float(np.median(by_frame[f])) if by_frame[f] else None for f in sorted(by_frame)
@@ -215,11 +221,11 @@ def measure(vlm, episodes: list, image_size: int, progress: bool = True) -> dict
     }
 
 
-def _directions(vlm, episode, record, pixels: torch.Tensor) -> tuple[dict, float | None]:
+def _directions(vlm, episode, record, pixels: torch.Tensor) -> tuple[dict, float | None, float]:
     """A direction question answered by geometry, each way of DIRECTION_READOUTS.
 
     Also returns the mass the answer token's grounding head puts on the question's object (None
-    when it is out of view).
+    when it is out of view) and the share of the patches that show it (uniform attention's mass).
     """
     trace = _on_cpu(
         vlm.trace_situation(pixels, episode.camera_tokens, record.situation, record.question)
@@ -230,11 +236,11 @@ def _directions(vlm, episode, record, pixels: torch.Tensor) -> tuple[dict, float
     cells = [_cells(episode, record, key, trace.patch_index) for key in DIRECTION_OBJECTS]
     answers = {"model grounding, model layout": direction_by_geometry(*attended, trace.layout)}
     if any(c is None for c in cells):
-        return answers, None
+        return answers, None, 0.0
     answers["true grounding, model layout"] = direction_by_geometry(*cells, trace.layout)
     answers["true grounding, true layout"] = direction_by_geometry(*cells, true_xy, valid)
     mass = float(attended[2][cells[2]].sum()) if cells[2].any() else None
-    return answers, mass
+    return answers, mass, float(cells[2].double().mean())
 
 
 def _on_cpu(trace):
@@ -260,10 +266,11 @@ def markdown(report: dict) -> str:
         f"{report['situations']} situations; the anchor is in view in "
         f"{_pct(report['anchor_in_view'])} of them.",
         "",
-        f"Grounding: <Pos> puts {_pct(grounding['anchor_mass'])} of its attention on the anchor; "
-        f"its top patch shows it in {_pct(grounding['top_patch_on_anchor'])}. On direction "
-        f"questions the answer token puts {_pct(grounding['question_object_mass'])} on the "
-        "object asked about.",
+        f"Grounding: <Pos> puts {_pct(grounding['anchor_mass'])} of its attention on the anchor "
+        f"(uniform attention: {_pct(grounding['anchor_share'])}); its top patch shows it in "
+        f"{_pct(grounding['top_patch_on_anchor'])}. On direction questions the answer token puts "
+        f"{_pct(grounding['question_object_mass'])} on the object asked about (uniform: "
+        f"{_pct(grounding['question_object_share'])}).",
         "",
         f"Layout median error by frame (m): {frames}",
         "",
