@@ -15,6 +15,7 @@ from tiny_bundle import make_tiny_bundle
 from loc3r.eval.bounds import (
     DIRECTION_READOUTS,
     POSITION_READOUTS,
+    attention_of,
     direction_by_geometry,
     first_view,
     main,
@@ -35,6 +36,14 @@ def test_weighted_point_leaves_out_unknown_points_and_says_when_nothing_is_left(
         weighted_point(torch.tensor([0.0, 0.0, 3.0]), points, torch.tensor([1, 1, 0]).bool())
         is None
     )
+
+
+def test_each_object_is_found_by_the_first_head_the_grounding_loss_points_at_it():
+    attention = torch.arange(4 * 3 * 5, dtype=torch.float64).view(4, 3, 5)  # (heads, Q, P)
+    trace = SimpleNamespace(attention=attention)
+    assert attention_of(trace, "anchor").tolist() == attention[0, 0].tolist()  # <Pos>, head 0
+    assert attention_of(trace, "target").tolist() == attention[1, 1].tolist()  # <Ori>, head 1
+    assert attention_of(trace, "question").tolist() == attention[3, 2].tolist()  # answer, head 3
 
 
 def test_first_view_keeps_the_first_frame_that_shows_the_object():

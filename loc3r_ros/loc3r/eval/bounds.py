@@ -29,6 +29,7 @@ import json
 import math
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,18 @@ DIRECTION_READOUTS = (
 )
 FALLBACK_DIRECTION = "in front"
 DIRECTION_OBJECTS = ("anchor_id", "target_id", "object_id")  # standing at, facing, asked about
+# (query, head) whose attention finds each of those: head 0 of <Pos>, head 1 of <Ori>, head 3 of
+# the token before the answer (the first head the grounding loss points at each object)
+GROUNDING_OF = {
+    name: next((q, h) for q, h, n in GROUNDING_HEADS if n == name)
+    for name in ("anchor", "target", "question")
+}
+
+
+def attention_of(trace, name: str) -> torch.Tensor:
+    """(P,) attention of the head that finds `name` ("anchor", "target", "question")."""
+    query, head = GROUNDING_OF[name]
+    return trace.attention[head, query]
 
 
 def weighted_point(
@@ -88,7 +101,7 @@ def position_readouts(
     patches' true layout; frames (P,) their frame.
     """
     own = trace.pose.xy.double()
-    attention = trace.attention[0, 0]  # head 0 of <Pos>
+    attention = attention_of(trace, "anchor")
     on_anchor = anchor.double()
     candidates = {
         "f_pos": own,
@@ -164,7 +177,7 @@ def measure(vlm, episodes: list, image_size: int, progress: bool = True) -> dict
                 anchor = _cells(episode, record, "anchor_id", trace.patch_index)
                 anchor = torch.zeros_like(valid) if anchor is None else anchor
                 in_view.append(bool(anchor.any()))
-                attention = trace.attention[0, 0]  # head 0 of <Pos>
+                attention = attention_of(trace, "anchor")
                 if anchor.any():
                     mass.append(float(attention[anchor].sum()))
                     anchor_share.append(float(anchor.double().mean()))
@@ -231,8 +244,7 @@ def _directions(vlm, episode, record, pixels: torch.Tensor) -> tuple[dict, float
         vlm.trace_situation(pixels, episode.camera_tokens, record.situation, record.question)
     )
     true_xy, valid, _ = _patch_truth(episode, trace.patch_index)
-    heads = {name: (query, head) for query, head, name in GROUNDING_HEADS}
-    attended = [trace.attention[heads[n][1], heads[n][0]] for n in ("anchor", "target", "question")]
+    attended = [attention_of(trace, name) for name in GROUNDING_OF]
     cells = [_cells(episode, record, key, trace.patch_index) for key in DIRECTION_OBJECTS]
     answers = {"model grounding, model layout": direction_by_geometry(*attended, trace.layout)}
     if any(c is None for c in cells):
@@ -245,8 +257,6 @@ def _directions(vlm, episode, record, pixels: torch.Tensor) -> tuple[dict, float
 
 def _on_cpu(trace):
     """The trace with its tensors on the CPU (the truth lives there)."""
-    from dataclasses import replace
-
     pose = replace(trace.pose, xy=trace.pose.xy.cpu())
     layout = None if trace.layout is None else trace.layout.cpu()
     return replace(trace, attention=trace.attention.cpu(), layout=layout, pose=pose)
