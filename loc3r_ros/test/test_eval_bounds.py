@@ -17,7 +17,6 @@ from loc3r.eval.bounds import (
     POSITION_READOUTS,
     attention_of,
     direction_by_geometry,
-    first_view,
     main,
     measure,
     position_readouts,
@@ -44,13 +43,6 @@ def test_each_object_is_found_by_the_first_head_the_grounding_loss_points_at_it(
     assert attention_of(trace, "anchor").tolist() == attention[0, 0].tolist()  # <Pos>, head 0
     assert attention_of(trace, "target").tolist() == attention[1, 1].tolist()  # <Ori>, head 1
     assert attention_of(trace, "question").tolist() == attention[3, 2].tolist()  # answer, head 3
-
-
-def test_first_view_keeps_the_first_frame_that_shows_the_object():
-    frames = torch.tensor([0, 0, 1, 1, 2, 2])
-    cells = torch.tensor([False, False, True, False, True, True])
-    assert first_view(cells, frames).tolist() == [False, False, True, False, False, False]
-    assert not first_view(torch.zeros(6, dtype=torch.bool), frames).any()
 
 
 @pytest.mark.parametrize(
@@ -82,11 +74,11 @@ def test_direction_by_geometry_stands_at_the_anchor_facing_the_target(point, exp
 
 
 def test_position_readouts_swap_grounding_and_layout_one_at_a_time():
-    frames = torch.tensor([0, 0, 1, 1])
     true_xy = torch.tensor([[1.0, 0.0], [3.0, 0.0], [0.0, 2.0], [0.0, 4.0]], dtype=torch.float64)
     layout = true_xy + torch.tensor([[0.0, 0.0], [0.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
     valid = torch.tensor([True, True, True, False])
     anchor = torch.tensor([False, True, True, False])
+    anchor_first = torch.tensor([False, True, False, False])  # frame 0 of [0, 0, 1, 1]
     attention = torch.zeros(4, 2, 4)
     attention[0, 0] = torch.tensor([0.5, 0.0, 0.0, 0.5])  # head 0 of <Pos>
     trace = SimpleNamespace(
@@ -94,9 +86,8 @@ def test_position_readouts_swap_grounding_and_layout_one_at_a_time():
         layout=layout.float(),
         pose=SimpleNamespace(xy=torch.tensor([9.0, 9.0])),
     )
-    got = {
-        k: v.tolist() for k, v in position_readouts(trace, anchor, true_xy, valid, frames).items()
-    }
+    readouts = position_readouts(trace, anchor, anchor_first, true_xy, valid)
+    got = {k: v.tolist() for k, v in readouts.items()}
     assert set(got) == set(POSITION_READOUTS)
     assert got["f_pos"] == [9.0, 9.0]
     assert got["attended, model layout"] == pytest.approx([1.0, 2.0])  # (1, 0) and (1, 4)
@@ -104,7 +95,8 @@ def test_position_readouts_swap_grounding_and_layout_one_at_a_time():
     assert got["anchor first view, model layout"] == pytest.approx([3.0, 0.0])
     assert got["attended, true layout"] == pytest.approx([1.0, 0.0])  # patch 3 has no truth
     assert got["anchor, true layout"] == pytest.approx([1.5, 1.0])
-    no_anchor = position_readouts(trace, torch.zeros(4, dtype=torch.bool), true_xy, valid, frames)
+    nothing = torch.zeros(4, dtype=torch.bool)
+    no_anchor = position_readouts(trace, nothing, nothing, true_xy, valid)
     assert no_anchor["anchor, true layout"].tolist() == [9.0, 9.0]  # falls back to f_pos
 
 

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from loc3r.eval.localization import POSITION_THRESHOLDS_M, position_error
+from loc3r.eval.localization import METRIC_NAMES, POSITION_THRESHOLDS_M, position_error
 from loc3r.scenes.situations import relative_direction
 from loc3r.vlm.loc3r_vlm import GROUNDING_HEADS
 
@@ -85,20 +85,17 @@ def weighted_point(
     return (w / total) @ points.double()
 
 
-def first_view(cells: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
-    """(P,) bool cells of an object, (P,) frame of each patch -> only those in its first frame."""
-    if not bool(cells.any()):
-        return cells
-    return cells & (frames == frames[cells].min())
-
-
 def position_readouts(
-    trace, anchor: torch.Tensor, true_xy: torch.Tensor, valid: torch.Tensor, frames: torch.Tensor
+    trace,
+    anchor: torch.Tensor,
+    anchor_first: torch.Tensor,
+    true_xy: torch.Tensor,
+    valid: torch.Tensor,
 ) -> dict[str, torch.Tensor]:
     """Every read-out of POSITION_READOUTS for one situation (the trace of loc3r_vlm).
 
-    anchor (P,) bool marks the patches that show the anchor; true_xy (P, 2) and valid (P,) are the
-    patches' true layout; frames (P,) their frame.
+    anchor (P,) bool marks the patches that show the anchor, anchor_first those of them in the
+    first frame that shows it; true_xy (P, 2) and valid (P,) are the patches' true layout.
     """
     own = trace.pose.xy.double()
     attention = attention_of(trace, "anchor")
@@ -107,9 +104,7 @@ def position_readouts(
         "f_pos": own,
         "attended, model layout": weighted_point(attention, trace.layout),
         "anchor, model layout": weighted_point(on_anchor, trace.layout),
-        "anchor first view, model layout": weighted_point(
-            first_view(anchor, frames).double(), trace.layout
-        ),
+        "anchor first view, model layout": weighted_point(anchor_first.double(), trace.layout),
         "attended, true layout": weighted_point(attention, true_xy, valid),
         "anchor, true layout": weighted_point(on_anchor, true_xy, valid),
     }
@@ -147,8 +142,11 @@ def _patch_truth(episode, patch_index: torch.Tensor):
     return true_xy, valid, patch_index // cells
 
 
-def _cells(episode, record, key: str, patch_index: torch.Tensor) -> torch.Tensor | None:
-    cells = episode.cells_of(record, key)
+def _cells(
+    episode, record, key: str, patch_index: torch.Tensor, views: str = "all"
+) -> torch.Tensor | None:
+    """(P,) bool: the patch tokens showing the record's `key` object (EpisodeData.cells_of)."""
+    cells = episode.cells_of(record, key, views)
     return None if cells is None else cells.reshape(-1)[patch_index]
 
 
@@ -174,15 +172,19 @@ def measure(vlm, episodes: list, image_size: int, progress: bool = True) -> dict
                     vlm.trace_situation(pixels, episode.camera_tokens, record.situation)
                 )
                 true_xy, valid, frames = _patch_truth(episode, trace.patch_index)
-                anchor = _cells(episode, record, "anchor_id", trace.patch_index)
-                anchor = torch.zeros_like(valid) if anchor is None else anchor
+                anchor, first = (
+                    _cells(episode, record, "anchor_id", trace.patch_index, views)
+                    for views in ("all", "first")
+                )
+                if anchor is None:
+                    anchor = first = torch.zeros_like(valid)
                 in_view.append(bool(anchor.any()))
                 attention = attention_of(trace, "anchor")
                 if anchor.any():
                     mass.append(float(attention[anchor].sum()))
                     anchor_share.append(float(anchor.double().mean()))
                     top_on_anchor.append(bool(anchor[attention.argmax()]))
-                readouts = position_readouts(trace, anchor, true_xy, valid, frames)
+                readouts = position_readouts(trace, anchor, first, true_xy, valid)
                 for name, xy in readouts.items():
                     errors[name].append(position_error(record.position, xy.tolist()))
                 if len(situations) == 1:  # the layout does not depend on the situation
@@ -219,8 +221,8 @@ def measure(vlm, episodes: list, image_size: int, progress: bool = True) -> dict
         "position": {
             name: {
                 **{
-                    f"acc_{str(t).replace('.', '_')}m": sum(e < t for e in values) / count
-                    for t in POSITION_THRESHOLDS_M
+                    name: sum(e < t for e in values) / count
+                    for name, t in zip(METRIC_NAMES, POSITION_THRESHOLDS_M, strict=False)
                 },
                 "median_error_m": float(np.median(values)) if values else None,
             }
@@ -343,8 +345,7 @@ def main(argv: list[str] | None = None) -> int:
                              image_size=args.image_size),
         bundle.perception, grid, progress=not args.no_progress, camera_prior=args.camera_prior,
     )  # fmt: skip
-    with torch.inference_mode():
-        report = measure(vlm, episodes, args.image_size, progress=not args.no_progress)
+    report = measure(vlm, episodes, args.image_size, progress=not args.no_progress)
     report.update(model=args.model or "embedded", seeds=args.seeds, camera_prior=args.camera_prior,
                   seconds=round(time.perf_counter() - start, 1))  # fmt: skip
     if args.out:
