@@ -8,6 +8,8 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
 from loc3r.scenes import EpisodeConfig, make_episode
+from loc3r.train.config import TrainConfig
+from loc3r.train.pipeline import build_model
 from loc3r.train.pretrain_vision import (
     COLOUR_NAMES,
     KINDS,
@@ -17,7 +19,6 @@ from loc3r.train.pretrain_vision import (
     patch_labels,
     pretrain,
 )
-from loc3r.train.train_vlm import TrainConfig, build_model
 
 
 def test_patch_labels_follow_the_renderer():

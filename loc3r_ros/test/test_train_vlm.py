@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 import torch
 
+from loc3r.train.config import TrainConfig, lr_at
 from loc3r.train.pipeline import prepare_run
-from loc3r.train.train_vlm import TrainConfig, Trainer, batch_indices, lr_at
+from loc3r.train.train_vlm import Trainer, batch_indices
 
 TINY = [
     "--train_episodes=4", "--eval_episodes=1", "--frames=2", "--image_size=56", "--hidden=32",

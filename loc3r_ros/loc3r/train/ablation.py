@@ -32,9 +32,10 @@ from pathlib import Path
 
 import torch
 
+from loc3r.train.config import TrainConfig, module_summary
 from loc3r.train.make_default_model import EMBEDDED_RECIPE
-from loc3r.train.pipeline import Run, evaluate, prepare_run
-from loc3r.train.train_vlm import TrainConfig, Trainer, build_model
+from loc3r.train.pipeline import Run, build_model, evaluate, prepare_run
+from loc3r.train.train_vlm import Trainer
 
 VARIANTS = (
     ("situation only", {"use_camera_tokens": False, "layout_weight": 0.0}),
@@ -122,7 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     ):
         raise SystemExit("--jobs > 1 forks CPU workers (Linux, no GPU); use --jobs=1 here")
     torch.set_num_threads(1)
-    config = TrainConfig.from_args([*EMBEDDED_RECIPE, "--out=runs/ablation", *argv])
+    config = TrainConfig.from_args(
+        [*EMBEDDED_RECIPE, "--out=runs/ablation", *argv], module_summary(__doc__)
+    )
     start = time.perf_counter()
     _RUN, _CONFIG = prepare_run(config), config
     data_seconds = time.perf_counter() - start

@@ -36,12 +36,13 @@ from pathlib import Path
 import torch
 
 from loc3r.engine.models import DEFAULT_MODEL_DIR, save_bundle
+from loc3r.train.config import TrainConfig, module_summary
 from loc3r.train.pipeline import evaluate, prepare_run
 from loc3r.train.pretrain_vision import VisionPretrainConfig
 from loc3r.train.pretrain_vision import pretrain as pretrain_vision
 from loc3r.train.train_cut3r import Cut3rTrainConfig
 from loc3r.train.train_cut3r import train as train_cut3r
-from loc3r.train.train_vlm import TrainConfig, Trainer
+from loc3r.train.train_vlm import Trainer
 
 EMBEDDED_RECIPE = (
     "--out=runs/default_model",
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         items += ["--" + a[len(prefix) + 3 :] for a in argv if a.startswith(f"--{prefix}.")]
     argv = [a for a in argv if not a.startswith(("--vision.", "--cut3r."))]
     torch.set_num_threads(1)
-    config = TrainConfig.from_args([*EMBEDDED_RECIPE, *argv])
+    config = TrainConfig.from_args([*EMBEDDED_RECIPE, *argv], module_summary(__doc__))
     start = time.perf_counter()
     cut3r_report = vision_report = None
     if not config.vision_init:

@@ -15,9 +15,9 @@ from loc3r.cut3r import Cut3r, Cut3rConfig, load_cut3r
 from loc3r.engine.perception import Perception, PerceptionConfig
 from loc3r.eval.report import EvalCase, evaluate_cases
 from loc3r.scenes import EpisodeConfig
+from loc3r.train.config import TrainConfig
 from loc3r.train.synthetic_data import EpisodeData, build_episodes, corpus, train_tokenizer
-from loc3r.train.train_vlm import TrainConfig, build_model
-from loc3r.vlm import Loc3rVLM, TrainSample
+from loc3r.vlm import Loc3rVLM, Loc3rVLMConfig, LossWeights, TrainSample
 
 CUT3R_IMAGE_SIZE = 64
 
@@ -44,6 +44,86 @@ def load_or_make_cut3r(config: TrainConfig) -> Cut3r:
         return load_cut3r(config.cut3r_dir)
     torch.manual_seed(config.seed + 17)
     return Cut3r(Cut3rConfig.tiny()).eval().requires_grad_(False)
+
+
+def build_model(config: TrainConfig, tokenizer, cam_dim: int) -> Loc3rVLM:
+    """The Loc3R-VLM to train: LLaVA-Video from `base_model_dir` or a tiny one, seeded.
+
+    New parts (f_cam, heads, <Pos>/<Ori> embeddings) are random; with `lora_rank` the LLM gets
+    LoRA adapters and its own weights are frozen.
+    """
+    from loc3r.vlm.tiny import build_tiny_loc3r
+
+    torch.manual_seed(config.seed)
+    vlm_config = Loc3rVLMConfig(
+        cam_token_dim=cam_dim,
+        use_camera_tokens=config.use_camera_tokens,
+        enable_layout_head=config.layout_weight > 0,
+        max_new_tokens=8,
+        grounding_layer=config.grounding_layer,
+        position_readout=config.position_readout,
+        answer_grounding=config.answer_grounding,
+        enable_egocentric_head=config.egocentric_weight > 0,
+        weights=LossWeights(
+            bev=config.layout_weight,
+            situation=config.situation_weight,
+            ori=config.ori_weight,
+            grounding=config.grounding_weight,
+            egocentric=config.egocentric_weight,
+        ),
+    )
+    if config.base_model_dir:
+        dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+        model = Loc3rVLM.from_base(
+            config.base_model_dir, config.vision_tower_dir or config.base_model_dir, vlm_config,
+            dtype=dtype,
+        )  # fmt: skip
+        return add_lora(model, config)
+    model = build_tiny_loc3r(
+        tokenizer,
+        vlm_config,
+        hidden=config.hidden,
+        layers=config.layers,
+        heads=config.heads,
+        kv_heads=config.kv_heads,
+        intermediate=config.intermediate,
+        image_size=config.image_size,
+        vision_hidden=config.vision_hidden,
+        vision_layers=config.vision_layers,
+    )
+    if config.vision_init:
+        from safetensors.torch import load_file
+
+        from loc3r.vlm.checkpoint import load_state_strict
+
+        load_state_strict(model.base.vision_tower, load_file(config.vision_init))
+    model.base.vision_tower.requires_grad_(config.train_vision_tower)
+    return add_lora(model, config)
+
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def add_lora(model: Loc3rVLM, config: TrainConfig) -> Loc3rVLM:
+    """LoRA adapters (peft) on the LLM's linear layers when `lora_rank` > 0; LLM frozen.
+
+    The projector, f_cam, the heads and the input/output embeddings (which hold the new
+    <Pos>/<Ori> rows) stay fully trainable.
+    """
+    if config.lora_rank <= 0:
+        return model
+    try:
+        from peft import LoraConfig, inject_adapter_in_model
+    except ImportError as exc:
+        raise SystemExit("lora_rank > 0 needs the peft package: pip install peft") from exc
+    llm = model.base.language_model
+    llm.requires_grad_(False)
+    lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=0.0,
+                      target_modules=list(LORA_TARGETS))  # fmt: skip
+    inject_adapter_in_model(lora, llm.model)
+    llm.get_input_embeddings().requires_grad_(True)
+    llm.lm_head.requires_grad_(True)
+    return model
 
 
 def prepare_run(config: TrainConfig, progress: bool = True) -> Run:

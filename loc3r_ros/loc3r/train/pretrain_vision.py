@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from loc3r.scenes import EpisodeConfig, make_episode
 from loc3r.scenes.world import CATALOGUE, COLOURS
-from loc3r.train.train_vlm import config_from_args, lr_at
+from loc3r.train.config import config_from_args, lr_at
 from loc3r.vlm import frames_to_pixel_values
 from loc3r.vlm.llava_video import LlavaVideoModel
 from loc3r.vlm.tiny import tiny_llava_config

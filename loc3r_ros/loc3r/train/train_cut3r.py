@@ -36,7 +36,7 @@ from loc3r.cut3r.heads import pose_encoding_to_c2w
 from loc3r.cut3r.preprocess import preprocess_frame
 from loc3r.scenes import EpisodeConfig, make_episode
 from loc3r.scenes.render import render
-from loc3r.train.train_vlm import config_from_args, lr_at
+from loc3r.train.config import config_from_args, lr_at
 
 
 @dataclass

@@ -13,146 +13,24 @@ metrics (and TensorBoard when installed), tqdm progress.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, replace
 from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
-import yaml
 from tqdm import tqdm
 
-from loc3r.vlm import Loc3rVLM, Loc3rVLMConfig, LossWeights, TrainSample
-
-
-@dataclass
-class TrainConfig:
-    """Every knob of a training run (the YAML/CLI keys)."""
-
-    out: str = "runs/loc3r_tiny"
-    seed: int = 0
-    steps: int = 2000
-    epochs: float = 0.0  # > 0: steps = ceil(epochs * samples / batch_size) (replaces steps)
-    batch_size: int = 16  # global batch (samples per optimizer step, all processes together)
-    micro_batch: int = 8  # samples per forward pass and process
-    lr: float = 1e-3  # peak learning rate (the paper: 1e-5 for the 7B model)
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 100
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    save_every: int = 500
-    log_every: int = 10
-    # data
-    train_episodes: int = 400
-    eval_episodes: int = 40
-    eval_seed_offset: int = 1_000_000  # held-out episodes use seeds from here
-    frames: int = 8
-    image_size: int = 112
-    train_situations: int = 4  # situations per training room (held-out rooms always have 4)
-    # model (tiny): see loc3r.vlm.tiny
-    hidden: int = 128
-    layers: int = 4
-    heads: int = 4
-    kv_heads: int = 2
-    intermediate: int = 384
-    vision_hidden: int = 64
-    vision_layers: int = 2
-    vocab_size: int = 600
-    # objective / ablations
-    use_camera_tokens: bool = True
-    # SigLIP is frozen in the paper because it is pretrained; a tiny tower built from scratch
-    # has learned nothing to keep, so the embedded model trains it (true for it, false for 7B)
-    train_vision_tower: bool = False
-    vision_init: str = ""  # tiny tower weights from loc3r.train.pretrain_vision (safetensors)
-    layout_weight: float = 0.05  # 0 disables the layout loss (and head)
-    situation_weight: float = 0.075
-    ori_weight: float = 3.5
-    # attention supervision of <Pos>, <Ori> and the answer (not in the paper; see loc3r_vlm):
-    # synthetic rooms only (their records name the objects), 0 = off
-    grounding_weight: float = 0.0
-    grounding_layer: int = -1
-    # "attended_layout" (ours): position = layout of the patches <Pos>'s grounding head attends
-    # to, plus f_pos's offset; "hidden": f_pos alone (the paper)
-    position_readout: str = "hidden"
-    # what the answer token's grounding heads look at: "question" (its object) or "situation"
-    # (also the anchor and the faced object; ours, see loc3r_vlm)
-    answer_grounding: str = "question"
-    # the question's object in the agent's frame, regressed at the answer's first token (ours;
-    # synthetic rooms, whose records know the object), 0 = off
-    egocentric_weight: float = 0.0
-    grounding_views: str = "all"  # "all": every frame showing the object; "first": only the
-    # first frame that shows it (its layout needs the least camera motion: CUT3R's pose drifts)
-    cut3r_dir: str = ""  # our CUT3R directory or an official .pth; "" = a seeded random tiny one
-    cut3r_image_size: int = 64  # CUT3R input long edge (512 for the official DPT checkpoint)
-    # "oracle": camera tokens state the true poses instead of CUT3R's (synthetic rooms only):
-    # what the VLM reaches with a perfect camera prior, an upper bound, never a bundle
-    camera_prior: str = "cut3r"
-    tokenizer_dir: str = ""  # "" = train one on the synthetic corpus into <out>/tokenizer
-    # real models and data (the paper's recipe: see config/train_paper.yaml)
-    base_model_dir: str = ""  # LLaVA-Video checkpoint (lmms-lab/LLaVA-Video-7B-Qwen2); "" = tiny
-    vision_tower_dir: str = ""  # its SigLIP (google/siglip-so400m-patch14-384)
-    data_root: str = ""  # a dataset in our format (loc3r.datasets); "" = synthetic rooms
-    train_split: str = "train"
-    eval_split: str = "val"
-    max_scenes: int = 0  # 0 = all scenes of a split
-    lora_rank: int = 0  # > 0: LoRA adapters on the LLM's attention/MLP (peft), LLM frozen
-    lora_alpha: float = 16.0
-    parallel: str = "ddp"  # ddp | fsdp (shards the model across GPUs; for the 7B model)
-
-    @classmethod
-    def from_args(cls, argv: list[str] | None = None) -> TrainConfig:
-        """Defaults, then --config YAML, then --key=value overrides (type-checked)."""
-        return config_from_args(cls, argv)
-
-
-def config_from_args(cls, argv: list[str] | None = None):
-    """A config dataclass from defaults, then --config YAML, then --key=value (type-checked)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="YAML file with TrainConfig keys")
-    known, rest = parser.parse_known_args(argv)
-    values = asdict(cls())
-    if known.config:
-        loaded = yaml.safe_load(Path(known.config).read_text()) or {}
-        unknown = set(loaded) - set(values)
-        if unknown:
-            raise SystemExit(f"unknown keys in {known.config}: {sorted(unknown)}")
-        values.update(loaded)
-    types = {f.name: type(values[f.name]) for f in fields(cls)}
-    for item in rest:
-        if not item.startswith("--") or "=" not in item:
-            raise SystemExit(f"expected --key=value, got {item!r}")
-        key, text = item[2:].split("=", 1)
-        key = key.replace("-", "_")
-        if key not in types:
-            raise SystemExit(f"unknown key {key!r} (see TrainConfig)")
-        kind = types[key]
-        if kind is bool:
-            if text.lower() not in ("true", "false", "1", "0"):
-                raise SystemExit(f"--{key} takes true/false, got {text!r}")
-            values[key] = text.lower() in ("true", "1")
-        else:
-            try:
-                values[key] = kind(text)
-            except ValueError:
-                raise SystemExit(f"--{key} takes {kind.__name__}, got {text!r}") from None
-    return cls(**values)
-
-
-def lr_at(step: int, config: TrainConfig) -> float:
-    """Linear warm-up then cosine decay to min_lr_ratio * lr (a pure function of the step)."""
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-    cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
+from loc3r.train.config import TrainConfig, lr_at, module_summary
+from loc3r.train.pipeline import prepare_run
+from loc3r.vlm import Loc3rVLM, TrainSample
 
 
 def batch_indices(step: int, num_samples: int, batch: int, seed: int) -> list[int]:
@@ -161,86 +39,6 @@ def batch_indices(step: int, num_samples: int, batch: int, seed: int) -> list[in
     epoch, offset = divmod(step, per_epoch)
     order = np.random.default_rng(seed + epoch).permutation(num_samples)
     return order[offset * batch : (offset + 1) * batch].tolist()
-
-
-def build_model(config: TrainConfig, tokenizer, cam_dim: int) -> Loc3rVLM:
-    """The Loc3R-VLM to train: LLaVA-Video from `base_model_dir` or a tiny one, seeded.
-
-    New parts (f_cam, heads, <Pos>/<Ori> embeddings) are random; with `lora_rank` the LLM gets
-    LoRA adapters and its own weights are frozen.
-    """
-    from loc3r.vlm.tiny import build_tiny_loc3r
-
-    torch.manual_seed(config.seed)
-    vlm_config = Loc3rVLMConfig(
-        cam_token_dim=cam_dim,
-        use_camera_tokens=config.use_camera_tokens,
-        enable_layout_head=config.layout_weight > 0,
-        max_new_tokens=8,
-        grounding_layer=config.grounding_layer,
-        position_readout=config.position_readout,
-        answer_grounding=config.answer_grounding,
-        enable_egocentric_head=config.egocentric_weight > 0,
-        weights=LossWeights(
-            bev=config.layout_weight,
-            situation=config.situation_weight,
-            ori=config.ori_weight,
-            grounding=config.grounding_weight,
-            egocentric=config.egocentric_weight,
-        ),
-    )
-    if config.base_model_dir:
-        dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-        model = Loc3rVLM.from_base(
-            config.base_model_dir, config.vision_tower_dir or config.base_model_dir, vlm_config,
-            dtype=dtype,
-        )  # fmt: skip
-        return add_lora(model, config)
-    model = build_tiny_loc3r(
-        tokenizer,
-        vlm_config,
-        hidden=config.hidden,
-        layers=config.layers,
-        heads=config.heads,
-        kv_heads=config.kv_heads,
-        intermediate=config.intermediate,
-        image_size=config.image_size,
-        vision_hidden=config.vision_hidden,
-        vision_layers=config.vision_layers,
-    )
-    if config.vision_init:
-        from safetensors.torch import load_file
-
-        from loc3r.vlm.checkpoint import load_state_strict
-
-        load_state_strict(model.base.vision_tower, load_file(config.vision_init))
-    model.base.vision_tower.requires_grad_(config.train_vision_tower)
-    return add_lora(model, config)
-
-
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-def add_lora(model: Loc3rVLM, config: TrainConfig) -> Loc3rVLM:
-    """LoRA adapters (peft) on the LLM's linear layers when `lora_rank` > 0; LLM frozen.
-
-    The projector, f_cam, the heads and the input/output embeddings (which hold the new
-    <Pos>/<Ori> rows) stay fully trainable.
-    """
-    if config.lora_rank <= 0:
-        return model
-    try:
-        from peft import LoraConfig, inject_adapter_in_model
-    except ImportError as exc:
-        raise SystemExit("lora_rank > 0 needs the peft package: pip install peft") from exc
-    llm = model.base.language_model
-    llm.requires_grad_(False)
-    lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=0.0,
-                      target_modules=list(LORA_TARGETS))  # fmt: skip
-    inject_adapter_in_model(lora, llm.model)
-    llm.get_input_embeddings().requires_grad_(True)
-    llm.lm_head.requires_grad_(True)
-    return model
 
 
 def shard_model(model: Loc3rVLM, device: torch.device) -> Loc3rVLM:
@@ -459,9 +257,7 @@ class Trainer:
 
 def main(argv: list[str] | None = None) -> int:
     """Build data and model, train, save the final model."""
-    from loc3r.train.pipeline import prepare_run
-
-    config = TrainConfig.from_args(argv)
+    config = TrainConfig.from_args(argv, module_summary(__doc__))
     run = prepare_run(config)
     if config.epochs > 0:
         steps = math.ceil(config.epochs * len(run.train_samples) / config.batch_size)

@@ -1,0 +1,154 @@
+"""Training configuration: TrainConfig, config classes from YAML/CLI, the learning-rate schedule."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import TypeVar
+
+import yaml
+
+ConfigT = TypeVar("ConfigT")
+
+
+def module_summary(doc: str | None) -> str:
+    """The first line of a module docstring ("" without one)."""
+    return doc.strip().splitlines()[0] if doc and doc.strip() else ""
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a training run (the YAML/CLI keys)."""
+
+    out: str = "runs/loc3r_tiny"
+    seed: int = 0
+    steps: int = 2000
+    epochs: float = 0.0  # > 0: steps = ceil(epochs * samples / batch_size) (replaces steps)
+    batch_size: int = 16  # global batch (samples per optimizer step, all processes together)
+    micro_batch: int = 8  # samples per forward pass and process
+    lr: float = 1e-3  # peak learning rate (the paper: 1e-5 for the 7B model)
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    save_every: int = 500
+    log_every: int = 10
+    # data
+    train_episodes: int = 400
+    eval_episodes: int = 40
+    eval_seed_offset: int = 1_000_000  # held-out episodes use seeds from here
+    frames: int = 8
+    image_size: int = 112
+    train_situations: int = 4  # situations per training room (held-out rooms always have 4)
+    # model (tiny): see loc3r.vlm.tiny
+    hidden: int = 128
+    layers: int = 4
+    heads: int = 4
+    kv_heads: int = 2
+    intermediate: int = 384
+    vision_hidden: int = 64
+    vision_layers: int = 2
+    vocab_size: int = 600
+    # objective / ablations
+    use_camera_tokens: bool = True
+    # SigLIP is frozen in the paper because it is pretrained; a tiny tower built from scratch
+    # has learned nothing to keep, so the embedded model trains it (true for it, false for 7B)
+    train_vision_tower: bool = False
+    vision_init: str = ""  # tiny tower weights from loc3r.train.pretrain_vision (safetensors)
+    layout_weight: float = 0.05  # 0 disables the layout loss (and head)
+    situation_weight: float = 0.075
+    ori_weight: float = 3.5
+    # attention supervision of <Pos>, <Ori> and the answer (not in the paper; see loc3r_vlm):
+    # synthetic rooms only (their records name the objects), 0 = off
+    grounding_weight: float = 0.0
+    grounding_layer: int = -1
+    # "attended_layout" (ours): position = layout of the patches <Pos>'s grounding head attends
+    # to, plus f_pos's offset; "hidden": f_pos alone (the paper)
+    position_readout: str = "hidden"
+    # what the answer token's grounding heads look at: "question" (its object) or "situation"
+    # (also the anchor and the faced object; ours, see loc3r_vlm)
+    answer_grounding: str = "question"
+    # the question's object in the agent's frame, regressed at the answer's first token (ours;
+    # synthetic rooms, whose records know the object), 0 = off
+    egocentric_weight: float = 0.0
+    grounding_views: str = "all"  # "all": every frame showing the object; "first": only the
+    # first frame that shows it (its layout needs the least camera motion: CUT3R's pose drifts)
+    cut3r_dir: str = ""  # our CUT3R directory or an official .pth; "" = a seeded random tiny one
+    cut3r_image_size: int = 64  # CUT3R input long edge (512 for the official DPT checkpoint)
+    # "oracle": camera tokens state the true poses instead of CUT3R's (synthetic rooms only):
+    # what the VLM reaches with a perfect camera prior, an upper bound, never a bundle
+    camera_prior: str = "cut3r"
+    tokenizer_dir: str = ""  # "" = train one on the synthetic corpus into <out>/tokenizer
+    # real models and data (the paper's recipe: see config/train_paper.yaml)
+    base_model_dir: str = ""  # LLaVA-Video checkpoint (lmms-lab/LLaVA-Video-7B-Qwen2); "" = tiny
+    vision_tower_dir: str = ""  # its SigLIP (google/siglip-so400m-patch14-384)
+    data_root: str = ""  # a dataset in our format (loc3r.datasets); "" = synthetic rooms
+    train_split: str = "train"
+    eval_split: str = "val"
+    max_scenes: int = 0  # 0 = all scenes of a split
+    lora_rank: int = 0  # > 0: LoRA adapters on the LLM's attention/MLP (peft), LLM frozen
+    lora_alpha: float = 16.0
+    parallel: str = "ddp"  # ddp | fsdp (shards the model across GPUs; for the 7B model)
+
+    @classmethod
+    def from_args(
+        cls, argv: list[str] | None = None, description: str | None = None
+    ) -> TrainConfig:
+        """Defaults, then --config YAML, then --key=value overrides (type-checked).
+
+        `description` is the --help line of the command parsing it (see config_from_args).
+        """
+        return config_from_args(cls, argv, description)
+
+
+def config_from_args(
+    cls: type[ConfigT], argv: list[str] | None = None, description: str | None = None
+) -> ConfigT:
+    """A config dataclass from defaults, then --config YAML, then --key=value (type-checked).
+
+    --help prints `description`; by default the first line of the docstring of the module that
+    defines `cls` (a command's own config class sits in the command's module).
+    """
+    if description is None:
+        description = module_summary(sys.modules[cls.__module__].__doc__)
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", help=f"YAML file with {cls.__name__} keys")
+    known, rest = parser.parse_known_args(argv)
+    values = asdict(cls())
+    if known.config:
+        loaded = yaml.safe_load(Path(known.config).read_text()) or {}
+        unknown = set(loaded) - set(values)
+        if unknown:
+            raise SystemExit(f"unknown keys in {known.config}: {sorted(unknown)}")
+        values.update(loaded)
+    types = {f.name: type(values[f.name]) for f in fields(cls)}
+    for item in rest:
+        if not item.startswith("--") or "=" not in item:
+            raise SystemExit(f"expected --key=value, got {item!r}")
+        key, text = item[2:].split("=", 1)
+        key = key.replace("-", "_")
+        if key not in types:
+            raise SystemExit(f"unknown key {key!r} (see {cls.__name__})")
+        kind = types[key]
+        if kind is bool:
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise SystemExit(f"--{key} takes true/false, got {text!r}")
+            values[key] = text.lower() in ("true", "1")
+        else:
+            try:
+                values[key] = kind(text)
+            except ValueError:
+                raise SystemExit(f"--{key} takes {kind.__name__}, got {text!r}") from None
+    return cls(**values)
+
+
+def lr_at(step: int, config: TrainConfig) -> float:
+    """Linear warm-up then cosine decay to min_lr_ratio * lr (a pure function of the step)."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
