@@ -16,7 +16,11 @@ import numpy as np
 from loc3r.engine.scene_frame import SceneFrame, bev_frame
 from loc3r.scenes.render import Frame, camera_pose, intrinsics, render
 from loc3r.scenes.situations import QARecord, make_questions, make_situation
+from loc3r.scenes.textures import RoomLook, make_look
 from loc3r.scenes.world import Room, free_floor_points, generate_room
+
+LOOKS = ("flat", "textured")
+WALKS = ("sweep", "scan")
 
 
 @dataclass
@@ -30,6 +34,17 @@ class EpisodeConfig:
     pitch_deg: tuple[float, float] = (-20.0, 0.0)  # negative looks down
     roll_deg: float = 3.0  # max |roll|
     situations: int = 4  # situations per episode (each with several questions)
+    look: str = "flat"  # "flat": plain colours; "textured": wallpaper, wood, pictures (textures.py)
+    walk: str = "sweep"  # "sweep": one turn left over the walk; "scan": a smooth scan (scan_walk)
+    max_turn_deg: float = 15.0  # scan walks: at most this much turning between frames
+
+    def __post_init__(self) -> None:
+        if self.look not in LOOKS:
+            raise ValueError(f"look={self.look!r}: expected one of {LOOKS}")
+        if self.walk not in WALKS:
+            raise ValueError(f"walk={self.walk!r}: expected one of {WALKS}")
+        if self.frames < 1 or self.image_size < 8:
+            raise ValueError("an episode needs frames >= 1 and image_size >= 8")
 
 
 @dataclass
@@ -41,10 +56,22 @@ class Episode:
     frames: list[Frame]
     frame: SceneFrame  # BEV frame (from the first camera and true gravity)
     records: list[QARecord] = field(default_factory=list)  # positions/yaws in BEV
+    look: RoomLook | None = None  # None: flat colours
 
 
 def camera_walk(room: Room, config: EpisodeConfig, rng: np.random.Generator) -> list[np.ndarray]:
-    """Camera-to-world poses of a walk: waypoints on free floor, looking around as it goes."""
+    """Camera-to-world poses of the configured walk (`config.walk`)."""
+    if config.walk == "scan":
+        return scan_walk(room, config, rng)
+    return sweep_walk(room, config, rng)
+
+
+def sweep_walk(room: Room, config: EpisodeConfig, rng: np.random.Generator) -> list[np.ndarray]:
+    """Waypoints on free floor, turning 270-400 degrees left over the walk, a new pitch per frame.
+
+    The embedded default model's training walk. Every walk turns the same way, so a model can
+    learn the turning as a prior instead of matching frames; `scan_walk` does not allow that.
+    """
     waypoints = free_floor_points(room, rng, 4, clearance=0.45)
     if len(waypoints) < 2:
         waypoints = np.array([[room.width / 2, room.depth / 2]] * 2)
@@ -65,6 +92,48 @@ def camera_walk(room: Room, config: EpisodeConfig, rng: np.random.Generator) -> 
     return poses
 
 
+def scan_walk(room: Room, config: EpisodeConfig, rng: np.random.Generator) -> list[np.ndarray]:
+    """A hand-held scan: smooth turns either way, pauses, a step back, a look around.
+
+    Consecutive frames overlap as in a scan video: the heading changes by at most
+    `config.max_turn_deg` between frames, pitch and roll drift smoothly, and the camera moves at
+    walking pace between waypoints on free floor (sometimes it stops, sometimes it backs up).
+    """
+    count = config.frames
+    waypoints = free_floor_points(room, rng, int(rng.integers(2, 4)), clearance=0.45)
+    if len(waypoints) < 2:
+        waypoints = np.array([[room.width / 2, room.depth / 2]] * 2)
+    # progress along the waypoint polyline: walk, pause, back up a little, walk on
+    speed = rng.uniform(0.5, 1.0, count)
+    speed[rng.random(count) < 0.2] = 0.0  # pauses
+    speed[rng.random(count) < 0.1] *= -0.6  # steps back
+    speed[0] = 0.0
+    progress = np.cumsum(speed)
+    span = progress.max() - progress.min()
+    progress = (progress - progress.min()) / span if span > 0 else np.zeros(count)
+    steps = progress * (len(waypoints) - 1)
+    positions = np.stack(
+        [np.interp(steps, np.arange(len(waypoints)), waypoints[:, k]) for k in range(2)], axis=1
+    )
+    # heading: a smooth turn either way plus a look-around, capped per frame
+    t = np.linspace(0.0, 1.0, count)
+    to_centre = np.array([room.width / 2, room.depth / 2]) - positions[0]
+    start_yaw = math.atan2(to_centre[1], to_centre[0]) + rng.uniform(-1.0, 1.0)
+    turn = rng.choice([-1.0, 1.0]) * rng.uniform(0.4 * math.pi, 1.2 * math.pi)
+    look_around = rng.uniform(0.0, 0.5) * np.sin(2 * math.pi * rng.uniform(0.5, 2.0) * t)
+    yaw = start_yaw + turn * (t - np.sin(2 * math.pi * t) / (2 * math.pi)) + look_around
+    cap = math.radians(config.max_turn_deg)
+    yaw = yaw[0] + np.concatenate([[0.0], np.cumsum(np.clip(np.diff(yaw), -cap, cap))])
+    drift = np.cumsum(rng.normal(0.0, 1.5, (count, 2)), axis=0)  # degrees, a random walk
+    pitch = np.clip(np.mean(config.pitch_deg) + drift[:, 0], *config.pitch_deg)
+    roll = np.clip(drift[:, 1] * 0.5, -config.roll_deg, config.roll_deg)
+    height = rng.uniform(*config.camera_height) + np.cumsum(rng.normal(0.0, 0.005, count))
+    return [
+        camera_pose(np.array([x, y, h]), a, math.radians(p), math.radians(r))
+        for (x, y), h, a, p, r in zip(positions, height, yaw, pitch, roll, strict=True)
+    ]
+
+
 def make_episode(seed: int, config: EpisodeConfig | None = None) -> Episode:
     """Room, walk, frames and situated questions for `seed` (deterministic)."""
     config = config or EpisodeConfig()
@@ -72,9 +141,10 @@ def make_episode(seed: int, config: EpisodeConfig | None = None) -> Episode:
     room = generate_room(seed)
     K = intrinsics(config.image_size, config.fov_deg)  # noqa: N806
     size = (config.image_size, config.image_size)
-    frames = [render(room, pose, K, size) for pose in camera_walk(room, config, rng)]
+    look = make_look(room, seed) if config.look == "textured" else None
+    frames = [render(room, pose, K, size, look) for pose in camera_walk(room, config, rng)]
     frame = bev_frame(frames[0].pose_c2w, np.array([0.0, 0.0, 1.0]), "given")
-    episode = Episode(seed, room, frames, frame)
+    episode = Episode(seed, room, frames, frame, look=look)
     # heading of the BEV x axis in the world: yaw_bev = yaw_world - heading0
     heading0 = math.atan2(frame.bev_from_world[0, 1], frame.bev_from_world[0, 0])
     for _ in range(config.situations * 3):

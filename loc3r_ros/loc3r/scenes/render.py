@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from loc3r.scenes.textures import RoomLook, shade
 from loc3r.scenes.world import COLOURS, Room
 
 LIGHT = np.array([0.3, 0.5, 0.81])
@@ -111,8 +112,14 @@ def cast_rays(room: Room, origin: np.ndarray, d: np.ndarray):
     return t_best, normal, colour, surface, object_id
 
 
-def render(room: Room, pose_c2w: np.ndarray, K: np.ndarray, size: tuple[int, int]) -> Frame:  # noqa: N803
-    """Render one frame of `room` from a camera inside it."""
+def render(
+    room: Room,
+    pose_c2w: np.ndarray,
+    K: np.ndarray,  # noqa: N803
+    size: tuple[int, int],
+    look: RoomLook | None = None,
+) -> Frame:
+    """Render one frame of `room` from a camera inside it (flat colours unless a `look`)."""
     height, width = size
     u, v = np.meshgrid(np.arange(width) + 0.5, np.arange(height) + 0.5)
     d_cam = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], -1)
@@ -121,8 +128,11 @@ def render(room: Room, pose_c2w: np.ndarray, K: np.ndarray, size: tuple[int, int
     d = d_cam @ rotation.T  # world directions; the ray parameter t is the z-depth
     t_best, normal, colour, surface, object_id = cast_rays(room, origin, d)
     points = origin + d * t_best[:, None]
-    lambert = 0.55 + 0.45 * np.abs(normal @ LIGHT)
-    shade = lambert * _texture(points, normal, surface)
-    rgb = np.clip(colour * shade[:, None], 0, 255).astype(np.uint8).reshape(height, width, 3)
+    if look is None:
+        lambert = 0.55 + 0.45 * np.abs(normal @ LIGHT)
+        shaded = colour * (lambert * _texture(points, normal, surface))[:, None]
+    else:
+        shaded = shade(look, room, points, normal, colour, surface, object_id)
+    rgb = np.clip(shaded, 0, 255).astype(np.uint8).reshape(height, width, 3)
     depth = t_best.astype(np.float32).reshape(height, width)
     return Frame(rgb, depth, object_id.reshape(height, width), pose_c2w.copy(), K.copy())
