@@ -1,7 +1,7 @@
 """Camera poses from two-view geometry (OpenCV): a pose source that matches frames.
 
-For each new frame, SIFT features are matched against earlier frames (the one sharing the most
-matches first) and the relative pose is solved:
+For each new frame, SIFT features are matched against earlier frames, the relative pose is solved
+with the few that share the most matches, and the one with the most geometric inliers is kept:
 - if the matches fit a pure rotation (a homography K R K^-1) to within `static_px`, the camera
   only turned (or stood still): that rotation and no translation, so a still camera stays still;
 - otherwise the essential matrix (RANSAC) gives the rotation and the direction of travel, and a
@@ -33,14 +33,50 @@ class OdometryConfig:
     ransac_px: float = 1.0  # essential-matrix RANSAC threshold, pixels
     static_px: float = 0.75  # median residual of a rotation-only fit below this: no translation
     max_references: int = 4  # earlier frames tried per new frame (most shared matches first)
+    window: int = 16  # earlier frames kept to match against (bounded memory and time)
 
     def __post_init__(self) -> None:
         if not 0 < self.ratio < 1:
             raise ValueError("ratio must be in (0, 1)")
         if self.min_inliers < 5 or self.max_features < self.min_inliers:
             raise ValueError("need min_inliers >= 5 and max_features >= min_inliers")
-        if self.ransac_px <= 0 or self.static_px < 0 or self.max_references < 1:
-            raise ValueError("ransac_px > 0, static_px >= 0 and max_references >= 1 are required")
+        if self.ransac_px <= 0 or self.static_px < 0 or self.max_references < 1 or self.window < 1:
+            raise ValueError("need ransac_px > 0, static_px >= 0, max_references >= 1, window >= 1")
+
+
+@dataclass
+class DepthMap:
+    """A z-depth map (metres) and the affine map from image pixels to its pixels.
+
+    CUT3R sees a resized, centre-cropped copy of the image: `from_crop` builds the map from
+    the pre-processing's sizes; `DepthMap(depth)` is a map on the image's own pixel grid.
+    """
+
+    depth: np.ndarray  # (h, w) metres; non-finite or <= 0 = unknown
+    scale: tuple[float, float] = (1.0, 1.0)  # depth-map pixels per image pixel (x, y)
+    offset: tuple[float, float] = (0.0, 0.0)  # depth-map position of image pixel (0, 0)
+
+    @classmethod
+    def from_crop(
+        cls,
+        depth: np.ndarray,
+        image_hw: tuple[int, int],
+        resized_hw: tuple[int, int],
+        crop_xy: tuple[int, int],
+    ) -> DepthMap:
+        """The depth of a crop at `crop_xy` of the image resized from `image_hw` to `resized_hw`."""
+        sx, sy = resized_hw[1] / image_hw[1], resized_hw[0] / image_hw[0]
+        return cls(depth, (sx, sy), (-crop_xy[0], -crop_xy[1]))
+
+    def sample(self, points: np.ndarray) -> np.ndarray:
+        """(N,) depth at image pixel positions (x, y); NaN outside the map or unknown."""
+        height, width = self.depth.shape
+        cols = np.floor(points[:, 0] * self.scale[0] + self.offset[0]).astype(int)
+        rows = np.floor(points[:, 1] * self.scale[1] + self.offset[1]).astype(int)
+        inside = (cols >= 0) & (cols < width) & (rows >= 0) & (rows < height)
+        values = np.full(len(points), np.nan)
+        values[inside] = self.depth[rows[inside], cols[inside]]
+        return np.where(values > 0, values, np.nan)
 
 
 @dataclass
@@ -112,12 +148,11 @@ class TwoViewGeometry:
         points_a: np.ndarray,
         points_b: np.ndarray,
         K: np.ndarray,  # noqa: N803
-        depth_a: np.ndarray | None = None,
+        depth_a: DepthMap | None = None,
     ) -> PairPose | None:
         """The pose of b relative to a from matched pixels, or None when it does not register.
 
-        `depth_a` (any resolution, z-depth in metres, same field of view as the image) gives
-        the translation its scale.
+        `depth_a`, frame a's depth, gives the translation its scale.
         """
         cfg = self.config
         if len(points_a) < cfg.min_inliers:
@@ -170,19 +205,15 @@ class TwoViewGeometry:
         K: np.ndarray,  # noqa: N803
         rotation: np.ndarray,
         t: np.ndarray,
-        depth_a: np.ndarray,
+        depth_a: DepthMap,
     ) -> float | None:
         """Metres per unit baseline: median of depth_a over the triangulated depth."""
         projection_a = K @ np.hstack([np.eye(3), np.zeros((3, 1))])
         projection_b = K @ np.hstack([rotation, t.reshape(3, 1)])
         homogeneous = cv2.triangulatePoints(projection_a, projection_b, points_a.T, points_b.T)
         z = homogeneous[2] / homogeneous[3]
-        height, width = depth_a.shape
-        image_w, image_h = 2 * K[0, 2], 2 * K[1, 2]
-        cols = np.clip((points_a[:, 0] * width / image_w).astype(int), 0, width - 1)
-        rows = np.clip((points_a[:, 1] * height / image_h).astype(int), 0, height - 1)
-        measured = depth_a[rows, cols]
-        good = (z > 1e-6) & np.isfinite(measured) & (measured > 0)
+        measured = depth_a.sample(points_a)
+        good = (z > 1e-6) & np.isfinite(measured)
         if good.sum() < 5:
             return None
         return float(np.median(measured[good] / z[good]))
@@ -210,32 +241,84 @@ class VisualOdometry:
 
     def __init__(self, K: np.ndarray, config: OdometryConfig | None = None) -> None:  # noqa: N803
         self.K = np.asarray(K, dtype=np.float64)
+        if self.K.shape != (3, 3) or not np.isfinite(self.K).all() or self.K[0, 0] <= 0:
+            raise ValueError(f"K must be a finite 3x3 intrinsics matrix, got {self.K!r}")
         self.geometry = TwoViewGeometry(config)
         self.frames: list[OdometryFrame] = []
-        self._features: list[Features] = []
-        self._depths: list[np.ndarray | None] = []
+        self._recent: list[tuple[int, Features, DepthMap | None]] = []  # the last `window`
 
-    def add(self, image: np.ndarray, depth: np.ndarray | None = None) -> OdometryFrame:
-        """Register a frame (with an optional z-depth map for scale) and return its pose."""
+    def add(
+        self,
+        image: np.ndarray,
+        depth: DepthMap | None = None,
+        fallback_pose: np.ndarray | None = None,
+    ) -> OdometryFrame:
+        """Register a frame and return its pose.
+
+        `depth` (the frame's depth) scales later frames' translations; `fallback_pose` is the
+        pose to keep when no earlier frame registers (default: the latest frame's pose).
+        """
         features = self.geometry.features(image)
-        result = self._register(features)
+        result = self._register(features, fallback_pose)
         self.frames.append(result)
-        self._features.append(features)
-        self._depths.append(depth)
+        self._recent.append((len(self.frames) - 1, features, depth))
+        del self._recent[: -self.geometry.config.window]
         return result
 
-    def _register(self, features: Features) -> OdometryFrame:
+    def _register(self, features: Features, fallback_pose: np.ndarray | None) -> OdometryFrame:
         if not self.frames:
             return OdometryFrame(np.eye(4), -1, True, False, len(features.points))
-        matches = [self.geometry.match(f, features) for f in self._features]
+        matches = [self.geometry.match(f, features) for _, f, _ in self._recent]
         order = sorted(range(len(matches)), key=lambda i: (-len(matches[i][0]), -i))
-        for index in order[: self.geometry.config.max_references]:
-            points_a, points_b = matches[index]
-            pair = self.geometry.relative_pose(points_a, points_b, self.K, self._depths[index])
+        best: tuple[int, PairPose] | None = None  # the candidate with the most inliers
+        for slot in order[: self.geometry.config.max_references]:
+            index, _, depth = self._recent[slot]
+            pair = self.geometry.relative_pose(*matches[slot], self.K, depth)
+            if pair is not None and (best is None or pair.inliers > best[1].inliers):
+                best = (index, pair)
+        if best is not None:
+            index, pair = best
+            pose = self.frames[index].pose_c2w @ pair.b_to_a()
+            return OdometryFrame(pose, index, True, pair.static, pair.inliers)
+        latest = len(self.frames) - 1
+        pose = self.frames[latest].pose_c2w if fallback_pose is None else fallback_pose
+        return OdometryFrame(np.array(pose, dtype=np.float64), latest, False, False, 0)
+
+
+def batch_poses(
+    images: list[np.ndarray],
+    K: np.ndarray,  # noqa: N803
+    depths: list[DepthMap | None] | None = None,
+    config: OdometryConfig | None = None,
+) -> list[np.ndarray | None]:
+    """Poses of a set of frames (first frame = identity), whatever their order.
+
+    Every pair is registered; the poses follow the tree of strongest pairs (most inliers)
+    grown from the first frame, so shuffling the other frames changes nothing. A frame that
+    registers with none of the tree's frames gets None.
+    """
+    geometry = TwoViewGeometry(config)
+    depths = depths or [None] * len(images)
+    features = [geometry.features(image) for image in images]
+    pairs: dict[tuple[int, int], PairPose] = {}
+    for a in range(len(images)):
+        for b in range(a + 1, len(images)):
+            pair = geometry.relative_pose(*geometry.match(features[a], features[b]), K, depths[a])
             if pair is not None:
-                pose = self.frames[index].pose_c2w @ pair.b_to_a()
-                return OdometryFrame(pose, index, True, pair.static, pair.inliers)
-        return OdometryFrame(self.frames[-1].pose_c2w.copy(), len(self.frames) - 1, False, False, 0)
+                pairs[(a, b)] = pair
+    poses: list[np.ndarray | None] = [None] * len(images)
+    poses[0] = np.eye(4)
+    while True:  # Prim's maximum spanning tree, weighted by inliers
+        edges = [(pair.inliers, a, b) for (a, b), pair in pairs.items()
+                 if (poses[a] is None) != (poses[b] is None)]  # fmt: skip
+        if not edges:
+            return poses
+        _, a, b = max(edges)
+        b_in_a = pairs[(a, b)].b_to_a()
+        if poses[a] is not None:
+            poses[b] = poses[a] @ b_in_a
+        else:
+            poses[a] = poses[b] @ np.linalg.inv(b_in_a)
 
 
 def registration_rate(images: list[np.ndarray], K: np.ndarray, min_inliers: int = 30) -> float:  # noqa: N803
