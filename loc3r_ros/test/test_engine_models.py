@@ -70,3 +70,20 @@ def test_load_errors_name_the_problem(bundle_dir, tmp_path, monkeypatch):
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     with pytest.raises(ModelLoadError, match="CUDA is not available"):
         resolve_device("cuda")
+
+
+def test_the_bundle_chooses_the_pose_source(bundle_dir, tmp_path):
+    import shutil
+
+    from loc3r.engine.models import DEFAULT_MODEL_DIR, read_bundle_spec
+
+    assert load_bundle(bundle_dir).perception.config.pose_source == "cut3r"  # the default
+    assert read_bundle_spec(DEFAULT_MODEL_DIR)["pose_source"] == "geometric"  # the embedded one
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle_dir, copy)
+    spec = json.loads((copy / "bundle.json").read_text())
+    (copy / "bundle.json").write_text(json.dumps({**spec, "pose_source": "geometric"}))
+    assert load_bundle(copy).perception.config.pose_source == "geometric"
+    (copy / "bundle.json").write_text(json.dumps({**spec, "pose_source": "lidar"}))
+    with pytest.raises(ModelLoadError, match="pose_source='lidar'"):
+        load_bundle(copy)

@@ -73,3 +73,64 @@ def test_worker_survives_a_bad_frame(perception):
         assert bad.perception is None and good.perception is not None
     finally:
         worker.close()
+
+
+@pytest.fixture(scope="module")
+def shipped_cut3r():
+    from loc3r.cut3r import load_cut3r
+    from loc3r.engine.models import DEFAULT_MODEL_DIR
+
+    return load_cut3r(DEFAULT_MODEL_DIR / "cut3r")
+
+
+def test_geometric_pose_source_follows_a_held_out_walk_with_the_shipped_cut3r(shipped_cut3r):
+    """Poses from two-view geometry, scaled by the shipped tiny CUT3R's depth, focal read off it."""
+    from scipy.spatial.transform import Rotation
+
+    from loc3r.scenes import EpisodeConfig, make_episode
+
+    config = EpisodeConfig(frames=8, image_size=224, look="textured", walk="scan")
+    errors = {"cut3r": [], "geometric": []}
+    for seed in range(910_000, 910_004):
+        episode = make_episode(seed, config)
+        first = np.linalg.inv(episode.frames[0].pose_c2w)
+        for source, found in errors.items():
+            stream = Perception(shipped_cut3r, PerceptionConfig(image_size=64, pose_source=source))
+            for frame in episode.frames:
+                out = stream.step(frame.rgb)
+                true = first @ frame.pose_c2w
+                turn = Rotation.from_matrix(out.pose_c2w[:3, :3].T @ true[:3, :3]).magnitude()
+                found.append((np.linalg.norm(out.pose_c2w[:3, 3] - true[:3, 3]), np.degrees(turn)))
+                if source == "geometric" and len(out.points):
+                    assert out.pose_registered is not None
+                    # the points sit where the pose puts the camera: in front of it
+                    local = (out.points - out.pose_c2w[:3, 3]) @ out.pose_c2w[:3, :3]
+                    assert np.median(local[:, 2]) > 0
+    geometric = np.median(errors["geometric"], axis=0)
+    assert geometric[0] <= 0.25 and geometric[1] <= 5.0, geometric
+    cut3r = np.median(errors["cut3r"], axis=0)
+    assert cut3r[0] > 2 * geometric[0] and cut3r[1] > 2 * geometric[1]  # what it replaces
+
+
+def test_a_still_camera_is_still_with_the_geometric_source(shipped_cut3r):
+    from loc3r.scenes import EpisodeConfig, make_episode
+
+    view = make_episode(910_010, EpisodeConfig(frames=1, image_size=224, look="textured")).frames[0]
+    rng = np.random.default_rng(2)
+    stream = Perception(shipped_cut3r, PerceptionConfig(image_size=64, pose_source="geometric"))
+    still = PerceptionConfig(image_size=64)
+    cut3r = Perception(shipped_cut3r, still)
+    drift = {"geometric": [], "cut3r": []}
+    for _ in range(10):
+        noisy = np.clip(view.rgb + rng.normal(0, 3.0, view.rgb.shape), 0, 255).astype(np.uint8)
+        drift["geometric"].append(np.linalg.norm(stream.step(noisy).pose_c2w[:3, 3]))
+        drift["cut3r"].append(np.linalg.norm(cut3r.step(noisy).pose_c2w[:3, 3]))
+    assert max(drift["geometric"]) <= 0.05
+    assert max(drift["cut3r"]) > 0.05  # the shipped CUT3R alone would walk
+
+
+def test_pose_source_and_intrinsics_are_validated():
+    with pytest.raises(ValueError, match="pose_source"):
+        PerceptionConfig(pose_source="gps")
+    with pytest.raises(ValueError, match="intrinsics"):
+        PerceptionConfig(intrinsics=(0.0, 100.0, 32.0, 24.0))

@@ -73,3 +73,24 @@ def test_an_oracle_camera_prior_run_writes_its_report_but_no_bundle(tmp_path):
     assert report["train"]["config"]["camera_prior"] == "oracle"
     assert report["model"]["localization"]["n"] > 0
     assert not (target / "bundle.json").exists()  # the node could not stream CUT3R for it
+
+
+def test_a_geometric_prior_run_on_textured_scans_ships_a_bundle_that_states_its_poses(tmp_path):
+    import numpy as np
+    import torch
+
+    from loc3r.engine.perception import pose_token
+
+    target = tmp_path / "bundle"
+    geometric = ["--camera_prior=geometric", "--look=textured", "--walk=scan",
+                 "--render_size=224", "--cut3r.steps=1"]  # fmt: skip
+    argv = [f"--out={tmp_path / 'run'}", f"--target={target}", *TOY, *STAGES, *geometric]
+    assert make_default_model.main(argv) == 0
+    spec = json.loads((target / "bundle.json").read_text())
+    assert spec["pose_source"] == "geometric" and spec["camera_tokens"] == "pose"
+    bundle = load_bundle(target)
+    frames = [np.random.default_rng(i).integers(0, 256, (96, 128, 3), np.uint8) for i in range(2)]
+    out = bundle.perception.run_fresh(frames)
+    width = bundle.perception.model.config.dec_embed_dim
+    for frame in out:  # the tokens state the poses the engine publishes
+        assert torch.equal(frame.camera_token, pose_token(frame.pose_c2w, width))

@@ -1,7 +1,9 @@
 """Model bundles for the engine: a Loc3R-VLM checkpoint and a CUT3R checkpoint in one directory.
 
 Layout of a model directory (what `save_bundle` writes and `load_bundle` reads):
-    bundle.json     {"format": "loc3r_bundle", "cut3r_image_size": 224, "num_query_frames": 32}
+    bundle.json     {"format": "loc3r_bundle", "cut3r_image_size": 224, "num_query_frames": 32,
+                     "pose_source": "cut3r", "camera_tokens": "cut3r"}  ("geometric" poses and
+                     tokens that state them, "pose": see loc3r.engine.perception)
     vlm/            Loc3rVLM.save_pretrained (config.json, model.safetensors, tokenizer files)
     cut3r/          our CUT3R format (config.json, model.safetensors), or cut3r.pth (official)
 The embedded default lives in loc3r/assets/default_model (see README); users point the node's
@@ -112,9 +114,15 @@ def load_bundle(model_dir: str | Path | None = None, device: str = "cpu") -> Bun
             f"{root}: the VLM expects {vlm.config.cam_token_dim}-d camera tokens, CUT3R gives "
             f"{cut3r.config.dec_embed_dim}-d"
         )
-    perception = Perception(
-        cut3r, PerceptionConfig(image_size=int(spec.get("cut3r_image_size", 512)))
-    )
+    try:
+        perception_config = PerceptionConfig(
+            image_size=int(spec.get("cut3r_image_size", 512)),
+            pose_source=str(spec.get("pose_source", "cut3r")),
+            camera_tokens=str(spec.get("camera_tokens", "cut3r")),
+        )
+    except (TypeError, ValueError) as exc:
+        raise ModelLoadError(f"{root}/bundle.json: {exc}") from exc
+    perception = Perception(cut3r, perception_config)
     return Bundle(
         model=Loc3rSceneModel(vlm),
         perception=perception,
@@ -131,6 +139,8 @@ def save_bundle(
     cut3r_image_size: int,
     num_query_frames: int,
     description: str = "",
+    pose_source: str = "cut3r",
+    camera_tokens: str = "cut3r",
 ) -> Path:
     """Write a model directory that load_bundle reads."""
     from loc3r.cut3r import save_pretrained
@@ -143,6 +153,8 @@ def save_bundle(
         "format": "loc3r_bundle",
         "cut3r_image_size": cut3r_image_size,
         "num_query_frames": num_query_frames,
+        "pose_source": pose_source,
+        "camera_tokens": camera_tokens,
         "description": description,
     }
     (directory / "bundle.json").write_text(json.dumps(spec, indent=2))

@@ -7,6 +7,12 @@ confidence-filtered, subsampled coloured point set for the scene frame fit and f
 
 `Perception.run_fresh` runs CUT3R from a fresh state over exactly a given list of frames, for the
 engine's "faithful" mode (what the paper trains with: CUT3R over the frames the VLM sees).
+
+Pose source: "cut3r" (the official path) takes CUT3R's camera poses; "geometric" takes them from
+two-view geometry on the full-resolution frames (`VisualOdometry`), with CUT3R's depth for scale
+and CUT3R's relative motion where no earlier frame registers. A small CUT3R that has not learned
+geometry (the embedded default) then still reports a still camera as still. The camera tokens are
+CUT3R's in both cases.
 """
 
 from __future__ import annotations
@@ -16,11 +22,31 @@ import threading
 import time
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
 
 from loc3r.cut3r import Cut3r, Cut3rState, preprocess_frame
+from loc3r.cut3r.preprocess import PreprocessedFrame, to_rgb_uint8
 from loc3r.engine.frame_buffer import Keyframe
+from loc3r.engine.visual_odometry import DepthMap, VisualOdometry
+
+POSE_SOURCES = ("cut3r", "geometric")
+CAMERA_TOKENS = ("cut3r", "pose")
+
+
+def pose_token(pose_c2w: np.ndarray, width: int) -> torch.Tensor:
+    """(width,) a camera token that states a camera-to-first-camera pose.
+
+    The translation (metres) and the flattened rotation, zero-padded: what a VLM trained with
+    stated poses (`camera_tokens="pose"`, or the true poses of synthetic rooms) reads.
+    """
+    if width < 12:
+        raise ValueError(f"a pose token needs at least 12 values, the width is {width}")
+    token = torch.zeros(width)
+    values = np.concatenate([pose_c2w[:3, 3], pose_c2w[:3, :3].reshape(9)])
+    token[:12] = torch.from_numpy(values).float()
+    return token
 
 
 @dataclass
@@ -31,8 +57,28 @@ class PerceptionConfig:
     points_per_frame: int = 2048  # points kept per keyframe (highest confidence first)
     min_confidence: float = 1.5  # CUT3R confidences are >= 1; lower points are dropped
     queue_size: int = 64  # keyframes waiting for CUT3R; beyond it the oldest waiting one is skipped
+    pose_source: str = "cut3r"  # "cut3r" | "geometric" (see the module docstring)
+    intrinsics: tuple[float, float, float, float] | None = None  # fx, fy, cx, cy of the camera's
+    # images (from CameraInfo); None: the focal length is read off CUT3R's first pointmap
+    odometry_long_side: int = 640  # frames are shrunk to this long side for feature matching
+    camera_tokens: str = (
+        "cut3r"  # "cut3r": z'_t; "pose": the pose stated in the token (`pose_token`)
+    )
 
     def __post_init__(self) -> None:
+        if self.pose_source not in POSE_SOURCES:
+            raise ValueError(f"pose_source={self.pose_source!r}: expected one of {POSE_SOURCES}")
+        if self.intrinsics is not None and (
+            len(self.intrinsics) != 4 or not all(np.isfinite(self.intrinsics))
+            or min(self.intrinsics[:2]) <= 0
+        ):  # fmt: skip
+            raise ValueError(f"intrinsics must be finite (fx, fy, cx, cy), got {self.intrinsics}")
+        if self.camera_tokens not in CAMERA_TOKENS:
+            raise ValueError(
+                f"camera_tokens={self.camera_tokens!r}: expected one of {CAMERA_TOKENS}"
+            )
+        if self.odometry_long_side < 64:
+            raise ValueError("odometry_long_side must be >= 64")
         if self.image_size < 16:
             raise ValueError("image_size must be >= 16")
         if self.points_per_frame < 0:
@@ -49,6 +95,7 @@ class FramePerception:
     colors: np.ndarray  # (K, 3) uint8 RGB
     confidence: np.ndarray  # (K,) CUT3R world confidence
     seconds: float  # CUT3R time for this frame
+    pose_registered: bool | None = None  # geometric source: the frame matched an earlier one
 
 
 class Perception:
@@ -58,36 +105,132 @@ class Perception:
         self.model = model.eval()
         self.config = config or PerceptionConfig()
         self.state: Cut3rState = model.init_state()
+        self.odometry = GeometricPoses(self.config)
 
     def reset(self) -> None:
         """Start a new stream (a new scene)."""
         self.state = self.model.init_state()
+        self.odometry = GeometricPoses(self.config)
 
     @torch.inference_mode()
-    def step(self, image: np.ndarray, state: Cut3rState | None = None) -> FramePerception:
+    def step(
+        self,
+        image: np.ndarray,
+        state: Cut3rState | None = None,
+        odometry: GeometricPoses | None = None,
+    ) -> FramePerception:
         """One CUT3R step on an RGB uint8 frame (updates the stream state unless one is given)."""
         start = time.perf_counter()
         frame = preprocess_frame(image, size=self.config.image_size)
         out = self.model.step(self.state if state is None else state, frame)
-        pts = out.pts3d_world[0].float().reshape(-1, 3).cpu().numpy()
-        conf = out.conf_world[0].float().reshape(-1).cpu().numpy()
+        pose = out.pose_c2w[0].double().cpu().numpy()
+        registered = None
+        if self.config.pose_source == "geometric":
+            odometry = self.odometry if odometry is None else odometry
+            self_points = out.pts3d_self[0].double().cpu().numpy()
+            pose, registered = odometry.add(image, frame, self_points, pose)
+            world = self_points.reshape(-1, 3) @ pose[:3, :3].T + pose[:3, 3]
+            pts = world.astype(np.float32)
+            conf = out.conf_self[0].float().reshape(-1).cpu().numpy()
+        else:
+            pts = out.pts3d_world[0].float().reshape(-1, 3).cpu().numpy()
+            conf = out.conf_world[0].float().reshape(-1).cpu().numpy()
         rgb = (frame.image[0].permute(1, 2, 0).reshape(-1, 3).cpu().numpy() + 1.0) * 127.5
         keep = np.flatnonzero((conf >= self.config.min_confidence) & np.isfinite(pts).all(axis=1))
         if len(keep) > self.config.points_per_frame:
             keep = keep[np.argsort(-conf[keep], kind="stable")[: self.config.points_per_frame]]
+        token = out.camera_token[0].float().cpu().clone()
+        if self.config.camera_tokens == "pose":
+            token = pose_token(pose, token.shape[0])
         return FramePerception(
-            camera_token=out.camera_token[0].float().cpu().clone(),
-            pose_c2w=out.pose_c2w[0].double().cpu().numpy(),
+            camera_token=token,
+            pose_c2w=pose,
             points=pts[keep].astype(np.float32),
             colors=np.clip(rgb[keep], 0, 255).astype(np.uint8),
             confidence=conf[keep].astype(np.float32),
             seconds=time.perf_counter() - start,
+            pose_registered=registered,
         )
 
     def run_fresh(self, images: list[np.ndarray]) -> list[FramePerception]:
         """CUT3R from a fresh state over exactly `images` (the stream state is untouched)."""
         state = self.model.init_state()
-        return [self.step(image, state) for image in images]
+        odometry = GeometricPoses(self.config)
+        return [self.step(image, state, odometry) for image in images]
+
+
+class GeometricPoses:
+    """The geometric pose source of one stream: `VisualOdometry` fed with CUT3R's depth."""
+
+    def __init__(self, config: PerceptionConfig) -> None:
+        self.config = config
+        self.odometry: VisualOdometry | None = None  # made at the first frame (its size and K)
+        self._shrink = 1.0
+        self._last_cut3r_pose: np.ndarray | None = None
+
+    def add(
+        self,
+        image: np.ndarray,
+        frame: PreprocessedFrame,
+        points_self: np.ndarray,
+        cut3r_pose: np.ndarray,
+    ) -> tuple[np.ndarray, bool]:
+        """The frame's camera-to-world pose, and whether it registered with an earlier frame.
+
+        `points_self` is CUT3R's (h, w, 3) pointmap in the frame's own camera; its z is the depth
+        that scales translations and, without given intrinsics, its rays give the focal length.
+        """
+        height, width = frame.original_hw
+        if self.odometry is None:
+            self._shrink = min(1.0, self.config.odometry_long_side / max(height, width))
+            K = self._intrinsics(frame, points_self) * np.array([[self._shrink]] * 2 + [[1.0]])  # noqa: N806
+            self.odometry = VisualOdometry(K)
+        small = image
+        if self._shrink < 1.0:
+            size = (round(width * self._shrink), round(height * self._shrink))
+            small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        depth = DepthMap.from_crop(points_self[..., 2], small.shape[:2], frame.resized_hw,
+                                   frame.crop_xy)  # fmt: skip
+        fallback = None
+        if self.odometry.frames and self._last_cut3r_pose is not None:  # CUT3R's own motion
+            motion = np.linalg.inv(self._last_cut3r_pose) @ cut3r_pose
+            fallback = self.odometry.frames[-1].pose_c2w @ motion
+        self._last_cut3r_pose = cut3r_pose
+        result = self.odometry.add(to_rgb_uint8(small), depth, fallback)
+        return result.pose_c2w, result.registered
+
+    def _intrinsics(self, frame: PreprocessedFrame, points_self: np.ndarray) -> np.ndarray:
+        """K of the full-size image: given, or the focal length CUT3R's pointmap implies."""
+        if self.config.intrinsics is not None:
+            fx, fy, cx, cy = self.config.intrinsics
+            return np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1.0]])
+        height, width = frame.original_hw
+        return estimate_intrinsics(points_self, (height, width), frame.resized_hw, frame.crop_xy)
+
+
+def estimate_intrinsics(
+    points_self: np.ndarray,
+    image_hw: tuple[int, int],
+    resized_hw: tuple[int, int],
+    crop_xy: tuple[int, int],
+) -> np.ndarray:
+    """K of the image from a pointmap of its centred crop: square pixels, centred principal point.
+
+    Each pixel's ray x/z, y/z against its offset from the crop centre gives a focal length; the
+    median over pixels away from the centre is robust to CUT3R's noise.
+    """
+    h, w = points_self.shape[:2]
+    v, u = np.mgrid[0:h, 0:w] + 0.5
+    z = points_self[..., 2]
+    offsets = np.concatenate([(u - w / 2).ravel(), (v - h / 2).ravel()])
+    slopes = np.concatenate([(points_self[..., 0] / z).ravel(), (points_self[..., 1] / z).ravel()])
+    good = (np.abs(offsets) > min(h, w) / 8) & np.isfinite(slopes) & (np.abs(slopes) > 1e-3)
+    good &= np.sign(offsets) == np.sign(slopes)
+    if good.sum() < 8:
+        raise ValueError("CUT3R's pointmap gives no focal length; set the camera intrinsics")
+    focal_crop = float(np.median(offsets[good] / slopes[good]))
+    focal = focal_crop * image_hw[1] / resized_hw[1]  # crop pixels -> image pixels
+    return np.array([[focal, 0, image_hw[1] / 2], [0, focal, image_hw[0] / 2], [0, 0, 1.0]])
 
 
 class PerceptionWorker:

@@ -43,6 +43,10 @@ class TrainConfig:
     frames: int = 8
     image_size: int = 112
     train_situations: int = 4  # situations per training room (held-out rooms always have 4)
+    look: str = "flat"  # rooms: "flat" colours or "textured" (loc3r.scenes.textures)
+    walk: str = "sweep"  # camera walks: "sweep" (one turn left) or "scan" (both ways, smooth)
+    render_size: int = 0  # rendered frame size (the pose source matches features at it);
+    # frames are stored at image_size; 0 = image_size
     # model (tiny): see loc3r.vlm.tiny
     hidden: int = 128
     layers: int = 4
@@ -79,7 +83,9 @@ class TrainConfig:
     cut3r_dir: str = ""  # our CUT3R directory or an official .pth; "" = a seeded random tiny one
     cut3r_image_size: int = 64  # CUT3R input long edge (512 for the official DPT checkpoint)
     # "oracle": camera tokens state the true poses instead of CUT3R's (synthetic rooms only):
-    # what the VLM reaches with a perfect camera prior, an upper bound, never a bundle
+    # what the VLM reaches with a perfect camera prior, an upper bound, never a bundle;
+    # "geometric": they state the geometric pose source's poses (loc3r.engine.perception), and
+    # the bundle's engine does the same
     camera_prior: str = "cut3r"
     tokenizer_dir: str = ""  # "" = train one on the synthetic corpus into <out>/tokenizer
     # real models and data (the paper's recipe: see config/train_paper.yaml)

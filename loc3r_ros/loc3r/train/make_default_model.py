@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         vision_config = VisionPretrainConfig.from_args([
             f"--out={Path(config.out) / 'vision_run'}", f"--frames={config.frames}",
             f"--image_size={config.image_size}", f"--vision_hidden={config.vision_hidden}",
-            f"--vision_layers={config.vision_layers}", *stage_args["vision"],
+            f"--vision_layers={config.vision_layers}", f"--look={config.look}",
+            f"--walk={config.walk}", *stage_args["vision"],
         ])  # fmt: skip
         vision_report = pretrain_vision(vision_config)
         config = replace(
@@ -90,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     if not config.cut3r_dir:
         cut3r_config = Cut3rTrainConfig.from_args([
             f"--out={Path(config.out) / 'cut3r_run'}", f"--frames={config.frames}",
-            f"--render_size={config.image_size}", *EMBEDDED_CUT3R_RECIPE, *stage_args["cut3r"],
+            f"--render_size={config.image_size}", f"--look={config.look}", f"--walk={config.walk}",
+            *EMBEDDED_CUT3R_RECIPE, *stage_args["cut3r"],
         ])  # fmt: skip
         cut3r_report = train_cut3r(cut3r_config)
         config = replace(config, cut3r_dir=str(Path(cut3r_config.out) / "cut3r"))
@@ -111,13 +113,15 @@ def main(argv: list[str] | None = None) -> int:
         report["cut3r"] = {k: v for k, v in cut3r_report.items() if k != "config"}
     if vision_report is not None:
         report["vision"] = {k: v for k, v in vision_report.items() if k != "config"}
-    if config.camera_prior == "cut3r":  # the node streams CUT3R: an oracle run gets no bundle
+    if config.camera_prior != "oracle":  # the node has no true poses: an oracle run gets no bundle
         save_bundle(
             target,
             run.model,
             run.cut3r,
             cut3r_image_size=config.cut3r_image_size,
             num_query_frames=config.frames,
+            pose_source="geometric",  # the tiny CUT3R has not learned geometry; see perception
+            camera_tokens="pose" if config.camera_prior == "geometric" else "cut3r",
             description=f"embedded tiny Loc3R-VLM ({config.steps} steps on synthetic rooms)",
         )
     target.mkdir(parents=True, exist_ok=True)

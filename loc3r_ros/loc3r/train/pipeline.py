@@ -35,7 +35,22 @@ class Run:
 
 def episode_config(config: TrainConfig) -> EpisodeConfig:
     """Episodes rendered at the VLM's image size."""
-    return EpisodeConfig(frames=config.frames, image_size=config.image_size)
+    return EpisodeConfig(
+        frames=config.frames,
+        image_size=config.render_size or config.image_size,
+        look=config.look,
+        walk=config.walk,
+    )
+
+
+def perception_config(config: TrainConfig) -> PerceptionConfig:
+    """CUT3R as the run's bundle will use it: the geometric prior states its poses in the tokens."""
+    geometric = config.camera_prior == "geometric"
+    return PerceptionConfig(
+        image_size=config.cut3r_image_size,
+        pose_source="geometric" if geometric else "cut3r",
+        camera_tokens="pose" if geometric else "cut3r",
+    )
 
 
 def load_or_make_cut3r(config: TrainConfig) -> Cut3r:
@@ -128,7 +143,7 @@ def add_lora(model: Loc3rVLM, config: TrainConfig) -> Loc3rVLM:
 
 def prepare_run(config: TrainConfig, progress: bool = True) -> Run:
     """Tokenizer, CUT3R, train/eval episodes (with cached camera tokens) and the model."""
-    if config.data_root and config.camera_prior != "cut3r":
+    if config.data_root and config.camera_prior == "oracle":
         raise ValueError("camera_prior='oracle' needs synthetic rooms (their true poses)")
     out = Path(config.out)
     episodes_cfg = episode_config(config)
@@ -147,7 +162,7 @@ def prepare_run(config: TrainConfig, progress: bool = True) -> Run:
                 lines, tokenizer_dir if main_rank else None, config.vocab_size
             )
     cut3r = load_or_make_cut3r(config)
-    perception = Perception(cut3r, PerceptionConfig(image_size=config.cut3r_image_size))
+    perception = Perception(cut3r, perception_config(config))
     grid = math.ceil((config.image_size // 14) / 2)
     if config.data_root:
         from loc3r.train.dataset_data import build_dataset_episodes
@@ -160,8 +175,9 @@ def prepare_run(config: TrainConfig, progress: bool = True) -> Run:
     else:
         train_cfg = replace(episodes_cfg, situations=config.train_situations)
         prior = config.camera_prior
-        train = build_episodes(train_seeds, train_cfg, perception, grid, progress, prior)
-        held_out = build_episodes(eval_seeds, episodes_cfg, perception, grid, progress, prior)
+        size = config.image_size
+        train = build_episodes(train_seeds, train_cfg, perception, grid, progress, prior, size)
+        held_out = build_episodes(eval_seeds, episodes_cfg, perception, grid, progress, prior, size)
     samples = [s for e in train for s in e.samples(config.image_size, config.grounding_views)]
     model = build_model(config, tokenizer, cut3r.config.dec_embed_dim)
     return Run(model, cut3r, train, held_out, samples)

@@ -52,6 +52,8 @@ class VisionPretrainConfig:
     eval_seed_offset: int = 1_000_000
     frames: int = 8
     image_size: int = 112
+    look: str = "flat"  # rooms: "flat" or "textured" (loc3r.scenes.textures)
+    walk: str = "sweep"  # walks: "sweep" or "scan" (loc3r.scenes.episode)
     vision_hidden: int = 64
     vision_layers: int = 2
 
@@ -81,7 +83,9 @@ def patch_labels(frame, room, grid: int) -> tuple[np.ndarray, np.ndarray, np.nda
 
 def make_data(seeds, config: VisionPretrainConfig, grid: int, progress: bool):
     """Pixel values and patch labels of every frame of the episodes of `seeds`."""
-    episode_config = EpisodeConfig(frames=config.frames, image_size=config.image_size)
+    episode_config = EpisodeConfig(
+        frames=config.frames, image_size=config.image_size, look=config.look, walk=config.walk
+    )
     pixels, kinds, colours, depths = [], [], [], []
     for seed in tqdm(seeds, desc="frames", disable=not progress):
         episode = make_episode(seed, episode_config)

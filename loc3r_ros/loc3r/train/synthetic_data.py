@@ -10,10 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from loc3r.engine.perception import pose_token
 from loc3r.scenes import EpisodeConfig, bev_targets, make_episode, object_cover
 from loc3r.scenes.situations import QARecord
 from loc3r.vlm import TrainSample, frames_to_pixel_values
@@ -21,7 +23,7 @@ from loc3r.vlm.losses import egocentric_offset
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 GROUNDING_VIEWS = ("all", "first")
-CAMERA_PRIORS = ("cut3r", "oracle")
+CAMERA_PRIORS = ("cut3r", "oracle", "geometric")
 MIN_OBJECT_COVER = 0.1  # a pooled patch shows an object when it covers this much of the cell
 
 
@@ -83,20 +85,14 @@ class EpisodeData:
 
 
 def oracle_camera_tokens(poses_c2w: list[np.ndarray], width: int) -> torch.Tensor:
-    """(T, width) "camera tokens" that state each true camera-to-first-camera pose exactly.
+    """(T, width) camera tokens that state each true camera-to-first-camera pose exactly.
 
-    Row t holds the translation (metres) and the flattened rotation of inv(c2w_0) @ c2w_t (the
-    pose CUT3R's head predicts from its camera token), zero-padded to `width`. A diagnostic
-    upper bound for synthetic rooms, where the poses are known: the VLM with a perfect camera prior.
+    `pose_token` of inv(c2w_0) @ c2w_t (the pose CUT3R's head predicts from its camera token).
+    A diagnostic upper bound for synthetic rooms, where the poses are known: the VLM with a
+    perfect camera prior.
     """
-    if width < 12:
-        raise ValueError(f"an oracle camera token needs at least 12 values, the width is {width}")
     first_inverse = np.linalg.inv(poses_c2w[0])
-    relative = np.stack([first_inverse @ pose for pose in poses_c2w])  # (T, 4, 4)
-    values = np.concatenate([relative[:, :3, 3], relative[:, :3, :3].reshape(-1, 9)], axis=1)
-    tokens = torch.zeros(len(poses_c2w), width)
-    tokens[:, :12] = torch.from_numpy(values).float()
-    return tokens
+    return torch.stack([pose_token(first_inverse @ pose, width) for pose in poses_c2w])
 
 
 def build_episodes(
@@ -106,11 +102,15 @@ def build_episodes(
     grid: int,
     progress: bool = True,
     camera_prior: str = "cut3r",
+    image_size: int = 0,
 ) -> list[EpisodeData]:
     """Render episodes and cache their camera tokens and layout targets.
 
-    camera_prior="cut3r" streams `perception`'s CUT3R over the frames; "oracle" puts the true
-    poses in the tokens instead (`oracle_camera_tokens`, as wide as CUT3R's).
+    camera_prior="cut3r" streams `perception`'s CUT3R over the frames and takes its tokens;
+    "geometric" streams it too and takes the tokens that state its poses (`perception` must have
+    camera_tokens="pose", as the bundle's engine will); "oracle" states the true poses
+    (`oracle_camera_tokens`, as wide as CUT3R's). Frames rendered larger than `image_size` (for
+    the geometric pose source's feature matching) are stored shrunk to it.
     """
     if camera_prior not in CAMERA_PRIORS:
         raise ValueError(f"camera_prior={camera_prior!r}: expected one of {CAMERA_PRIORS}")
@@ -118,6 +118,10 @@ def build_episodes(
     for seed in tqdm(seeds, desc="episodes", disable=not progress):
         episode = make_episode(seed, config)
         frames = np.stack([f.rgb for f in episode.frames])
+        if camera_prior == "geometric" and perception.config.camera_tokens != "pose":
+            raise ValueError(
+                "camera_prior='geometric' needs a perception with camera_tokens='pose'"
+            )
         if camera_prior == "oracle":
             width = perception.model.config.dec_embed_dim
             tokens = oracle_camera_tokens([f.pose_c2w for f in episode.frames], width)
@@ -125,6 +129,9 @@ def build_episodes(
             tokens = torch.stack([p.camera_token for p in perception.run_fresh(list(frames))])
         else:
             tokens = torch.zeros(len(frames), 1)
+        if image_size and frames.shape[1] > image_size:
+            frames = np.stack([cv2.resize(f, (image_size, image_size), interpolation=cv2.INTER_AREA)
+                               for f in frames])  # fmt: skip
         objects = len(episode.room.objects)
         cover = np.stack([object_cover(f.object_id, objects, grid) for f in episode.frames])
         targets, masks = zip(

@@ -48,6 +48,8 @@ class Cut3rTrainConfig:
     steps: int = 1500
     batch_size: int = 4  # sequences per step
     frames: int = 8  # frames per sequence (the VLM's frames per scene)
+    look: str = "flat"  # rooms: "flat" or "textured" (loc3r.scenes.textures)
+    walk: str = "sweep"  # walks: "sweep" or "scan" (loc3r.scenes.episode)
     render_size: int = 112  # the VLM's frame size; CUT3R sees it pre-processed
     cut3r_size: int = 64  # long edge after pre-processing (Perception's image_size)
     lr: float = 5e-4
@@ -103,7 +105,12 @@ def pose_encoding(c2w: np.ndarray) -> np.ndarray:
 
 def make_sequence(seed: int, config: Cut3rTrainConfig) -> Sequence:
     """Render one episode and its pointmap/pose targets at CUT3R's input pixels."""
-    episode = make_episode(seed, EpisodeConfig(frames=config.frames, image_size=config.render_size))
+    episode = make_episode(
+        seed,
+        EpisodeConfig(
+            frames=config.frames, image_size=config.render_size, look=config.look, walk=config.walk
+        ),
+    )
     first_inv = np.linalg.inv(episode.frames[0].pose_c2w)
     images, pts_self, pts_world, valid, poses = [], [], [], [], []
     for frame in episode.frames:
