@@ -15,6 +15,7 @@ LAUNCH_TO_PARAM = {
     "device": "device",
     "model_dir": "model_dir",
     "scene_frame": "scene_frame",
+    "autostart": "autostart",
 }
 
 LAUNCH_ARGUMENTS: dict[str, tuple[str, str]] = {
@@ -27,6 +28,7 @@ LAUNCH_ARGUMENTS: dict[str, tuple[str, str]] = {
     "device": ("", PARAMS_BY_NAME["device"].description),
     "model_dir": ("", PARAMS_BY_NAME["model_dir"].description),
     "scene_frame": ("", PARAMS_BY_NAME["scene_frame"].description),
+    "autostart": ("", PARAMS_BY_NAME["autostart"].description + " (also loc3r_speech's)"),
     "use_rviz": ("false", "Start RViz with rviz/loc3r.rviz"),
     "use_speech": ("false", "Start the speech bridge (spoken questions and answers)"),
     "log_level": ("info", "Log level of the nodes (debug, info, warn, error)"),
@@ -70,6 +72,8 @@ def speech_parameter_overrides(values: dict[str, str]) -> dict[str, object]:
     /<namespace>/loc3r/ask (the node's `~/ask`).
     """
     overrides: dict[str, object] = {"use_sim_time": _as_bool(values.get("use_sim_time", "false"))}
+    if values.get("autostart", ""):
+        overrides["autostart"] = _as_bool(values["autostart"])
     namespace = values.get("namespace", "").strip("/")
     if namespace:
         overrides["ask_service"] = f"/{namespace}/loc3r/ask"

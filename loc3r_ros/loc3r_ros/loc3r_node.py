@@ -18,12 +18,19 @@ Services:
   ~/reset                std_srvs/srv/Trigger
 Parameters: see loc3r_ros/params.py (one table, also in the README).
 
+A managed (lifecycle) node: configure validates the parameters and loads the model bundle (in
+its process); activate subscribes to the camera and the services answer; deactivate stops intake
+(the services answer "inactive"; with release_model_on_deactivate the model is freed); cleanup
+frees the model and the scene; shutdown ends the process. The scene memory survives
+deactivate/activate. With autostart (the default) the node configures and activates itself.
+
 The image callback only converts the image and hands it to the engine (a thumbnail comparison);
 queries run in a separate callback group, so a running query never stalls image intake.
 """
 
 from __future__ import annotations
 
+import gc
 import sys
 import threading
 import time
@@ -38,7 +45,7 @@ from loc3r_interfaces.srv import Ask, Localize
 from nav_msgs.msg import Path
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.node import Node
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import (
     DurabilityPolicy,
     HistoryPolicy,
@@ -66,6 +73,7 @@ from loc3r_ros.conversions import (
     stamp_from_ns,
     stamp_to_ns,
 )
+from loc3r_ros.lifecycle_support import autostart, lifecycle_state, not_active_reply
 from loc3r_ros.node_runner import run_node
 from loc3r_ros.node_stats import LatencyWindow, RateWindow, resident_memory_bytes
 from loc3r_ros.params import PARAMS, accept_parameters, validate
@@ -88,8 +96,8 @@ LATCHED = QoSProfile(
 )
 
 
-class Loc3rNode(Node):
-    """ROS 2 front end of the scene engine."""
+class Loc3rNode(LifecycleNode):
+    """ROS 2 front end of the scene engine (a managed node)."""
 
     def __init__(self, **kwargs) -> None:
         super().__init__("loc3r", **kwargs)
@@ -97,17 +105,21 @@ class Loc3rNode(Node):
             descriptor = ParameterDescriptor(description=spec.description, read_only=spec.read_only)
             self.declare_parameter(spec.name, spec.default, descriptor)
         self.p = {spec.name: self.get_parameter(spec.name).value for spec in PARAMS}
-        reasons = [r for name, value in self.p.items() if (r := validate(name, value))]
-        if reasons:
-            raise ValueError("invalid parameters: " + "; ".join(reasons))
+        self._param_errors = [r for name, value in self.p.items() if (r := validate(name, value))]
+        if self._param_errors and self.p["autostart"] is not False:  # a plain node's start-up
+            raise ValueError("invalid parameters: " + "; ".join(self._param_errors))
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
-        self.engine = SceneEngine(self._engine_config(), model=None)
-        self.model_state = Status.STATE_LOADING
-        self.engine.no_model_reason = "model is loading"
+        self.engine: SceneEngine | None = None  # made by configure, freed by cleanup
+        self.model_state = Status.STATE_NO_MODEL
+        self._not_configured = "not configured yet"  # why there is no engine (status, replies)
         self._model_process: ModelProcess | None = None
         self._last_viz_key: tuple | None = None
-        self._loader = threading.Thread(target=self._load_models, name="loc3r-load", daemon=True)
+        self._loader: threading.Thread | None = None
+        self._background_load = bool(self.p["autostart"])  # autostart's first configure only
+        self._active = False
+        self._model_released = False
+        self._inputs: list = []  # the subscriptions activate makes
         self.frames_received = 0
         self.frames_dropped = 0
         self.last_latency_s = 0.0
@@ -135,24 +147,151 @@ class Loc3rNode(Node):
         self._camera_frame_id = ""
         self.anchor_rms = float("nan")
         self.tf_buffer = TfBuffer(cache_s=120.0)
+        self._gravity_source = "unknown (no reconstruction yet)"
+        self.camera_info = "none"
+        query_group = ReentrantCallbackGroup()
+        self.ask_srv = self.create_service(Ask, "~/ask", self.ask_cb, callback_group=query_group)
+        self.localize_srv = self.create_service(
+            Localize, "~/localize", self.localize_cb, callback_group=query_group
+        )
+        self.reset_srv = self.create_service(
+            Trigger, "~/reset", self.reset_cb, callback_group=query_group
+        )
+        # status runs in every state (it shows the lifecycle state); bad periods wait for configure
+        self.status_timer = self.create_timer(
+            self._period("status_period_s"), self.status_cb, MutuallyExclusiveCallbackGroup()
+        )
+        self.viz_timer = self.create_timer(
+            self._period("viz_period_s"), self.viz_cb, MutuallyExclusiveCallbackGroup()
+        )
+        if self.p["autostart"]:
+            autostart(self)
+        else:
+            name = self.get_fully_qualified_name()
+            self.get_logger().info(f"unconfigured: ros2 lifecycle set {name} configure|activate")
+
+    def _period(self, name: str) -> float:
+        """A timer period parameter, or 1 s while it is invalid (configure reports it)."""
+        return 1.0 if validate(name, self.p[name]) else float(self.p[name])
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Validate the parameters and load the model (autostart: in the background)."""
+        if self._param_errors:
+            self._not_configured = "invalid parameters: " + "; ".join(self._param_errors)
+            self.get_logger().error(f"configure failed: {self._not_configured}")
+            return TransitionCallbackReturn.FAILURE
+        self.engine = SceneEngine(self._engine_config(), model=None)
+        self.model_state = Status.STATE_LOADING
+        self.engine.no_model_reason = "model is loading"
+        if self._background_load:  # as a plain node did: serve and buffer while it loads
+            self._background_load = False
+            self._loader = threading.Thread(
+                target=self._load_models, name="loc3r-load", daemon=True
+            )
+            self._loader.start()
+            return TransitionCallbackReturn.SUCCESS
+        self._load_models()
+        if self.model_state != Status.STATE_READY:
+            self._not_configured = f"configure failed: {self.engine.no_model_reason}"
+            self._free_engine()
+            return TransitionCallbackReturn.FAILURE
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Load the model again if deactivate released it; subscribe; answer."""
+        if self._model_released:
+            self._load_models()
+            if self.model_state != Status.STATE_READY:
+                self.get_logger().error(f"activate failed: {self.engine.no_model_reason}")
+                return TransitionCallbackReturn.FAILURE
+            self._model_released = False
+        self._subscribe()
+        self._active = True
+        self.get_logger().info(f"active: listening on {self.p['image_topic']}")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Stop intake and answering; free the model when release_model_on_deactivate."""
+        self._active = False
+        self._unsubscribe()
+        if self.p["release_model_on_deactivate"]:
+            self._release_model("model released on deactivate (activate loads it again)")
+            self._model_released = True
+        self.get_logger().info("inactive: intake stopped, the scene is kept")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Free the model and the scene."""
+        self._shut_down_io()
+        self._not_configured = "cleaned up (configure loads the model again)"
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Free everything; the process exits once the transition has been answered."""
+        self._shut_down_io()
+        self._not_configured = "shut down"
+        self.create_timer(0.5, self.context.try_shutdown)
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """A transition raised: free everything and go back to unconfigured."""
+        self._shut_down_io()
+        self._not_configured = "recovered from an error (configure again)"
+        return TransitionCallbackReturn.SUCCESS
+
+    def _shut_down_io(self) -> None:
+        self._active = False
+        self._unsubscribe()
+        self._release_model("no model")
+        self._model_released = False
+        self._free_engine()
+
+    def _free_engine(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+        self.engine = None
+        self.model_state = Status.STATE_NO_MODEL
+
+    def _release_model(self, reason: str) -> None:
+        """Detach and free the model (its process exits; CUDA's cache is emptied)."""
+        if self._loader is not None and self._loader.is_alive():
+            self._loader.join()
+        process, self._model_process = self._model_process, None
+        if self.engine is not None:
+            self.engine.set_models(None, None, None)
+            self.engine.no_model_reason = reason
+        if process is not None:
+            process.close()
+        gc.collect()
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        self.model_state = Status.STATE_NO_MODEL
+
+    def _subscribe(self) -> None:
+        """The camera (and TF) subscriptions of the active state."""
         if self.p["parent_frame"]:
             tf_group = MutuallyExclusiveCallbackGroup()
             tf_qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
-            self.create_subscription(
-                TFMessage,
-                "/tf",
-                lambda m: self.tf_buffer.add_message(m, static=False),
-                tf_qos,
-                callback_group=tf_group,
+            self._inputs.append(
+                self.create_subscription(
+                    TFMessage,
+                    "/tf",
+                    lambda m: self.tf_buffer.add_message(m, static=False),
+                    tf_qos,
+                    callback_group=tf_group,
+                )
             )
-            self.create_subscription(
-                TFMessage,
-                "/tf_static",
-                lambda m: self.tf_buffer.add_message(m, static=True),
-                LATCHED,
-                callback_group=tf_group,
+            self._inputs.append(
+                self.create_subscription(
+                    TFMessage,
+                    "/tf_static",
+                    lambda m: self.tf_buffer.add_message(m, static=True),
+                    LATCHED,
+                    callback_group=tf_group,
+                )
             )
-        self._gravity_source = "unknown (no reconstruction yet)"
 
         image_group = MutuallyExclusiveCallbackGroup()
         reliability = (
@@ -166,41 +305,41 @@ class Loc3rNode(Node):
             reliability=reliability,
         )
         if self.p["image_compressed"]:
-            self.image_sub = self.create_subscription(
-                CompressedImage,
-                self.p["image_topic"],
-                self.compressed_cb,
-                image_qos,
-                callback_group=image_group,
+            self._inputs.append(
+                self.create_subscription(
+                    CompressedImage,
+                    self.p["image_topic"],
+                    self.compressed_cb,
+                    image_qos,
+                    callback_group=image_group,
+                )
             )
         else:
-            self.image_sub = self.create_subscription(
-                Image, self.p["image_topic"], self.image_cb, image_qos, callback_group=image_group
+            self._inputs.append(
+                self.create_subscription(
+                    Image,
+                    self.p["image_topic"],
+                    self.image_cb,
+                    image_qos,
+                    callback_group=image_group,
+                )
             )
 
-        self.camera_info = "none"
         if self.p["camera_info_topic"]:
-            self.create_subscription(
-                CameraInfo,
-                self.p["camera_info_topic"],
-                self.camera_info_cb,
-                image_qos,
-                callback_group=image_group,
+            self._inputs.append(
+                self.create_subscription(
+                    CameraInfo,
+                    self.p["camera_info_topic"],
+                    self.camera_info_cb,
+                    image_qos,
+                    callback_group=image_group,
+                )
             )
-        query_group = ReentrantCallbackGroup()
-        self.ask_srv = self.create_service(Ask, "~/ask", self.ask_cb, callback_group=query_group)
-        self.localize_srv = self.create_service(
-            Localize, "~/localize", self.localize_cb, callback_group=query_group
-        )
-        self.reset_srv = self.create_service(
-            Trigger, "~/reset", self.reset_cb, callback_group=query_group
-        )
-        self.status_timer = self.create_timer(self.p["status_period_s"], self.status_cb)
-        self.viz_timer = self.create_timer(
-            self.p["viz_period_s"], self.viz_cb, callback_group=MutuallyExclusiveCallbackGroup()
-        )
-        self.get_logger().info(f"listening on {self.p['image_topic']}; loading the model")
-        self._loader.start()
+
+    def _unsubscribe(self) -> None:
+        for subscription in self._inputs:
+            self.destroy_subscription(subscription)
+        self._inputs.clear()
 
     # --- configuration -------------------------------------------------------------------------
     def _engine_config(self) -> EngineConfig:
@@ -249,8 +388,9 @@ class Loc3rNode(Node):
         reason = accept_parameters(params, self.p, validate)
         if reason:
             return SetParametersResult(successful=False, reason=reason)
-        self.engine.config.max_text_chars = self.p["max_text_chars"]
-        self.engine.config.query_timeout_s = self.p["query_timeout_s"]
+        if self.engine is not None:
+            self.engine.config.max_text_chars = self.p["max_text_chars"]
+            self.engine.config.query_timeout_s = self.p["query_timeout_s"]
         return SetParametersResult(successful=True)
 
     # --- camera --------------------------------------------------------------------------------
@@ -281,10 +421,13 @@ class Loc3rNode(Node):
 
     def _ingest(self, stamp, decode, full=None) -> None:
         start = time.perf_counter()
+        engine = self.engine
+        if engine is None or not self._active:  # a message that raced deactivate
+            return
         self.frames_received += 1
         self.input_rate.tick()
         try:
-            self.engine.add_frame(decode(), stamp_to_ns(stamp), full)
+            engine.add_frame(decode(), stamp_to_ns(stamp), full)
         except Loc3rError as exc:
             self.frames_dropped += 1
             self.get_logger().warning(f"dropped image: {exc}", throttle_duration_sec=5.0)
@@ -294,8 +437,9 @@ class Loc3rNode(Node):
     async def ask_cb(self, request: Ask.Request, response: Ask.Response) -> Ask.Response:
         """Answer a question, optionally from a described situation."""
         question, situation = request.question, request.situation
+        engine = self.engine
         return await self._serve(
-            response, lambda: self.engine.ask(question, situation), situation, question
+            response, lambda: engine.ask(question, situation), situation, question
         )
 
     async def localize_cb(
@@ -303,12 +447,17 @@ class Loc3rNode(Node):
     ) -> Localize.Response:
         """Localize the agent described by a situation."""
         situation = request.situation
-        return await self._serve(response, lambda: self.engine.localize(situation), situation, "")
+        engine = self.engine
+        return await self._serve(response, lambda: engine.localize(situation), situation, "")
 
     async def _serve(self, response, query, situation: str, question: str):
         """Run `query` on the model thread; the executor thread is free while it runs."""
         start = time.perf_counter()
         response.success = False
+        if not self._active or self.engine is None:
+            response.message = not_active_reply(self, self._not_active_detail())
+            response.latency_s = time.perf_counter() - start
+            return response
         outcome = await self._submit(query)
         if isinstance(outcome, Loc3rError):
             response.message = str(outcome)
@@ -360,11 +509,21 @@ class Loc3rNode(Node):
         return future
 
     def reset_cb(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        """Forget the scene."""
+        """Forget the scene (active or inactive)."""
+        if self.engine is None:
+            response.success = False
+            response.message = not_active_reply(self, self._not_active_detail())
+            return response
         self.engine.reset()
         self._last_viz_key = None
         response.success, response.message = True, "scene reset"
         return response
+
+    def _not_active_detail(self) -> str:
+        """Why the node is not serving: the last configure failure, or the model state."""
+        if self.engine is None:
+            return self._not_configured
+        return "" if self.engine.ready else self.engine.no_model_reason
 
     def _fill_query_fields(self, response, result: QueryResult) -> None:
         response.num_frames = result.num_frames
@@ -424,13 +583,16 @@ class Loc3rNode(Node):
     # --- visualisation -------------------------------------------------------------------------
     def viz_cb(self) -> None:
         """Publish the camera trajectory (Path, TF) and the reconstruction (PointCloud2)."""
-        frames = self.engine.processed_keyframes()  # a cheap check before the heavy view
+        engine = self.engine
+        if engine is None or not self._active:
+            return
+        frames = engine.processed_keyframes()  # a cheap check before the heavy view
         key = (len(frames), frames[0].index, frames[-1].index) if frames else None
         if key is None or key == self._last_viz_key:
             return
         self._last_viz_key = key
         try:
-            view = self.engine.scene_view(
+            view = engine.scene_view(
                 voxel=self.p["cloud_voxel_m"], max_points=self.p["cloud_max_points"]
             )
         except Exception as exc:
@@ -472,7 +634,7 @@ class Loc3rNode(Node):
                 first_rotation = t_parent_camera[:3, :3]
             scene_centres.append(pose[:3, 3])
             tf_centres.append(t_parent_camera[:3, 3])
-        if first_rotation is not None:  # up = parent's +z in the first camera (= CUT3R) frame
+        if first_rotation is not None and self.engine is not None:  # up = parent's +z
             self.engine.set_gravity(first_rotation.T @ np.array([0.0, 0.0, 1.0]))
         if len(scene_centres) < 3:
             return
@@ -506,24 +668,31 @@ class Loc3rNode(Node):
 
     def _check_model_process(self) -> None:
         """A model process that died turns the node's model state to error (said once)."""
-        process = self._model_process
+        process, engine = self._model_process, self.engine
         if process is not None and not process.alive and self.model_state != Status.STATE_ERROR:
             self.model_state = Status.STATE_ERROR
-            self.engine.no_model_reason = (
-                f"the model process exited (code {process.process.exitcode})"
-            )
-            self.get_logger().error(self.engine.no_model_reason)
+            reason = f"the model process exited (code {process.process.exitcode})"
+            if engine is not None:
+                engine.no_model_reason = reason
+            self.get_logger().error(reason)
 
     def _publish_status(self) -> None:
         self._check_model_process()
+        engine = self.engine
         msg = Status()
         msg.header.stamp = self.get_clock().now().to_msg()
-        ready = self.engine.ready and self.model_state != Status.STATE_ERROR
+        msg.lifecycle_state = lifecycle_state(self)
+        ready = engine is not None and engine.ready and self.model_state != Status.STATE_ERROR
         msg.state = self.model_state
-        msg.message = "ready" if ready else self.engine.no_model_reason
+        if engine is None:
+            msg.message = self._not_configured
+        elif not ready:
+            msg.message = engine.no_model_reason
+        else:
+            msg.message = "ready" if self._active else "ready (inactive: activate to serve)"
         msg.frames_received = self.frames_received
         msg.frames_dropped = self.frames_dropped
-        msg.keyframes = len(self.engine.buffer)
+        msg.keyframes = len(engine.buffer) if engine is not None else 0
         msg.input_rate_hz = self.input_rate.rate()
         msg.image_callback_p99_ms = 1000.0 * self.image_cb_latency.percentile(99)
         if self.queries_answered:
@@ -532,11 +701,11 @@ class Loc3rNode(Node):
         msg.memory_bytes = resident_memory_bytes()
         if self._model_process is not None:
             msg.memory_bytes += resident_memory_bytes(self._model_process.process.pid)
-        worker = self.engine.worker
+        worker = engine.worker if engine is not None else None
         if worker is not None:
             msg.cut3r_ms_per_frame = 1000.0 * worker.mean_seconds()
         self.status_pub.publish(msg)
-        if ready:
+        if ready and self._active:
             level = DiagnosticStatus.OK
         elif self.model_state == Status.STATE_ERROR:
             level = DiagnosticStatus.ERROR
@@ -544,6 +713,7 @@ class Loc3rNode(Node):
             level = DiagnosticStatus.WARN
         values = {
             "state": msg.message,
+            "lifecycle": msg.lifecycle_state,
             "input_rate_hz": f"{msg.input_rate_hz:.1f}",
             "frames_received": msg.frames_received,
             "frames_dropped": msg.frames_dropped,
@@ -568,7 +738,8 @@ class Loc3rNode(Node):
     def destroy_node(self) -> None:
         """Stop the model and perception threads, then the node."""
         self._model_thread.shutdown(wait=False, cancel_futures=True)
-        self.engine.close()
+        if self.engine is not None:
+            self.engine.close()
         if self._model_process is not None:
             self._model_process.close()
         super().destroy_node()

@@ -99,6 +99,19 @@ PARAMS: tuple[ParamSpec, ...] = (
         read_only=True,
     ),
     ParamSpec(
+        "autostart",
+        True,
+        "Configure and activate at start (the model loads in the background while frames "
+        "buffer; a failed load leaves the node active, answering why); false: wait for a "
+        "lifecycle manager (ros2 lifecycle set /loc3r configure, then activate)",
+        read_only=True,
+    ),
+    ParamSpec(
+        "release_model_on_deactivate",
+        False,
+        "Deactivate also frees the model (its process, GPU memory); activate loads it again",
+    ),
+    ParamSpec(
         "model_process",
         True,
         "Run the models in a child process, so that image callbacks never wait for the GIL "
