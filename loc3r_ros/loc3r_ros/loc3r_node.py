@@ -194,6 +194,7 @@ class Loc3rNode(LifecycleNode):
         self._load_models()
         if self.model_state != Status.STATE_READY:
             self._not_configured = f"configure failed: {self.engine.no_model_reason}"
+            self.get_logger().error(f"{self._not_configured} (the node stays unconfigured)")
             self._free_engine()
             return TransitionCallbackReturn.FAILURE
         return TransitionCallbackReturn.SUCCESS
