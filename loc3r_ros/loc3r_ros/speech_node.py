@@ -21,10 +21,17 @@ byte count) or holds no question is answered success=false and never reaches the
 ASR and TTS run in worker threads; the service callback is a coroutine that awaits them, so
 the executor's threads stay free. Service calls and streamed utterances both publish on
 ~/transcript, ~/answer and ~/answer_audio; only streamed ones are played (play_answers).
+
+A managed (lifecycle) node: configure validates the parameters and loads the recogniser and
+synthesiser; activate subscribes to the audio (and opens the microphone); deactivate stops them
+(~/ask_spoken answers "inactive"; with release_model_on_deactivate the recogniser is freed);
+cleanup frees everything; shutdown ends the process. autostart (default) does configure and
+activate at start.
 """
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections import Counter
@@ -37,7 +44,7 @@ from loc3r_interfaces.msg import AudioChunk
 from loc3r_interfaces.srv import Ask, AskSpoken
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.node import Node
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.task import Future
 from std_msgs.msg import Header, String
@@ -56,6 +63,7 @@ from loc3r.speech.errors import SpeechBackendError, SpeechInputError
 from loc3r.speech.split import PARTICIPLES, split_utterance
 from loc3r.speech.tts import EspeakConfig, PiperConfig, TtsConfig, make_synthesizer
 from loc3r.speech.vad import SpeechSegment, StreamingVad, VadConfig, find_speech
+from loc3r_ros.lifecycle_support import autostart, lifecycle_state, not_active_reply
 from loc3r_ros.node_runner import run_node
 from loc3r_ros.params import accept_parameters
 from loc3r_ros.speech_params import SPEECH_PARAMS, validate
@@ -83,7 +91,7 @@ def looks_like_situation(text: str) -> bool:
     return first_person or words[0] in PARTICIPLES
 
 
-class SpeechNode(Node):
+class SpeechNode(LifecycleNode):
     """ROS 2 speech bridge: VAD, ASR, situation/question split, Ask call, TTS."""
 
     def __init__(self, **kwargs) -> None:
@@ -92,14 +100,20 @@ class SpeechNode(Node):
             descriptor = ParameterDescriptor(description=spec.description, read_only=spec.read_only)
             self.declare_parameter(spec.name, spec.default, descriptor)
         self.p: dict[str, Any] = {s.name: self.get_parameter(s.name).value for s in SPEECH_PARAMS}
-        reasons = [r for name, value in self.p.items() if (r := validate(name, value))]
-        if reasons:
-            raise ValueError("invalid parameters: " + "; ".join(reasons))
+        self._param_errors = [r for name, value in self.p.items() if (r := validate(name, value))]
+        if self._param_errors and self.p["autostart"] is not False:  # a plain node's start-up
+            raise ValueError("invalid parameters: " + "; ".join(self._param_errors))
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         self._asr = None
         self._tts = None
-        self.asr_state = "loading"  # loading | ready | error
+        self.asr_state = "unconfigured"  # unconfigured | loading | ready | error | released
+        self._loader: threading.Thread | None = None
+        self._background_load = bool(self.p["autostart"])  # autostart's first configure only
+        self._active = False
+        self._released = False
+        self.audio_sub = None
+        self.idle_timer = None
         self.asr_error = ""
         self.tts_error = ""
         self.stats: Counter[str] = Counter()
@@ -141,23 +155,114 @@ class SpeechNode(Node):
             if self.p["audio_qos_reliability"] == "reliable"
             else ReliabilityPolicy.BEST_EFFORT,
         )
-        self.audio_sub = self.create_subscription(
-            AudioChunk, self.p["audio_topic"], self.audio_cb, self.audio_qos,
-            callback_group=audio_group,
-        )  # fmt: skip
-        self.idle_timer = self.create_timer(0.1, self.idle_cb, callback_group=audio_group)
-        self.status_timer = self.create_timer(self.p["status_period_s"], self.status_cb)
+        self._audio_group = audio_group
+        period = 1.0 if validate("status_period_s", self.p["status_period_s"]) else float(
+            self.p["status_period_s"])  # fmt: skip
+        self.status_timer = self.create_timer(
+            period, self.status_cb, callback_group=MutuallyExclusiveCallbackGroup()
+        )
         self._sounddevice = None
         self._microphone = None
+        self._microphone_pub = None
+        if self.p["autostart"]:
+            autostart(self)
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Validate the parameters; load the recogniser (autostart: in the background)."""
+        if self._param_errors:
+            self.asr_state, self.asr_error = "error", "invalid parameters: " + "; ".join(
+                self._param_errors)  # fmt: skip
+            self.get_logger().error(f"configure failed: {self.asr_error}")
+            return TransitionCallbackReturn.FAILURE
         if self.p["use_microphone"] or self.p["play_answers"]:
             self._sounddevice = self._import_sounddevice()
+        self.asr_state, self.asr_error, self.tts_error = "loading", "", ""
+        if self._background_load:
+            self._background_load = False
+            self._loader = threading.Thread(
+                target=self._load, name="loc3r-speech-load", daemon=True
+            )
+            self._loader.start()
+            return TransitionCallbackReturn.SUCCESS
+        self._load()
+        if self.asr_state != "ready":
+            self.get_logger().error(f"configure failed: {self.asr_error}")
+            return TransitionCallbackReturn.FAILURE
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Load again what deactivate released; subscribe to the audio; answer."""
+        if self._released:
+            self._load()
+            if self.asr_state != "ready":
+                self.get_logger().error(f"activate failed: {self.asr_error}")
+                return TransitionCallbackReturn.FAILURE
+            self._released = False
+        self.audio_sub = self.create_subscription(
+            AudioChunk, self.p["audio_topic"], self.audio_cb, self.audio_qos,
+            callback_group=self._audio_group,
+        )  # fmt: skip
+        self.idle_timer = self.create_timer(0.1, self.idle_cb, callback_group=self._audio_group)
         if self.p["use_microphone"] and self._sounddevice is not None:
             self._microphone = self._start_microphone()
-        self._loader = threading.Thread(target=self._load, name="loc3r-speech-load", daemon=True)
-        self._loader.start()
+        self._active = True
         self.get_logger().info(
             f"listening on {self.audio_sub.topic_name}; questions go to {self.p['ask_service']}"
         )
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Stop listening; free the recogniser when release_model_on_deactivate."""
+        self._stop_listening()
+        if self.p["release_model_on_deactivate"]:
+            self._free_backends("released on deactivate (activate loads it again)")
+            self._released = True
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Free the recogniser and the synthesiser."""
+        self._stop_listening()
+        self._free_backends("cleaned up (configure loads it again)")
+        self.asr_state, self._released = "unconfigured", False
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Free everything; the process exits once the transition has been answered."""
+        self._stop_listening()
+        self._free_backends("shut down")
+        self.create_timer(0.5, self.context.try_shutdown)
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """A transition raised: free everything and go back to unconfigured."""
+        self._stop_listening()
+        self._free_backends("recovered from an error (configure again)")
+        self.asr_state, self._released = "unconfigured", False
+        return TransitionCallbackReturn.SUCCESS
+
+    def _stop_listening(self) -> None:
+        self._active = False
+        if self._microphone is not None:
+            self._microphone.close()
+            self._microphone = None
+        if self._microphone_pub is not None:
+            self.destroy_publisher(self._microphone_pub)
+            self._microphone_pub = None
+        if self.audio_sub is not None:
+            self.destroy_subscription(self.audio_sub)
+            self.audio_sub = None
+        if self.idle_timer is not None:
+            self.destroy_timer(self.idle_timer)
+            self.idle_timer = None
+        self._vad = None
+
+    def _free_backends(self, reason: str) -> None:
+        if self._loader is not None and self._loader.is_alive():
+            self._loader.join()
+        self._asr = self._tts = None
+        self.asr_state, self.asr_error = "released", f"speech recogniser {reason}"
+        gc.collect()
 
     # --- configuration -------------------------------------------------------------------------
     def _load(self) -> None:
@@ -187,6 +292,7 @@ class SpeechNode(Node):
                 )
             )
         except Exception as exc:  # a backend that fails to load must not take the node down
+            self._asr = None
             self.asr_error = f"speech recognition unavailable: {exc}"
             self.asr_state = "error"
             self.get_logger().error(self.asr_error)
@@ -398,6 +504,12 @@ class SpeechNode(Node):
         """Answer one spoken utterance (never raises: problems are replies with a message)."""
         start = time.perf_counter()
         self._count("requests")
+        if not self._active:
+            response.success = False
+            why = self.asr_error if self.asr_state in ("error", "released") else ""
+            response.message = not_active_reply(self, why)
+            response.latency_s = time.perf_counter() - start
+            return response
         if not self._reserve():
             self._count("busy")
             response.success = False
@@ -425,6 +537,8 @@ class SpeechNode(Node):
     # --- audio stream --------------------------------------------------------------------------
     def audio_cb(self, msg: AudioChunk) -> None:
         """Feed a chunk to the streaming VAD; finished utterances become requests."""
+        if not self._active:  # a chunk that raced deactivate
+            return
         self._count("chunks")
         self._last_chunk = time.monotonic()
         try:
@@ -498,6 +612,7 @@ class SpeechNode(Node):
     def _start_microphone(self):
         """Publish the default input device on audio_topic (100 ms S16LE chunks at 16 kHz)."""
         publisher = self.create_publisher(AudioChunk, self.p["audio_topic"], self.audio_qos)
+        self._microphone_pub = publisher
 
         def on_audio(indata, frames, time_info, status) -> None:
             msg = AudioChunk(
@@ -535,8 +650,11 @@ class SpeechNode(Node):
 
     def _publish_diagnostics(self) -> None:
         service_ready = self.ask_client.service_is_ready()
+        state = lifecycle_state(self)
         if self.asr_state == "error":
             level, message = DiagnosticStatus.ERROR, self.asr_error
+        elif state != "active":
+            level, message = DiagnosticStatus.WARN, not_active_reply(self, self.asr_error)
         elif self.asr_state == "loading":
             level, message = DiagnosticStatus.WARN, "speech recogniser is loading"
         elif not service_ready:
@@ -550,6 +668,7 @@ class SpeechNode(Node):
             last_asr = self._last_asr_latency
         vad = self._vad
         values = {
+            "lifecycle": state,
             "asr_backend": self.p["asr_backend"],
             "tts_backend": self.p["tts_backend"] if self._tts is not None else "none",
             "requests": stats.get("requests", 0),
@@ -577,6 +696,7 @@ class SpeechNode(Node):
         """Stop the microphone and the worker threads, then the node."""
         if self._microphone is not None:
             self._microphone.close()
+            self._microphone = None
         self._workers.shutdown(wait=False, cancel_futures=True)
         super().destroy_node()
 

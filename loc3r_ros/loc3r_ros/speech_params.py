@@ -11,6 +11,18 @@ from loc3r_ros.params import markdown_table as params_table
 
 SPEECH_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec(
+        "autostart",
+        True,
+        "Configure and activate at start (the recogniser loads in the background); false: wait "
+        "for a lifecycle manager (ros2 lifecycle set /loc3r_speech configure, then activate)",
+        read_only=True,
+    ),
+    ParamSpec(
+        "release_model_on_deactivate",
+        False,
+        "Deactivate also frees the recogniser and synthesiser; activate loads them again",
+    ),
+    ParamSpec(
         "audio_topic",
         "audio/input",
         "Audio input topic (loc3r_interfaces/AudioChunk); relative names resolve in the "
