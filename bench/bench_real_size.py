@@ -37,8 +37,8 @@ Phases and figures (medians of a few repeats after warm-up; on CUDA timed with s
   multi-GPU recipe shards those); projected to the recipe's 4200 steps x 64 samples.
 Peak memory: `torch.cuda.max_memory_allocated` per phase (reset before it), weights included; on
 the CPU the process's peak RSS (monotone, not per phase). The JSON file is rewritten atomically
-after every figure, so a run cut short keeps what it measured. `--profile-dir` adds
-torch.profiler tables of one CUT3R step, one warm ask and one cold query.
+after every figure, so a run cut short keeps what it measured. `--profile-dir` adds, last,
+torch.profiler tables of one CUT3R step, one warm ask, one warm localize and one cold query.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ from loc3r.vlm.llava_video import LlavaVideoConfig, LlavaVideoModel  # noqa: E40
 from loc3r.vlm.tiny import tiny_llava_config  # noqa: E402
 
 DEFAULT_TOKENIZER = ROOT / "loc3r_ros/test/data/llava_video_reference/tiny_llava_video"
-PHASES = ("build", "cut3r", "cold", "warm_ask", "warm_localize", "profile", "train")
+PHASES = ("build", "cut3r", "cold", "warm_ask", "warm_localize", "train", "profile")
 GIB = 2**30
 RECIPE_STEPS = 4200  # paper: 1 epoch, ~4.2k steps
 RECIPE_GLOBAL_BATCH = 64
@@ -618,6 +618,9 @@ class Bench:
         out_dir.mkdir(parents=True, exist_ok=True)
         state = self.cut3r.init_state(1)
         self.cut3r.step(state, self.cut3r_frames[0])
+        if getattr(self, "prefix", None) is None:  # the training phase dropped it
+            with torch.inference_mode():
+                self.prefix = self.model.encode_scene(self.pixel_values, self.camera_tokens)
         prefix = self.prefix
         runs = {
             "cut3r_step": lambda: self.cut3r.step(state, self.cut3r_frames[-1]),
@@ -720,6 +723,10 @@ class Bench:
         disable = getattr(llm, "activation_checkpointing_disable", None)
         (disable or llm.gradient_checkpointing_disable)()
         model.eval()
+        optimizer.zero_grad(set_to_none=True)
+        optimizer.state.clear()  # give the AdamW states back before the profile phase
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
 
 # ------------------------------------------------------------------------------ summary
