@@ -34,6 +34,8 @@ def test_config_layers_and_errors(tmp_path):
     assert (config.steps, config.lr, config.use_camera_tokens) == (7, 0.5, False)
     with pytest.raises(SystemExit, match="unknown key"):
         TrainConfig.from_args(["--nope=1"])
+    with pytest.raises(SystemExit, match="removed on 2026-12-04"):  # options the docs still name
+        TrainConfig.from_args(["--position_readout=attended_layout"])
     with pytest.raises(SystemExit, match="takes int"):
         TrainConfig.from_args(["--steps=many"])
     path.write_text("stepz: 3\n")
@@ -204,11 +206,11 @@ def test_synthetic_samples_carry_the_patches_of_their_situation_objects():
     (data,) = build_episodes([5], config, None, grid=2, progress=False)
     episode = make_episode(5, config)
     samples = data.samples(56)
-    firsts = data.samples(56, grounding_views="first")
     assert len(samples) == len(episode.records) > 0
-    for record, s, f in zip(episode.records, samples, firsts, strict=True):
-        # "first" keeps exactly the first frame that shows the object, and only it
-        for every, first in ((s.anchor_cells, f.anchor_cells), (s.target_cells, f.target_cells)):
+    for record, s in zip(episode.records, samples, strict=True):
+        # views="first" (loc3r.eval.bounds) keeps exactly the first frame that shows the object
+        for key, every in (("anchor_id", s.anchor_cells), ("target_id", s.target_cells)):
+            first = data.cells_of(record, key, views="first")
             shown = every.flatten(1).any(1).nonzero().flatten().tolist()
             if not shown:  # out of view (or under MIN_OBJECT_COVER in every cell)
                 assert not first.any()

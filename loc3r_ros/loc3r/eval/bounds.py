@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from loc3r.eval.localization import METRIC_NAMES, POSITION_THRESHOLDS_M, position_error
 from loc3r.scenes.situations import relative_direction
-from loc3r.vlm.loc3r_vlm import GROUNDING_HEADS
+from loc3r.vlm.training_aids import GROUNDING_HEADS, trace_situation
 
 POSITION_READOUTS = (
     "f_pos",
@@ -92,7 +92,7 @@ def position_readouts(
     true_xy: torch.Tensor,
     valid: torch.Tensor,
 ) -> dict[str, torch.Tensor]:
-    """Every read-out of POSITION_READOUTS for one situation (the trace of loc3r_vlm).
+    """Every read-out of POSITION_READOUTS for one situation (a training_aids.SituationTrace).
 
     anchor (P,) bool marks the patches that show the anchor, anchor_first those of them in the
     first frame that shows it; true_xy (P, 2) and valid (P,) are the patches' true layout.
@@ -169,7 +169,7 @@ def measure(vlm, episodes: list, image_size: int, progress: bool = True) -> dict
             if key not in situations:
                 situations.add(key)
                 trace = _on_cpu(
-                    vlm.trace_situation(pixels, episode.camera_tokens, record.situation)
+                    trace_situation(vlm, pixels, episode.camera_tokens, record.situation)
                 )
                 true_xy, valid, frames = _patch_truth(episode, trace.patch_index)
                 anchor, first = (
@@ -243,7 +243,7 @@ def _directions(vlm, episode, record, pixels: torch.Tensor) -> tuple[dict, float
     when it is out of view) and the share of the patches that show it (uniform attention's mass).
     """
     trace = _on_cpu(
-        vlm.trace_situation(pixels, episode.camera_tokens, record.situation, record.question)
+        trace_situation(vlm, pixels, episode.camera_tokens, record.situation, record.question)
     )
     true_xy, valid, _ = _patch_truth(episode, trace.patch_index)
     attended = [attention_of(trace, name) for name in GROUNDING_OF]

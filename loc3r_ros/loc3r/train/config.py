@@ -12,6 +12,15 @@ from typing import TypeVar
 import yaml
 
 ConfigT = TypeVar("ConfigT")
+# TrainConfig keys removed on 2026-12-04 (docs/experiments.md has what they measured; their code
+# is in git commit 7295583)
+REMOVED_KEYS = ("grounding_layer", "position_readout", "answer_grounding", "grounding_views")
+
+
+def _removed_note(cls: type, keys) -> str:
+    """What to say about unknown keys that are removed TrainConfig keys ("" for none)."""
+    removed = sorted(set(keys) & set(REMOVED_KEYS)) if cls is TrainConfig else []
+    return f"; {removed} removed on 2026-12-04 (git commit 7295583 has them)" if removed else ""
 
 
 def module_summary(doc: str | None) -> str:
@@ -65,21 +74,11 @@ class TrainConfig:
     layout_weight: float = 0.05  # 0 disables the layout loss (and head)
     situation_weight: float = 0.075
     ori_weight: float = 3.5
-    # attention supervision of <Pos>, <Ori> and the answer (not in the paper; see loc3r_vlm):
-    # synthetic rooms only (their records name the objects), 0 = off
+    # training aids (not in the paper; see loc3r.vlm.training_aids), synthetic rooms only (their
+    # records name the objects), 0 = off: attention supervision of <Pos>, <Ori> and the answer
     grounding_weight: float = 0.0
-    grounding_layer: int = -1
-    # "attended_layout" (ours): position = layout of the patches <Pos>'s grounding head attends
-    # to, plus f_pos's offset; "hidden": f_pos alone (the paper)
-    position_readout: str = "hidden"
-    # what the answer token's grounding heads look at: "question" (its object) or "situation"
-    # (also the anchor and the faced object; ours, see loc3r_vlm)
-    answer_grounding: str = "question"
-    # the question's object in the agent's frame, regressed at the answer's first token (ours;
-    # synthetic rooms, whose records know the object), 0 = off
+    # the question's object in the agent's frame, regressed at the answer's first token
     egocentric_weight: float = 0.0
-    grounding_views: str = "all"  # "all": every frame showing the object; "first": only the
-    # first frame that shows it (its layout needs the least camera motion: CUT3R's pose drifts)
     cut3r_dir: str = ""  # our CUT3R directory or an official .pth; "" = a seeded random tiny one
     cut3r_image_size: int = 64  # CUT3R input long edge (512 for the official DPT checkpoint)
     # "oracle": camera tokens state the true poses instead of CUT3R's (synthetic rooms only):
@@ -128,7 +127,9 @@ def config_from_args(
         loaded = yaml.safe_load(Path(known.config).read_text()) or {}
         unknown = set(loaded) - set(values)
         if unknown:
-            raise SystemExit(f"unknown keys in {known.config}: {sorted(unknown)}")
+            raise SystemExit(
+                f"unknown keys in {known.config}: {sorted(unknown)}{_removed_note(cls, unknown)}"
+            )
         values.update(loaded)
     types = {f.name: type(values[f.name]) for f in fields(cls)}
     for item in rest:
@@ -137,7 +138,7 @@ def config_from_args(
         key, text = item[2:].split("=", 1)
         key = key.replace("-", "_")
         if key not in types:
-            raise SystemExit(f"unknown key {key!r} (see {cls.__name__})")
+            raise SystemExit(f"unknown key {key!r} (see {cls.__name__}){_removed_note(cls, [key])}")
         kind = types[key]
         if kind is bool:
             if text.lower() not in ("true", "false", "1", "0"):

@@ -15,7 +15,7 @@ eval.json beside it. The embedded recipe differs from the paper's where the tiny
 it: the vision tower's pretraining is our own (SigLIP's is not available at this size), the
 situation losses weigh 0.3 instead of 0.075 (a model trained from scratch, not fine-tuned), and
 the grounding loss (attention of <Pos>, <Ori> and the answer on the objects named; see
-loc3r.vlm.loc3r_vlm) stands in for the vision-language alignment a pretrained LLaVA-Video has,
+loc3r.vlm.training_aids) stands in for the vision-language alignment a pretrained LLaVA-Video has,
 and the egocentric loss (the question's object in the agent's frame, regressed at the answer)
 pushes the LM towards the geometry that direction questions need.
 It trains on 3000 rooms, each question seen about once (about 5 GB of RAM): on 800 rooms, each

@@ -75,9 +75,6 @@ def build_model(config: TrainConfig, tokenizer, cam_dim: int) -> Loc3rVLM:
         use_camera_tokens=config.use_camera_tokens,
         enable_layout_head=config.layout_weight > 0,
         max_new_tokens=8,
-        grounding_layer=config.grounding_layer,
-        position_readout=config.position_readout,
-        answer_grounding=config.answer_grounding,
         enable_egocentric_head=config.egocentric_weight > 0,
         weights=LossWeights(
             bev=config.layout_weight,
@@ -178,7 +175,7 @@ def prepare_run(config: TrainConfig, progress: bool = True) -> Run:
         size = config.image_size
         train = build_episodes(train_seeds, train_cfg, perception, grid, progress, prior, size)
         held_out = build_episodes(eval_seeds, episodes_cfg, perception, grid, progress, prior, size)
-    samples = [s for e in train for s in e.samples(config.image_size, config.grounding_views)]
+    samples = [s for e in train for s in e.samples(config.image_size)]
     model = build_model(config, tokenizer, cut3r.config.dec_embed_dim)
     return Run(model, cut3r, train, held_out, samples)
 

@@ -42,7 +42,7 @@ class EpisodeData:
     def cells_of(self, record: QARecord, key: str, views: str = "all") -> torch.Tensor | None:
         """(T, g, g) bool: the pooled patches showing the record's `key` object (anchor_id ...).
 
-        views="first" keeps only the first frame that shows it.
+        views="first" keeps only the first frame that shows it (a read-out of loc3r.eval.bounds).
         """
         if views not in GROUNDING_VIEWS:
             raise ValueError(f"views={views!r}: expected one of {GROUNDING_VIEWS}")
@@ -54,8 +54,8 @@ class EpisodeData:
             cells = cells & (cells.flatten(1).any(1).cumsum(0) <= 1)[:, None, None]
         return cells
 
-    def samples(self, image_size: int, grounding_views: str = "all") -> list[TrainSample]:
-        """One TrainSample per question (pixel values shared); see `cells_of` for the views."""
+    def samples(self, image_size: int) -> list[TrainSample]:
+        """One TrainSample per question (pixel values shared; every view of each object)."""
         pixels = frames_to_pixel_values(list(self.frames), size=image_size)
 
         def offset(record: QARecord) -> torch.Tensor | None:
@@ -75,9 +75,9 @@ class EpisodeData:
                 yaw=float(r.yaw),
                 bev_targets=self.bev_targets,
                 bev_mask=self.bev_mask,
-                anchor_cells=self.cells_of(r, "anchor_id", grounding_views),
-                target_cells=self.cells_of(r, "target_id", grounding_views),
-                question_cells=self.cells_of(r, "object_id", grounding_views),
+                anchor_cells=self.cells_of(r, "anchor_id"),
+                target_cells=self.cells_of(r, "target_id"),
+                question_cells=self.cells_of(r, "object_id"),
                 object_offset=offset(r),
             )
             for r in self.records

@@ -15,7 +15,6 @@ from loc3r.vlm.loc3r_vlm import (
     Loc3rVLMConfig,
     PosePrediction,
     ScenePrefix,
-    SituationTrace,
     TrainSample,
 )
 from loc3r.vlm.losses import LossWeights
@@ -25,6 +24,7 @@ from loc3r.vlm.processor import (
     time_instruction,
     tokenize_with_video,
 )
+from loc3r.vlm.training_aids import SituationTrace, trace_situation
 
 __all__ = [
     "DEFAULT_SITUATION",
@@ -47,4 +47,5 @@ __all__ = [
     "map_checkpoint_key",
     "time_instruction",
     "tokenize_with_video",
+    "trace_situation",
 ]
