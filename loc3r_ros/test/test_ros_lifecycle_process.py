@@ -202,6 +202,7 @@ def test_activate_loads_the_model_again_on_the_kept_scene(graph):
 
 
 def test_cleanup_frees_everything_and_shutdown_ends_the_process(graph):
+    """(Shutdown from unconfigured and from active: test_ros_speech_lifecycle.py.)"""
     assert graph.change(Transition.TRANSITION_CLEANUP) is False  # not from active
     assert graph.change(Transition.TRANSITION_DEACTIVATE) is True
     assert graph.change(Transition.TRANSITION_CLEANUP) is True
@@ -210,6 +211,9 @@ def test_cleanup_frees_everything_and_shutdown_ends_the_process(graph):
     assert status.keyframes == 0 and status.state == Status.STATE_NO_MODEL
     reset = call(graph.node, graph.clients["reset"], Trigger.Request())
     assert reset.success is False and reset.message.startswith("unconfigured")
-    assert graph.change(Transition.TRANSITION_UNCONFIGURED_SHUTDOWN) is True
+    assert graph.change(Transition.TRANSITION_CONFIGURE) is True  # again, after cleanup
+    reset = call(graph.node, graph.clients["reset"], Trigger.Request())
+    assert reset.success is True  # the scene can be reset while inactive
+    assert graph.change(Transition.TRANSITION_INACTIVE_SHUTDOWN) is True
     graph.server.proc.wait(timeout=20)
     assert graph.server.proc.returncode == 0, graph.server.log()[-2000:]

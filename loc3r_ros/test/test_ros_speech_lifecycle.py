@@ -136,7 +136,8 @@ def test_every_transition_with_an_utterance_asked_in_each_state(client, utteranc
         assert bridge.state() == "unconfigured"
         assert bridge.ask(utterance).message.startswith("unconfigured")
         assert bridge.change(Transition.TRANSITION_CONFIGURE) is True  # again, after cleanup
-        assert bridge.change(Transition.TRANSITION_INACTIVE_SHUTDOWN) is True
+        assert bridge.change(Transition.TRANSITION_ACTIVATE) is True
+        assert bridge.change(Transition.TRANSITION_ACTIVE_SHUTDOWN) is True
         assert bridge.process.proc.wait(timeout=20) == 0
     finally:
         bridge.process.stop()
