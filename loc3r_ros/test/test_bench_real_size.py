@@ -1,8 +1,9 @@
 """bench/bench_real_size.py and bench/numerics_cuda.py at tiny size on the CPU.
 
 The released size needs a GPU (`bash bench/run_on_h200.sh` through the device tool; results in
-bench/results/); here: the same code path at tiny shapes, the JSON written figure by figure, the refusal to build 7B on the
-CPU, the released shapes counted on the meta device, and the numerics script against itself.
+bench/results/); here: the same code path at tiny shapes, the JSON written figure by figure,
+the refusal to build 7B on the CPU, the released shapes counted on the meta device, and the
+numerics script against itself.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TypeVar
 
+import torch
 import yaml
 
 ConfigT = TypeVar("ConfigT")
@@ -52,6 +53,8 @@ class TrainConfig:
     frames: int = 8
     image_size: int = 112
     train_situations: int = 4  # situations per training room (held-out rooms always have 4)
+    workers: int = 1  # processes that render episodes (a GPU machine's cores)
+    time_budget_s: float = 0.0  # > 0: training stops (and saves) after this long
     look: str = "flat"  # rooms: "flat" colours or "textured" (loc3r.scenes.textures)
     walk: str = "sweep"  # camera walks: "sweep" (one turn left) or "scan" (both ways, smooth)
     render_size: int = 0  # rendered frame size (the pose source matches features at it);
@@ -159,3 +162,14 @@ def lr_at(step: int, config: TrainConfig) -> float:
     progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
     cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
     return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
+
+
+def resolve_training_device(name: str) -> torch.device:
+    """The device of `name`: auto (CUDA when there is one), cpu or cuda (an error without it)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but CUDA is not available")
+    return torch.device(name)

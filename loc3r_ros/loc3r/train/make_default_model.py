@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             f"--out={Path(config.out) / 'vision_run'}", f"--frames={config.frames}",
             f"--image_size={config.image_size}", f"--vision_hidden={config.vision_hidden}",
             f"--vision_layers={config.vision_layers}", f"--look={config.look}",
-            f"--walk={config.walk}", *stage_args["vision"],
+            f"--walk={config.walk}", f"--workers={config.workers}", *stage_args["vision"],
         ])  # fmt: skip
         vision_report = pretrain_vision(vision_config)
         config = replace(
@@ -96,17 +96,24 @@ def main(argv: list[str] | None = None) -> int:
         ])  # fmt: skip
         cut3r_report = train_cut3r(cut3r_config)
         config = replace(config, cut3r_dir=str(Path(cut3r_config.out) / "cut3r"))
+    stages = {"before_data": round(time.perf_counter() - start, 1)}
     run = prepare_run(config)
+    stages["data"] = round(time.perf_counter() - start - sum(stages.values()), 1)
     trainer = Trainer(config, run.model, run.train_samples)
     history = trainer.fit()
+    stages["train"] = round(time.perf_counter() - start - sum(stages.values()), 1)
     report = evaluate(run.model, run.eval_episodes, config.image_size)
+    stages["eval"] = round(time.perf_counter() - start - sum(stages.values()), 1)
     report.pop("cases")
     report["train"] = {
         "steps": config.steps,
         "first_loss": history[0]["loss"] if history else None,
         "final_loss": history[-1]["loss"] if history else None,
         "samples": len(run.train_samples),
+        "stopped_early": trainer.stopped_early,
+        "device": str(trainer.device),
         "seconds": round(time.perf_counter() - start, 1),
+        "stage_seconds": stages,
         "config": asdict(config),
     }
     if cut3r_report is not None:

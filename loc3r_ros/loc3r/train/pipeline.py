@@ -172,9 +172,11 @@ def prepare_run(config: TrainConfig, progress: bool = True) -> Run:
     else:
         train_cfg = replace(episodes_cfg, situations=config.train_situations)
         prior = config.camera_prior
-        size = config.image_size
-        train = build_episodes(train_seeds, train_cfg, perception, grid, progress, prior, size)
-        held_out = build_episodes(eval_seeds, episodes_cfg, perception, grid, progress, prior, size)
+        size, workers = config.image_size, config.workers
+        train = build_episodes(train_seeds, train_cfg, perception, grid, progress, prior, size,
+                               workers)  # fmt: skip
+        held_out = build_episodes(eval_seeds, episodes_cfg, perception, grid, progress, prior,
+                                  size, workers)  # fmt: skip
     samples = [s for e in train for s in e.samples(config.image_size)]
     model = build_model(config, tokenizer, cut3r.config.dec_embed_dim)
     return Run(model, cut3r, train, held_out, samples)

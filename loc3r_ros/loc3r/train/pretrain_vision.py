@@ -26,7 +26,8 @@ from tqdm import tqdm
 
 from loc3r.scenes import EpisodeConfig, make_episode
 from loc3r.scenes.world import CATALOGUE, COLOURS
-from loc3r.train.config import config_from_args, lr_at
+from loc3r.train.config import config_from_args, lr_at, resolve_training_device
+from loc3r.train.parallel import parallel_map
 from loc3r.vlm import frames_to_pixel_values
 from loc3r.vlm.llava_video import LlavaVideoModel
 from loc3r.vlm.tiny import tiny_llava_config
@@ -56,6 +57,8 @@ class VisionPretrainConfig:
     walk: str = "sweep"  # walks: "sweep" or "scan" (loc3r.scenes.episode)
     vision_hidden: int = 64
     vision_layers: int = 2
+    device: str = "auto"  # "auto" (CUDA when there is one), "cpu" or "cuda"
+    workers: int = 1  # processes that render the frames
 
     @classmethod
     def from_args(cls, argv: list[str] | None = None) -> VisionPretrainConfig:
@@ -81,21 +84,24 @@ def patch_labels(frame, room, grid: int) -> tuple[np.ndarray, np.ndarray, np.nda
     return kinds, colours, depth.astype(np.float32)
 
 
-def make_data(seeds, config: VisionPretrainConfig, grid: int, progress: bool):
-    """Pixel values and patch labels of every frame of the episodes of `seeds`."""
+def episode_data(seed: int, shared: tuple) -> tuple:
+    """Pixel values and patch labels of one episode's frames (shared: config, grid)."""
+    config, grid = shared
     episode_config = EpisodeConfig(
         frames=config.frames, image_size=config.image_size, look=config.look, walk=config.walk
     )
-    pixels, kinds, colours, depths = [], [], [], []
-    for seed in tqdm(seeds, desc="frames", disable=not progress):
-        episode = make_episode(seed, episode_config)
-        pixels.append(frames_to_pixel_values([f.rgb for f in episode.frames], config.image_size))
-        for frame in episode.frames:
-            k, c, d = patch_labels(frame, episode.room, grid)
-            kinds.append(k)
-            colours.append(c)
-            depths.append(d)
-    as_tensor = lambda a: torch.from_numpy(np.stack(a))  # noqa: E731
+    episode = make_episode(seed, episode_config)
+    pixels = frames_to_pixel_values([f.rgb for f in episode.frames], config.image_size)
+    labels = [patch_labels(frame, episode.room, grid) for frame in episode.frames]
+    return pixels, *(np.stack(part) for part in zip(*labels, strict=True))
+
+
+def make_data(seeds, config: VisionPretrainConfig, grid: int, progress: bool):
+    """Pixel values and patch labels of every frame of the episodes of `seeds`."""
+    parts = parallel_map(episode_data, list(seeds), (config, grid), config.workers, "frames",
+                         progress)  # fmt: skip
+    pixels, kinds, colours, depths = zip(*parts, strict=True)
+    as_tensor = lambda a: torch.from_numpy(np.concatenate(a))  # noqa: E731
     return torch.cat(pixels), as_tensor(kinds), as_tensor(colours), as_tensor(depths)
 
 
@@ -150,12 +156,16 @@ def pretrain(config: VisionPretrainConfig, progress: bool = True) -> dict:
     """Train tower + heads, report held-out patch accuracies, save the tower."""
     torch.manual_seed(config.seed)
     start = time.perf_counter()
+    device = resolve_training_device(config.device)
     model = build_vision_model(config)
     grid = model.config.grid
     train = make_data(range(config.episodes), config, grid, progress)
     held = make_data(range(config.eval_seed_offset, config.eval_seed_offset + config.eval_episodes),
                      config, grid, progress)  # fmt: skip
+    train = tuple(t.to(device) for t in train)
+    held = tuple(t.to(device) for t in held)
     heads = PatchHeads(config.vision_hidden)
+    model, heads = model.to(device), heads.to(device)
     params = [*model.vision_tower.parameters(), *heads.parameters()]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     rng = np.random.default_rng(config.seed)
@@ -166,7 +176,7 @@ def pretrain(config: VisionPretrainConfig, progress: bool = True) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, config)
         count = min(config.batch_frames, len(train[0]))
-        pick = torch.from_numpy(rng.choice(len(train[0]), count, replace=False))
+        pick = torch.from_numpy(rng.choice(len(train[0]), count, replace=False)).to(device)
         parts = losses(model, heads, *(t[pick] for t in train))
         optimizer.zero_grad(set_to_none=True)
         parts["loss"].backward()
@@ -175,9 +185,11 @@ def pretrain(config: VisionPretrainConfig, progress: bool = True) -> dict:
         history.append({k: float(v.detach()) for k, v in parts.items()})
     with torch.no_grad():
         evaluation = {k: float(v) for k, v in losses(model, heads, *held).items()}
+    held = tuple(t.cpu() for t in held)
+    train = tuple(t.cpu() for t in train)
     majority_kind = float((held[1] == torch.mode(train[1].flatten()).values).float().mean())
-    save_file({k: v.detach().contiguous() for k, v in model.vision_tower.state_dict().items()},
-              str(out / "vision_tower.safetensors"))  # fmt: skip
+    tower = {k: v.detach().cpu().contiguous() for k, v in model.vision_tower.state_dict().items()}
+    save_file(tower, str(out / "vision_tower.safetensors"))
     report = {
         "config": asdict(config),
         "held_out": evaluation,

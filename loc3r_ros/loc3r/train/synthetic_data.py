@@ -13,11 +13,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from loc3r.engine.perception import pose_token
 from loc3r.scenes import EpisodeConfig, bev_targets, make_episode, object_cover
 from loc3r.scenes.situations import QARecord
+from loc3r.train.parallel import parallel_map
 from loc3r.vlm import TrainSample, frames_to_pixel_values
 from loc3r.vlm.losses import egocentric_offset
 
@@ -103,6 +103,7 @@ def build_episodes(
     progress: bool = True,
     camera_prior: str = "cut3r",
     image_size: int = 0,
+    workers: int = 1,
 ) -> list[EpisodeData]:
     """Render episodes and cache their camera tokens and layout targets.
 
@@ -110,45 +111,46 @@ def build_episodes(
     "geometric" streams it too and takes the tokens that state its poses (`perception` must have
     camera_tokens="pose", as the bundle's engine will); "oracle" states the true poses
     (`oracle_camera_tokens`, as wide as CUT3R's). Frames rendered larger than `image_size` (for
-    the geometric pose source's feature matching) are stored shrunk to it.
+    the geometric pose source's feature matching) are stored shrunk to it. `workers` > 1
+    builds them on that many forked processes (the same episodes, in order).
     """
     if camera_prior not in CAMERA_PRIORS:
         raise ValueError(f"camera_prior={camera_prior!r}: expected one of {CAMERA_PRIORS}")
-    out = []
-    for seed in tqdm(seeds, desc="episodes", disable=not progress):
-        episode = make_episode(seed, config)
-        frames = np.stack([f.rgb for f in episode.frames])
-        if camera_prior == "geometric" and perception.config.camera_tokens != "pose":
-            raise ValueError(
-                "camera_prior='geometric' needs a perception with camera_tokens='pose'"
-            )
-        if camera_prior == "oracle":
-            width = perception.model.config.dec_embed_dim
-            tokens = oracle_camera_tokens([f.pose_c2w for f in episode.frames], width)
-        elif perception is not None:
-            tokens = torch.stack([p.camera_token for p in perception.run_fresh(list(frames))])
-        else:
-            tokens = torch.zeros(len(frames), 1)
-        if image_size and frames.shape[1] > image_size:
-            frames = np.stack([cv2.resize(f, (image_size, image_size), interpolation=cv2.INTER_AREA)
-                               for f in frames])  # fmt: skip
-        objects = len(episode.room.objects)
-        cover = np.stack([object_cover(f.object_id, objects, grid) for f in episode.frames])
-        targets, masks = zip(
-            *(bev_targets(f, episode.frame, grid, mode="mean") for f in episode.frames), strict=True
-        )
-        out.append(
-            EpisodeData(
-                seed=seed,
-                frames=frames,
-                camera_tokens=tokens,
-                bev_targets=torch.from_numpy(np.stack(targets)),
-                bev_mask=torch.from_numpy(np.stack(masks)),
-                records=episode.records,
-                object_cover=torch.from_numpy(cover),
-            )
-        )
-    return out
+    if camera_prior == "geometric" and perception.config.camera_tokens != "pose":
+        raise ValueError("camera_prior='geometric' needs a perception with camera_tokens='pose'")
+    shared = (config, perception, grid, camera_prior, image_size)
+    return parallel_map(build_episode, seeds, shared, workers, "episodes", progress)
+
+
+def build_episode(seed: int, shared: tuple) -> EpisodeData:
+    """One episode of `build_episodes` (shared: config, perception, grid, prior, image size)."""
+    config, perception, grid, camera_prior, image_size = shared
+    episode = make_episode(seed, config)
+    frames = np.stack([f.rgb for f in episode.frames])
+    if camera_prior == "oracle":
+        width = perception.model.config.dec_embed_dim
+        tokens = oracle_camera_tokens([f.pose_c2w for f in episode.frames], width)
+    elif perception is not None:
+        tokens = torch.stack([p.camera_token for p in perception.run_fresh(list(frames))])
+    else:
+        tokens = torch.zeros(len(frames), 1)
+    if image_size and frames.shape[1] > image_size:
+        frames = np.stack([cv2.resize(f, (image_size, image_size), interpolation=cv2.INTER_AREA)
+                           for f in frames])  # fmt: skip
+    objects = len(episode.room.objects)
+    cover = np.stack([object_cover(f.object_id, objects, grid) for f in episode.frames])
+    targets, masks = zip(
+        *(bev_targets(f, episode.frame, grid, mode="mean") for f in episode.frames), strict=True
+    )
+    return EpisodeData(
+        seed=seed,
+        frames=frames,
+        camera_tokens=tokens,
+        bev_targets=torch.from_numpy(np.stack(targets)),
+        bev_mask=torch.from_numpy(np.stack(masks)),
+        records=episode.records,
+        object_cover=torch.from_numpy(cover),
+    )
 
 
 def corpus(episodes_seeds: list[int], config: EpisodeConfig) -> list[str]:

@@ -127,6 +127,9 @@ class Trainer:
             else contextlib.nullcontext()
         )
         self.step = 0
+        self.stopped_early = ""  # why fit stopped before config.steps
+        if self.ddp and config.time_budget_s > 0:  # ranks would stop at different steps
+            raise ValueError("time_budget_s needs a single process (not DDP/FSDP)")
         self.out = Path(config.out)
 
     @property
@@ -235,7 +238,11 @@ class Trainer:
         start = time.perf_counter()
         try:
             self.model.train()
+            budget = self.config.time_budget_s
             while self.step < self.config.steps:
+                if budget > 0 and time.perf_counter() - start > budget:
+                    self.stopped_early = f"time budget {budget:.0f} s spent at step {self.step}"
+                    break
                 metrics = self.train_step()
                 metrics["step"] = self.step
                 metrics["elapsed_s"] = round(time.perf_counter() - start, 2)

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Build the embedded default model on one GPU machine (device tool: `bash
+# scripts/gpu_build_default_model.sh`, timeout_s 600). The recipe: textured rooms, scan walks,
+# the geometric pose source stated in the camera tokens, data rendered on all cores, the vision
+# tower and the VLM trained on the GPU (bf16 autocast), the shipped tiny CUT3R reused (it only
+# gives depth and focal length to the geometric source). Training stops at its time budget, so
+# the script ends within ~9 minutes. What comes back ($OUT, at most 8 files of 16 MiB): the
+# bundle's vlm/ (4 files), bundle.json, eval.json (timings per stage), metrics.jsonl, build.log.
+# The same command runs on a CPU machine (slowly): every stage picks CUDA when there is one.
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/loc3r_gpu_build}
+mkdir -p "$OUT"
+export PYTHONPATH=loc3r_ros PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1
+WORKERS=${WORKERS:-$(( $(nproc) - 1 ))}
+PY=${PYTHON:-python3}
+RUN=/tmp/loc3r_gpu_run
+exec > >(tail -c 4000000 > "$OUT/build.log") 2>&1
+date -u; nvidia-smi --query-gpu=name,memory.total --format=csv || true
+$PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+timeout -k 10 ${BUILD_TIMEOUT_S:-540} $PY -m loc3r.train.make_default_model \
+  --out=$RUN --target=$RUN/bundle \
+  --look=textured --walk=scan --render_size=224 --camera_prior=geometric \
+  --cut3r_dir=loc3r_ros/loc3r/assets/default_model/cut3r \
+  --tokenizer_dir=loc3r_ros/loc3r/assets/default_model/vlm \
+  --workers=$WORKERS --train_episodes=${TRAIN_EPISODES:-2400} --steps=${STEPS:-5000} \
+  --time_budget_s=${TRAIN_BUDGET_S:-200} \
+  --vision.episodes=${VISION_EPISODES:-1500} --vision.steps=${VISION_STEPS:-6000} "$@"
+echo "make_default_model exit $?"
+cp $RUN/bundle/vlm/* $RUN/bundle/bundle.json $RUN/bundle/eval.json $RUN/metrics.jsonl "$OUT"/ \
+  2>/dev/null
+ls -la "$OUT"; date -u
