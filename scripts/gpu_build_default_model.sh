@@ -23,8 +23,8 @@ timeout -k 10 ${BUILD_TIMEOUT_S:-540} $PY -m loc3r.train.make_default_model \
   --look=textured --walk=scan --render_size=224 --camera_prior=geometric \
   --cut3r_dir=loc3r_ros/loc3r/assets/default_model/cut3r \
   --tokenizer_dir=loc3r_ros/loc3r/assets/default_model/vlm \
-  --workers=$WORKERS --train_episodes=${TRAIN_EPISODES:-2400} --steps=${STEPS:-5000} \
-  --time_budget_s=${TRAIN_BUDGET_S:-200} \
+  --workers=$WORKERS --train_episodes=${TRAIN_EPISODES:-2000} --steps=${STEPS:-5000} \
+  --time_budget_s=${TRAIN_BUDGET_S:-240} --finish_within_s=${FINISH_WITHIN_S:-520} \
   --vision.episodes=${VISION_EPISODES:-1500} --vision.steps=${VISION_STEPS:-6000} "$@"
 echo "make_default_model exit $?"
 cp $RUN/bundle/vlm/* $RUN/bundle/bundle.json $RUN/bundle/eval.json $RUN/metrics.jsonl "$OUT"/ \

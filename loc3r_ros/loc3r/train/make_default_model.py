@@ -4,6 +4,7 @@
     python -m loc3r.train.make_default_model --steps=200     # smoke run (any TrainConfig key)
     python -m loc3r.train.make_default_model --cut3r_dir=DIR # reuse a trained tiny CUT3R
     python -m loc3r.train.make_default_model --cut3r.steps=500 --vision.steps=500  # stage keys
+    python -m loc3r.train.make_default_model --finish_within_s=540  # training fits the time
 
 First pretrains the tiny vision tower (loc3r.train.pretrain_vision; skipped with --vision_init)
 and trains the tiny CUT3R on synthetic rooms (loc3r.train.train_cut3r; skipped with
@@ -53,6 +54,7 @@ EMBEDDED_RECIPE = (
     "--train_episodes=3000",
     "--train_situations=4",
 )
+EVAL_RESERVE_S = 100.0  # what --finish_within_s keeps for evaluating and saving
 EMBEDDED_CUT3R_RECIPE = (
     "--dec_embed_dim=96",
     "--dec_num_heads=4",
@@ -69,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     if any(a.startswith("--target=") for a in argv):
         target = Path(next(a for a in argv if a.startswith("--target=")).split("=", 1)[1])
         argv = [a for a in argv if not a.startswith("--target=")]
+    finish_within = 0.0  # --finish_within_s=N: training gets what is left of N s minus the eval
+    if any(a.startswith("--finish_within_s=") for a in argv):
+        finish_within = float(next(a for a in argv if a.startswith("--finish_within_s="))[18:])
+        argv = [a for a in argv if not a.startswith("--finish_within_s=")]
     stage_args = {"vision": [], "cut3r": []}  # --vision.KEY=V / --cut3r.KEY=V go to those stages
     for prefix, items in stage_args.items():
         items += ["--" + a[len(prefix) + 3 :] for a in argv if a.startswith(f"--{prefix}.")]
@@ -99,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     stages = {"before_data": round(time.perf_counter() - start, 1)}
     run = prepare_run(config)
     stages["data"] = round(time.perf_counter() - start - sum(stages.values()), 1)
+    if finish_within > 0:  # leave EVAL_RESERVE_S for the evaluation and the bundle
+        left = finish_within - (time.perf_counter() - start) - EVAL_RESERVE_S
+        budget = max(left, 10.0) if config.time_budget_s <= 0 else min(config.time_budget_s, left)
+        config = replace(config, time_budget_s=max(budget, 10.0))
     trainer = Trainer(config, run.model, run.train_samples)
     history = trainer.fit()
     stages["train"] = round(time.perf_counter() - start - sum(stages.values()), 1)
@@ -111,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         "final_loss": history[-1]["loss"] if history else None,
         "samples": len(run.train_samples),
         "stopped_early": trainer.stopped_early,
+        "paced": trainer.paced,
+        "steps_done": trainer.step,
         "device": str(trainer.device),
         "seconds": round(time.perf_counter() - start, 1),
         "stage_seconds": stages,

@@ -32,6 +32,8 @@ from loc3r.train.config import TrainConfig, lr_at, module_summary
 from loc3r.train.pipeline import prepare_run
 from loc3r.vlm import Loc3rVLM, TrainSample
 
+PACE_STEPS = 20  # with a time budget, the steps (and LR schedule) are fitted after these
+
 
 def batch_indices(step: int, num_samples: int, batch: int, seed: int) -> list[int]:
     """The global batch of a step: a seeded permutation per epoch (resume gives the same data)."""
@@ -128,6 +130,7 @@ class Trainer:
         )
         self.step = 0
         self.stopped_early = ""  # why fit stopped before config.steps
+        self.paced = ""  # how a time budget set the number of steps (and so the LR schedule)
         if self.ddp and config.time_budget_s > 0:  # ranks would stop at different steps
             raise ValueError("time_budget_s needs a single process (not DDP/FSDP)")
         self.out = Path(config.out)
@@ -244,6 +247,13 @@ class Trainer:
                     self.stopped_early = f"time budget {budget:.0f} s spent at step {self.step}"
                     break
                 metrics = self.train_step()
+                if budget > 0 and self.step == PACE_STEPS:  # fit the schedule to the budget
+                    per_step = (time.perf_counter() - start) / PACE_STEPS
+                    reachable = int(0.95 * budget / per_step)
+                    if reachable < self.config.steps:
+                        self.config = replace(self.config, steps=max(reachable, PACE_STEPS + 1))
+                        bar.total = self.config.steps
+                        self.paced = f"{per_step * 1000:.0f} ms/step: {self.config.steps} steps"
                 metrics["step"] = self.step
                 metrics["elapsed_s"] = round(time.perf_counter() - start, 2)
                 history.append(metrics)
