@@ -11,13 +11,15 @@ set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/loc3r_gpu_build}
 mkdir -p "$OUT"
+# before OMP_NUM_THREADS=1: GNU nproc honours it (the first H200 run built its data on 1 core)
+WORKERS=${WORKERS:-$(( $(nproc --all) - 1 ))}
 export PYTHONPATH=loc3r_ros PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1
-WORKERS=${WORKERS:-$(( $(nproc) - 1 ))}
 PY=${PYTHON:-python3}
 RUN=/tmp/loc3r_gpu_run
 exec > >(tail -c 4000000 > "$OUT/build.log") 2>&1
 date -u; nvidia-smi --query-gpu=name,memory.total --format=csv || true
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+echo "workers: $WORKERS"
 timeout -k 10 ${BUILD_TIMEOUT_S:-540} $PY -m loc3r.train.make_default_model \
   --out=$RUN --target=$RUN/bundle \
   --look=textured --walk=scan --render_size=224 --camera_prior=geometric \
@@ -26,7 +28,7 @@ timeout -k 10 ${BUILD_TIMEOUT_S:-540} $PY -m loc3r.train.make_default_model \
   --workers=$WORKERS --train_episodes=${TRAIN_EPISODES:-2000} --steps=${STEPS:-5000} \
   --time_budget_s=${TRAIN_BUDGET_S:-240} --finish_within_s=${FINISH_WITHIN_S:-520} \
   --vision.episodes=${VISION_EPISODES:-1500} --vision.steps=${VISION_STEPS:-6000} "$@"
-echo "make_default_model exit $?"
+echo; echo "make_default_model exit $?"
 cp $RUN/bundle/vlm/* $RUN/bundle/bundle.json $RUN/bundle/eval.json $RUN/metrics.jsonl "$OUT"/ \
   2>/dev/null
 ls -la "$OUT"; date -u
