@@ -192,6 +192,15 @@ PARAMS: tuple[ParamSpec, ...] = (
         read_only=True,
     ),
     ParamSpec(
+        "keyframe_duplicate_change",
+        0.01,
+        "Thumbnail change below which a frame only repeats the last keyframe: a still camera "
+        "keeps one keyframe (0: one every keyframe_max_interval_s regardless)",
+        0.0,
+        1.0,
+        read_only=True,
+    ),
+    ParamSpec(
         "keyframe_capacity",
         64,
         "Keyframes kept in memory (older ones are thinned out)",

@@ -51,8 +51,24 @@ def test_keyframes_need_time_and_motion():
     assert buf.offer(frame(40), SEC // 4) is None  # too soon
     assert buf.offer(still, SEC) is None  # no motion
     assert buf.offer(frame(40), SEC) is not None  # motion after the interval
-    assert buf.offer(frame(40), 5 * SEC) is not None  # max interval forces a keyframe
+    assert buf.offer(frame(40), 5 * SEC) is None  # max interval, but a copy of the last one
+    assert buf.offer(frame(43), 6 * SEC) is not None  # max interval: small changes count
     assert [k.index for k in buf.snapshot()] == [0, 1, 2]
+    assert buf.duplicates == 1
+
+
+def test_a_still_camera_keeps_one_keyframe_not_copies():
+    rng = np.random.default_rng(0)
+    view = rng.integers(0, 256, (120, 160, 3)).astype(np.uint8)
+    noisy = lambda: np.clip(view + rng.normal(0, 3.0, view.shape), 0, 255).astype(np.uint8)  # noqa: E731
+    buf = KeyframeBuffer(KeyframeConfig(min_interval_s=0.25, max_interval_s=2.0))
+    for i in range(600):  # five minutes at 2 Hz of one view with sensor noise
+        buf.offer(noisy(), i * SEC // 2)
+    assert len(buf) == 1 and buf.duplicates > 100
+    every = KeyframeBuffer(KeyframeConfig(max_interval_s=2.0, duplicate_change=0.0))
+    for i in range(20):  # duplicate_change=0: one every max_interval_s, as before
+        every.offer(noisy(), i * SEC // 2)
+    assert len(every) == 5
 
 
 def test_capacity_bounds_memory_and_keeps_newest_and_coverage():
@@ -137,7 +153,7 @@ def test_engine_serialises_queries_and_says_busy():
 
 
 def test_keyframes_are_stored_downscaled():
-    buf = KeyframeBuffer(KeyframeConfig(max_side=64))
+    buf = KeyframeBuffer(KeyframeConfig(max_side=64, duplicate_change=0.0))
     big = np.zeros((480, 640, 3), np.uint8)
     keyframe = buf.offer(big, 0)
     assert keyframe.image.shape == (48, 64, 3)
@@ -146,7 +162,7 @@ def test_keyframes_are_stored_downscaled():
 
 
 def test_lazy_full_decode_only_for_keyframes():
-    buf = KeyframeBuffer(KeyframeConfig(min_interval_s=0.5, max_side=512))
+    buf = KeyframeBuffer(KeyframeConfig(min_interval_s=0.5, max_side=512, duplicate_change=0.0))
     calls = []
 
     def full(value):

@@ -3,9 +3,11 @@
 The camera callback calls `KeyframeBuffer.offer` for every image. It does O(1) work on a
 32x32 thumbnail (no model, no copy of rejected frames), so ingest never blocks the caller.
 A frame becomes a keyframe when enough time has passed and the view changed enough, or when
-`max_interval_s` passed regardless. When the buffer is full, the interior keyframe whose removal
-leaves the smallest time gap is dropped (never the first or the newest), so an hours-long stream
-keeps roughly uniform coverage of its whole history in bounded memory.
+`max_interval_s` passed and the view is not a near-duplicate of the last keyframe (a still
+camera keeps one keyframe, not a buffer full of copies of it). When the buffer is full, the
+interior keyframe whose removal leaves the smallest time gap is dropped (never the first or the
+newest), so an hours-long stream keeps roughly uniform coverage of its whole history in bounded
+memory.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ class KeyframeConfig:
     """Keyframe selection and memory bounds."""
 
     min_interval_s: float = 0.25  # never two keyframes closer than this (camera time)
-    max_interval_s: float = 2.0  # always take a keyframe after this long, moving or not
+    max_interval_s: float = 2.0  # take a keyframe after this long unless it is a duplicate
     min_change: float = 0.03  # mean abs thumbnail difference (0..1) that counts as motion
+    duplicate_change: float = 0.01  # below this the view is a copy of the last keyframe (sensor
+    # noise: sigma 3 grey levels gives ~0.002); 0 (or min_change 0) keeps every max_interval_s one
     capacity: int = 64  # keyframes kept; on overflow the most redundant one is dropped
     max_side: int = 512  # keyframe images are stored downscaled to this long side (pixels)
 
@@ -39,6 +43,8 @@ class KeyframeConfig:
             raise ValueError("max_interval_s must be >= min_interval_s")
         if not 0.0 <= self.min_change <= 1.0:
             raise ValueError("min_change must lie in [0, 1]")
+        if not 0.0 <= self.duplicate_change <= 1.0:
+            raise ValueError("duplicate_change must lie in [0, 1]")
         if self.capacity < 2:
             raise ValueError("capacity must be at least 2")
         if self.max_side < 16:
@@ -93,6 +99,7 @@ class KeyframeBuffer:
         self._min_interval_ns = int(self.config.min_interval_s * 1e9)
         self.offered = 0
         self.rejected_invalid = 0
+        self.duplicates = 0  # frames past max_interval_s that only repeated the last keyframe
         self.version = 0  # bumps on every change of the keyframe set
 
     def offer(
@@ -127,10 +134,13 @@ class KeyframeBuffer:
                     self._clear_locked()
                 elif dt < self._min_interval_ns:
                     return None
-                elif dt < self.config.max_interval_s * 1e9:
+                else:
                     thumb = thumbnail(image)
                     change = float(np.mean(np.abs(thumb - last.thumb)))
-                    if change < self.config.min_change:
+                    if dt < self.config.max_interval_s * 1e9 and change < self.config.min_change:
+                        return None
+                    if change < min(self.config.duplicate_change, self.config.min_change):
+                        self.duplicates += 1
                         return None
             if thumb is None:
                 thumb = thumbnail(image)
