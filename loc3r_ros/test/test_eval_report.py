@@ -144,3 +144,18 @@ def test_cli_on_our_dataset_format_matches_the_synthetic_path(tmp_path):
         assert a.gt_position[:2] == pytest.approx(b.gt_position[:2], abs=1e-6)
         assert a.pred_positions[0] == pytest.approx(b.pred_positions[0], abs=1e-4)
     assert cli_main([*argv[:3], "--split", "missing"]) == 2
+
+
+def test_cli_evaluates_on_textured_scans_rendered_at_another_size(tmp_path):
+    """--look/--walk/--render-size: the rooms a bundle trained on them should be scored on."""
+    from loc3r.scenes import EpisodeConfig, make_episode
+
+    out = tmp_path / "run"
+    argv = ["eval", "--seeds", "1000003:1000004", "--look", "textured", "--walk", "scan",
+            "--render-size", "160", "--out", str(out), "--no-progress"]  # fmt: skip
+    assert cli_main(argv) == 0
+    cases = read_cases(out / "predictions.jsonl")
+    scan = make_episode(1000003, EpisodeConfig(frames=8, image_size=16, walk="scan"))
+    sweep = make_episode(1000003, EpisodeConfig(frames=8, image_size=16))
+    assert [c.question for c in cases] == [r.question for r in scan.records]  # the scan's rooms
+    assert [r.question for r in scan.records] != [r.question for r in sweep.records]

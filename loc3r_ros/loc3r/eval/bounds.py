@@ -312,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     from loc3r.engine.models import load_bundle
     from loc3r.eval.run import DEFAULT_HELD_OUT, parse_seeds
     from loc3r.scenes import EpisodeConfig
+    from loc3r.scenes.episode import LOOKS, WALKS
     from loc3r.train.synthetic_data import CAMERA_PRIORS, build_episodes
 
     parser = argparse.ArgumentParser(
@@ -329,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
         default="cut3r",
         help="'oracle': the true poses in the camera tokens (for a model trained with them)",
     )
+    parser.add_argument("--look", choices=LOOKS, default="flat", help="synthetic rooms")
+    parser.add_argument("--walk", choices=WALKS, default="sweep", help="synthetic camera walks")
+    parser.add_argument("--render-size", type=int, default=0, help="rendered size (0: image size)")
     parser.add_argument("--out", type=Path, help="JSON report to write")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
@@ -340,10 +344,12 @@ def main(argv: list[str] | None = None) -> int:
     bundle = load_bundle(args.model or None)
     vlm = bundle.model.vlm
     grid = math.ceil((bundle.model.image_size // 14) / 2)
+    config = EpisodeConfig(frames=args.frames or bundle.num_query_frames,
+                           image_size=args.render_size or args.image_size, look=args.look,
+                           walk=args.walk)  # fmt: skip
     episodes = build_episodes(
-        seeds, EpisodeConfig(frames=args.frames or bundle.num_query_frames,
-                             image_size=args.image_size),
-        bundle.perception, grid, progress=not args.no_progress, camera_prior=args.camera_prior,
+        seeds, config, bundle.perception, grid, progress=not args.no_progress,
+        camera_prior=args.camera_prior, image_size=args.image_size,
     )  # fmt: skip
     report = measure(vlm, episodes, args.image_size, progress=not args.no_progress)
     report.update(model=args.model or "embedded", seeds=args.seeds, camera_prior=args.camera_prior,

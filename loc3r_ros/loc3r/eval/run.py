@@ -22,6 +22,7 @@ import torch
 from loc3r.eval.answers import ANSWER_VARIANTS
 from loc3r.eval.localization import LOCALIZATION_VARIANTS
 from loc3r.eval.report import EvalCase, evaluate_cases, markdown_report, read_cases, write_cases
+from loc3r.scenes.episode import LOOKS, WALKS
 
 DEFAULT_HELD_OUT = "1000000:1000040"  # the held-out synthetic seeds of the default model
 
@@ -34,7 +35,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, help="dataset root in our format (loc3r.datasets)")
     parser.add_argument("--split", default="test", help="annotation split of --data")
     parser.add_argument("--frames", type=int, default=0, help="frames per scene (default: model)")
-    parser.add_argument("--image-size", type=int, default=112, help="rendered frame size")
+    parser.add_argument("--image-size", type=int, default=112, help="the VLM's frame size")
+    parser.add_argument(
+        "--look",
+        choices=LOOKS,
+        default="flat",
+        help="synthetic rooms: flat colours or textured (what the model saw)",
+    )
+    parser.add_argument("--walk", choices=WALKS, default="sweep", help="synthetic camera walks")
+    parser.add_argument("--render-size", type=int, default=0,
+                        help="rendered frame size (0: --image-size; 224 for a geometric pose "
+                        "source, which matches features at full size)")  # fmt: skip
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--answers", choices=ANSWER_VARIANTS, default="leo")
     parser.add_argument("--localization", choices=LOCALIZATION_VARIANTS, default="sqa3d")
@@ -69,9 +80,11 @@ def predict_synthetic(args: argparse.Namespace) -> list[EvalCase]:
     vlm = bundle.model.vlm
     frames = args.frames or bundle.num_query_frames
     grid = math.ceil((bundle.model.image_size // 14) / 2)
+    config = EpisodeConfig(frames=frames, image_size=args.render_size or args.image_size,
+                           look=args.look, walk=args.walk)  # fmt: skip
     episodes = build_episodes(
-        parse_seeds(args.seeds), EpisodeConfig(frames=frames, image_size=args.image_size),
-        bundle.perception, grid, progress=not args.no_progress,
+        parse_seeds(args.seeds), config, bundle.perception, grid,
+        progress=not args.no_progress, image_size=args.image_size,
     )  # fmt: skip
     return predict_cases(vlm, episodes, args.image_size, progress=not args.no_progress)
 
