@@ -5,6 +5,8 @@ Shapes: B batch, N tokens, C channels, h heads, Dh = C / h.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -12,6 +14,7 @@ from torch import nn
 from loc3r.cut3r.rope import RoPE2D
 
 LAYER_NORM_EPS = 1e-6
+POSITION_CACHE_LIMIT = 16  # cached position grids per PatchEmbed (image sizes x batch sizes)
 
 
 def layer_norm(dim: int) -> nn.LayerNorm:
@@ -39,11 +42,17 @@ def _apply_rope(
     pos: torch.Tensor | None,
     rope_dtype: torch.dtype,
 ) -> torch.Tensor:
-    """RoPE in `rope_dtype` (float16 in the image encoder, float32 elsewhere), autocast off."""
+    """RoPE in `rope_dtype` (float16 in the image encoder, float32 elsewhere), autocast off.
+
+    x: (B, ..., N, Dh) (heads, or heads x {q, k}); pos: (B, N, 2).
+    """
     if rope is None or pos is None:
         return x
     original = x.dtype
-    with torch.autocast(device_type=x.device.type, enabled=False):
+    if torch.is_autocast_enabled(x.device.type):
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            x = rope(x.to(rope_dtype), pos)
+    else:
         x = rope(x.to(rope_dtype), pos)
     return x.to(original)
 
@@ -71,9 +80,9 @@ class SelfAttention(nn.Module):
         batch, num, channels = x.shape
         qkv = self.qkv(x).reshape(batch, num, 3, self.num_heads, channels // self.num_heads)
         qkv = qkv.transpose(1, 3)  # (B, h, 3, N, Dh)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        q = _apply_rope(self.rope, q, pos, self.rope_dtype)
-        k = _apply_rope(self.rope, k, pos, self.rope_dtype)
+        # q and k share the positions: rotated together (same values as one at a time)
+        qk = _apply_rope(self.rope, qkv[:, :, :2], pos, self.rope_dtype)  # (B, h, 2, N, Dh)
+        q, k, v = qk[:, :, 0], qk[:, :, 1], qkv[:, :, 2]
         out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)  # (B, h, N, Dh)
         return self.proj(out.transpose(1, 2).reshape(batch, num, channels))
 
@@ -207,6 +216,7 @@ class PatchEmbed(nn.Module):
         super().__init__()
         self.patch_size = patch_size
         self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
+        self._positions: dict[tuple, tuple[torch.Tensor, int]] = {}
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Map images (B, C, H, W) to tokens (B, H/p * W/p, dim), positions (B, N, 2) int64."""
@@ -217,8 +227,27 @@ class PatchEmbed(nn.Module):
             )
         x = self.proj(images)  # (B, dim, h, w)
         grid_h, grid_w = x.shape[-2:]
-        pos = patch_positions(grid_h, grid_w, images.device).expand(batch, -1, -1)
-        return x.flatten(2).transpose(1, 2), pos
+        return x.flatten(2).transpose(1, 2), self.positions(batch, grid_h, grid_w, images.device)
+
+    def positions(self, batch: int, grid_h: int, grid_w: int, device: torch.device) -> torch.Tensor:
+        """(B, grid_h * grid_w, 2) int64 positions: the same tensor for the same arguments.
+
+        RoPE keys its per-token tables on that tensor; it is rebuilt if changed in place.
+        """
+        key = (batch, grid_h, grid_w, device)
+        cached = self._positions.get(key)
+        if cached is not None and cached[1] == cached[0]._version:
+            return cached[0]
+        with torch.inference_mode(False), torch.no_grad():  # a normal tensor, usable anywhere
+            pos = patch_positions(grid_h, grid_w, device).expand(batch, -1, -1)
+        if len(self._positions) >= POSITION_CACHE_LIMIT:
+            self._positions.clear()
+        self._positions[key] = (pos, pos._version)
+        return pos
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> nn.Module:
+        self._positions.clear()  # moved / cast: the cached positions may be on the old device
+        return super()._apply(fn, recurse)
 
 
 def patch_positions(grid_h: int, grid_w: int, device: torch.device) -> torch.Tensor:

@@ -25,7 +25,7 @@ The ray-map encoder's parameters are loaded (strict checkpoints) but ray-map inp
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -135,6 +135,8 @@ class Cut3r(nn.Module):
         self.config = config
         enc, dec = config.enc_embed_dim, config.dec_embed_dim
         self.rope = RoPE2D(config.rope_freq)
+        # (image_pos, its version, [camera (-1, -1), image_pos]): see _image_stream_positions
+        self._stream_positions: tuple[torch.Tensor, int, torch.Tensor] | None = None
         # image encoder (q/k rotated in float16, as the reference) and unused ray-map encoder
         self.patch_embed = PatchEmbed(config.patch_size, 3, enc)
         self.patch_embed_ray_map = PatchEmbed(config.patch_size, 6, enc)
@@ -214,11 +216,46 @@ class Cut3r(nn.Module):
             x = block(x, pos)
         return self.enc_norm(x), pos
 
+    def _image_stream_positions(self, image_pos: torch.Tensor) -> torch.Tensor:
+        """(B, 1 + N, 2): the camera query at (-1, -1), then `image_pos` (B, N, 2).
+
+        Cached per `image_pos` tensor (the patch embedding hands out the same one every frame),
+        so RoPE finds its tables for the result too; rebuilt if `image_pos` changed in place.
+        """
+        if image_pos.is_inference():  # no version counter: not cached
+            return self._build_image_stream_positions(image_pos)
+        cached = self._stream_positions
+        if cached is not None and cached[0] is image_pos and cached[1] == image_pos._version:
+            return cached[2]
+        with torch.inference_mode(False), torch.no_grad():
+            img_pos = self._build_image_stream_positions(image_pos)
+        self._stream_positions = (image_pos, image_pos._version, img_pos)
+        return img_pos
+
+    @staticmethod
+    def _build_image_stream_positions(image_pos: torch.Tensor) -> torch.Tensor:
+        query_pos = torch.full(
+            (image_pos.shape[0], 1, 2),
+            CAMERA_TOKEN_POSITION,
+            dtype=image_pos.dtype,
+            device=image_pos.device,
+        )
+        return torch.cat([query_pos, image_pos], dim=1)
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> nn.Module:
+        self._stream_positions = None  # moved / cast: drop positions of the old device
+        return super()._apply(fn, recurse)
+
     def _state_positions(self, batch: int, device: torch.device) -> torch.Tensor | None:
-        size = self.config.state_size
-        index = torch.arange(size, device=device)
         if self.config.state_pe == "none":
             return None
+        # a normal tensor even under inference_mode, so RoPE can cache its tables
+        with torch.inference_mode(False), torch.no_grad():
+            return self._build_state_positions(batch, device)
+
+    def _build_state_positions(self, batch: int, device: torch.device) -> torch.Tensor:
+        size = self.config.state_size
+        index = torch.arange(size, device=device)
         if self.config.state_pe == "1d":
             pos = torch.stack([index, index], dim=-1)
         else:
@@ -296,12 +333,8 @@ class Cut3r(nn.Module):
         Returns (normalised final state (B, S, Cd), raw image outputs of every block,
         raw state outputs of every block).
         """
-        batch = image_feat.shape[0]
-        query_pos = torch.full(
-            (batch, 1, 2), CAMERA_TOKEN_POSITION, dtype=image_pos.dtype, device=image_pos.device
-        )
         img = torch.cat([camera_query.to(image_feat.dtype), self.decoder_embed(image_feat)], dim=1)
-        img_pos = torch.cat([query_pos, image_pos], dim=1)
+        img_pos = self._image_stream_positions(image_pos)
         image_outputs, state_outputs = [], []  # raw block outputs (before the final norms)
         state = state_feat
         for state_block, image_block in zip(self.dec_blocks_state, self.dec_blocks, strict=True):
