@@ -4,7 +4,8 @@
     loc3r localize VIDEO_OR_DIR --situation "I am sitting on the bed facing the window"
     loc3r scene OUT_DIR [--seed 3]           # write a synthetic walk-through (frames + truth)
 Options: --model DIR (default: the embedded model), --frames N, --mode streaming|faithful,
---device cpu|cuda|auto, --bev-png FILE (a bird's-eye picture). Prints JSON: answer, pose
+--device cpu|cuda|auto, --bev-png FILE (a bird's-eye map: metres, grid, scale bar, legend;
+--bev-size, --bev-objects OUT_DIR/objects.json, --bev-truth X Y YAW_DEG). Prints JSON: answer, pose
 (scene frame: z up, metres, origin at the first frame), sigma, frames used, timings.
 Errors print {"error": ...} and exit with status 2; no traceback reaches the user.
 """
@@ -42,6 +43,9 @@ def _run_query(args) -> dict:
     from loc3r.video_io import read_frames
 
     start = time.perf_counter()
+    if args.bev_png and args.bev_size < 128:
+        raise ValueError(f"--bev-size {args.bev_size}: the map needs at least 128 pixels")
+    objects = _bev_objects(args.bev_objects) if args.bev_png else []
     engine, count = _engine(args)
     try:
         for record in read_frames(args.source, max_frames=count):
@@ -66,22 +70,42 @@ def _run_query(args) -> dict:
         out["timings_s"] = {k: round(v, 4) for k, v in result.timings.items()}
         out["total_s"] = round(time.perf_counter() - start, 3)
         if args.bev_png:
-            import cv2
+            from loc3r.bev_plot import write_bev_png
 
-            from loc3r.bev_plot import draw_bev
-
-            view = engine.scene_view()
-            if view is not None:
-                image = draw_bev(view, result.pose)
-                cv2.imwrite(str(args.bev_png), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-                out["bev_png"] = str(args.bev_png)
+            truth = args.bev_truth
+            write_bev_png(
+                args.bev_png,
+                engine.scene_view(),
+                result.pose,
+                args.bev_size,
+                objects=objects,
+                truth=None if truth is None else (truth[0], truth[1], math.radians(truth[2])),
+                situation=args.situation,
+                question=getattr(args, "question", ""),
+                answer=result.answer,
+            )
+            out["bev_png"] = str(args.bev_png)
         return out
     finally:
         engine.close()
 
 
+def _bev_objects(path: Path | None) -> list[tuple[str, float, float]]:
+    """(label, x, y) from a JSON list of {"label", "x", "y"} (BEV metres), as `scene` writes."""
+    if path is None:
+        return []
+    try:
+        items = json.loads(Path(path).read_text(encoding="utf-8"))
+        return [(str(o["label"]), float(o["x"]), float(o["y"])) for o in items]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(
+            f"--bev-objects {path}: expected a JSON list of {{label, x, y}} ({exc})"
+        ) from exc
+
+
 def _write_scene(args) -> dict:
     import cv2
+    import numpy as np
 
     from loc3r.scenes import EpisodeConfig, make_episode
 
@@ -92,6 +116,11 @@ def _write_scene(args) -> dict:
         cv2.imwrite(str(out / f"{i:06d}.png"), cv2.cvtColor(frame.rgb, cv2.COLOR_RGB2BGR))
     truth = [r.to_dict() for r in episode.records]
     (out / "questions.json").write_text(json.dumps(truth, indent=2))
+    objects = []
+    for o in episode.room.objects:  # where each object is in the BEV frame, for --bev-objects
+        x, y = (float(v) for v in episode.frame.points(np.array([o.centre], dtype=float))[0, :2])
+        objects.append({"label": o.label, "x": round(x, 4), "y": round(y, 4)})
+    (out / "objects.json").write_text(json.dumps(objects, indent=2))
     return {"frames": len(episode.frames), "questions": len(truth), "out": str(out)}
 
 
@@ -111,7 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--frames", type=int, default=0, help="frames the model sees")
         p.add_argument("--mode", choices=("streaming", "faithful"), default="faithful")
         p.add_argument("--device", default="cpu")
-        p.add_argument("--bev-png", type=Path)
+        p.add_argument("--bev-png", type=Path, help="write a bird's-eye map (PNG) here")
+        p.add_argument("--bev-size", type=int, default=960, help="its width = height, pixels")
+        p.add_argument("--bev-objects", type=Path,
+                       help="JSON list of {label, x, y} (BEV metres) to label on the map, "
+                            "e.g. the objects.json that `loc3r scene` writes")  # fmt: skip
+        p.add_argument("--bev-truth", type=float, nargs=3, metavar=("X", "Y", "YAW_DEG"),
+                       help="the true agent pose, drawn beside the model's")  # fmt: skip
     from loc3r.eval.run import add_arguments
 
     add_arguments(sub.add_parser("eval", help="localization and QA metrics (see loc3r.eval.run)"))

@@ -32,18 +32,27 @@ def test_scene_writes_frames_and_truth(scene_dir):
     assert len(list(scene_dir.glob("*.png"))) == 6
     truth = json.loads((scene_dir / "questions.json").read_text())
     assert truth and {"situation", "question", "answers", "position", "yaw"} <= set(truth[0])
+    objects = json.loads((scene_dir / "objects.json").read_text())
+    assert objects and {"label", "x", "y"} == set(objects[0])
 
 
 def test_ask_prints_answer_pose_and_draws_bev(capsys, bundle, scene_dir, tmp_path):
     png = tmp_path / "bev.png"
     code, out = run(capsys, "ask", str(scene_dir), "--question", "What is on my left?",
                     "--situation", "I am sitting on the bed", "--model", str(bundle),
-                    "--bev-png", str(png))  # fmt: skip
+                    "--bev-png", str(png), "--bev-objects", str(scene_dir / "objects.json"),
+                    "--bev-truth", "0.5", "-0.2", "30")  # fmt: skip
     assert code == 0, out
     assert isinstance(out["answer"], str) and out["frames_used"] == 4
     assert {"x", "y", "yaw_deg", "sigma_x"} <= set(out["pose"])
     image = cv2.imread(str(png))
-    assert image is not None and image.shape == (640, 640, 3) and image.std() > 0
+    assert image is not None and image.shape == (960, 960, 3) and image.std() > 0
+    assert out["bev_png"] == str(png)
+    small = tmp_path / "small.png"
+    code, out = run(capsys, "localize", str(scene_dir), "--situation", "I am by the door",
+                    "--model", str(bundle), "--bev-png", str(small),
+                    "--bev-size", "400")  # fmt: skip
+    assert code == 0 and cv2.imread(str(small)).shape == (400, 400, 3)
     code, out = run(capsys, "localize", str(scene_dir), "--situation", "I am by the door",
                     "--model", str(bundle), "--mode", "streaming")  # fmt: skip
     assert code == 0 and "answer" not in out and out["pose"]["sigma_y"] > 0
@@ -56,11 +65,20 @@ def test_ask_prints_answer_pose_and_draws_bev(capsys, bundle, scene_dir, tmp_pat
         (lambda d: d, ["--question", " "], "question is empty"),
         (lambda d: d, ["--question", "x" * 100_001], "too long"),
         (lambda d: d, ["--question", "why\x00"], "control character"),
+        (lambda d: d, ["--question", "q", "--bev-png", "b.png", "--bev-size", "50"], "128 pixels"),
     ],
 )
 def test_bad_input_gives_a_clear_error(capsys, bundle, scene_dir, make_source, argv, reason):
     code, out = run(capsys, "ask", str(make_source(scene_dir)), *argv, "--model", str(bundle))
     assert code == 2 and reason in out["error"]
+
+
+@pytest.mark.parametrize("name", ["questions.json", "000000.png", "missing.json"])
+def test_bad_bev_objects_file_gives_a_clear_error(capsys, bundle, scene_dir, tmp_path, name):
+    code, out = run(capsys, "ask", str(scene_dir), "--question", "q", "--model", str(bundle),
+                    "--bev-png", str(tmp_path / "b.png"), "--bev-objects",
+                    str(scene_dir / name))  # fmt: skip
+    assert code == 2 and name in out["error"]
 
 
 def test_corrupt_video_and_missing_model(capsys, bundle, tmp_path, scene_dir):
