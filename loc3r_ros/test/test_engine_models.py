@@ -87,3 +87,65 @@ def test_the_bundle_chooses_the_pose_source(bundle_dir, tmp_path):
     (copy / "bundle.json").write_text(json.dumps({**spec, "pose_source": "lidar"}))
     with pytest.raises(ModelLoadError, match="pose_source='lidar'"):
         load_bundle(copy)
+
+
+@pytest.mark.parametrize(
+    "bad", ["left", [], ["left", ""], ["left", 3], {"left": 1}, None, [["left"]]]
+)
+def test_a_malformed_answer_vocabulary_is_a_load_error(bundle_dir, tmp_path, bad):
+    import shutil
+
+    from loc3r.engine.models import read_bundle_spec
+
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle_dir, copy)
+    spec = json.loads((copy / "bundle.json").read_text())
+    (copy / "bundle.json").write_text(json.dumps({**spec, "answer_vocabulary": bad}))
+    for load in (read_bundle_spec, load_bundle):
+        with pytest.raises(ModelLoadError, match="bundle.json: answer_vocabulary: .*strings"):
+            load(copy)
+
+
+def test_the_bundle_declares_its_answer_vocabulary(bundle_dir, tmp_path):
+    import torch
+
+    from loc3r.engine.models import save_bundle
+
+    bundle = load_bundle(bundle_dir)
+    vlm = bundle.model.vlm
+    assert vlm.answer_vocabulary is None  # no field: free decoding, as before
+    vocabulary = ["left", "right", "in front", "behind"]
+    with pytest.raises(ValueError, match="answer vocabulary"):  # checked before writing
+        save_bundle(tmp_path / "bad", vlm, bundle.perception.model, cut3r_image_size=64,
+                    num_query_frames=4, answer_vocabulary=["left", ""])  # fmt: skip
+    assert not (tmp_path / "bad").exists()
+    path = save_bundle(tmp_path / "vocab", vlm, bundle.perception.model, cut3r_image_size=64,
+                       num_query_frames=4, answer_vocabulary=vocabulary)  # fmt: skip
+    assert json.loads((path / "bundle.json").read_text())["answer_vocabulary"] == vocabulary
+    loaded = load_bundle(path)
+    assert loaded.model.vlm.answer_vocabulary == tuple(vocabulary)
+    images = [frame(i) for i in range(4)]
+    tokens = torch.stack([p.camera_token for p in loaded.perception.run_fresh(images)])
+    scene = loaded.model.encode_scene(images, tokens)
+    for question in ("What is on my left?", "How many chairs are there?", "Anything?"):
+        answer, _ = loaded.model.answer(scene, question, "I am sitting on the bed")
+        assert answer in vocabulary
+
+
+def test_the_embedded_model_answers_within_its_vocabulary():
+    from loc3r.engine.models import DEFAULT_MODEL_DIR, read_bundle_spec
+    from loc3r.scenes import EpisodeConfig, answer_vocabulary
+    from loc3r.train.pipeline import predict_cases
+    from loc3r.train.synthetic_data import build_episodes
+
+    expected = sorted(answer_vocabulary())
+    assert read_bundle_spec(DEFAULT_MODEL_DIR)["answer_vocabulary"] == expected
+    bundle = load_bundle()
+    vlm = bundle.model.vlm
+    assert vlm.answer_vocabulary == tuple(expected)
+    size = bundle.model.image_size
+    config = EpisodeConfig(frames=bundle.num_query_frames, image_size=size)
+    grid = math.ceil((size // 14) / 2)
+    episodes = build_episodes([1000000, 1000001], config, bundle.perception, grid, False)
+    cases = predict_cases(vlm, episodes, size, progress=False)
+    assert len(cases) > 30 and all(c.prediction in expected for c in cases)

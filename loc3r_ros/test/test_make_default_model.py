@@ -80,6 +80,7 @@ def test_a_geometric_prior_run_on_textured_scans_ships_a_bundle_that_states_its_
     import torch
 
     from loc3r.engine.perception import pose_token
+    from loc3r.scenes import answer_vocabulary
 
     target = tmp_path / "bundle"
     geometric = ["--camera_prior=geometric", "--look=textured", "--walk=scan",
@@ -88,7 +89,9 @@ def test_a_geometric_prior_run_on_textured_scans_ships_a_bundle_that_states_its_
     assert make_default_model.main(argv) == 0
     spec = json.loads((target / "bundle.json").read_text())
     assert spec["pose_source"] == "geometric" and spec["camera_tokens"] == "pose"
+    assert spec["answer_vocabulary"] == sorted(answer_vocabulary())  # the synthetic corpus'
     bundle = load_bundle(target)
+    assert bundle.model.vlm.answer_vocabulary == tuple(spec["answer_vocabulary"])
     frames = [np.random.default_rng(i).integers(0, 256, (96, 128, 3), np.uint8) for i in range(2)]
     out = bundle.perception.run_fresh(frames)
     width = bundle.perception.model.config.dec_embed_dim

@@ -174,3 +174,22 @@ def test_records_name_the_situation_objects_and_renders_show_them():
     anchors = {r.fields["anchor_id"] for r in episode.records}
     shown = {a for a in anchors if cover[..., a].max() >= 0.1}
     assert len(anchors) >= 3 and shown == anchors  # the walk turns around the room
+
+
+def test_answer_vocabulary_holds_every_answer_the_generator_gives():
+    from loc3r.scenes import answer_vocabulary
+    from loc3r.scenes.situations import make_questions, make_situation
+
+    vocabulary = answer_vocabulary()
+    assert len(vocabulary) == 41
+    assert {"in front", "left", "shelf", "purple", "one", "five", "1", "10"} <= vocabulary
+    seen: dict[str, set[str]] = {}
+    for seed in range(150):
+        room, rng = generate_room(seed), np.random.default_rng(seed)
+        for _ in range(3):
+            if (situated := make_situation(room, rng)) is not None:
+                for record in make_questions(room, situated, rng):
+                    seen.setdefault(record.question_type, set()).update(record.answers)
+    assert set().union(*seen.values()) <= vocabulary
+    assert seen["direction"] == {"in front", "left", "behind", "right"}
+    assert len(seen["nearest"] | seen["what_side"]) >= 10 and len(seen["colour"]) >= 8

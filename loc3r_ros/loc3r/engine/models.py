@@ -3,7 +3,10 @@
 Layout of a model directory (what `save_bundle` writes and `load_bundle` reads):
     bundle.json     {"format": "loc3r_bundle", "cut3r_image_size": 224, "num_query_frames": 32,
                      "pose_source": "cut3r", "camera_tokens": "cut3r"}  ("geometric" poses and
-                     tokens that state them, "pose": see loc3r.engine.perception)
+                     tokens that state them, "pose": see loc3r.engine.perception); optionally
+                     "answer_vocabulary": ["left", "right", ...], the closed set a model's
+                     answers come from (the embedded one's: loc3r.scenes.answer_vocabulary);
+                     answers are then always one of its entries (Loc3rVLM.set_answer_vocabulary)
     vlm/            Loc3rVLM.save_pretrained (config.json, model.safetensors, tokenizer files)
     cut3r/          our CUT3R format (config.json, model.safetensors), or cut3r.pth (official)
 The embedded default lives in loc3r/assets/default_model (see README); users point the node's
@@ -25,6 +28,7 @@ from loc3r.engine.perception import Perception, PerceptionConfig
 from loc3r.engine.scene_engine import AgentPose
 from loc3r.errors import Loc3rError
 from loc3r.vlm import Loc3rVLM, ScenePrefix, frames_to_pixel_values
+from loc3r.vlm.loc3r_vlm import check_answer_vocabulary
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "default_model"
 
@@ -92,6 +96,11 @@ def read_bundle_spec(root: Path) -> dict:
         raise ModelLoadError(f"{spec_path}: invalid JSON ({exc})") from exc
     if not isinstance(spec, dict) or spec.get("format") != "loc3r_bundle":
         raise ModelLoadError(f"{spec_path}: format is not loc3r_bundle")
+    if "answer_vocabulary" in spec:
+        try:
+            spec["answer_vocabulary"] = list(check_answer_vocabulary(spec["answer_vocabulary"]))
+        except ValueError as exc:
+            raise ModelLoadError(f"{spec_path}: answer_vocabulary: {exc}") from exc
     return spec
 
 
@@ -123,6 +132,7 @@ def load_bundle(model_dir: str | Path | None = None, device: str = "cpu") -> Bun
     except (TypeError, ValueError) as exc:
         raise ModelLoadError(f"{root}/bundle.json: {exc}") from exc
     perception = Perception(cut3r, perception_config)
+    vlm.set_answer_vocabulary(spec.get("answer_vocabulary"))  # None: free decoding
     return Bundle(
         model=Loc3rSceneModel(vlm),
         perception=perception,
@@ -141,10 +151,14 @@ def save_bundle(
     description: str = "",
     pose_source: str = "cut3r",
     camera_tokens: str = "cut3r",
+    answer_vocabulary: list[str] | None = None,
 ) -> Path:
-    """Write a model directory that load_bundle reads."""
+    """Write a model directory that load_bundle reads (answer_vocabulary: see the layout)."""
     from loc3r.cut3r import save_pretrained
 
+    vocabulary = answer_vocabulary  # checked before anything is written
+    if vocabulary is not None:
+        vocabulary = list(check_answer_vocabulary(vocabulary))
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     vlm.save_pretrained(directory / "vlm")
@@ -157,5 +171,7 @@ def save_bundle(
         "camera_tokens": camera_tokens,
         "description": description,
     }
+    if vocabulary is not None:
+        spec["answer_vocabulary"] = vocabulary
     (directory / "bundle.json").write_text(json.dumps(spec, indent=2))
     return directory

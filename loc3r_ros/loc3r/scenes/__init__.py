@@ -9,7 +9,7 @@ from loc3r.scenes.episode import (
     object_cover,
 )
 from loc3r.scenes.render import Frame, camera_pose, intrinsics, render
-from loc3r.scenes.situations import QARecord, relative_direction
+from loc3r.scenes.situations import QARecord, answer_vocabulary, relative_direction
 from loc3r.scenes.world import CATALOGUE, COLOURS, Room, SceneObject, generate_room
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "QARecord",
     "Room",
     "SceneObject",
+    "answer_vocabulary",
     "bev_targets",
     "object_cover",
     "camera_pose",

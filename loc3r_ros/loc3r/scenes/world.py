@@ -74,6 +74,11 @@ CATALOGUE: dict[str, Kind] = {
     )
 }
 
+ROOM_EXTENT = (3.5, 7.0)  # width and depth are drawn from this range, metres
+EVERY_ROOM = ("window", "door", "bed", "chair", "table")  # kinds every room has (one each) ...
+ONCE_PER_ROOM = ("window", "door")  # ... of which these are never added again
+NUM_OBJECTS = (5, 9)  # generate_room plans rng.integers(*num_objects) + 1 objects: 6 to 9
+
 
 @dataclass
 class SceneObject:
@@ -133,18 +138,18 @@ def _overlaps(poly_a: np.ndarray, poly_b: np.ndarray, margin: float) -> bool:
     return True
 
 
-def generate_room(seed: int, num_objects: tuple[int, int] = (5, 9)) -> Room:
+def generate_room(seed: int, num_objects: tuple[int, int] = NUM_OBJECTS) -> Room:
     """A random furnished room (deterministic from `seed`)."""
     rng = np.random.default_rng(seed)
     room = Room(
-        width=float(rng.uniform(3.5, 7.0)),
-        depth=float(rng.uniform(3.5, 7.0)),
+        width=float(rng.uniform(*ROOM_EXTENT)),
+        depth=float(rng.uniform(*ROOM_EXTENT)),
         height=float(rng.uniform(2.5, 3.0)),
         wall_colour=str(rng.choice(["white", "grey", "yellow", "blue"])),
         floor_colour=str(rng.choice(["brown", "grey", "white"])),
     )
-    wanted = ["window", "door", "bed", "chair", "table"]  # every room has these
-    others = [k for k in CATALOGUE if k not in ("window", "door")]
+    wanted = list(EVERY_ROOM)
+    others = [k for k in CATALOGUE if k not in ONCE_PER_ROOM]
     extra = rng.choice(others, int(rng.integers(*num_objects)) - len(wanted) + 1)
     wanted += [str(k) for k in extra]
     footprints: list[np.ndarray] = []

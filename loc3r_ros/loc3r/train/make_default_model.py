@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 
 from loc3r.engine.models import DEFAULT_MODEL_DIR, save_bundle
+from loc3r.scenes import answer_vocabulary
 from loc3r.train.config import TrainConfig, module_summary
 from loc3r.train.pipeline import evaluate, prepare_run
 from loc3r.train.pretrain_vision import VisionPretrainConfig
@@ -142,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             pose_source="geometric",  # the tiny CUT3R has not learned geometry; see perception
             camera_tokens="pose" if config.camera_prior == "geometric" else "cut3r",
             description=f"embedded tiny Loc3R-VLM ({config.steps} steps on synthetic rooms)",
+            answer_vocabulary=None if config.data_root else sorted(answer_vocabulary()),
         )
     target.mkdir(parents=True, exist_ok=True)
     (target / "eval.json").write_text(json.dumps(report, indent=2))

@@ -134,6 +134,21 @@ def cache_kwargs(model: nn.Module, cache) -> dict:
     return {_cache_keyword(type(model)): cache}
 
 
+def repeating_period(tokens: list[int], repeats: int) -> int:
+    """The shortest n such that `tokens` end with one n-gram `repeats` times in a row; 0: none.
+
+    [5, 7, 7, 7] with repeats 3 -> 1; [1, 2, 1, 2, 1, 2] -> 2; [5, 7, 7] -> 0.
+    """
+    for period in range(1, len(tokens) // repeats + 1):
+        tail = tokens[-period:]
+        if all(
+            tokens[len(tokens) - (k + 1) * period : len(tokens) - k * period] == tail
+            for k in range(1, repeats)
+        ):
+            return period
+    return 0
+
+
 @dataclass
 class SamplingConfig:
     """Sampled decoding instead of greedy (transformers' order: temperature, top-k, top-p)."""
@@ -272,13 +287,21 @@ class LlavaVideoModel(nn.Module):
         past_key_values=None,
         position_offset: int = 0,
         sampling: SamplingConfig | None = None,
+        stop_repeats: int = 0,
+        logits_processor=None,
     ) -> tuple[list[int], list[torch.Tensor]]:
         """Greedy decoding with the KV cache; returns new token ids and each step's raw logits.
 
+        Decoding ends after a token of `stop_ids` (returned last) or `max_new_tokens` tokens.
         `repetition_penalty` follows transformers' rule on the tokens generated so far (the
         prompt is not penalised because generation runs from embeddings): a positive logit is
-        divided by it, a negative one multiplied. `past_key_values` / `position_offset` continue
-        from a cached prefix (the prefix's length).
+        divided by it, a negative one multiplied. `logits_processor` (a transformers
+        LogitsProcessorList, or any callable of the same signature) then sees the tokens
+        generated so far as (1, n) ids and the (1, V) scores. `stop_repeats` > 1 is a loop guard:
+        when the tokens end with one n-gram repeated that many times in a row (see
+        `repeating_period`), decoding stops and the copies after the first are dropped (with
+        their logits). `past_key_values` / `position_offset` continue from a cached prefix (the
+        prefix's length).
         """
         from transformers import DynamicCache
 
@@ -306,9 +329,16 @@ class LlavaVideoModel(nn.Module):
                 scores[seen] = torch.where(
                     picked > 0, picked / repetition_penalty, picked * repetition_penalty
                 )
+            if logits_processor is not None:
+                ids = torch.tensor([tokens], dtype=torch.long, device=scores.device)
+                scores = logits_processor(ids, scores[None])[0]
             token = int(scores.argmax()) if sampling is None else sampling.pick(scores)
             tokens.append(token)
             if token in stop_ids:
+                break
+            if stop_repeats > 1 and (period := repeating_period(tokens, stop_repeats)):
+                del tokens[len(tokens) - (stop_repeats - 1) * period :]
+                del step_logits[len(tokens) :]
                 break
             embeds = self.embed_tokens(torch.tensor([[token]], device=embeds.device))
         return tokens, step_logits

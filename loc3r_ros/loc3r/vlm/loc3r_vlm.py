@@ -69,6 +69,7 @@ class Loc3rVLMConfig:
     enable_egocentric_head: bool = False  # training aid (ours): see training_aids
     system_prompt: str = SYSTEM_PROMPT
     max_new_tokens: int = 32
+    stop_repeats: int = 3  # loop guard: stop when one n-gram ends the answer 3 times; 0 = off
     do_sample: bool = False  # greedy by default; True samples with the settings below
     temperature: float = 0.7  # LLaVA-Video's generation_config values
     top_k: int = 20
@@ -91,6 +92,20 @@ class Loc3rVLMConfig:
                 )
         weights = LossWeights(**data.pop("weights", {}))
         return cls(**data, weights=weights)
+
+
+def check_answer_vocabulary(answers) -> tuple[str, ...]:
+    """A list of non-empty strings -> its entries as a tuple (repeats dropped); else ValueError."""
+    if not isinstance(answers, (list, tuple)) or not answers:
+        raise ValueError(
+            f"the answer vocabulary must be a non-empty list of strings, not {answers!r:.80}"
+        )
+    bad = [a for a in answers if not isinstance(a, str) or not a.strip()]
+    if bad:
+        raise ValueError(
+            f"the answer vocabulary has entries that are not non-empty strings: {bad[:5]!r}"
+        )
+    return tuple(dict.fromkeys(answers))
 
 
 def mlp(dim_in: int, hidden: int, dim_out: int) -> nn.Sequential:
@@ -157,6 +172,7 @@ class Loc3rVLM(nn.Module):
             training_aids.egocentric_head(hidden) if config.enable_egocentric_head else None
         )
         self._add_special_tokens()
+        self.set_answer_vocabulary(None)
         self.base.vision_tower.requires_grad_(False)  # SigLIP stays frozen
 
     # --- vocabulary -------------------------------------------------------------------------------
@@ -171,14 +187,22 @@ class Loc3rVLM(nn.Module):
             self.base.resize_vocabulary(rows)
         self.pos_id = self.tokenizer.convert_tokens_to_ids(POS_TOKEN)
         self.ori_id = self.tokenizer.convert_tokens_to_ids(ORI_TOKEN)
-        self.stop_ids = tuple(
-            i
-            for i in (
-                self.tokenizer.convert_tokens_to_ids("<|im_end|>"),
-                self.tokenizer.convert_tokens_to_ids("<|endoftext|>"),
-            )
-            if isinstance(i, int) and i >= 0
-        )
+        vocab = self.tokenizer.get_vocab()
+        ends = ("<|im_end|>", "<|endoftext|>", self.tokenizer.eos_token)  # end of answer, text
+        self.stop_ids = tuple(dict.fromkeys(vocab[t] for t in ends if t in vocab))
+
+    def set_answer_vocabulary(self, answers: list[str] | None) -> None:
+        """Answer only with one of `answers` (see check_answer_vocabulary); None: free decoding.
+
+        A model whose answers come from a closed set (the embedded one: the synthetic corpus')
+        declares it in its bundle (bundle.json "answer_vocabulary"); `answer` then scores every
+        entry and returns the most likely one.
+        """
+        if answers is None:
+            self.answer_vocabulary, self._vocabulary_ids = None, None
+            return
+        self.answer_vocabulary = check_answer_vocabulary(answers)
+        self._vocabulary_ids = [self.answer_ids(a) for a in self.answer_vocabulary]
 
     def ids(self, text: str) -> list[int]:
         """Token ids of plain text (no special tokens added)."""
@@ -377,26 +401,42 @@ class Loc3rVLM(nn.Module):
         finally:
             self._truncate(prefix)
 
+    def _sampling(self) -> SamplingConfig | None:
+        config = self.config
+        return (
+            SamplingConfig(config.temperature, config.top_k, config.top_p)
+            if config.do_sample
+            else None
+        )
+
     @torch.inference_mode()
     def answer(
         self, prefix: ScenePrefix, question: str, situation: str
     ) -> tuple[str, PosePrediction]:
-        """Pose from the situation, then the greedy answer to the question."""
+        """Pose from the situation, then the answer to the question (greedy by default).
+
+        Free decoding ends at the end of the answer (<|im_end|>, <|endoftext|>, the tokenizer's
+        eos), after max_new_tokens, or when the answer loops (stop_repeats: one copy is kept).
+        With an answer vocabulary the answer is always one of its entries (score_answers).
+        """
         try:
             situation_ids = self.situation_ids(situation)
             pose = self._situate(prefix, situation_ids)
             offset = prefix.length + len(situation_ids)
+            question_ids = self.question_ids(question)
+            if self.answer_vocabulary is not None:
+                scores = self._score_answers(prefix, question_ids, offset)
+                sampling = self._sampling()
+                best = int(scores.argmax()) if sampling is None else sampling.pick(scores)
+                return self.answer_vocabulary[best], pose
             tokens, _ = self.base.generate_greedy(
-                self.embed(self.question_ids(question))[None],
+                self.embed(question_ids)[None],
                 max_new_tokens=self.config.max_new_tokens,
                 stop_ids=self.stop_ids,
                 past_key_values=prefix.cache,
                 position_offset=offset,
-                sampling=(
-                    SamplingConfig(self.config.temperature, self.config.top_k, self.config.top_p)
-                    if self.config.do_sample
-                    else None
-                ),
+                sampling=self._sampling(),
+                stop_repeats=self.config.stop_repeats,
             )
             text = self.tokenizer.decode(
                 [t for t in tokens if t not in self.stop_ids], skip_special_tokens=True
@@ -404,6 +444,69 @@ class Loc3rVLM(nn.Module):
             return text.strip(), pose
         finally:
             self._truncate(prefix)
+
+    @torch.inference_mode()
+    def score_answers(self, prefix: ScenePrefix, question: str, situation: str) -> torch.Tensor:
+        """(len(answer_vocabulary),) log-likelihoods of the vocabulary's answers to the question.
+
+        log p(answer tokens, <|im_end|> | scene, situation, question): the sequence probability
+        of the model generating exactly that entry and stopping.
+        """
+        if self.answer_vocabulary is None:
+            raise ValueError("the model has no answer vocabulary")
+        try:
+            situation_ids = self.situation_ids(situation)
+            self._situate(prefix, situation_ids)
+            offset = prefix.length + len(situation_ids)
+            return self._score_answers(prefix, self.question_ids(question), offset)
+        finally:
+            self._truncate(prefix)
+
+    def _score_answers(
+        self, prefix: ScenePrefix, question_ids: list[int], offset: int, chunk: int = 64
+    ) -> torch.Tensor:
+        """Forward the question after the cache, then every answer as one batch (`chunk` rows).
+
+        The batch shares the cache, repeated along the batch dimension and cut back to the one
+        row afterwards (the caller crops the tokens). Answers are right-padded: under causal
+        attention no answer token sees a pad, and the pads' outputs are not read.
+        """
+        decoder, head = self.base.language_model.model, self.base.language_model.lm_head
+        last = self._continue(prefix, question_ids, offset).last_hidden_state[0, -1]
+        first = head(last).float().log_softmax(-1)  # the answer's first token
+        offset += len(question_ids)
+        scores = []
+        for start in range(0, len(self._vocabulary_ids), chunk):
+            answers = self._vocabulary_ids[start : start + chunk]
+            width = max(len(a) for a in answers) - 1  # every answer ends with <|im_end|>
+            rows = torch.tensor(
+                [a[:-1] + [a[-1]] * (width + 1 - len(a)) for a in answers], device=self.device
+            )
+            targets = torch.tensor(
+                [a[1:] + [a[-1]] * (width + 1 - len(a)) for a in answers], device=self.device
+            )
+            valid = (
+                torch.arange(width, device=self.device)[None]
+                < torch.tensor([len(a) - 1 for a in answers], device=self.device)[:, None]
+            )
+            positions = torch.arange(offset, offset + width, device=self.device)
+            length = prefix.cache.get_seq_length()
+            prefix.cache.batch_repeat_interleave(len(answers))
+            try:
+                out = decoder(
+                    inputs_embeds=self.base.embed_tokens(rows),
+                    position_ids=positions[None].expand(len(answers), -1),
+                    use_cache=True,
+                    **cache_kwargs(decoder, prefix.cache),
+                )
+            finally:
+                prefix.cache.batch_select_indices(torch.tensor([0], device=self.device))
+                if (extra := prefix.cache.get_seq_length() - length) > 0:
+                    prefix.cache.crop(-extra)  # a negative value removes that many
+            logp = head(out.last_hidden_state).float().log_softmax(-1)
+            rest = logp.gather(-1, targets[..., None])[..., 0].masked_fill(~valid, 0.0).sum(-1)
+            scores.append(first[rows[:, 0]] + rest)
+        return torch.cat(scores)
 
     # --- checkpoints ------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path, state_dict: dict | None = None) -> Path:
