@@ -217,3 +217,34 @@ def test_cleanup_frees_everything_and_shutdown_ends_the_process(graph):
     assert graph.change(Transition.TRANSITION_INACTIVE_SHUTDOWN) is True
     graph.server.proc.wait(timeout=20)
     assert graph.server.proc.returncode == 0, graph.server.log()[-2000:]
+
+
+def test_invalid_parameters_fail_configure_and_the_node_stays(tmp_path):
+    """autostart:=false: bad parameters are a failed configure with the reason, not a crash.
+
+    (With autostart, the default, the node refuses to start, as a plain node did:
+    test_launch_config.py.)
+    """
+    server = NodeProcess(
+        "loc3r_node", "--ros-args", "-r", "__node:=loc3r_bad",
+        "-p", "autostart:=false", "-p", "device:=tpu", "-p", "status_period_s:=0.2",
+        log_path=tmp_path / "bad.log",
+    )  # fmt: skip
+    node = rclpy.create_node("lifecycle_bad_client")
+    try:
+        change = node.create_client(ChangeState, "/loc3r_bad/change_state")
+        ask = node.create_client(Ask, "/loc3r_bad/ask")
+        assert change.wait_for_service(timeout_sec=30.0), server.log()
+        request = ChangeState.Request(transition=Transition(id=Transition.TRANSITION_CONFIGURE))
+        assert call(node, change, request).success is False
+        assert server.proc.poll() is None
+        reply = call(node, ask, Ask.Request(question="What is on my left?"))
+        assert reply.success is False and "device must be one of cpu, cuda, auto" in reply.message
+        request = ChangeState.Request(
+            transition=Transition(id=Transition.TRANSITION_UNCONFIGURED_SHUTDOWN)
+        )
+        assert call(node, change, request).success is True
+        assert server.proc.wait(timeout=20) == 0
+    finally:
+        node.destroy_node()
+        server.stop()
