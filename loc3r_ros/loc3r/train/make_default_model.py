@@ -113,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     trainer = Trainer(config, run.model, run.train_samples)
     history = trainer.fit()
     stages["train"] = round(time.perf_counter() - start - sum(stages.values()), 1)
+    vocabulary = None if config.data_root else sorted(answer_vocabulary())
+    run.model.set_answer_vocabulary(vocabulary)  # evaluated as the bundle answers
     report = evaluate(run.model, run.eval_episodes, config.image_size)
     stages["eval"] = round(time.perf_counter() - start - sum(stages.values()), 1)
     report.pop("cases")
@@ -143,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             pose_source="geometric",  # the tiny CUT3R has not learned geometry; see perception
             camera_tokens="pose" if config.camera_prior == "geometric" else "cut3r",
             description=f"embedded tiny Loc3R-VLM ({config.steps} steps on synthetic rooms)",
-            answer_vocabulary=None if config.data_root else sorted(answer_vocabulary()),
+            answer_vocabulary=vocabulary,
         )
     target.mkdir(parents=True, exist_ok=True)
     (target / "eval.json").write_text(json.dumps(report, indent=2))
