@@ -15,11 +15,6 @@ from loc3r.vlm.tiny import build_tiny_loc3r
 VOCABULARY = ["left", "right", "in front", "behind", "two chairs", "a red lamp"]
 
 
-@pytest.fixture(scope="module")
-def tokenizer_dir(data_dir):
-    return data_dir / "llava_video_reference" / "tiny_llava_video"
-
-
 @pytest.fixture
 def model(tokenizer_dir) -> Loc3rVLM:
     torch.manual_seed(0)

@@ -6,21 +6,8 @@ import math
 
 import pytest
 import torch
-from transformers import AutoTokenizer
 
 from loc3r.vlm import LlavaCheckpointError, Loc3rVLM, TrainSample
-from loc3r.vlm.tiny import build_tiny_loc3r
-
-
-@pytest.fixture(scope="module")
-def tokenizer_dir(data_dir):
-    return data_dir / "llava_video_reference" / "tiny_llava_video"
-
-
-@pytest.fixture
-def model(tokenizer_dir) -> Loc3rVLM:
-    torch.manual_seed(0)
-    return build_tiny_loc3r(AutoTokenizer.from_pretrained(str(tokenizer_dir)))
 
 
 def sample(seed: int = 0, frames: int = 3) -> TrainSample:

@@ -12,17 +12,6 @@ from loc3r.vlm.tiny import build_tiny_loc3r
 from loc3r.vlm.training_aids import GROUNDING_HEADS, grounding_queries, trace_situation
 
 
-@pytest.fixture(scope="module")
-def tokenizer_dir(data_dir):
-    return data_dir / "llava_video_reference" / "tiny_llava_video"
-
-
-@pytest.fixture
-def model(tokenizer_dir) -> Loc3rVLM:
-    torch.manual_seed(0)
-    return build_tiny_loc3r(AutoTokenizer.from_pretrained(str(tokenizer_dir)))
-
-
 def grounded_sample(seed: int, frames: int = 3) -> TrainSample:
     """sample() with its three objects (anchor, target, question's) in some pooled patches."""
     s = sample(seed, frames)

@@ -310,9 +310,8 @@ def markdown(report: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Render the held-out rooms, trace the model on every situation, print (and save) it."""
     from loc3r.engine.models import load_bundle
-    from loc3r.eval.run import DEFAULT_HELD_OUT, parse_seeds
+    from loc3r.eval.run import DEFAULT_HELD_OUT, add_scene_arguments, parse_seeds
     from loc3r.scenes import EpisodeConfig
-    from loc3r.scenes.episode import LOOKS, WALKS
     from loc3r.train.synthetic_data import CAMERA_PRIORS, build_episodes
 
     parser = argparse.ArgumentParser(
@@ -323,16 +322,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="", help="model directory (default: embedded)")
     parser.add_argument("--seeds", default=DEFAULT_HELD_OUT, help="synthetic scenes A:B (B excl.)")
     parser.add_argument("--frames", type=int, default=0, help="frames per scene (default: model)")
-    parser.add_argument("--image-size", type=int, default=112, help="rendered frame size")
+    add_scene_arguments(parser)
     parser.add_argument(
         "--camera-prior",
         choices=CAMERA_PRIORS,
         default="cut3r",
         help="'oracle': the true poses in the camera tokens (for a model trained with them)",
     )
-    parser.add_argument("--look", choices=LOOKS, default="flat", help="synthetic rooms")
-    parser.add_argument("--walk", choices=WALKS, default="sweep", help="synthetic camera walks")
-    parser.add_argument("--render-size", type=int, default=0, help="rendered size (0: image size)")
     parser.add_argument("--out", type=Path, help="JSON report to write")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)

@@ -35,22 +35,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, help="dataset root in our format (loc3r.datasets)")
     parser.add_argument("--split", default="test", help="annotation split of --data")
     parser.add_argument("--frames", type=int, default=0, help="frames per scene (default: model)")
-    parser.add_argument("--image-size", type=int, default=112, help="the VLM's frame size")
-    parser.add_argument(
-        "--look",
-        choices=LOOKS,
-        default="flat",
-        help="synthetic rooms: flat colours or textured (what the model saw)",
-    )
-    parser.add_argument("--walk", choices=WALKS, default="sweep", help="synthetic camera walks")
-    parser.add_argument("--render-size", type=int, default=0,
-                        help="rendered frame size (0: --image-size; 224 for a geometric pose "
-                        "source, which matches features at full size)")  # fmt: skip
+    add_scene_arguments(parser)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--answers", choices=ANSWER_VARIANTS, default="leo")
     parser.add_argument("--localization", choices=LOCALIZATION_VARIANTS, default="sqa3d")
     parser.add_argument("--out", type=Path, help="folder for report.json / report.md")
     parser.add_argument("--no-progress", action="store_true")
+
+
+def add_scene_arguments(parser: argparse.ArgumentParser) -> None:
+    """How synthetic held-out rooms are rendered (`loc3r eval` and `loc3r.eval.bounds`)."""
+    parser.add_argument("--image-size", type=int, default=112, help="the VLM's frame size")
+    parser.add_argument("--look", choices=LOOKS, default="flat", help="synthetic rooms: flat or "
+                        "textured (those the model was trained on)")  # fmt: skip
+    parser.add_argument("--walk", choices=WALKS, default="sweep", help="synthetic camera walks")
+    parser.add_argument("--render-size", type=int, default=0, help="rendered frame size (0: "
+                        "--image-size; 224 for a geometric pose source)")  # fmt: skip
 
 
 def parse_seeds(text: str) -> list[int]:
