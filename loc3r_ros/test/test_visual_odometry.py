@@ -31,9 +31,9 @@ def _pose_errors(estimated: np.ndarray, true: np.ndarray) -> tuple[float, float]
     return float(np.linalg.norm(estimated[:3, 3] - true[:3, 3])), math.degrees(delta)
 
 
-def _odometry(frames, order, window: int = 16) -> dict[int, np.ndarray]:
+def _odometry(frames, order) -> dict[int, np.ndarray]:
     """Poses (first frame of `order` = identity) of frames fed in `order`, with true depth."""
-    odometry = VisualOdometry(frames[0].K, OdometryConfig(window=window))
+    odometry = VisualOdometry(frames[0].K)
     return {i: odometry.add(frames[i].rgb, DepthMap(frames[i].depth)).pose_c2w for i in order}
 
 

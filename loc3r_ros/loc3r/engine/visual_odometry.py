@@ -1,7 +1,7 @@
 """Camera poses from two-view geometry (OpenCV): a pose source that matches frames.
 
-For each new frame, SIFT features are matched against earlier frames, the relative pose is solved
-with the few that share the most matches, and the one with the most geometric inliers is kept:
+For each new frame, SIFT features are matched against the latest few frames, the relative pose is
+solved with each, and the one with the most geometric inliers is kept:
 - if the matches fit a pure rotation (a homography K R K^-1) to within `static_px`, the camera
   only turned (or stood still): that rotation and no translation, so a still camera stays still;
 - otherwise the essential matrix (RANSAC) gives the rotation and the direction of travel, and a
@@ -32,16 +32,15 @@ class OdometryConfig:
     min_inliers: int = 30  # a pair registers with at least this many geometric inliers
     ransac_px: float = 1.0  # essential-matrix RANSAC threshold, pixels
     static_px: float = 0.75  # median residual of a rotation-only fit below this: no translation
-    max_references: int = 4  # earlier frames tried per new frame (most shared matches first)
-    window: int = 16  # earlier frames kept to match against (bounded memory and time)
+    max_references: int = 4  # the latest frames a new frame is matched against (and kept)
 
     def __post_init__(self) -> None:
         if not 0 < self.ratio < 1:
             raise ValueError("ratio must be in (0, 1)")
         if self.min_inliers < 5 or self.max_features < self.min_inliers:
             raise ValueError("need min_inliers >= 5 and max_features >= min_inliers")
-        if self.ransac_px <= 0 or self.static_px < 0 or self.max_references < 1 or self.window < 1:
-            raise ValueError("need ransac_px > 0, static_px >= 0, max_references >= 1, window >= 1")
+        if self.ransac_px <= 0 or self.static_px < 0 or self.max_references < 1:
+            raise ValueError("need ransac_px > 0, static_px >= 0 and max_references >= 1")
 
 
 @dataclass
@@ -245,7 +244,7 @@ class VisualOdometry:
             raise ValueError(f"K must be a finite 3x3 intrinsics matrix, got {self.K!r}")
         self.geometry = TwoViewGeometry(config)
         self.frames: list[OdometryFrame] = []
-        self._recent: list[tuple[int, Features, DepthMap | None]] = []  # the last `window`
+        self._recent: list[tuple[int, Features, DepthMap | None]] = []  # the last few frames
 
     def add(
         self,
@@ -262,18 +261,16 @@ class VisualOdometry:
         result = self._register(features, fallback_pose)
         self.frames.append(result)
         self._recent.append((len(self.frames) - 1, features, depth))
-        del self._recent[: -self.geometry.config.window]
+        del self._recent[: -self.geometry.config.max_references]
         return result
 
     def _register(self, features: Features, fallback_pose: np.ndarray | None) -> OdometryFrame:
         if not self.frames:
             return OdometryFrame(np.eye(4), -1, True, False, len(features.points))
-        matches = [self.geometry.match(f, features) for _, f, _ in self._recent]
-        order = sorted(range(len(matches)), key=lambda i: (-len(matches[i][0]), -i))
         best: tuple[int, PairPose] | None = None  # the candidate with the most inliers
-        for slot in order[: self.geometry.config.max_references]:
-            index, _, depth = self._recent[slot]
-            pair = self.geometry.relative_pose(*matches[slot], self.K, depth)
+        for index, earlier, depth in reversed(self._recent):
+            matched = self.geometry.match(earlier, features)
+            pair = self.geometry.relative_pose(*matched, self.K, depth)
             if pair is not None and (best is None or pair.inliers > best[1].inliers):
                 best = (index, pair)
         if best is not None:
