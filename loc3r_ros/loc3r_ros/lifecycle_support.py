@@ -29,6 +29,16 @@ def not_active_reply(node: LifecycleNode, why: str = "") -> str:
     return f"{state}: the node is not active{detail}; ros2 lifecycle set {name} {step}"
 
 
+def exit_after_shutdown(node: LifecycleNode, delay_s: float = 0.5) -> None:
+    """End the process's spin shortly after the shutdown transition (once it has been answered)."""
+    node.create_timer(delay_s, node.context.try_shutdown)
+
+
+def timer_period(value: object, reason: str | None) -> float:
+    """A period parameter for a timer made before configure: 1 s while it is invalid (`reason`)."""
+    return 1.0 if reason else float(value)
+
+
 def autostart(node: LifecycleNode) -> bool:
     """Configure then activate `node` now (at the end of its constructor); True when active.
 

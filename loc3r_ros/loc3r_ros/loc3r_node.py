@@ -35,6 +35,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import numpy as np
 from builtin_interfaces.msg import Time
@@ -73,7 +74,13 @@ from loc3r_ros.conversions import (
     stamp_from_ns,
     stamp_to_ns,
 )
-from loc3r_ros.lifecycle_support import autostart, lifecycle_state, not_active_reply
+from loc3r_ros.lifecycle_support import (
+    autostart,
+    exit_after_shutdown,
+    lifecycle_state,
+    not_active_reply,
+    timer_period,
+)
 from loc3r_ros.node_runner import run_node
 from loc3r_ros.node_stats import LatencyWindow, RateWindow, resident_memory_bytes
 from loc3r_ros.params import PARAMS, accept_parameters, validate
@@ -172,7 +179,7 @@ class Loc3rNode(LifecycleNode):
 
     def _period(self, name: str) -> float:
         """A timer period parameter, or 1 s while it is invalid (configure reports it)."""
-        return 1.0 if validate(name, self.p[name]) else float(self.p[name])
+        return timer_period(self.p[name], validate(name, self.p[name]))
 
     # --- lifecycle -----------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -232,7 +239,7 @@ class Loc3rNode(LifecycleNode):
         """Free everything; the process exits once the transition has been answered."""
         self._shut_down_io()
         self._not_configured = "shut down"
-        self.create_timer(0.5, self.context.try_shutdown)
+        exit_after_shutdown(self)
         return TransitionCallbackReturn.SUCCESS
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -275,24 +282,12 @@ class Loc3rNode(LifecycleNode):
         if self.p["parent_frame"]:
             tf_group = MutuallyExclusiveCallbackGroup()
             tf_qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
-            self._inputs.append(
-                self.create_subscription(
-                    TFMessage,
-                    "/tf",
-                    lambda m: self.tf_buffer.add_message(m, static=False),
-                    tf_qos,
-                    callback_group=tf_group,
+            for topic, qos, static in (("/tf", tf_qos, False), ("/tf_static", LATCHED, True)):
+                add = partial(self.tf_buffer.add_message, static=static)
+                subscription = self.create_subscription(
+                    TFMessage, topic, add, qos, callback_group=tf_group
                 )
-            )
-            self._inputs.append(
-                self.create_subscription(
-                    TFMessage,
-                    "/tf_static",
-                    lambda m: self.tf_buffer.add_message(m, static=True),
-                    LATCHED,
-                    callback_group=tf_group,
-                )
-            )
+                self._inputs.append(subscription)
 
         image_group = MutuallyExclusiveCallbackGroup()
         reliability = (

@@ -63,7 +63,13 @@ from loc3r.speech.errors import SpeechBackendError, SpeechInputError
 from loc3r.speech.split import PARTICIPLES, split_utterance
 from loc3r.speech.tts import EspeakConfig, PiperConfig, TtsConfig, make_synthesizer
 from loc3r.speech.vad import SpeechSegment, StreamingVad, VadConfig, find_speech
-from loc3r_ros.lifecycle_support import autostart, lifecycle_state, not_active_reply
+from loc3r_ros.lifecycle_support import (
+    autostart,
+    exit_after_shutdown,
+    lifecycle_state,
+    not_active_reply,
+    timer_period,
+)
 from loc3r_ros.node_runner import run_node
 from loc3r_ros.params import accept_parameters
 from loc3r_ros.speech_params import SPEECH_PARAMS, validate
@@ -156,8 +162,8 @@ class SpeechNode(LifecycleNode):
             else ReliabilityPolicy.BEST_EFFORT,
         )
         self._audio_group = audio_group
-        period = 1.0 if validate("status_period_s", self.p["status_period_s"]) else float(
-            self.p["status_period_s"])  # fmt: skip
+        value = self.p["status_period_s"]
+        period = timer_period(value, validate("status_period_s", value))
         self.status_timer = self.create_timer(
             period, self.status_cb, callback_group=MutuallyExclusiveCallbackGroup()
         )
@@ -222,24 +228,25 @@ class SpeechNode(LifecycleNode):
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Free the recogniser and the synthesiser."""
-        self._stop_listening()
-        self._free_backends("cleaned up (configure loads it again)")
-        self.asr_state, self._released = "unconfigured", False
+        self._unconfigure("cleaned up (configure loads it again)")
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Free everything; the process exits once the transition has been answered."""
         self._stop_listening()
         self._free_backends("shut down")
-        self.create_timer(0.5, self.context.try_shutdown)
+        exit_after_shutdown(self)
         return TransitionCallbackReturn.SUCCESS
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
         """A transition raised: free everything and go back to unconfigured."""
-        self._stop_listening()
-        self._free_backends("recovered from an error (configure again)")
-        self.asr_state, self._released = "unconfigured", False
+        self._unconfigure("recovered from an error (configure again)")
         return TransitionCallbackReturn.SUCCESS
+
+    def _unconfigure(self, reason: str) -> None:
+        self._stop_listening()
+        self._free_backends(reason)
+        self.asr_state, self._released = "unconfigured", False
 
     def _stop_listening(self) -> None:
         self._active = False

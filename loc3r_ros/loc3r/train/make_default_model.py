@@ -65,17 +65,20 @@ EMBEDDED_CUT3R_RECIPE = (
 )
 
 
+def pop_option(argv: list[str], name: str, default: str) -> str:
+    """The value of this script's own --name=V (the first one), every --name= removed from argv."""
+    prefix = f"--{name}="
+    values = [a[len(prefix) :] for a in argv if a.startswith(prefix)]
+    argv[:] = [a for a in argv if not a.startswith(prefix)]
+    return values[0] if values else default
+
+
 def main(argv: list[str] | None = None) -> int:
     """Train, evaluate, save."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    target = DEFAULT_MODEL_DIR
-    if any(a.startswith("--target=") for a in argv):
-        target = Path(next(a for a in argv if a.startswith("--target=")).split("=", 1)[1])
-        argv = [a for a in argv if not a.startswith("--target=")]
-    finish_within = 0.0  # --finish_within_s=N: training gets what is left of N s minus the eval
-    if any(a.startswith("--finish_within_s=") for a in argv):
-        finish_within = float(next(a for a in argv if a.startswith("--finish_within_s="))[18:])
-        argv = [a for a in argv if not a.startswith("--finish_within_s=")]
+    target = Path(pop_option(argv, "target", str(DEFAULT_MODEL_DIR)))
+    # --finish_within_s=N: training gets what is left of N s minus the eval
+    finish_within = float(pop_option(argv, "finish_within_s", "0"))
     stage_args = {"vision": [], "cut3r": []}  # --vision.KEY=V / --cut3r.KEY=V go to those stages
     for prefix, items in stage_args.items():
         items += ["--" + a[len(prefix) + 3 :] for a in argv if a.startswith(f"--{prefix}.")]
