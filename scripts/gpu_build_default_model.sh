@@ -28,7 +28,8 @@ timeout -k 10 ${BUILD_TIMEOUT_S:-540} $PY -m loc3r.train.make_default_model \
   --workers=$WORKERS --train_episodes=${TRAIN_EPISODES:-2000} --steps=${STEPS:-5000} \
   --time_budget_s=${TRAIN_BUDGET_S:-240} --finish_within_s=${FINISH_WITHIN_S:-520} \
   --vision.episodes=${VISION_EPISODES:-1500} --vision.steps=${VISION_STEPS:-6000} "$@"
-echo; echo "make_default_model exit $?"
+status=$?
+echo; echo "make_default_model exit $status"
 cp $RUN/bundle/vlm/* $RUN/bundle/bundle.json $RUN/bundle/eval.json $RUN/metrics.jsonl "$OUT"/ \
   2>/dev/null
 ls -la "$OUT"; date -u
