@@ -3,11 +3,13 @@
     loc3r ask VIDEO_OR_DIR --question "What is on my left?" [--situation "I am on the bed"]
     loc3r localize VIDEO_OR_DIR --situation "I am sitting on the bed facing the window"
     loc3r scene OUT_DIR [--seed 3]           # write a synthetic walk-through (frames + truth)
-Options: --model DIR (default: the embedded model), --frames N, --mode streaming|faithful,
---device cpu|cuda|auto, --bev-png FILE (a bird's-eye map: metres, grid, scale bar, legend;
---bev-size, --bev-objects OUT_DIR/objects.json, --bev-truth X Y YAW_DEG). Prints JSON: answer, pose
-(scene frame: z up, metres, origin at the first frame), sigma, frames used, timings.
-Errors print {"error": ...} and exit with status 2; no traceback reaches the user.
+Options: --model DIR (default: the embedded model), --frames N, --min-frames N,
+--mode streaming|faithful, --device cpu|cuda|auto, --bev-png FILE (a bird's-eye map: metres, grid,
+scale bar, legend; --bev-size, --bev-objects OUT_DIR/objects.json, --bev-truth X Y YAW_DEG).
+Prints JSON: answer, pose (scene frame: z up, metres, origin at the first frame), sigma, frames
+used, timings, and what was read ("input": frames decoded, failed and where, time span;
+"warnings" for a partial read). Fewer decodable frames than the model sees (or --min-frames) is
+an error. Errors print {"error": ...} and exit with status 2; no traceback reaches the user.
 """
 
 from __future__ import annotations
@@ -48,7 +50,10 @@ def _run_query(args) -> dict:
     objects = _bev_objects(args.bev_objects) if args.bev_png else []
     engine, count = _engine(args)
     try:
-        for record in read_frames(args.source, max_frames=count):
+        # the frames the model sees, unless --min-frames accepts fewer
+        need = args.min_frames if args.min_frames > 0 else count
+        clip = read_frames(args.source, max_frames=count, min_frames=need)
+        for record in clip.frames:
             engine.add_frame(record.image, record.stamp_ns)
         if args.command == "ask":
             result = engine.ask(args.question, args.situation)
@@ -67,6 +72,10 @@ def _run_query(args) -> dict:
                 "yaw_spread_deg": round(math.degrees(pose.yaw_spread), 2),
             }
         out["frames_used"] = result.num_frames
+        out["input"] = clip.report.to_dict()
+        out["warnings"] = out["input"]["warnings"]
+        for warning in out["warnings"]:
+            print(f"loc3r: warning: {warning}", file=sys.stderr)
         out["timings_s"] = {k: round(v, 4) for k, v in result.timings.items()}
         out["total_s"] = round(time.perf_counter() - start, 3)
         if args.bev_png:
@@ -138,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--situation", required=True)
         p.add_argument("--model", default="", help="model directory (default: embedded)")
         p.add_argument("--frames", type=int, default=0, help="frames the model sees")
+        p.add_argument("--min-frames", type=int, default=0,
+                       help="fewest decodable frames accepted (default: --frames)")  # fmt: skip
         p.add_argument("--mode", choices=("streaming", "faithful"), default="faithful")
         p.add_argument("--device", default="cpu")
         p.add_argument("--bev-png", type=Path, help="write a bird's-eye map (PNG) here")

@@ -97,7 +97,11 @@ def test_one_frame_no_frames_and_non_utf8(capsys, bundle, scene_dir, tmp_path):
     (single / first.name).write_bytes(first.read_bytes())
     code, out = run(capsys, "localize", str(single), "--situation", "I am on the bed",
                     "--model", str(bundle))  # fmt: skip
-    assert code == 0 and out["frames_used"] == 1
+    assert code == 2 and "1 decodable frame(s)" in out["error"]
+    assert "needs at least 4" in out["error"]
+    code, out = run(capsys, "localize", str(single), "--situation", "I am on the bed",
+                    "--model", str(bundle), "--min-frames", "1")  # fmt: skip
+    assert code == 0 and out["frames_used"] == 1 and out["warnings"] == []
     empty = tmp_path / "empty"
     empty.mkdir()
     code, out = run(capsys, "ask", str(empty), "--question", "q", "--model", str(bundle))
@@ -107,3 +111,26 @@ def test_one_frame_no_frames_and_non_utf8(capsys, bundle, scene_dir, tmp_path):
         capsys, "ask", str(scene_dir), "--question", "caf\udce9?", "--model", str(bundle)
     )
     assert code == 2 and "not valid UTF-8" in out["error"]
+
+
+def test_partial_read_is_a_warning_in_the_json(capsys, bundle, scene_dir, tmp_path):
+    folder = tmp_path / "partial"
+    folder.mkdir()
+    for png in sorted(scene_dir.glob("*.png")):
+        (folder / png.name).write_bytes(png.read_bytes())
+    (folder / "000003.png").write_bytes(b"broken")
+    (folder / "readme.txt").write_text("not an image")
+    code = main(["ask", str(folder), "--question", "What is on my left?", "--model", str(bundle)])
+    printed = capsys.readouterr()
+    out = json.loads(printed.out)
+    assert code == 0, out
+    assert "loc3r: warning: 1 frame(s)" in printed.err  # said on stderr too
+    read = out["input"]
+    assert (read["frames_declared"], read["frames_decoded"], read["failed_at"]) == (6, 5, [3])
+    assert read["span_s"] == 0.5 and out["warnings"] == read["warnings"]
+    assert any("000003.png (unreadable image)" in w for w in out["warnings"])
+    assert any("readme.txt" in w for w in out["warnings"])
+    for name in ("000000.png", "000001.png", "000002.png"):
+        (folder / name).write_bytes(b"broken")
+    code, out = run(capsys, "ask", str(folder), "--question", "q", "--model", str(bundle))
+    assert code == 2 and "2 decodable frame(s)" in out["error"] and "000000.png" in out["error"]

@@ -15,7 +15,7 @@ isolate_ros_graph()
 rclpy = pytest.importorskip("rclpy")
 pytestmark = pytest.mark.ros
 
-from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
 from loc3r_interfaces.msg import Status  # noqa: E402
 from loc3r_interfaces.srv import Localize  # noqa: E402
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: E402
@@ -132,3 +132,48 @@ def test_malformed_images_are_dropped_and_the_nodes_keep_serving(ros, tmp_path):
     finally:
         assert raw.stop() == 0, raw.log()
         assert compressed.stop() == 0, compressed.log()
+
+
+def test_frame_player_reports_a_partial_read(ros, tmp_path):
+    frames = tmp_path / "frames"
+    assert loc3r_cli(["scene", str(frames), "--count", "5", "--size", "48"]) == 0
+    (frames / "000002.png").write_bytes(b"broken")
+    diagnostics: list[DiagnosticArray] = []
+    ros.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 10)
+    # the player waits for this subscriber, so discovery is done when it reports
+    ros.create_subscription(Image, "/partial_cam/image_raw", lambda _: None, 10)
+    player = NodeProcess(
+        "frame_player", str(frames), "--topic", "/partial_cam/image_raw", "--rate", "50",
+        log_path=tmp_path / "player.log",
+    )  # fmt: skip
+
+    def reports():
+        return [d.status[0] for d in diagnostics if d.status and "frame_player" in d.status[0].name]
+
+    try:
+        assert spin_until(ros, lambda: bool(reports()), 30), player.log()
+        assert player.proc.wait(15) == 0, player.log()
+    finally:
+        player.stop()
+    (status,) = reports()
+    values = {kv.key: kv.value for kv in status.values}
+    assert (
+        status.level == DiagnosticStatus.WARN and "000002.png (unreadable image)" in status.message
+    )
+    assert (values["frames_decoded"], values["frames_failed"], values["failed_at"]) == (
+        "4",
+        "1",
+        "[2]",
+    )
+    assert "questions.json" in status.message  # the non-image files are named too
+    assert "000002.png (unreadable image)" in player.log()  # and logged as a warning
+
+    too_few = NodeProcess(
+        "frame_player", str(frames), "--topic", "/partial_cam/image_raw", "--rate", "50",
+        "--wait-subscribers", "0", "--min-frames", "8", log_path=tmp_path / "few.log",
+    )  # fmt: skip
+    try:
+        assert too_few.proc.wait(30) == 1, too_few.log()
+    finally:
+        too_few.stop()
+    assert "4 decodable frame(s)" in too_few.log() and "--min-frames is 8" in too_few.log()
