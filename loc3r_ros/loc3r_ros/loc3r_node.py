@@ -46,12 +46,14 @@ from loc3r_interfaces.srv import Ask, Localize
 from nav_msgs.msg import Path
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import (
     DurabilityPolicy,
     HistoryPolicy,
     QoSProfile,
     ReliabilityPolicy,
+    qos_policy_name_from_kind,
 )
 from rclpy.task import Future
 from scipy.spatial.transform import Rotation
@@ -66,6 +68,7 @@ from loc3r.engine.alignment import AlignmentError, umeyama
 from loc3r.engine.model_process import ModelProcess, load_bundle_in_process
 from loc3r.engine.models import ModelLoadError, load_bundle
 from loc3r.errors import BusyError, Loc3rError
+from loc3r_ros.camera_input import CameraInputHealth
 from loc3r_ros.conversions import (
     agent_pose_to_msg,
     compressed_msg_preview,
@@ -134,6 +137,8 @@ class Loc3rNode(LifecycleNode):
         self.queries_answered = 0
         self._pending = 0
         self.input_rate = RateWindow(window_s=5.0)
+        self.camera_input = CameraInputHealth(self.p["image_topic"])
+        self._camera_problem = ""  # the last diagnosis said in the log
         self.image_cb_latency = LatencyWindow(size=2000)
         self._pending_lock = threading.Lock()
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loc3r-model")
@@ -300,26 +305,30 @@ class Loc3rNode(LifecycleNode):
             history=HistoryPolicy.KEEP_LAST,
             reliability=reliability,
         )
-        if self.p["image_compressed"]:
-            self._inputs.append(
-                self.create_subscription(
-                    CompressedImage,
-                    self.p["image_topic"],
-                    self.compressed_cb,
-                    image_qos,
-                    callback_group=image_group,
-                )
+        watch = self.camera_input = CameraInputHealth(self.p["image_topic"])
+        watch.start(time.monotonic())
+        events = SubscriptionEventCallbacks(  # losses and QoS mismatches, where DDS reports them
+            message_lost=lambda info: watch.lost(time.monotonic(), info.total_count_change),
+            incompatible_qos=lambda info: watch.incompatible_qos(
+                qos_policy_name_from_kind(info.last_policy_kind)
+            ),
+            use_default_callbacks=False,
+        )
+        kind, callback = (
+            (CompressedImage, self.compressed_cb)
+            if self.p["image_compressed"]
+            else (Image, self.image_cb)
+        )
+        self._inputs.append(
+            self.create_subscription(
+                kind,
+                self.p["image_topic"],
+                callback,
+                image_qos,
+                callback_group=image_group,
+                event_callbacks=events,
             )
-        else:
-            self._inputs.append(
-                self.create_subscription(
-                    Image,
-                    self.p["image_topic"],
-                    self.image_cb,
-                    image_qos,
-                    callback_group=image_group,
-                )
-            )
+        )
 
         if self.p["camera_info_topic"]:
             self._inputs.append(
@@ -423,6 +432,7 @@ class Loc3rNode(LifecycleNode):
             return
         self.frames_received += 1
         self.input_rate.tick()
+        self.camera_input.frame(time.monotonic())
         try:
             engine.add_frame(decode(), stamp_to_ns(stamp), full)
         except Loc3rError as exc:
@@ -456,13 +466,15 @@ class Loc3rNode(LifecycleNode):
             response.latency_s = time.perf_counter() - start
             return response
         outcome = await self._submit(query)
+        camera = self._camera_diagnosis()
         if isinstance(outcome, Loc3rError):
-            response.message = str(outcome)
+            response.message = str(outcome) + (f" (camera input: {camera})" if camera else "")
         elif isinstance(outcome, Exception):  # a model failure must not take the node down
             self.get_logger().error(f"query failed: {outcome!r}")
             response.message = f"internal error: {type(outcome).__name__}: {outcome}"
         else:
-            response.success, response.message = True, "ok"
+            response.success = True
+            response.message = f"ok (warning: camera input: {camera})" if camera else "ok"
             if hasattr(response, "answer"):
                 response.answer = outcome.answer
             self._fill_query_fields(response, outcome)
@@ -673,8 +685,23 @@ class Loc3rNode(LifecycleNode):
                 engine.no_model_reason = reason
             self.get_logger().error(reason)
 
+    def _camera_diagnosis(self) -> str:
+        """The camera input problem while active ("" for none); logged when it changes."""
+        problem = ""
+        if self._active:
+            self.camera_input.set_publishers(self.count_publishers(self.p["image_topic"]))
+            problem = self.camera_input.diagnosis(time.monotonic())
+        if problem != self._camera_problem:
+            if problem:
+                self.get_logger().warning(f"camera input: {problem}")
+            elif self._active:
+                self.get_logger().info("camera input: frames arrive again")
+            self._camera_problem = problem
+        return problem
+
     def _publish_status(self) -> None:
         self._check_model_process()
+        camera = self._camera_diagnosis()
         engine = self.engine
         msg = Status()
         msg.header.stamp = self.get_clock().now().to_msg()
@@ -702,10 +729,10 @@ class Loc3rNode(LifecycleNode):
         if worker is not None:
             msg.cut3r_ms_per_frame = 1000.0 * worker.mean_seconds()
         self.status_pub.publish(msg)
-        if ready and self._active:
-            level = DiagnosticStatus.OK
-        elif self.model_state == Status.STATE_ERROR:
+        if self.model_state == Status.STATE_ERROR:
             level = DiagnosticStatus.ERROR
+        elif ready and self._active and not camera:
+            level = DiagnosticStatus.OK
         else:
             level = DiagnosticStatus.WARN
         values = {
@@ -727,10 +754,13 @@ class Loc3rNode(LifecycleNode):
             "gravity": self._gravity_source,
             "camera_info": self.camera_info,
             "anchor_rms_m": f"{self.anchor_rms:.3f}",
+            "camera_input": camera or "ok",
+            **self.camera_input.values(),
         }
         header = Header(stamp=msg.header.stamp)
+        summary = f"{msg.message}; camera input: {camera}" if camera else msg.message
         self.diagnostics_pub.publish(
-            diagnostics(header, self.get_fully_qualified_name(), level, msg.message, values)
+            diagnostics(header, self.get_fully_qualified_name(), level, summary, values)
         )
 
     def destroy_node(self) -> None:
