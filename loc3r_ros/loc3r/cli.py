@@ -6,10 +6,12 @@
 Options: --model DIR (default: the embedded model), --frames N, --min-frames N,
 --mode streaming|faithful, --device cpu|cuda|auto, --bev-png FILE (a bird's-eye map: metres, grid,
 scale bar, legend; --bev-size, --bev-objects OUT_DIR/objects.json, --bev-truth X Y YAW_DEG).
-Prints JSON: answer, pose (scene frame: z up, metres, origin at the first frame), sigma, frames
-used, timings, and what was read ("input": frames decoded, failed and where, time span;
-"warnings" for a partial read). Fewer decodable frames than the model sees (or --min-frames) is
-an error. Errors print {"error": ...} and exit with status 2; no traceback reaches the user.
+Prints JSON: answer, pose (scene frame: z up, metres, origin at the first frame), sigma,
+confidence (answer probability, CUT3R confidence, whether the frames look like the model's
+training data, with a note when not), frames used, timings, and what was read ("input": frames
+decoded, failed and where, time span; "warnings" for a partial read). Fewer decodable frames than
+the model sees (or --min-frames) is an error. Errors print {"error": ...} and exit with status 2;
+no traceback reaches the user.
 """
 
 from __future__ import annotations
@@ -71,6 +73,9 @@ def _run_query(args) -> dict:
                 "sigma_y": round(pose.sigma_y, 4),
                 "yaw_spread_deg": round(math.degrees(pose.yaw_spread), 2),
             }
+        out["confidence"] = result.confidence.to_dict()
+        if result.confidence.note:
+            print(f"loc3r: warning: {result.confidence.note}", file=sys.stderr)
         out["frames_used"] = result.num_frames
         out["input"] = clip.report.to_dict()
         out["warnings"] = out["input"]["warnings"]

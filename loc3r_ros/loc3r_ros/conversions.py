@@ -156,3 +156,22 @@ def stamp_from_ns(stamp_ns: int, time_type):
 def stamp_to_ns(stamp) -> int:
     """builtin_interfaces/Time -> nanoseconds."""
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def confidence_to_msg(confidence, msg_type):
+    """A loc3r.engine Confidence as loc3r_interfaces/Confidence (NaN for what is unknown)."""
+    nan = float("nan")
+    msg = msg_type()
+    msg.answer_probability = (
+        nan if confidence.answer_probability is None else float(confidence.answer_probability)
+    )
+    msg.cut3r_confidence = (
+        nan if confidence.cut3r_confidence is None else float(confidence.cut3r_confidence)
+    )
+    domain = confidence.domain
+    msg.domain_checked = domain is not None
+    msg.in_domain = bool(domain.in_domain) if domain is not None else False
+    msg.domain_score = float(domain.score) if domain is not None else nan
+    msg.domain_threshold = float(domain.threshold) if domain is not None else nan
+    msg.note = confidence.note
+    return msg

@@ -41,7 +41,7 @@ import numpy as np
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped, TransformStamped
-from loc3r_interfaces.msg import SituatedResult, Status
+from loc3r_interfaces.msg import Confidence, SituatedResult, Status
 from loc3r_interfaces.srv import Ask, Localize
 from nav_msgs.msg import Path
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
@@ -73,6 +73,7 @@ from loc3r_ros.conversions import (
     agent_pose_to_msg,
     compressed_msg_preview,
     compressed_msg_to_rgb,
+    confidence_to_msg,
     image_msg_to_rgb,
     stamp_from_ns,
     stamp_to_ns,
@@ -541,6 +542,9 @@ class Loc3rNode(LifecycleNode):
         self.last_latency_s = result.latency_s
         self.latency_sum_s += result.latency_s
         self.queries_answered += 1
+        response.confidence = confidence_to_msg(result.confidence, Confidence)
+        if result.confidence.note:
+            self.get_logger().warning(result.confidence.note, throttle_duration_sec=30.0)
         if result.pose is not None:
             if hasattr(response, "has_pose"):
                 response.has_pose = True
@@ -559,6 +563,7 @@ class Loc3rNode(LifecycleNode):
         msg.first_frame_stamp = stamp_from_ns(result.first_stamp_ns, Time)
         msg.last_frame_stamp = stamp
         msg.latency_s = result.latency_s
+        msg.confidence = confidence_to_msg(result.confidence, Confidence)
         if result.pose is not None:
             msg.has_pose = True
             msg.pose = agent_pose_to_msg(result.pose)

@@ -435,6 +435,7 @@ class SpeechNode(LifecycleNode):
             return
         response.answer = reply.answer
         response.has_pose, response.pose = reply.has_pose, reply.pose
+        response.confidence = reply.confidence
         self.answer_pub.publish(String(data=reply.answer))
         response.success, response.message = True, "ok"
         self._count("answered")

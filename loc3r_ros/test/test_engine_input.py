@@ -121,7 +121,10 @@ class SlowPipeline:
         return AgentPose(1.0, 2.0, 0.5, 0.1, 0.2, 0.05)
 
     def answer(self, scene, question, situation):
-        return f"{scene} frames; {situation}", self.localize(scene, situation)
+        return f"{scene} frames; {situation}", self.localize(scene, situation), 0.5
+
+    def domain(self, scene):
+        return None  # no domain model
 
 
 def test_engine_reports_missing_model_and_frames():

@@ -128,8 +128,12 @@ def test_the_bundle_declares_its_answer_vocabulary(bundle_dir, tmp_path):
     tokens = torch.stack([p.camera_token for p in loaded.perception.run_fresh(images)])
     scene = loaded.model.encode_scene(images, tokens)
     for question in ("What is on my left?", "How many chairs are there?", "Anything?"):
-        answer, _ = loaded.model.answer(scene, question, "I am sitting on the bed")
+        answer, _, probability = loaded.model.answer(scene, question, "I am sitting on the bed")
         assert answer in vocabulary
+        # its share of the vocabulary's mass: the most likely entry holds at least 1/len
+        assert 1 / len(vocabulary) - 1e-6 <= probability <= 1.0
+        scores = loaded.model.vlm.score_answers(scene.prefix, question, "I am sitting on the bed")
+        assert probability == pytest.approx(float(scores.softmax(-1).max()), rel=1e-5)
 
 
 def test_the_embedded_model_answers_within_its_vocabulary():

@@ -35,7 +35,10 @@ class RecordingModel:
         return AgentPose(scene["digest"] % 7, len(situation) / 10, 0.1, 0.2, 0.3, 0.05)
 
     def answer(self, scene, question, situation):
-        return f"{scene['frames']}:{question}", self.localize(scene, situation)
+        return f"{scene['frames']}:{question}", self.localize(scene, situation), 0.25
+
+    def domain(self, scene):
+        return None  # no domain model
 
 
 def frame(i: int) -> np.ndarray:

@@ -41,7 +41,10 @@ class EchoModel:
         return AgentPose(0.5, -0.25, 1.0, 0.3, 0.3, 0.2)
 
     def answer(self, scene, question, situation):
-        return f"{len(question)}", self.localize(scene, situation)
+        return f"{len(question)}", self.localize(scene, situation), 0.5
+
+    def domain(self, scene):
+        return None  # no domain model
 
 
 @pytest.fixture(scope="module")

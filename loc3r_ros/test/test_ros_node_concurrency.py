@@ -41,7 +41,10 @@ class SlowPipeline:
         return AgentPose(1.0, -0.5, 0.3, 0.2, 0.2, 0.1)
 
     def answer(self, scene, question, situation):
-        return f"{question} / {situation}", self.localize(scene, situation)
+        return f"{question} / {situation}", self.localize(scene, situation), 0.5
+
+    def domain(self, scene):
+        return None  # no domain model
 
 
 @pytest.fixture

@@ -130,6 +130,9 @@ def test_ask_returns_answer_and_situated_pose(graph):
     cov = np.array(reply.pose.pose.covariance).reshape(6, 6)
     assert cov[0, 0] > 0 and cov[1, 1] > 0 and cov[5, 5] > 0
     assert reply.position_sigma_m > 0 and reply.latency_s > 0
+    confidence = reply.confidence
+    assert 0.0 < confidence.answer_probability <= 1.0 and confidence.cut3r_confidence >= 1.0
+    assert not confidence.domain_checked and math.isnan(confidence.domain_score)  # no domain file
 
     assert spin_until(node, lambda: got["pose"] and got["tf_static"] and got["markers"], 10)
     pose = got["pose"][-1]
@@ -142,12 +145,15 @@ def test_ask_returns_answer_and_situated_pose(graph):
     assert "What is on my left?" in got["markers"][-1].markers[-1].text
     assert spin_until(node, lambda: bool(got["result"]), 5)
     assert got["result"][-1].question == "What is on my left?" and got["result"][-1].has_pose
+    assert got["result"][-1].confidence.answer_probability == confidence.answer_probability
 
 
 def test_localize_and_visualisation_topics(graph):
     node, _, localize, got, _ = graph
     reply = call(node, localize, Localize.Request(situation="I am standing by the door"), 60)
     assert reply.success, reply.message
+    assert math.isnan(reply.confidence.answer_probability)  # no answer to a localization
+    assert reply.confidence.cut3r_confidence >= 1.0
     assert reply.pose.header.frame_id == "loc3r_world" and reply.num_frames == 4
 
     def published() -> bool:

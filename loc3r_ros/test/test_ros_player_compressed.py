@@ -84,6 +84,10 @@ def test_frame_player_streams_a_folder_into_the_node(ros, tmp_path):
         reply = call(ros, localize, Localize.Request(situation="I am by the door"), 60)
         assert reply.success, reply.message  # the embedded model answers from the played frames
         assert reply.num_frames >= 5
+        # its domain check knows these rooms (loc3r scene renders what it was trained on)
+        assert reply.confidence.domain_checked and reply.confidence.in_domain, reply.confidence
+        assert reply.confidence.domain_score <= reply.confidence.domain_threshold
+        assert reply.confidence.note == ""
     finally:
         assert server.stop() == 0, server.log()
 

@@ -146,6 +146,9 @@ def test_spoken_question_is_answered_in_words_and_audio(graph, tts):
     # the bridge really asked loc3r_node, and published what it heard and answered
     assert spin_until(node, lambda: len(got["result"]) > results, 5)
     assert got["result"][-1].question == "what is on my left?" and got["result"][-1].has_pose
+    # the spoken reply carries loc3r_node's confidence in its answer
+    probability = got["result"][-1].confidence.answer_probability
+    assert 0.0 < probability <= 1.0 and reply.confidence.answer_probability == probability
     assert spin_until(node, lambda: got["transcript"] and got["answer_audio"], 5)
     assert got["transcript"][-1].data == reply.transcript
     assert got["answer"][-1].data == reply.answer

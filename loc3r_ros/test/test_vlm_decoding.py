@@ -210,3 +210,24 @@ def test_malformed_vocabularies_are_refused(bad):
 
 def test_repeated_entries_are_dropped():
     assert check_answer_vocabulary(["left", "right", "left"]) == ("left", "right")
+
+
+def test_free_answer_probability_is_its_token_sequence_probability(model):
+    prefix = scene(model)
+    question, situation = "What is on my left?", "I am by the door"
+    model.config.max_new_tokens = 1  # one token: its probability is the first step's top softmax
+    _, _, probability = model.answer_with_probability(prefix, question, situation)
+    situation_ids = model.situation_ids(situation)
+    model._situate(prefix, situation_ids)
+    states = model._continue(
+        prefix, model.question_ids(question), prefix.length + len(situation_ids)
+    )
+    first = model.base.language_model.lm_head(states.last_hidden_state[0, -1]).float().softmax(-1)
+    model._truncate(prefix)
+    assert probability == pytest.approx(float(first.max()), rel=1e-4)
+    assert 0.0 < probability < 1.0
+    model.config.max_new_tokens = 12
+    word, end = word_token(model), model.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    rig(model, lambda step: word if step == 0 else end)  # the end token counts too: ~1 * ~1
+    text, _, certain = model.answer_with_probability(prefix, question, situation)
+    assert text == model.tokenizer.decode([word]).strip() and certain == pytest.approx(1.0)

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from loc3r.engine.domain import DomainVerdict
 from loc3r.engine.models import DEFAULT_MODEL_DIR, Bundle, ModelLoadError, read_bundle_spec
 from loc3r.engine.perception import FramePerception, PerceptionConfig
 from loc3r.engine.scene_engine import AgentPose
@@ -49,6 +50,7 @@ class SceneHandle:
     """An encoded scene that lives in the model process."""
 
     index: int
+    domain: DomainVerdict | None = None  # the domain check of its frames (see engine.domain)
 
 
 def _serve_channel(conn: Connection, handlers: dict) -> None:
@@ -97,8 +99,9 @@ def _child_main(model_dir: str, device: str, threads: int, niceness: int,
         return scenes[handle.index]
 
     def encode_scene(images, camera_tokens) -> SceneHandle:
-        handle = SceneHandle(next(counter))
-        scenes[handle.index] = bundle.model.encode_scene(images, camera_tokens)
+        encoded = bundle.model.encode_scene(images, camera_tokens)
+        handle = SceneHandle(next(counter), bundle.model.domain(encoded))
+        scenes[handle.index] = encoded
         while len(scenes) > SCENES_KEPT:
             scenes.popitem(last=False)
         return handle
@@ -191,9 +194,15 @@ class RemoteSceneModel:
         """Situated pose."""
         return self._channel.call("localize", scene, situation)
 
-    def answer(self, scene: SceneHandle, question: str, situation: str) -> tuple[str, AgentPose]:
-        """Answer and situated pose."""
+    def answer(
+        self, scene: SceneHandle, question: str, situation: str
+    ) -> tuple[str, AgentPose, float]:
+        """Answer, situated pose and the answer's probability."""
         return self._channel.call("answer", scene, question, situation)
+
+    def domain(self, scene: SceneHandle) -> DomainVerdict | None:
+        """The domain check, made in the child when the scene was encoded."""
+        return scene.domain
 
 
 class RemoteSceneGeometry:

@@ -9,6 +9,7 @@ Layout of a model directory (what `save_bundle` writes and `load_bundle` reads):
                      answers are then always one of its entries (Loc3rVLM.set_answer_vocabulary)
     vlm/            Loc3rVLM.save_pretrained (config.json, model.safetensors, tokenizer files)
     cut3r/          our CUT3R format (config.json, model.safetensors), or cut3r.pth (official)
+    domain.safetensors  optional: the domain check of the model's input (loc3r.engine.domain)
 The embedded default lives in loc3r/assets/default_model (see README); users point the node's
 `model_dir` at their own bundle, e.g. a Loc3R-VLM fine-tuned from LLaVA-Video-7B with the official
 CUT3R checkpoint.
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 
 from loc3r.cut3r import load_cut3r
+from loc3r.engine.domain import DomainModel, DomainVerdict, frame_features
 from loc3r.engine.perception import Perception, PerceptionConfig
 from loc3r.engine.scene_engine import AgentPose
 from loc3r.errors import Loc3rError
@@ -37,17 +39,36 @@ class ModelLoadError(Loc3rError):
     """A model directory is missing, incomplete or does not load (message says what)."""
 
 
+@dataclass
+class EncodedScene:
+    """The VLM's scene prefix and the domain check of its frames."""
+
+    prefix: ScenePrefix
+    domain: DomainVerdict | None
+
+
 class Loc3rSceneModel:
     """Loc3R-VLM as the engine's SituatedModel: frames + camera tokens -> prefix -> pose/answer."""
 
-    def __init__(self, vlm: Loc3rVLM) -> None:
+    def __init__(self, vlm: Loc3rVLM, domain: DomainModel | None = None) -> None:
         self.vlm = vlm.eval()
         self.image_size = vlm.base.config.vision["image_size"]
+        self.domain_model = domain
 
-    def encode_scene(self, images: list[np.ndarray], camera_tokens: torch.Tensor | None):
-        """Encode the video part of the prompt once (cached by the engine)."""
+    def encode_scene(
+        self, images: list[np.ndarray], camera_tokens: torch.Tensor | None
+    ) -> EncodedScene:
+        """Encode the video part of the prompt once (cached by the engine); check its domain."""
         pixels = frames_to_pixel_values(images, size=self.image_size)
-        return self.vlm.encode_scene(pixels, camera_tokens)
+        verdict = None
+        if self.domain_model is not None:
+            verdict = self.domain_model.verdict(frame_features(self.vlm, pixels))
+        return EncodedScene(self.vlm.encode_scene(pixels, camera_tokens), verdict)
+
+    @staticmethod
+    def domain(scene: EncodedScene) -> DomainVerdict | None:
+        """The domain check made when the scene was encoded."""
+        return scene.domain
 
     @staticmethod
     def _pose(prediction) -> AgentPose:
@@ -55,14 +76,18 @@ class Loc3rSceneModel:
         sx, sy = (float(v) for v in prediction.sigma)
         return AgentPose(x, y, prediction.yaw, sx, sy, prediction.yaw_spread)
 
-    def localize(self, scene: ScenePrefix, situation: str) -> AgentPose:
+    def localize(self, scene: EncodedScene, situation: str) -> AgentPose:
         """Situated pose in the first frame's BEV frame."""
-        return self._pose(self.vlm.localize(scene, situation))
+        return self._pose(self.vlm.localize(scene.prefix, situation))
 
-    def answer(self, scene: ScenePrefix, question: str, situation: str) -> tuple[str, AgentPose]:
-        """Answer and situated pose."""
-        text, prediction = self.vlm.answer(scene, question, situation)
-        return text, self._pose(prediction)
+    def answer(
+        self, scene: EncodedScene, question: str, situation: str
+    ) -> tuple[str, AgentPose, float]:
+        """Answer, situated pose, and the model's probability of the answer."""
+        text, prediction, probability = self.vlm.answer_with_probability(
+            scene.prefix, question, situation
+        )
+        return text, self._pose(prediction), probability
 
 
 @dataclass
@@ -133,8 +158,12 @@ def load_bundle(model_dir: str | Path | None = None, device: str = "cpu") -> Bun
         raise ModelLoadError(f"{root}/bundle.json: {exc}") from exc
     perception = Perception(cut3r, perception_config)
     vlm.set_answer_vocabulary(spec.get("answer_vocabulary"))  # None: free decoding
+    try:
+        domain = DomainModel.load(root)
+    except ValueError as exc:
+        raise ModelLoadError(str(exc)) from exc
     return Bundle(
-        model=Loc3rSceneModel(vlm),
+        model=Loc3rSceneModel(vlm, domain),
         perception=perception,
         num_query_frames=int(spec.get("num_query_frames", 32)),
         description=spec.get("description", str(root)),

@@ -96,6 +96,7 @@ class FramePerception:
     confidence: np.ndarray  # (K,) CUT3R world confidence
     seconds: float  # CUT3R time for this frame
     pose_registered: bool | None = None  # geometric source: the frame matched an earlier one
+    median_confidence: float = float("nan")  # CUT3R's median confidence over the whole frame
 
 
 class Perception:
@@ -150,6 +151,7 @@ class Perception:
             confidence=conf[keep].astype(np.float32),
             seconds=time.perf_counter() - start,
             pose_registered=registered,
+            median_confidence=float(np.nanmedian(conf)) if np.isfinite(conf).any() else np.nan,
         )
 
     def run_fresh(self, images: list[np.ndarray]) -> list[FramePerception]:

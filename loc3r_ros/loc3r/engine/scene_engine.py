@@ -25,6 +25,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from loc3r.engine.domain import DomainVerdict
 from loc3r.engine.frame_buffer import Keyframe, KeyframeBuffer, KeyframeConfig
 from loc3r.engine.perception import Perception, PerceptionWorker
 from loc3r.engine.scene_frame import SceneView
@@ -77,6 +78,39 @@ class AgentPose:
 
 
 @dataclass
+class Confidence:
+    """How sure the model is of a reply, and whether its input looks like its training data."""
+
+    answer_probability: float | None = None  # the model's probability of its answer (ask only)
+    cut3r_confidence: float | None = None  # CUT3R's median point confidence of the frames (>= 1)
+    domain: DomainVerdict | None = None  # None: the bundle has no domain model
+
+    @property
+    def note(self) -> str:
+        """One sentence when the input is out of domain ("" otherwise)."""
+        return self.domain.note if self.domain is not None else ""
+
+    def to_dict(self) -> dict:
+        """JSON-ready values (CLI output)."""
+        out: dict = {
+            "answer_probability": _rounded(self.answer_probability),
+            "cut3r_confidence": _rounded(self.cut3r_confidence),
+        }
+        if self.domain is None:
+            out["in_domain"] = None
+        else:
+            out["in_domain"] = self.domain.in_domain
+            out["domain_score"] = _rounded(self.domain.score)
+            out["domain_threshold"] = _rounded(self.domain.threshold)
+        out["note"] = self.note
+        return out
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 4)
+
+
+@dataclass
 class QueryResult:
     """What a localize/ask query returns."""
 
@@ -88,6 +122,7 @@ class QueryResult:
     latency_s: float
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
     cached: bool = False  # the scene prefix came from the cache
+    confidence: Confidence = field(default_factory=Confidence)
 
 
 class SituatedModel(Protocol):
@@ -101,8 +136,12 @@ class SituatedModel(Protocol):
         """Pose of the agent the situation describes, in the first frame's BEV frame."""
         ...
 
-    def answer(self, scene: object, question: str, situation: str) -> tuple[str, AgentPose]:
-        """Answer from the situation; also return the situated pose."""
+    def answer(self, scene: object, question: str, situation: str) -> tuple[str, AgentPose, float]:
+        """Answer from the situation; also the situated pose and the answer's probability."""
+        ...
+
+    def domain(self, scene: object) -> DomainVerdict | None:
+        """Whether the encoded frames look like the training data (None: no domain model)."""
         ...
 
 
@@ -120,6 +159,8 @@ class _ScenePrefix:
     frames: list[Keyframe]
     built_at_keyframe: int  # newest keyframe index when built
     seconds: dict[str, float]
+    cut3r_confidence: float | None = None
+    domain: DomainVerdict | None = None
 
 
 class SceneEngine:
@@ -257,7 +298,7 @@ class SceneEngine:
     def localize(self, situation: str | bytes, *, wait: bool = True) -> QueryResult:
         """Pose of the agent described by `situation`."""
         situation = clean_text(situation, field="situation", max_chars=self.config.max_text_chars)
-        return self._run(lambda model, scene: ("", model.localize(scene, situation)), wait)
+        return self._run(lambda model, scene: ("", model.localize(scene, situation), None), wait)
 
     def ask(
         self, question: str | bytes, situation: str | bytes = "", *, wait: bool = True
@@ -267,9 +308,11 @@ class SceneEngine:
         question = clean_text(question, field="question", max_chars=limit)
         situation = clean_text(situation, field="situation", max_chars=limit, required=False)
 
-        def query(model: SituatedModel, scene: object) -> tuple[str, AgentPose | None]:
-            answer, pose = model.answer(scene, question, situation or DEFAULT_SITUATION)
-            return answer, pose if situation else None
+        def query(model: SituatedModel, scene: object) -> tuple[str, AgentPose | None, float]:
+            answer, pose, probability = model.answer(
+                scene, question, situation or DEFAULT_SITUATION
+            )
+            return answer, pose if situation else None, probability
 
         return self._run(query, wait)
 
@@ -283,7 +326,7 @@ class SceneEngine:
             start = time.perf_counter()
             prefix, cached = self._scene_prefix()
             t_query = time.perf_counter()
-            answer, pose = query(self.model, prefix.scene)
+            answer, pose, probability = query(self.model, prefix.scene)
             timings = dict(prefix.seconds) if not cached else {}
             timings["query"] = time.perf_counter() - t_query
             latency = time.perf_counter() - start
@@ -298,6 +341,7 @@ class SceneEngine:
             latency_s=latency,
             timings=timings,
             cached=cached,
+            confidence=Confidence(probability, prefix.cut3r_confidence, prefix.domain),
         )
 
     def _scene_prefix(self) -> tuple[_ScenePrefix, bool]:
@@ -323,20 +367,28 @@ class SceneEngine:
         picked = [frames[i] for i in sample_uniform(self.config.num_query_frames, len(frames))]
         seconds: dict[str, float] = {}
         t0 = time.perf_counter()
-        tokens = self._camera_tokens(picked)
+        tokens, confidence = self._camera_tokens(picked)
         seconds["cut3r"] = time.perf_counter() - t0
         t1 = time.perf_counter()
         scene = self.model.encode_scene([k.image for k in picked], tokens)
+        domain = self.model.domain(scene)
         seconds["encode_scene"] = time.perf_counter() - t1
         key = (self._generation, tuple(k.index for k in picked))
-        self._prefix = _ScenePrefix(key, scene, picked, newest, seconds)
+        self._prefix = _ScenePrefix(key, scene, picked, newest, seconds, confidence, domain)
         return self._prefix, False
 
-    def _camera_tokens(self, frames: list[Keyframe]) -> torch.Tensor | None:
-        """(T, Cd) CUT3R camera tokens of the frames, per the configured mode."""
+    def _camera_tokens(self, frames: list[Keyframe]) -> tuple[torch.Tensor | None, float | None]:
+        """(T, Cd) CUT3R camera tokens (per the configured mode) and CUT3R's confidence in them.
+
+        The confidence is the median over the frames of each frame's median point confidence
+        (CUT3R's are >= 1; higher is surer). Both are None without perception.
+        """
         if self.perception is None:
-            return None
+            return None, None
         if self.config.mode == "faithful":
-            fresh = self.perception.run_fresh([k.image for k in frames])
-            return torch.stack([p.camera_token for p in fresh])
-        return torch.stack([k.perception.camera_token for k in frames])
+            perceived = self.perception.run_fresh([k.image for k in frames])
+        else:
+            perceived = [k.perception for k in frames]
+        medians = [p.median_confidence for p in perceived if np.isfinite(p.median_confidence)]
+        median = float(np.median(medians)) if medians else None
+        return torch.stack([p.camera_token for p in perceived]), median

@@ -115,7 +115,7 @@ def predict_dataset(args: argparse.Namespace) -> list[EvalCase]:
         tokens = torch.stack([p.camera_token for p in perceived])
         prefix = bundle.model.encode_scene(images, tokens)
         for index, note in enumerate(notes):
-            answer, pose = bundle.model.answer(prefix, note.question, note.situation)
+            answer, pose, _ = bundle.model.answer(prefix, note.question, note.situation)
             key = note.question_id if note.question_id is not None else f"{scene_id}-{index}"
             cases.append(
                 EvalCase(

@@ -17,6 +17,7 @@ The shipped recipe's training aids (ours: grounding loss, egocentric head) are i
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -419,6 +420,19 @@ class Loc3rVLM(nn.Module):
         eos), after max_new_tokens, or when the answer loops (stop_repeats: one copy is kept).
         With an answer vocabulary the answer is always one of its entries (score_answers).
         """
+        text, pose, _ = self.answer_with_probability(prefix, question, situation)
+        return text, pose
+
+    @torch.inference_mode()
+    def answer_with_probability(
+        self, prefix: ScenePrefix, question: str, situation: str
+    ) -> tuple[str, PosePrediction, float]:
+        """`answer`, and the model's probability of that answer.
+
+        With an answer vocabulary: the answer's share of the vocabulary's probability mass
+        (softmax of score_answers). Free text: the probability of the generated token sequence,
+        its end token included (the product of each step's softmax at the chosen token).
+        """
         try:
             situation_ids = self.situation_ids(situation)
             pose = self._situate(prefix, situation_ids)
@@ -428,8 +442,9 @@ class Loc3rVLM(nn.Module):
                 scores = self._score_answers(prefix, question_ids, offset)
                 sampling = self._sampling()
                 best = int(scores.argmax()) if sampling is None else sampling.pick(scores)
-                return self.answer_vocabulary[best], pose
-            tokens, _ = self.base.generate_greedy(
+                probability = float(scores.softmax(-1)[best])
+                return self.answer_vocabulary[best], pose, probability
+            tokens, logits = self.base.generate_greedy(
                 self.embed(question_ids)[None],
                 max_new_tokens=self.config.max_new_tokens,
                 stop_ids=self.stop_ids,
@@ -438,10 +453,14 @@ class Loc3rVLM(nn.Module):
                 sampling=self._sampling(),
                 stop_repeats=self.config.stop_repeats,
             )
+            log_p = sum(
+                float(step.float().reshape(-1).log_softmax(-1)[token])
+                for token, step in zip(tokens, logits, strict=True)
+            )
             text = self.tokenizer.decode(
                 [t for t in tokens if t not in self.stop_ids], skip_special_tokens=True
             )
-            return text.strip(), pose
+            return text.strip(), pose, math.exp(log_p)
         finally:
             self._truncate(prefix)
 
