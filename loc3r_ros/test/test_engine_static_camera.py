@@ -1,7 +1,8 @@
 """Motion honesty: a camera that never moves yields a camera path that does not move.
 
-The engine with the embedded bundle (its geometric pose source) is fed one rendered view of a
-textured room, again and again with sensor noise, as a static camera on a tripod would give.
+The engine with the embedded bundle (its geometric pose source) is fed one view, again and again
+with sensor noise, as a static camera on a tripod would give: a rendered view of a textured room,
+and a real photograph (matplotlib's sample picture: real texture, noise and blur).
 """
 
 from __future__ import annotations
@@ -21,10 +22,22 @@ def embedded():
     return load_bundle()
 
 
-def static_clip(frames: int, seed: int = 920_000) -> list[np.ndarray]:
-    """One 320 px view of a textured room with sigma-3 sensor noise on every frame."""
+def still_view(source: str, seed: int) -> np.ndarray:
+    """A 320 px view: a rendered textured room, or a crop of a real photograph."""
+    if source == "photograph":
+        import cv2
+        import matplotlib.cbook
+
+        path = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+        photo = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+        return cv2.resize(photo[50:550, :], (320, 320), interpolation=cv2.INTER_AREA)
     config = EpisodeConfig(frames=1, image_size=320, look="textured")
-    view = make_episode(seed, config).frames[0].rgb
+    return make_episode(seed, config).frames[0].rgb
+
+
+def static_clip(frames: int, seed: int = 920_000, source: str = "room") -> list[np.ndarray]:
+    """One 320 px view with sigma-3 sensor noise on every frame."""
+    view = still_view(source, seed)
     rng = np.random.default_rng(seed)
     noisy = [view + rng.normal(0.0, 3.0, view.shape) for _ in range(frames)]
     return [np.clip(f, 0, 255).astype(np.uint8) for f in noisy]
@@ -44,8 +57,9 @@ def camera_path(bundle, clip: list[np.ndarray], keyframes: KeyframeConfig) -> np
         engine.close()
 
 
-def test_a_still_camera_stays_still_and_keeps_one_keyframe(embedded):
-    clip = static_clip(24)
+@pytest.mark.parametrize("source", ["room", "photograph"])
+def test_a_still_camera_stays_still_and_keeps_one_keyframe(embedded, source):
+    clip = static_clip(24, source=source)
     every = KeyframeConfig(max_interval_s=1.0, duplicate_change=0.0)  # force a keyframe per 1 s
     centres = camera_path(embedded, clip, every)
     assert len(centres) >= 10
