@@ -14,6 +14,7 @@ LAUNCH_TO_PARAM = {
     "camera_info_topic": "camera_info_topic",
     "device": "device",
     "model_dir": "model_dir",
+    "model": "model",
     "scene_frame": "scene_frame",
     "autostart": "autostart",
 }
@@ -27,6 +28,7 @@ LAUNCH_ARGUMENTS: dict[str, tuple[str, str]] = {
     "camera_info_topic": ("", PARAMS_BY_NAME["camera_info_topic"].description),
     "device": ("", PARAMS_BY_NAME["device"].description),
     "model_dir": ("", PARAMS_BY_NAME["model_dir"].description),
+    "model": ("", PARAMS_BY_NAME["model"].description),
     "scene_frame": ("", PARAMS_BY_NAME["scene_frame"].description),
     "autostart": ("", PARAMS_BY_NAME["autostart"].description + " (also loc3r_speech's)"),
     "use_rviz": ("false", "Start RViz with rviz/loc3r.rviz"),

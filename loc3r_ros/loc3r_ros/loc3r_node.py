@@ -65,6 +65,8 @@ from visualization_msgs.msg import MarkerArray
 
 from loc3r.engine import EngineConfig, KeyframeConfig, QueryResult, SceneEngine
 from loc3r.engine.alignment import AlignmentError, umeyama
+from loc3r.engine.make_bundle import build_named
+from loc3r.engine.model_fetch import FetchError
 from loc3r.engine.model_process import ModelProcess, load_bundle_in_process
 from loc3r.engine.models import ModelLoadError, load_bundle
 from loc3r.errors import BusyError, Loc3rError
@@ -367,6 +369,9 @@ class Loc3rNode(LifecycleNode):
         """Load CUT3R + Loc3R-VLM in the background; the node serves (and buffers) meanwhile."""
         model_dir = self.p["model_dir"]
         try:
+            if self.p["model"]:  # by name: fetched and built on first use (downloads log here)
+                self.get_logger().info(f"model {self.p['model']}: fetching or reusing its bundle")
+                model_dir = str(build_named(self.p["model"]))
             if self.p["model_process"]:
                 bundle, self._model_process = load_bundle_in_process(
                     model_dir or None,
@@ -376,7 +381,7 @@ class Loc3rNode(LifecycleNode):
                 )
             else:
                 bundle = load_bundle(model_dir or None, self.p["device"])
-        except ModelLoadError as exc:
+        except (ModelLoadError, FetchError) as exc:
             self.model_state = Status.STATE_NO_MODEL
             self.engine.no_model_reason = f"no model loaded: {exc}"
             self.get_logger().error(self.engine.no_model_reason)

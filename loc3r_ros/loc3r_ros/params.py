@@ -92,6 +92,14 @@ PARAMS: tuple[ParamSpec, ...] = (
         read_only=True,
     ),
     ParamSpec(
+        "model",
+        "",
+        "A model name from config/models.lock.json (e.g. loc3r-llava-video-7b): fetched, "
+        "verified and built into ~/.cache/loc3r/bundles on first use, offline afterwards; "
+        "overrides model_dir",
+        read_only=True,
+    ),
+    ParamSpec(
         "device",
         "cpu",
         "Torch device for the models",
