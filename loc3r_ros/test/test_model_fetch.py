@@ -70,6 +70,7 @@ def answers(bundle_dir: str) -> str:
 
 def test_bundle_from_hub_names_and_a_url_resumes_pins_and_answers(hub, tmp_path, capsys):
     hub.cut_once.add("files/cut3r.pth")  # the first download stops halfway
+    hub.cut_once.add(f"{LLAVA}/model-00001-of-00002.safetensors")  # a hub file too
     code, out = build(tmp_path, hub, "--name", "tiny")
     assert code == 2
     assert "connection closed after" in capsys.readouterr().err  # a clear error, then resume
@@ -78,6 +79,8 @@ def test_bundle_from_hub_names_and_a_url_resumes_pins_and_answers(hub, tmp_path,
     assert code == 0, capsys.readouterr().err
     ranged = [r for r in hub.requested("/files/cut3r.pth") if r[2]]
     assert ranged and ranged[-1][2].startswith("bytes=") and ranged[-1][2] != "bytes=0-"
+    # huggingface_hub retried the hub file cut off halfway; the copy kept matches the hub's hash
+    assert len(hub.requested("model-00001-of-00002.safetensors")) == 2
     assert isinstance(answers(out), str)
     lock = read_lock(tmp_path / "lock.json")["models"]["tiny"]
     assert lock["llava_video"] == {"repo": LLAVA, "revision": hub.repos[LLAVA].commit}
