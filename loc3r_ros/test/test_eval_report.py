@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 
 from loc3r.cli import main as cli_main
@@ -159,3 +160,30 @@ def test_cli_evaluates_on_textured_scans_rendered_at_another_size(tmp_path):
     sweep = make_episode(1000003, EpisodeConfig(frames=8, image_size=16))
     assert [c.question for c in cases] == [r.question for r in scan.records]  # the scan's rooms
     assert [r.question for r in scan.records] != [r.question for r in sweep.records]
+    # the report says how far the camera poses the model's tokens state are from the truth
+    report = json.loads((out / "report.json").read_text())
+    source = report["pose_source"]
+    assert source["source"] == "geometric" and source["frames"] == 7  # frames 1..7 of one scan
+    assert 0.0 <= source["median_position_error_m"] < 0.5
+    assert 0.0 <= source["median_rotation_error_deg"] < 10.0
+    assert "Camera poses (geometric pose source, 7 frames" in (out / "report.md").read_text()
+
+
+def test_relative_pose_errors_compare_trajectories_from_their_first_frames():
+    from scipy.spatial.transform import Rotation
+
+    from loc3r.train.synthetic_data import relative_pose_errors
+
+    def pose(x: float, yaw_deg: float) -> np.ndarray:
+        out = np.eye(4)
+        out[:3, :3] = Rotation.from_euler("z", yaw_deg, degrees=True).as_matrix()
+        out[0, 3] = x
+        return out
+
+    true = [pose(0, 0), pose(1, 10), pose(2, 20)]
+    world = pose(5, 90)  # the estimate lives in another world frame: only relative poses count
+    estimated = [world @ p for p in (pose(0, 0), pose(1.1, 10), pose(2, 23))]
+    errors = relative_pose_errors(estimated, true)
+    assert errors.shape == (2, 2)
+    assert errors[0] == pytest.approx([0.1, 0.0], abs=1e-9)
+    assert errors[1] == pytest.approx([0.0, 3.0], abs=1e-9)

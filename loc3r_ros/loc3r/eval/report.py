@@ -335,4 +335,12 @@ def markdown_report(report: dict, title: str = "Evaluation") -> str:
         f"| **all** | {answers['n_used']} | {_pct(answers['em'])} | "
         f"{_pct(answers.get('em_refined'))} | {_pct(major['answers']['em'])} | |"
     )
+    if source := report.get("pose_source"):
+        lines += [
+            "",
+            f"Camera poses ({source['source']} pose source, {source['frames']} frames, relative "
+            f"to each scene's first frame): median error {source['median_position_error_m']:.2f} "
+            f"m / {source['median_rotation_error_deg']:.1f}°, 90th percentile "
+            f"{source['p90_position_error_m']:.2f} m / {source['p90_rotation_error_deg']:.1f}°.",
+        ]
     return "\n".join(lines) + "\n"

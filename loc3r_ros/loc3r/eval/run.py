@@ -17,6 +17,7 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from loc3r.eval.answers import ANSWER_VARIANTS
@@ -86,7 +87,20 @@ def predict_synthetic(args: argparse.Namespace) -> list[EvalCase]:
         parse_seeds(args.seeds), config, bundle.perception, grid,
         progress=not args.no_progress, image_size=args.image_size,
     )  # fmt: skip
-    return predict_cases(vlm, episodes, args.image_size, progress=not args.no_progress)
+    cases = predict_cases(vlm, episodes, args.image_size, progress=not args.no_progress)
+    errors = [e.pose_errors for e in episodes if e.pose_errors is not None and len(e.pose_errors)]
+    pose_source = None
+    if errors:
+        stacked = np.concatenate(errors)
+        pose_source = {
+            "source": bundle.perception.config.pose_source,
+            "frames": len(stacked),
+            "median_position_error_m": round(float(np.median(stacked[:, 0])), 4),
+            "median_rotation_error_deg": round(float(np.median(stacked[:, 1])), 3),
+            "p90_position_error_m": round(float(np.quantile(stacked[:, 0], 0.9)), 4),
+            "p90_rotation_error_deg": round(float(np.quantile(stacked[:, 1], 0.9)), 3),
+        }
+    return cases, pose_source
 
 
 def predict_dataset(args: argparse.Namespace) -> list[EvalCase]:
@@ -137,9 +151,11 @@ def run(args: argparse.Namespace) -> dict:
     elif args.data:
         cases, source = predict_dataset(args), f"model {args.model or 'embedded'} on {args.data}"
     else:
-        cases, source = predict_synthetic(args), f"model {args.model or 'embedded'}"
+        (cases, pose_source), source = predict_synthetic(args), f"model {args.model or 'embedded'}"
     report = evaluate_cases(cases, args.answers, args.localization)
     report["source"] = source
+    if not args.predictions and not args.data and pose_source is not None:
+        report["pose_source"] = pose_source  # the camera poses the model's camera tokens state
     report["seconds"] = round(time.perf_counter() - start, 2)
     markdown = markdown_report(report, f"loc3r eval: {source}")
     if args.out:

@@ -38,6 +38,9 @@ class EpisodeData:
     bev_mask: torch.Tensor  # (T, g, g) bool
     records: list[QARecord]
     object_cover: torch.Tensor | None = None  # (T, g, g, objects) cell fractions; None: unknown
+    # the camera prior's pose error against the renderer's truth, frames 1..T-1, relative to
+    # the first frame: (T-1, 2) metres and degrees; None for the oracle prior
+    pose_errors: np.ndarray | None = None
 
     def cells_of(self, record: QARecord, key: str, views: str = "all") -> torch.Tensor | None:
         """(T, g, g) bool: the pooled patches showing the record's `key` object (anchor_id ...).
@@ -126,12 +129,17 @@ def build_episode(seed: int, shared: tuple) -> EpisodeData:
     """One episode of `build_episodes` (shared: config, perception, grid, prior, image size)."""
     config, perception, grid, camera_prior, image_size = shared
     episode = make_episode(seed, config)
+    pose_errors = None
     frames = np.stack([f.rgb for f in episode.frames])
     if camera_prior == "oracle":
         width = perception.model.config.dec_embed_dim
         tokens = oracle_camera_tokens([f.pose_c2w for f in episode.frames], width)
     elif perception is not None:
-        tokens = torch.stack([p.camera_token for p in perception.run_fresh(list(frames))])
+        perceived = perception.run_fresh(list(frames))
+        tokens = torch.stack([p.camera_token for p in perceived])
+        pose_errors = relative_pose_errors(
+            [p.pose_c2w for p in perceived], [f.pose_c2w for f in episode.frames]
+        )
     else:
         tokens = torch.zeros(len(frames), 1)
     if image_size and frames.shape[1] > image_size:
@@ -150,7 +158,25 @@ def build_episode(seed: int, shared: tuple) -> EpisodeData:
         bev_mask=torch.from_numpy(np.stack(masks)),
         records=episode.records,
         object_cover=torch.from_numpy(cover),
+        pose_errors=pose_errors,
     )
+
+
+def relative_pose_errors(estimated: list[np.ndarray], true: list[np.ndarray]) -> np.ndarray:
+    """(T-1, 2): position (m) and rotation (deg) error of frames 1.. relative to frame 0.
+
+    Both are 4x4 camera-to-world poses; each trajectory is taken relative to its first frame
+    (the estimate's world is its first camera), so the errors are those of the relative poses.
+    """
+    from scipy.spatial.transform import Rotation
+
+    start_est, start_true = np.linalg.inv(estimated[0]), np.linalg.inv(true[0])
+    rows = []
+    for est, ref in zip(estimated[1:], true[1:], strict=True):
+        a, b = start_est @ est, start_true @ ref
+        angle = Rotation.from_matrix(a[:3, :3].T @ b[:3, :3]).magnitude()
+        rows.append((np.linalg.norm(a[:3, 3] - b[:3, 3]), np.degrees(angle)))
+    return np.array(rows, dtype=np.float64).reshape(-1, 2)
 
 
 def corpus(episodes_seeds: list[int], config: EpisodeConfig) -> list[str]:
