@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-DATA_DIR = Path(__file__).parent / "data"
+# The reference fixtures: the copies in test/data, or another set in the same layout (for
+# example ../shared/fixtures) named by LOC3R_FIXTURES_DIR.
+DATA_DIR = Path(os.environ.get("LOC3R_FIXTURES_DIR") or Path(__file__).parent / "data")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    """Folder of the reference data copies (cut3r_reference, llava_video_reference, ...)."""
+    """Folder of the reference data (cut3r_reference, llava_video_reference, eval_reference)."""
     return DATA_DIR
 
 

@@ -1,6 +1,7 @@
 """CUT3R checkpoint loading: strictness, safety against malicious pickles, format round trips."""
 
 import argparse
+import json
 import os
 import pickle
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import DATA_DIR
 
 from loc3r.cut3r import (
     Cut3r,
@@ -27,7 +29,7 @@ from loc3r.cut3r import (
 from loc3r.cut3r.checkpoint import read_official_checkpoint
 from loc3r.cut3r.convert import main as convert_main
 
-DATA = Path(__file__).parent / "data" / "cut3r_reference"
+DATA = DATA_DIR / "cut3r_reference"
 LINEAR = DATA / "cut3r_tiny_linear.pth"
 REPO = Path(__file__).resolve().parents[2]
 
@@ -46,9 +48,12 @@ def _save(path, model_string, state_dict, **extra):
 # ----------------------------------------------------------------- constructor string parsing
 def test_parse_official_string(official):
     kwargs = parse_constructor_string(official[0])
-    assert kwargs["state_size"] == 16
-    assert kwargs["depth_mode"] == ("exp", -float("inf"), float("inf"))
-    assert kwargs["img_size"] == (224, 224)
+    resolved = json.loads(LINEAR.with_suffix(".json").read_text())["config_resolved"]
+    assert kwargs["state_size"] == resolved["state_size"]
+    assert kwargs["depth_mode"] == tuple(
+        float(v) if v in ("inf", "-inf") else v for v in resolved["depth_mode"]
+    )
+    assert kwargs["img_size"] == tuple(resolved["croco_kwargs"]["img_size"])
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,12 @@
-"""CUT3R against the official reference fixtures (test/data/cut3r_reference, float32 CPU)."""
+"""CUT3R against the official reference fixtures (test/data/cut3r_reference, float32 CPU).
+
+Everything particular to the fixture set (frame sizes and counts, the preprocessing call, the
+configs) is read from its JSON and NPZ files, so another set made the same way can replace it.
+"""
 
 import json
-from pathlib import Path
+import math
+import re
 
 import numpy as np
 import pytest
@@ -9,18 +14,36 @@ import torch
 
 from loc3r.cut3r import Cut3rConfig, load_cut3r, preprocess_frame
 from loc3r.cut3r.checkpoint import read_official_checkpoint
+from loc3r.cut3r.config import OFFICIAL_DEFAULTS
 
-DATA = Path(__file__).parent / "data" / "cut3r_reference"
 TOL = 1e-4
-VARIANTS = ("linear", "dpt")
+VARIANTS = ("linear", "dpt")  # the file names cut3r_tiny_<variant>.* of the fixture's README
+
+
+@pytest.fixture(scope="module")
+def cut3r_data(data_dir):
+    return data_dir / "cut3r_reference"
+
+
+def _load_images_call(meta: dict) -> dict:
+    """size and square_ok of the official load_images call that made the fixture's inputs."""
+    found = re.search(r"load_images\([^)]*size=(\d+), square_ok=(True|False)\)",
+                      meta["inputs"]["preprocessing"])  # fmt: skip
+    assert found, meta["inputs"]["preprocessing"]
+    return {"size": int(found[1]), "square_ok": found[2] == "True"}
+
+
+def _official_mode(values: list) -> tuple:
+    """A mode triple of the JSON config (infinities written as strings) as Python values."""
+    return tuple(float(v) if v in ("inf", "-inf") else v for v in values)
 
 
 @pytest.fixture(scope="module", params=VARIANTS)
-def reference(request):
+def reference(request, cut3r_data):
     name = f"cut3r_tiny_{request.param}"
-    meta = json.loads((DATA / f"{name}.json").read_text())
-    arrays = dict(np.load(DATA / f"{name}.npz"))
-    model = load_cut3r(DATA / f"{name}.pth")
+    meta = json.loads((cut3r_data / f"{name}.json").read_text())
+    arrays = dict(np.load(cut3r_data / f"{name}.npz"))
+    model = load_cut3r(cut3r_data / f"{name}.pth")
     frames = [
         torch.from_numpy(arrays["frames_input"][i : i + 1])
         for i in range(len(arrays["frames_input"]))
@@ -69,8 +92,9 @@ def test_checkpoint_matches_json_key_list(reference):
         assert str(state[key].dtype) == f"torch.{dtype}"
 
 
-def test_loaded_parameters_equal_checkpoint(reference):
-    _, state_dict = read_official_checkpoint(DATA / f"cut3r_tiny_{reference['variant']}.pth")
+def test_loaded_parameters_equal_checkpoint(reference, cut3r_data):
+    path = cut3r_data / f"cut3r_tiny_{reference['variant']}.pth"
+    _, state_dict = read_official_checkpoint(path)
     ours = reference["model"].state_dict()
     for key, value in state_dict.items():
         assert torch.equal(ours[key], value.contiguous()), key
@@ -86,9 +110,16 @@ def test_config_parsed_from_constructor_string(reference):
     assert config.enc_embed_dim == resolved["croco_kwargs"]["enc_embed_dim"]
     assert config.dec_embed_dim == resolved["croco_kwargs"]["dec_embed_dim"]
     assert config.dec_depth == resolved["croco_kwargs"]["dec_depth"]
-    assert config.rope_freq == 100.0
-    assert config.landscape_only is False
-    assert config.conf_mode == ("exp", 1, float("inf"))
+    pos_embed = resolved["croco_kwargs"]["pos_embed"]  # "RoPE<frequency>"
+    assert pos_embed.startswith("RoPE")
+    assert config.rope_freq == float(pos_embed.removeprefix("RoPE"))
+    # the official loader rewrites the string (landscape_only=False) before building the model
+    loaded = reference["meta"]["constructor_string_as_instantiated_by_official_load_model"]
+    found = re.search(r"landscape_only=(True|False)", loaded)
+    assert found and config.landscape_only is (found[1] == "True")
+    assert config.conf_mode == _official_mode(resolved["conf_mode"])
+    assert config.depth_mode == _official_mode(resolved["depth_mode"])
+    assert config.pose_mode == _official_mode(resolved["pose_mode"])
 
 
 @pytest.mark.parametrize("field", list(OUTPUT_FIELDS))
@@ -129,19 +160,22 @@ def test_camera_token_width_and_pose_frame(reference):
 
 
 def test_preprocessing_reproduces_reference_inputs(reference):
-    ref, variant = reference["ref"], reference["variant"]
-    height, width = ref["frames_uint8"].shape[1:3]
+    ref, meta = reference["ref"], reference["meta"]
+    inputs = meta["inputs"]
+    assert ref["frames_uint8"].shape[:3] == (inputs["num_frames"], inputs["H"], inputs["W"])
+    patch = meta["config_resolved"]["croco_kwargs"]["patch_size"]
     for i, frame in enumerate(ref["frames_uint8"]):
-        prepared = preprocess_frame(frame, size=max(height, width), square_ok=(variant == "linear"))
+        prepared = preprocess_frame(frame, **_load_images_call(meta), patch_size=patch)
         assert prepared.true_shape == tuple(int(v) for v in ref["true_shape"][i])
         assert torch.equal(prepared.image[0], torch.from_numpy(ref["frames_input"][i]))
 
 
-def test_numpy_frames_through_run_match():
+def test_numpy_frames_through_run_match(cut3r_data):
     """Raw uint8 frames -> preprocess -> run gives the reference outputs too (linear model)."""
-    ref = dict(np.load(DATA / "cut3r_tiny_linear.npz"))
-    model = load_cut3r(DATA / "cut3r_tiny_linear.pth")
-    frames = [preprocess_frame(f, size=64, square_ok=True) for f in ref["frames_uint8"]]
+    ref = dict(np.load(cut3r_data / "cut3r_tiny_linear.npz"))
+    meta = json.loads((cut3r_data / "cut3r_tiny_linear.json").read_text())
+    model = load_cut3r(cut3r_data / "cut3r_tiny_linear.pth")
+    frames = [preprocess_frame(f, **_load_images_call(meta)) for f in ref["frames_uint8"]]
     outputs = model.run(frames)
     ours = _stack(outputs, lambda o: o.camera_token)
     assert np.abs(ours - ref["camera_token"]).max() <= TOL
@@ -157,20 +191,25 @@ def test_tiny_preset_is_small():
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_released_architecture_matches_official_layout(variant):
+def test_released_architecture_matches_official_layout(variant, cut3r_data):
     """The released string parses to our preset, and its key layout equals the fixture's."""
-    import re
-
     from loc3r.cut3r import Cut3r
 
-    meta = json.loads((DATA / f"cut3r_tiny_{variant}.json").read_text())
-    config = Cut3rConfig.from_constructor_string(
-        meta["released_model_reference"]["constructor_string"]
-    )
+    meta = json.loads((cut3r_data / f"cut3r_tiny_{variant}.json").read_text())
+    released = meta["released_model_reference"]["constructor_string"]
+    config = Cut3rConfig.from_constructor_string(released)
     assert config == (Cut3rConfig.dpt_512() if variant == "dpt" else Cut3rConfig.linear_224())
     with torch.device("meta"):
         model = Cut3r(config)
-    assert config.dec_embed_dim == 768 and config.state_grid_width == 28
+    # the released sizes, read from the string with a plain regex (not with our parser)
+    sizes = {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)\b", released)}
+    dec, enc, state = sizes["dec_embed_dim"], sizes["enc_embed_dim"], sizes["state_size"]
+    memory = sizes.get("local_mem_size", OFFICIAL_DEFAULTS["local_mem_size"])  # absent: default
+    shrunk = meta["changes_vs_released_constructor"].get("local_mem_size", "")  # "default N -> n"
+    if found := re.match(r"(?:default )?(\d+) ->", shrunk):
+        assert int(found[1]) == memory
+    width = math.isqrt(state)
+    assert config.dec_embed_dim == dec and config.state_grid_width == width + width % 2
 
     def layout(keys):
         return {re.sub(r"\.\d+\.", ".N.", k) for k in keys}
@@ -178,6 +217,6 @@ def test_released_architecture_matches_official_layout(variant):
     listed = [k for k, _, _ in meta["checkpoint"]["state_dict_keys_shapes_dtypes"]]
     assert layout(model.state_dict()) == layout(listed)
     shapes = dict((k, tuple(v.shape)) for k, v in model.state_dict().items())
-    assert shapes["pose_token"] == (1, 1, 768)
-    assert shapes["pose_retriever.mem"] == (1, 256, 1536)
-    assert shapes["register_tokens.weight"] == (768, 1024)
+    assert shapes["pose_token"] == (1, 1, dec)
+    assert shapes["pose_retriever.mem"] == (1, memory, 2 * dec)  # keys and values, dec wide
+    assert shapes["register_tokens.weight"] == (state, enc)

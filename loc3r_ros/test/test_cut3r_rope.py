@@ -1,16 +1,15 @@
 """2D RoPE: signed positions, dtype handling, the fixture's sensitivity to the fp16 cast, and
 the per-token table cache (bit-identical to the uncached form, reused across frames)."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from conftest import DATA_DIR
 
 from loc3r.cut3r import Cut3r, Cut3rConfig, load_cut3r
 from loc3r.cut3r.rope import RoPE2D
 
-DATA = Path(__file__).parent / "data" / "cut3r_reference"
+DATA = DATA_DIR / "cut3r_reference"
 
 
 def test_negative_position_inverts_positive():

@@ -27,7 +27,8 @@ def test_bundle_from_real_formats(data_dir, tmp_path, capsys):
     bundle = load_bundle(out)
     vlm = bundle.model.vlm
     assert vlm.config.cam_token_dim == bundle.perception.model.config.dec_embed_dim
-    assert len(vlm.tokenizer) == 562  # 560 + <Pos> + <Ori>
+    base_rows = int(np.load(llava / "reference_outputs.npz")["embedding_rows_after_resize"])
+    assert len(vlm.tokenizer) == base_rows + 2  # the base tokenizer + <Pos> + <Ori>
     base = read_checkpoint(llava / "tiny_llava_video", torch.float32, vlm.base.vision_body_prefix)
     state = vlm.base.state_dict()
     for name in ("mm_projector.0.weight", "language_model.model.layers.1.mlp.up_proj.weight"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -124,19 +126,36 @@ def test_transformers_logits_processors_plug_in(model):
     assert word in tokens[3:]
 
 
+def guarded(tokens: list[int], repeats: int) -> list[int]:
+    """`tokens` as the loop guard should leave them: cut at the first n-gram that ends them
+    `repeats` times in a row, its first copy kept (written out here, not `repeating_period`)."""
+    for end in range(1, len(tokens) + 1):
+        for period in range(1, end // repeats + 1):
+            tail = tokens[end - repeats * period : end]
+            if tail == tail[:period] * repeats:
+                return tokens[: end - (repeats - 1) * period]
+    return tokens
+
+
 def test_the_guard_keeps_the_reference_greedy_tokens(data_dir):
     root = data_dir / "llava_video_reference"
     d = dict(np.load(root / "reference_outputs.npz"))
+    generation = json.loads((root / "tiny_llava_video" / "generation_config.json").read_text())
+    settings = {  # the recorded greedy call: generation_config.json, as many tokens as recorded
+        "max_new_tokens": d["greedy_token_ids"].shape[1],
+        "stop_ids": tuple(np.atleast_1d(generation["eos_token_id"]).tolist()),
+        "stop_repeats": 3,
+    }
     torch.manual_seed(0)
     model, _ = load_llava_video(root / "tiny_llava_video", root / "siglip_vision_tower")
     embeds = torch.from_numpy(d["inputs_embeds"])
-    tokens, steps = model.generate_greedy(
-        embeds, max_new_tokens=8, stop_ids=(558, 556), repetition_penalty=1.05, stop_repeats=3
-    )
-    assert tokens == d["greedy_token_ids"][0].tolist()  # ends with one token twice: not a loop
+    penalty = generation["repetition_penalty"]
+    tokens, steps = model.generate_greedy(embeds, repetition_penalty=penalty, **settings)
+    # the guard leaves the recorded answer as it is, unless it loops: then it cuts it there
+    assert tokens == guarded(d["greedy_token_ids"][0].tolist(), 3)
     assert len(steps) == len(tokens)
-    plain, _ = model.generate_greedy(embeds, max_new_tokens=8, stop_ids=(558, 556), stop_repeats=3)
-    assert plain == d["greedy_token_ids_no_repetition_penalty"][0].tolist()
+    plain, _ = model.generate_greedy(embeds, **settings)
+    assert plain == guarded(d["greedy_token_ids_no_repetition_penalty"][0].tolist(), 3)
 
 
 def brute_force_scores(model: Loc3rVLM, pixels, cams, question, situation) -> torch.Tensor:
