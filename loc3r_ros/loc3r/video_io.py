@@ -75,8 +75,8 @@ class ReadReport:
 
     @property
     def partial(self) -> bool:
-        """Whether some frames of the source could not be used."""
-        return bool(self.failures) or self.missing > 0 or self.stopped_at is not None
+        """Whether some frames of the source could not be used (see FrameReader for the tail)."""
+        return bool(self.failures) or self.stopped_at is not None
 
     def warnings(self) -> list[str]:
         """One sentence per problem; empty for a clean read."""
@@ -85,11 +85,10 @@ class ReadReport:
             listed = ", ".join(f"{f.name} ({f.reason})" for f in self.failures[:LISTED])
             more = f" and {len(self.failures) - LISTED} more" if len(self.failures) > LISTED else ""
             out.append(f"{len(self.failures)} frame(s) of {self.source} failed: {listed}{more}")
-        if self.stopped_at is not None or self.missing:
-            where = f" at frame {self.stopped_at}" if self.stopped_at is not None else ""
+        if self.stopped_at is not None:
             out.append(
-                f"decoding of {self.source} stopped{where}: {self.decoded} of {self.declared} "
-                f"declared frames decoded (truncated or corrupt file?)"
+                f"decoding of {self.source} stopped at frame {self.stopped_at}: {self.decoded} "
+                f"of {self.declared} declared frames decoded (truncated or corrupt file?)"
             )
         if self.skipped_files:
             names = ", ".join(self.skipped_files[:LISTED])
@@ -218,7 +217,9 @@ class FrameReader:
                 index += 1
         finally:
             capture.release()
-        if declared is not None and index < declared:  # the tail did not decode
+        # the tail did not decode; a container's frame count is often an estimate from its
+        # duration, so one frame short (or 0.5 %) is not called a truncated file
+        if declared is not None and declared - index > max(1, declared // 200):
             report.stopped_at = index
         if report.decoded == 0:
             raise InputError(f"video {path} has no decodable frame (corrupt or empty)")
