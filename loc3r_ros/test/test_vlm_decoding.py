@@ -237,11 +237,12 @@ def test_free_answer_probability_is_its_token_sequence_probability(model):
     model.config.max_new_tokens = 1  # one token: its probability is the first step's top softmax
     _, _, probability = model.answer_with_probability(prefix, question, situation)
     situation_ids = model.situation_ids(situation)
-    model._situate(prefix, situation_ids)
-    states = model._continue(
-        prefix, model.question_ids(question), prefix.length + len(situation_ids)
-    )
-    first = model.base.language_model.lm_head(states.last_hidden_state[0, -1]).float().softmax(-1)
+    with torch.no_grad():
+        model._situate(prefix, situation_ids)
+        offset = prefix.length + len(situation_ids)
+        states = model._continue(prefix, model.question_ids(question), offset)
+        head = model.base.language_model.lm_head
+        first = head(states.last_hidden_state[0, -1]).float().softmax(-1)
     model._truncate(prefix)
     assert probability == pytest.approx(float(first.max()), rel=1e-4)
     assert 0.0 < probability < 1.0
