@@ -12,6 +12,8 @@ import random
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -86,3 +88,17 @@ def call(node, client, request, timeout: float = 30.0):
     future = client.call_async(request)
     assert spin_until(node, future.done, timeout), f"no reply from {client.srv_name} in {timeout}s"
     return future.result()
+
+
+@contextmanager
+def ros_test_node(name: str) -> Iterator:
+    """rclpy initialised and a plain node named `name` for the test; both torn down after."""
+    import rclpy
+
+    rclpy.init()
+    node = rclpy.create_node(name)
+    try:
+        yield node
+    finally:
+        node.destroy_node()
+        rclpy.shutdown()

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from ros_graph import NodeProcess, call, isolate_ros_graph, spin_until
+from ros_graph import NodeProcess, call, isolate_ros_graph, ros_test_node, spin_until
 
 isolate_ros_graph()
 rclpy = pytest.importorskip("rclpy")
@@ -25,11 +25,8 @@ from sensor_msgs.msg import Image  # noqa: E402
 
 @pytest.fixture(scope="module")
 def ros():
-    rclpy.init()
-    node = rclpy.create_node("camera_loss_test")
-    yield node
-    node.destroy_node()
-    rclpy.shutdown()
+    with ros_test_node("camera_loss_test") as node:
+        yield node
 
 
 def start_node(name: str, topic: str, tmp_path, *params: str) -> NodeProcess:

@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pytest
 from fake_hub import FakeHub, Repo
-from ros_graph import NodeProcess, call, isolate_ros_graph, spin_until
+from ros_graph import NodeProcess, call, isolate_ros_graph, ros_test_node, spin_until
 
 isolate_ros_graph()
 rclpy = pytest.importorskip("rclpy")
@@ -53,11 +53,8 @@ def hub(data_dir, tmp_path, monkeypatch):
 
 @pytest.fixture
 def ros():
-    rclpy.init()
-    node = rclpy.create_node("model_by_name_test")
-    yield node
-    node.destroy_node()
-    rclpy.shutdown()
+    with ros_test_node("model_by_name_test") as node:
+        yield node
 
 
 def test_node_fetches_a_named_model_and_localizes(hub, ros, tmp_path):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from ros_graph import NodeProcess, call, isolate_ros_graph, spin_until
+from ros_graph import NodeProcess, call, isolate_ros_graph, ros_test_node, spin_until
 
 from loc3r.cli import main as loc3r_cli
 
@@ -23,11 +23,8 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: E402
 
 @pytest.fixture(scope="module")
 def ros():
-    rclpy.init()
-    node = rclpy.create_node("player_test")
-    yield node
-    node.destroy_node()
-    rclpy.shutdown()
+    with ros_test_node("player_test") as node:
+        yield node
 
 
 def statuses_of(node, name):

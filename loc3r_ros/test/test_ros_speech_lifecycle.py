@@ -9,7 +9,7 @@ gets through the recogniser is answered "/loc3r/ask is not available", which sho
 from __future__ import annotations
 
 import pytest
-from ros_graph import NodeProcess, call, isolate_ros_graph, spin_until
+from ros_graph import NodeProcess, call, isolate_ros_graph, ros_test_node, spin_until
 
 isolate_ros_graph()
 rclpy = pytest.importorskip("rclpy")
@@ -70,11 +70,8 @@ class Bridge:
 
 @pytest.fixture(scope="module")
 def client():
-    rclpy.init()
-    node = rclpy.create_node("speech_lifecycle_client")
-    yield node
-    node.destroy_node()
-    rclpy.shutdown()
+    with ros_test_node("speech_lifecycle_client") as node:
+        yield node
 
 
 @pytest.fixture(scope="module")
