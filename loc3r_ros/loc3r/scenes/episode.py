@@ -20,7 +20,7 @@ from loc3r.scenes.textures import RoomLook, make_look
 from loc3r.scenes.world import Room, free_floor_points, generate_room
 
 LOOKS = ("flat", "textured")
-WALKS = ("sweep", "scan")
+WALKS = ("sweep", "scan", "room_scan")
 
 
 @dataclass
@@ -36,6 +36,8 @@ class EpisodeConfig:
     situations: int = 4  # situations per episode (each with several questions)
     look: str = "flat"  # "flat": plain colours; "textured": wallpaper, wood, pictures (textures.py)
     walk: str = "sweep"  # "sweep": one turn left over the walk; "scan": a smooth scan (scan_walk)
+    # turning 72-216 degrees; "room_scan": the same scan turning 270-400 degrees, so it sees the
+    # whole room as a ScanNet scan does (with frames >= 24 consecutive frames still overlap)
     max_turn_deg: float = 15.0  # scan walks: at most this much turning between frames
 
     def __post_init__(self) -> None:
@@ -61,7 +63,7 @@ class Episode:
 
 def camera_walk(room: Room, config: EpisodeConfig, rng: np.random.Generator) -> list[np.ndarray]:
     """Camera-to-world poses of the configured walk (`config.walk`)."""
-    if config.walk == "scan":
+    if config.walk in ("scan", "room_scan"):
         return scan_walk(room, config, rng)
     return sweep_walk(room, config, rng)
 
@@ -119,7 +121,8 @@ def scan_walk(room: Room, config: EpisodeConfig, rng: np.random.Generator) -> li
     t = np.linspace(0.0, 1.0, count)
     to_centre = np.array([room.width / 2, room.depth / 2]) - positions[0]
     start_yaw = math.atan2(to_centre[1], to_centre[0]) + rng.uniform(-1.0, 1.0)
-    turn = rng.choice([-1.0, 1.0]) * rng.uniform(0.4 * math.pi, 1.2 * math.pi)
+    low, high = (1.5, 2.2) if config.walk == "room_scan" else (0.4, 1.2)  # turns of pi
+    turn = rng.choice([-1.0, 1.0]) * rng.uniform(low * math.pi, high * math.pi)
     look_around = rng.uniform(0.0, 0.5) * np.sin(2 * math.pi * rng.uniform(0.5, 2.0) * t)
     yaw = start_yaw + turn * (t - np.sin(2 * math.pi * t) / (2 * math.pi)) + look_around
     cap = math.radians(config.max_turn_deg)

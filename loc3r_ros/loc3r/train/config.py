@@ -56,7 +56,8 @@ class TrainConfig:
     workers: int = 1  # processes that render episodes (a GPU machine's cores)
     time_budget_s: float = 0.0  # > 0: training stops (and saves) after this long
     look: str = "flat"  # rooms: "flat" colours or "textured" (loc3r.scenes.textures)
-    walk: str = "sweep"  # camera walks: "sweep" (one turn left) or "scan" (both ways, smooth)
+    walk: str = "sweep"  # camera walks: "sweep" (one turn left), "scan" (both ways, smooth) or
+    # "room_scan" (a scan that sees most of the room: use 16-32 frames; loc3r.scenes.episode)
     render_size: int = 0  # rendered frame size (the pose source matches features at it);
     # frames are stored at image_size; 0 = image_size
     # model (tiny): see loc3r.vlm.tiny

@@ -54,7 +54,7 @@ class VisionPretrainConfig:
     frames: int = 8
     image_size: int = 112
     look: str = "flat"  # rooms: "flat" or "textured" (loc3r.scenes.textures)
-    walk: str = "sweep"  # walks: "sweep" or "scan" (loc3r.scenes.episode)
+    walk: str = "sweep"  # walks: "sweep", "scan" or "room_scan" (loc3r.scenes.episode)
     vision_hidden: int = 64
     vision_layers: int = 2
     device: str = "auto"  # "auto" (CUDA when there is one), "cpu" or "cuda"
