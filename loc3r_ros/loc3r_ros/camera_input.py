@@ -33,6 +33,7 @@ class CameraInputHealth:
         self.frames_total = 0
         self.lost_total = 0
         self.incompatible: str = ""  # the policy of the last incompatible-QoS event
+        self.kind = ""  # the kind of the last diagnosis (see diagnosis)
         self._frames: deque[float] = deque()
         self._lost: deque[tuple[float, int]] = deque()
         self._since = None  # when watching started (subscription made)
@@ -72,37 +73,45 @@ class CameraInputHealth:
         return len(self._frames), sum(c for _, c in self._lost)
 
     def diagnosis(self, now: float) -> str:
-        """The problem with the camera input and what to change, or "" when frames get through."""
+        """The problem with the camera input and what to change, or "" when frames get through.
+
+        `kind` is set to the problem's kind ("", "incompatible_qos", "lost", "no_publisher",
+        "stalled"): its counts change every call, its kind only when the situation does.
+        """
+        self.kind, text = self._diagnose(now)
+        return text
+
+    def _diagnose(self, now: float) -> tuple[str, str]:
         if self._since is None:
-            return ""
+            return "", ""
         frames, lost = self._trim(now)
         quiet_s = now - (self._last_frame if self._last_frame is not None else self._since)
         topic = self.topic
         if self.incompatible and not frames:
-            return (
+            return "incompatible_qos", (
                 f"a publisher on {topic} offers QoS incompatible with this subscription "
                 f"({self.incompatible}): match image_qos_reliability to the camera's QoS "
                 "(a best-effort camera needs image_qos_reliability:=best_effort)"
             )
         if lost and lost >= frames:
-            return (
+            return "lost", (
                 f"{lost} frame(s) on {topic} lost in transport in the last {self.window_s:.0f} s, "
                 f"{frames} received ({self.publishers} publisher(s)): {LARGE_FRAME_REMEDIES}"
             )
         if quiet_s < self.stall_s:
-            return ""
+            return "", ""
         if self.publishers == 0:
-            return (
+            return "no_publisher", (
                 f"no publisher on {topic} and no frame for {quiet_s:.0f} s: is the camera "
                 "driver running, and is image_topic right?"
             )
         if not frames:
-            return (
+            return "stalled", (
                 f"{self.publishers} publisher(s) on {topic} but no frame arrived in "
                 f"{quiet_s:.0f} s: the camera may be stalled, or its frames are lost on the "
                 f"way; {LARGE_FRAME_REMEDIES}"
             )
-        return ""
+        return "", ""
 
     def values(self) -> dict[str, object]:
         """Key/values for /diagnostics."""

@@ -141,7 +141,7 @@ class Loc3rNode(LifecycleNode):
         self._pending = 0
         self.input_rate = RateWindow(window_s=5.0)
         self.camera_input = CameraInputHealth(self.p["image_topic"])
-        self._camera_problem = ""  # the last diagnosis said in the log
+        self._camera_problem = ""  # the kind of the last camera-input problem said in the log
         self.image_cb_latency = LatencyWindow(size=2000)
         self._pending_lock = threading.Lock()
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loc3r-model")
@@ -697,16 +697,17 @@ class Loc3rNode(LifecycleNode):
 
     def _camera_diagnosis(self) -> str:
         """The camera input problem while active ("" for none); logged when it changes."""
-        problem = ""
+        problem, kind = "", ""
         if self._active:
             self.camera_input.set_publishers(self.count_publishers(self.p["image_topic"]))
             problem = self.camera_input.diagnosis(time.monotonic())
-        if problem != self._camera_problem:
-            if problem:
+            kind = self.camera_input.kind
+        if kind != self._camera_problem:  # said once per change of situation, not per tick
+            if kind:
                 self.get_logger().warning(f"camera input: {problem}")
             elif self._active:
                 self.get_logger().info("camera input: frames arrive again")
-            self._camera_problem = problem
+            self._camera_problem = kind
         return problem
 
     def _publish_status(self) -> None:

@@ -25,6 +25,8 @@ def test_no_publisher_is_named_after_the_stall_time():
     assert health.diagnosis(104.0) == ""  # too early to say
     problem = health.diagnosis(106.0)
     assert "no publisher on /camera/image_raw" in problem and "image_topic" in problem
+    later = health.diagnosis(109.0)
+    assert later != problem and health.kind == "no_publisher"  # the count moves, the kind not
 
 
 def test_publishers_without_frames_say_what_to_change():
@@ -33,7 +35,7 @@ def test_publishers_without_frames_say_what_to_change():
     problem = health.diagnosis(107.5)
     assert "2 publisher(s) on /camera/image_raw but no frame arrived in 8 s" in problem
     assert "image_qos_reliability:=reliable" in problem and "image_compressed:=true" in problem
-    assert "shared-memory" in problem
+    assert "shared-memory" in problem and health.kind == "stalled"
 
 
 def test_losses_reported_by_the_middleware_are_named_at_once():
@@ -49,7 +51,8 @@ def test_losses_reported_by_the_middleware_are_named_at_once():
     assert health.values()["frames_lost_in_transport"] == 5
     for t in range(30):  # frames get through again: the old losses leave the window
         health.frame(106.0 + 0.5 * t)
-    assert health.diagnosis(121.0) == ""
+    assert health.kind == "lost"
+    assert health.diagnosis(121.0) == "" and health.kind == ""
     assert health.values()["frames_lost_in_transport"] == 5  # the total stays
 
 

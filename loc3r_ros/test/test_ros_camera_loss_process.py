@@ -91,7 +91,8 @@ def test_large_best_effort_frames_lost_in_transport_are_named(ros, tmp_path):
         assert "image_qos_reliability:=reliable" in reply.message
     finally:
         assert server.stop() == 0, server.log()
-    assert "camera input:" in server.log()  # logged as a warning when it started
+    said = [line for line in server.log().splitlines() if "camera input:" in line]
+    assert 1 <= len(said) <= 3, said  # said when the situation changes, not on every status tick
     print(f"sent {sent} frames of 36 MB best-effort; the node received {received}")
 
 
