@@ -14,6 +14,7 @@ scene engine (motion honesty: it should not).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import io
 import json
@@ -123,11 +124,8 @@ def run(args: argparse.Namespace) -> dict:
         if args.model:
             argv += ["--model", args.model]
         buffer = io.StringIO()
-        stdout, sys.stdout = sys.stdout, buffer
-        try:
+        with contextlib.redirect_stdout(buffer):  # the CLI's JSON, exactly as a user sees it
             code = cli_main(argv)
-        finally:
-            sys.stdout = stdout
         out = json.loads(buffer.getvalue())
         report["clips"][name] = (
             {"input": out["input"], "confidence": out["confidence"], "answer": out["answer"]}
