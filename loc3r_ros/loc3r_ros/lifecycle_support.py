@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 
+from loc3r_ros.node_runner import TEARDOWN_LIMIT_S, bound_teardown
+
 
 def lifecycle_state(node: LifecycleNode) -> str:
     """The node's current state label: unconfigured, inactive, active, finalized, or a transition.
@@ -30,7 +32,12 @@ def not_active_reply(node: LifecycleNode, why: str = "") -> str:
 
 
 def exit_after_shutdown(node: LifecycleNode, delay_s: float = 0.5) -> None:
-    """End the process's spin shortly after the shutdown transition (once it has been answered)."""
+    """End the process's spin shortly after the shutdown transition (once it has been answered).
+
+    The teardown that follows is bounded (`bound_teardown`): the context's shutdown destroys the
+    node on an executor thread, before `run_node`'s own teardown starts.
+    """
+    bound_teardown(TEARDOWN_LIMIT_S + delay_s)
     node.create_timer(delay_s, node.context.try_shutdown)
 
 

@@ -2,19 +2,45 @@
 
 from __future__ import annotations
 
+import faulthandler
+import sys
 from collections.abc import Callable
 
 import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 
+# Launch escalates SIGINT to SIGTERM after 5 s and to SIGKILL 5 s later; a normal exit here takes
+# 1-2 s (most of it the interpreter's own teardown).
+TEARDOWN_LIMIT_S = 8.0
+
+
+def bound_teardown(limit_s: float = TEARDOWN_LIMIT_S) -> None:
+    """From now on, a process still alive after `limit_s` dumps every thread's stack and exits 1.
+
+    faulthandler's watchdog is a C thread: it fires even when the hang holds the GIL or sits in
+    the interpreter's own teardown.
+    """
+    faulthandler.dump_traceback_later(limit_s, exit=True, file=sys.stderr)
+
 
 def run_node(
-    make_node: Callable[[], Node], args: list[str] | None = None, threads: int = 4
+    make_node: Callable[[], Node],
+    args: list[str] | None = None,
+    threads: int = 4,
+    teardown_limit_s: float = TEARDOWN_LIMIT_S,
 ) -> None:
-    """Init rclpy, build the node, spin until Ctrl-C or shutdown, clean up in every case."""
+    """Init rclpy, build the node, spin until Ctrl-C or shutdown, clean up in every case.
+
+    The teardown is explicit and ordered (node, executor threads, context, then the DDS
+    participant) rather than left to the interpreter's garbage collector at exit, whose order is
+    arbitrary. Should anything still hang past `teardown_limit_s`, faulthandler writes every
+    thread's stack to stderr and the process exits with status 1 instead of waiting for SIGKILL.
+    """
     rclpy.init(args=args)
+    context = rclpy.utilities.get_default_context()
     node = None
+    executor = None
     try:
         node = make_node()
         executor = MultiThreadedExecutor(num_threads=threads)
@@ -23,6 +49,10 @@ def run_node(
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        bound_teardown(teardown_limit_s)
         if node is not None:
             node.destroy_node()
+        if executor is not None:
+            executor.shutdown(timeout_sec=teardown_limit_s / 2)
         rclpy.try_shutdown()
+        context.destroy()

@@ -50,18 +50,26 @@ class NodeProcess:
             [str(executable(name)), *args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env=os.environ.copy(),
+            env={**os.environ, "PYTHONFAULTHANDLER": "1"},
         )
 
     def stop(self, timeout: float = 15.0) -> int:
-        """SIGINT, wait, and return the exit code (kill after `timeout`)."""
+        """SIGINT, wait, and return the exit code.
+
+        A process still running after `timeout` gets SIGABRT, so that faulthandler writes every
+        thread's stack into its log (where it hung), then SIGKILL.
+        """
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+                self.proc.send_signal(signal.SIGABRT)
+                try:
+                    self.proc.wait(5.0)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
         if self._log is not subprocess.DEVNULL:
             self._log.close()
         return self.proc.returncode

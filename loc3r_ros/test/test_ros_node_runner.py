@@ -1,0 +1,72 @@
+"""run_node: an ordered teardown, bounded when something in it hangs.
+
+Each case runs a small node in its own process (rclpy installs its signal handlers per process)
+that shuts its context down from a timer, as Ctrl-C or a lifecycle shutdown would.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from ros_graph import REPO_ROOT, isolate_ros_graph
+
+isolate_ros_graph()
+pytest.importorskip("rclpy")
+pytestmark = pytest.mark.ros
+
+NODE_SCRIPT = """
+import sys, time
+from rclpy.node import Node
+from loc3r_ros.node_runner import run_node
+
+class ShortLived(Node):
+    def __init__(self):
+        super().__init__("short_lived")
+        self.destroyed = 0
+        self.create_timer(0.3, self.context.try_shutdown)
+
+    def destroy_node(self):
+        # The context's shutdown destroys its nodes first; run_node's teardown is the second call.
+        self.destroyed += 1
+        if sys.argv[1] == "hang" and self.destroyed == 2:
+            time.sleep(600)
+        super().destroy_node()
+
+run_node(ShortLived, teardown_limit_s=float(sys.argv[2]))
+print("returned from run_node", flush=True)
+"""
+
+
+def run_short_lived(mode: str, limit_s: float) -> tuple[subprocess.CompletedProcess, float]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [str(REPO_ROOT / "loc3r_ros"), os.environ.get("PYTHONPATH", "")]
+        ),
+    }
+    start = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", NODE_SCRIPT, mode, str(limit_s)],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    return done, time.monotonic() - start
+
+
+def test_a_node_that_shuts_down_exits_cleanly():
+    done, _ = run_short_lived("clean", 8.0)
+    assert done.returncode == 0, done.stderr
+    assert "returned from run_node" in done.stdout
+    assert "Timeout" not in done.stderr
+
+
+def test_a_hung_teardown_is_cut_short_with_every_threads_stack():
+    done, took = run_short_lived("hang", 2.0)
+    assert done.returncode == 1, (done.returncode, done.stderr)
+    assert took < 20, took  # the node's destroy_node sleeps 600 s
+    assert "Timeout (0:00:02)" in done.stderr
+    assert "in destroy_node" in done.stderr  # where it hung, from faulthandler's dump
+    assert "returned from run_node" not in done.stdout
