@@ -50,7 +50,8 @@ def _tiny(tmp_path: Path, *extra: str) -> list[str]:
 
 
 def test_tiny_cpu_run_reports_every_figure(bench, tmp_path):
-    assert bench.main(_tiny(tmp_path, "--profile-dir", str(tmp_path / "prof"))) == 0
+    profile = ("--profile-dir", str(tmp_path / "prof"))
+    assert bench.main(_tiny(tmp_path, *profile, "--graphs-backend", "aot_eager")) == 0
     data = json.loads((tmp_path / "b.json").read_text())
     assert data["status"] == "complete" and data["errors"] == {}
     assert data["completed_phases"] == list(bench.PHASES)
@@ -58,6 +59,12 @@ def test_tiny_cpu_run_reports_every_figure(bench, tmp_path):
         value = _figure(data, dotted)
         assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, dotted
     assert data["train"]["loss_finite"] is True
+    # float32 on the CPU: the static cache, compiled or not, decodes the dynamic cache's tokens
+    assert data["static"]["same_answer_as_dynamic"] is True
+    assert data["graphs"]["same_answer_as_dynamic"] is True
+    assert data["graphs"]["compile_options"] == {"fullgraph": True, "backend": "aot_eager"}
+    fastest = min(data["warm_ask"]["seconds"], data["graphs"]["warm_ask_s"])
+    assert data["targets"]["warm_ask_s"]["measured"] == fastest
     assert data["shapes"]["question_text_tokens"] == 50
     assert data["shapes"]["answer_new_tokens"] == 20
     assert data["shapes"]["scene_prefix_tokens"] < data["shapes"]["train_sequence_tokens"]

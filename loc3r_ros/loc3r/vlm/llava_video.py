@@ -289,6 +289,7 @@ class LlavaVideoModel(nn.Module):
         sampling: SamplingConfig | None = None,
         stop_repeats: int = 0,
         logits_processor=None,
+        step=None,
     ) -> tuple[list[int], list[torch.Tensor]]:
         """Greedy decoding with the KV cache; returns new token ids and each step's raw logits.
 
@@ -301,9 +302,12 @@ class LlavaVideoModel(nn.Module):
         when the tokens end with one n-gram repeated that many times in a row (see
         `repeating_period`), decoding stops and the copies after the first are dropped (with
         their logits). `past_key_values` / `position_offset` continue from a cached prefix (the
-        prefix's length).
+        prefix's length); a StaticCache is written at those positions (static_decoding), and
+        `step`, a compiled copy of the language model, then runs the one-token steps.
         """
         from transformers import DynamicCache
+
+        from loc3r.vlm.static_decoding import forward_at
 
         tokens: list[int] = []
         step_logits: list[torch.Tensor] = []
@@ -311,16 +315,9 @@ class LlavaVideoModel(nn.Module):
         embeds = inputs_embeds
         offset = position_offset
         for _ in range(max_new_tokens):
-            length = embeds.shape[1]
-            positions = torch.arange(offset, offset + length, device=embeds.device)[None]
-            out = self.language_model(
-                inputs_embeds=embeds,
-                position_ids=positions,
-                use_cache=True,
-                **cache_kwargs(self.language_model, past_key_values),
-            )
-            offset += length
-            logits = out.logits[0, -1].float()
+            out = forward_at(self.language_model, past_key_values, embeds, offset, step)
+            offset += embeds.shape[1]
+            logits = out.logits[0, -1].to(torch.float32, copy=True)  # a graph replay reuses out
             step_logits.append(logits)
             scores = logits.clone()
             if repetition_penalty != 1.0 and tokens:

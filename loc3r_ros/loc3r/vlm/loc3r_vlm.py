@@ -43,6 +43,7 @@ from loc3r.vlm.losses import (
     total_loss,
 )
 from loc3r.vlm.processor import SYSTEM_PROMPT
+from loc3r.vlm.static_decoding import StaticDecoding, check_room, forward_at, is_static
 
 POS_TOKEN = "<Pos>"
 ORI_TOKEN = "<Ori>"
@@ -129,7 +130,7 @@ class PosePrediction:
 class ScenePrefix:
     """The encoded video part of the prompt and the LLM's KV cache over it."""
 
-    cache: object  # transformers DynamicCache
+    cache: object  # transformers DynamicCache, or StaticCache with static decoding
     length: int  # tokens in the prefix
     num_frames: int
     last_hidden: torch.Tensor = field(repr=False, default=None)  # (length, H), for visualisation
@@ -172,6 +173,7 @@ class Loc3rVLM(nn.Module):
         self.egocentric_head = (
             training_aids.egocentric_head(hidden) if config.enable_egocentric_head else None
         )
+        self.static_decoding: StaticDecoding | None = None
         self._add_special_tokens()
         self.set_answer_vocabulary(None)
         self.base.vision_tower.requires_grad_(False)  # SigLIP stays frozen
@@ -202,8 +204,20 @@ class Loc3rVLM(nn.Module):
         if answers is None:
             self.answer_vocabulary, self._vocabulary_ids = None, None
             return
+        if self.static_decoding is not None:
+            raise ValueError("an answer vocabulary is scored in batches: not with static decoding")
         self.answer_vocabulary = check_answer_vocabulary(answers)
         self._vocabulary_ids = [self.answer_ids(a) for a in self.answer_vocabulary]
+
+    def use_static_decoding(self, settings: StaticDecoding | None) -> None:
+        """Decode free answers from a fixed-size KV cache (see static_decoding); None: dynamic.
+
+        Applies to scenes encoded from now on. Not with an answer vocabulary, whose entries are
+        scored as one batch over a cache that grows.
+        """
+        if settings is not None and self.answer_vocabulary is not None:
+            raise ValueError("static decoding is for free answers; this model has a vocabulary")
+        self.static_decoding = settings
 
     def ids(self, text: str) -> list[int]:
         """Token ids of plain text (no special tokens added)."""
@@ -367,27 +381,25 @@ class Loc3rVLM(nn.Module):
         video, _ = self.video_embeddings(pixel_values, camera_tokens)
         before, after = self.prefix_ids()
         embeds = torch.cat([self.embed(before), video, self.embed(after)])[None]
-        cache = DynamicCache()
-        decoder = self.base.language_model.model
-        out = decoder(inputs_embeds=embeds, use_cache=True, **cache_kwargs(decoder, cache))
+        static = self.static_decoding
+        lm = self.base.language_model
+        cache = DynamicCache() if static is None else static.new_cache(lm, embeds.shape[1])
+        out = forward_at(lm.model, cache, embeds, 0)
         return ScenePrefix(cache, embeds.shape[1], len(pixel_values), out.last_hidden_state[0])
 
     def _continue(self, prefix: ScenePrefix, ids: list[int], offset: int):
-        embeds = self.embed(ids)[None]
-        positions = torch.arange(offset, offset + len(ids), device=self.device)[None]
+        check_room(prefix.cache, offset, len(ids))
         decoder = self.base.language_model.model
-        return decoder(
-            inputs_embeds=embeds,
-            position_ids=positions,
-            use_cache=True,
-            **cache_kwargs(decoder, prefix.cache),
-        )
+        return forward_at(decoder, prefix.cache, self.embed(ids)[None], offset)
 
     @staticmethod
     def _truncate(prefix: ScenePrefix) -> None:
-        extra = prefix.cache.get_seq_length() - prefix.length
-        if extra > 0:
-            prefix.cache.crop(-extra)  # a negative value removes that many (transformers 4 and 5)
+        extra = int(prefix.cache.get_seq_length()) - prefix.length
+        if extra <= 0:
+            return
+        if is_static(prefix.cache) and not getattr(prefix.cache, "is_croppable", False):
+            return  # slots addressed by cache_position: the later ones are masked as the future
+        prefix.cache.crop(-extra)  # a negative value removes that many (transformers 4 and 5)
 
     def _situate(self, prefix: ScenePrefix, situation_ids: list[int]) -> PosePrediction:
         """Forward [situation] <Pos> <Ori> after the prefix (left in the cache); read the pose."""
@@ -444,6 +456,8 @@ class Loc3rVLM(nn.Module):
                 best = int(scores.argmax()) if sampling is None else sampling.pick(scores)
                 probability = float(scores.softmax(-1)[best])
                 return self.answer_vocabulary[best], pose, probability
+            check_room(prefix.cache, offset, len(question_ids) + self.config.max_new_tokens)
+            static = self.static_decoding if is_static(prefix.cache) else None
             tokens, logits = self.base.generate_greedy(
                 self.embed(question_ids)[None],
                 max_new_tokens=self.config.max_new_tokens,
@@ -452,6 +466,7 @@ class Loc3rVLM(nn.Module):
                 position_offset=offset,
                 sampling=self._sampling(),
                 stop_repeats=self.config.stop_repeats,
+                step=None if static is None else static.step(self.base.language_model),
             )
             log_p = sum(
                 float(step.float().reshape(-1).log_softmax(-1)[token])
