@@ -4,7 +4,8 @@
     loc3r localize VIDEO_OR_DIR --situation "I am sitting on the bed facing the window"
     loc3r scene OUT_DIR [--seed 3]           # write a synthetic walk-through (frames + truth)
 Options: --model DIR (default: the embedded model), --frames N, --min-frames N,
---mode streaming|faithful, --device cpu|cuda|auto, --bev-png FILE (a bird's-eye map: metres, grid,
+--mode streaming|faithful, --device cpu|cuda|auto, --decoding dynamic|static|graphs (see the
+node's decoding parameter), --bev-png FILE (a bird's-eye map: metres, grid,
 scale bar, legend; --bev-size, --bev-objects OUT_DIR/objects.json, --bev-truth X Y YAW_DEG).
 Prints JSON: answer, pose (scene frame: z up, metres, origin at the first frame), sigma,
 confidence (answer probability, CUT3R confidence, whether the frames look like the model's
@@ -30,7 +31,7 @@ def _engine(args):
     from loc3r.engine import EngineConfig, KeyframeConfig, SceneEngine
     from loc3r.engine.models import load_bundle
 
-    bundle = load_bundle(args.model or None, args.device)
+    bundle = load_bundle(args.model or None, args.device, args.decoding)
     frames = args.frames or bundle.num_query_frames
     config = EngineConfig(
         keyframes=KeyframeConfig(min_interval_s=0.0, min_change=0.0, capacity=max(frames, 2)),
@@ -156,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="fewest decodable frames accepted (default: --frames)")  # fmt: skip
         p.add_argument("--mode", choices=("streaming", "faithful"), default="faithful")
         p.add_argument("--device", default="cpu")
+        p.add_argument("--decoding", choices=("dynamic", "static", "graphs"), default="dynamic",
+                       help="static KV cache; graphs: and the decoding step compiled (CUDA "
+                       "graphs), for models that write free answers")  # fmt: skip
         p.add_argument("--bev-png", type=Path, help="write a bird's-eye map (PNG) here")
         p.add_argument("--bev-size", type=int, default=960, help="its width = height, pixels")
         p.add_argument("--bev-objects", type=Path,

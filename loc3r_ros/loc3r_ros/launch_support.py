@@ -15,6 +15,7 @@ LAUNCH_TO_PARAM = {
     "device": "device",
     "model_dir": "model_dir",
     "model": "model",
+    "decoding": "decoding",
     "scene_frame": "scene_frame",
     "autostart": "autostart",
 }
@@ -29,6 +30,7 @@ LAUNCH_ARGUMENTS: dict[str, tuple[str, str]] = {
     "device": ("", PARAMS_BY_NAME["device"].description),
     "model_dir": ("", PARAMS_BY_NAME["model_dir"].description),
     "model": ("", PARAMS_BY_NAME["model"].description),
+    "decoding": ("", PARAMS_BY_NAME["decoding"].description),
     "scene_frame": ("", PARAMS_BY_NAME["scene_frame"].description),
     "autostart": ("", PARAMS_BY_NAME["autostart"].description + " (also loc3r_speech's)"),
     "use_rviz": ("false", "Start RViz with rviz/loc3r.rviz"),

@@ -378,9 +378,10 @@ class Loc3rNode(LifecycleNode):
                     self.p["device"],
                     self.p["model_threads"],
                     self.p["model_niceness"],
+                    self.p["decoding"],
                 )
             else:
-                bundle = load_bundle(model_dir or None, self.p["device"])
+                bundle = load_bundle(model_dir or None, self.p["device"], self.p["decoding"])
         except (ModelLoadError, FetchError) as exc:
             self.model_state = Status.STATE_NO_MODEL
             self.engine.no_model_reason = f"no model loaded: {exc}"

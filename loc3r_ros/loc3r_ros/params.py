@@ -107,6 +107,16 @@ PARAMS: tuple[ParamSpec, ...] = (
         read_only=True,
     ),
     ParamSpec(
+        "decoding",
+        "dynamic",
+        "How answers are decoded: dynamic (a KV cache that grows), static (one of fixed size), "
+        "graphs (static, the one-token step compiled at load: CUDA graphs on CUDA; loading "
+        "takes longer). static and graphs are for models that write free answers (not the "
+        "embedded one)",
+        choices=("dynamic", "static", "graphs"),
+        read_only=True,
+    ),
+    ParamSpec(
         "autostart",
         True,
         "Configure and activate at start (the model loads in the background while frames "

@@ -153,3 +153,76 @@ def test_the_embedded_model_answers_within_its_vocabulary():
     episodes = build_episodes([1000000, 1000001], config, bundle.perception, grid, False)
     cases = predict_cases(vlm, episodes, size, progress=False)
     assert len(cases) > 30 and all(c.prediction in expected for c in cases)
+
+
+QUESTIONS = [
+    ("What is on my left, next to the tall lamp by the window?", "I am sitting on the bed"),
+    ("Which way?", "I stand by the door"),
+]
+
+
+def engine_replies(bundle) -> list[tuple[str, float, float, float]]:
+    config = EngineConfig(keyframes=KeyframeConfig(min_interval_s=0.0, min_change=0.0))
+    engine = SceneEngine(config)
+    try:
+        engine.set_models(bundle.model, bundle.perception, bundle.num_query_frames)
+        for i in range(6):
+            engine.add_frame(frame(i), i * SEC)
+        replies = []
+        for question, situation in QUESTIONS:
+            result = engine.ask(question, situation)
+            replies.append(
+                (result.answer, result.pose.x, result.pose.y, result.confidence.answer_probability)
+            )
+        return replies
+    finally:
+        engine.close()
+
+
+def test_every_decoding_mode_answers_as_the_dynamic_cache(bundle_dir):
+    """static and graphs (the one-token step compiled at load; inductor on the CPU) change
+    how answers are computed, not what they are (float32, tiny random bundle)."""
+    import torch
+
+    from loc3r.vlm.static_decoding import is_static
+
+    expected = engine_replies(load_bundle(bundle_dir))
+    assert any(answer for answer, *_ in expected)
+    for mode in ("static", "graphs"):
+        bundle = load_bundle(bundle_dir, decoding=mode)
+        vlm = bundle.model.vlm
+        assert vlm.static_decoding is not None
+        assert (vlm.static_decoding.compile is not None) == (mode == "graphs")
+        if mode == "graphs":
+            assert len(vlm.static_decoding._compiled) == 1  # compiled at load, not at a question
+        got = engine_replies(bundle)
+        for (answer, x, y, p), (answer_0, x_0, y_0, p_0) in zip(got, expected, strict=True):
+            assert answer == answer_0, mode
+            assert (x, y) == (pytest.approx(x_0, abs=1e-5), pytest.approx(y_0, abs=1e-5))
+            assert p == pytest.approx(p_0, rel=1e-4)
+        images = [frame(i) for i in range(4)]
+        tokens = torch.stack([p.camera_token for p in bundle.perception.run_fresh(images)])
+        assert is_static(bundle.model.encode_scene(images, tokens).prefix.cache)
+
+
+def test_decoding_modes_that_do_not_apply_are_load_errors(bundle_dir, tmp_path):
+    import shutil
+
+    with pytest.raises(ModelLoadError, match="decoding must be one of dynamic, static, graphs"):
+        load_bundle(bundle_dir, decoding="fast")
+    copy = tmp_path / "vocab"
+    shutil.copytree(bundle_dir, copy)
+    spec = json.loads((copy / "bundle.json").read_text())
+    (copy / "bundle.json").write_text(json.dumps({**spec, "answer_vocabulary": ["left", "right"]}))
+    for mode in ("static", "graphs"):
+        with pytest.raises(ModelLoadError, match="answers from a vocabulary of 2 entries"):
+            load_bundle(copy, decoding=mode)
+    assert load_bundle(copy).model.vlm.answer_vocabulary == ("left", "right")
+
+
+def test_the_node_and_cli_offer_the_decoding_modes():
+    from loc3r.engine.models import DECODING_MODES
+    from loc3r_ros.params import PARAMS_BY_NAME
+
+    assert PARAMS_BY_NAME["decoding"].choices == DECODING_MODES
+    assert PARAMS_BY_NAME["decoding"].default == "dynamic"

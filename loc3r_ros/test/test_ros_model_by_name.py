@@ -2,7 +2,8 @@
 
 The hub is a loopback fake (fake_hub.py) serving the tiny fixtures in the real layouts; the
 lock file (LOC3R_MODELS_LOCK) names them. The node builds the bundle on first use, loads it and
-localizes; a name the lock does not know is a clear failure, and the node keeps serving.
+localizes and answers (decoding from a static KV cache: `decoding:=static`); a name the lock does
+not know, or a decoding mode the model cannot use, is a clear failure, and the node keeps serving.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ rclpy = pytest.importorskip("rclpy")
 pytestmark = pytest.mark.ros
 
 from loc3r_interfaces.msg import Status  # noqa: E402
-from loc3r_interfaces.srv import Localize  # noqa: E402
+from loc3r_interfaces.srv import Ask, Localize  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
 from loc3r_ros.conversions import rgb_to_image_msg  # noqa: E402
@@ -61,7 +62,7 @@ def test_node_fetches_a_named_model_and_localizes(hub, ros, tmp_path):
     fake, lock = hub
     server = NodeProcess(
         "loc3r_node", "--ros-args", "-r", "__node:=named", "-p", "model:=tiny",
-        "-p", "image_topic:=/named_cam", "-p", "status_period_s:=0.2",
+        "-p", "image_topic:=/named_cam", "-p", "status_period_s:=0.2", "-p", "decoding:=static",
         "-p", "keyframe_min_interval_s:=0.0", "-p", "keyframe_min_change:=0.0",
         log_path=tmp_path / "named.log",
     )  # fmt: skip
@@ -85,6 +86,14 @@ def test_node_fetches_a_named_model_and_localizes(hub, ros, tmp_path):
         assert client.wait_for_service(timeout_sec=10)
         reply = call(ros, client, Localize.Request(situation="I am on the bed"), 60)
         assert reply.success, reply.message
+        ask = ros.create_client(Ask, "/named/ask")
+        assert ask.wait_for_service(timeout_sec=10)
+        for question in ("What is on my left, next to the lamp by the window?", "Left?"):
+            request = Ask.Request(question=question, situation="I am on the bed")
+            reply = call(ros, ask, request, 60)
+            assert reply.success and reply.has_pose, reply.message
+            assert 0.0 <= reply.confidence.answer_probability <= 1.0  # random tiny LM: ~0
+            assert reply.answer  # free text from the static cache
     finally:
         assert server.stop() == 0, server.log()
 
@@ -102,5 +111,23 @@ def test_unknown_model_name_is_a_clear_failure(hub, ros, tmp_path):
         )
         assert said, (statuses[-1:], server.log())
         assert "'no-such-model'" in statuses[-1].message and "tiny" in statuses[-1].message
+    finally:
+        assert server.stop() == 0, server.log()
+
+
+def test_a_decoding_mode_the_model_cannot_use_is_a_clear_failure(ros, tmp_path):
+    server = NodeProcess(
+        "loc3r_node", "--ros-args", "-r", "__node:=vocab", "-p", "decoding:=static",
+        "-p", "status_period_s:=0.2", log_path=tmp_path / "vocab.log",
+    )  # fmt: skip
+    try:
+        statuses: list[Status] = []
+        ros.create_subscription(Status, "/vocab/status", statuses.append, 10)
+        said = spin_until(
+            ros, lambda: bool(statuses) and "from a vocabulary" in statuses[-1].message, 60
+        )
+        assert said, (statuses[-1:], server.log())
+        assert "'static'" in statuses[-1].message and "use 'dynamic'" in statuses[-1].message
+        assert statuses[-1].state == Status.STATE_NO_MODEL
     finally:
         assert server.stop() == 0, server.log()

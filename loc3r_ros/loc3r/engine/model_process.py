@@ -75,7 +75,7 @@ def _serve_channel(conn: Connection, handlers: dict) -> None:
             return
 
 
-def _child_main(model_dir: str, device: str, threads: int, niceness: int,
+def _child_main(model_dir: str, device: str, threads: int, niceness: int, decoding: str,
                 perception_conn: Connection, model_conn: Connection,
                 geometry_conn: Connection) -> None:  # fmt: skip
     """Entry point of the child: load, report, then serve the three channels."""
@@ -85,7 +85,7 @@ def _child_main(model_dir: str, device: str, threads: int, niceness: int,
     if niceness > 0:
         os.nice(niceness)  # the camera callbacks of the parent come first on a busy CPU
     try:
-        bundle = load_bundle(model_dir or None, device)
+        bundle = load_bundle(model_dir or None, device, decoding)
     except Exception as exc:  # noqa: BLE001
         message = str(exc) if isinstance(exc, ModelLoadError) else traceback.format_exc(limit=3)
         model_conn.send(("error", ModelLoadError(message)))
@@ -230,15 +230,16 @@ class ModelProcess:
     """The child process and its three channels (close() ends it)."""
 
     def __init__(self, model_dir: str | Path | None, device: str = "cpu", threads: int = 0,
-                 niceness: int = 5, call_timeout_s: float = 120.0) -> None:  # fmt: skip
+                 niceness: int = 5, call_timeout_s: float = 120.0,
+                 decoding: str = "dynamic") -> None:  # fmt: skip
         context = mp.get_context("spawn")
         perception_parent, perception_child = context.Pipe()
         model_parent, model_child = context.Pipe()
         geometry_parent, geometry_child = context.Pipe()
         self.process = context.Process(
             target=_child_main, name="loc3r-models", daemon=True,
-            args=(str(model_dir or ""), device, threads, niceness, perception_child, model_child,
-                  geometry_child),
+            args=(str(model_dir or ""), device, threads, niceness, decoding, perception_child,
+                  model_child, geometry_child),
         )  # fmt: skip
         self.process.start()
         for conn in (perception_child, model_child, geometry_child):
@@ -290,13 +291,18 @@ class ModelProcess:
 
 
 def load_bundle_in_process(
-    model_dir: str | Path | None = None, device: str = "cpu", threads: int = 0, niceness: int = 5
+    model_dir: str | Path | None = None,
+    device: str = "cpu",
+    threads: int = 0,
+    niceness: int = 5,
+    decoding: str = "dynamic",
 ) -> tuple[Bundle, ModelProcess]:
     """Start a model process for `model_dir` (default: embedded); raises ModelLoadError.
 
     `threads`: torch CPU threads in it (0 = all cores but one, which stays for the node);
-    `niceness`: added to its scheduling niceness, so camera callbacks win on a busy CPU.
+    `niceness`: added to its scheduling niceness, so camera callbacks win on a busy CPU;
+    `decoding`: see load_bundle.
     """
     read_bundle_spec(Path(model_dir) if model_dir else DEFAULT_MODEL_DIR)  # fail fast
-    process = ModelProcess(model_dir, device, threads, niceness)
+    process = ModelProcess(model_dir, device, threads, niceness, decoding=decoding)
     return process.bundle(), process

@@ -31,8 +31,12 @@ from loc3r.engine.scene_engine import AgentPose
 from loc3r.errors import Loc3rError
 from loc3r.vlm import Loc3rVLM, ScenePrefix, frames_to_pixel_values
 from loc3r.vlm.loc3r_vlm import check_answer_vocabulary
+from loc3r.vlm.static_decoding import StaticDecoding
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "default_model"
+# How answers are decoded (loc3r.vlm.static_decoding): "dynamic" a growing KV cache; "static" a
+# fixed-size one; "graphs" that, with the one-token step compiled at load (CUDA graphs on CUDA)
+DECODING_MODES = ("dynamic", "static", "graphs")
 
 
 class ModelLoadError(Loc3rError):
@@ -129,8 +133,41 @@ def read_bundle_spec(root: Path) -> dict:
     return spec
 
 
-def load_bundle(model_dir: str | Path | None = None, device: str = "cpu") -> Bundle:
-    """Load a model directory (default: the embedded model). Raises ModelLoadError."""
+def decoding_settings(mode: str, device: torch.device) -> StaticDecoding | None:
+    """The static-decoding settings of a DECODING_MODES entry (None: the dynamic cache)."""
+    if mode not in DECODING_MODES:
+        raise ValueError(f"decoding must be one of {', '.join(DECODING_MODES)}, got {mode!r}")
+    if mode == "dynamic":
+        return None
+    if mode == "static":
+        return StaticDecoding()
+    options = {"fullgraph": True}
+    if device.type == "cuda":
+        options["mode"] = "reduce-overhead"  # CUDA graphs
+    return StaticDecoding(compile=options)
+
+
+def compile_decoding(vlm: Loc3rVLM, frames: int) -> None:
+    """Compile the one-token step now, on a blank scene of `frames` frames, not at a question.
+
+    Scenes of that many frames reuse it; a scene of other length compiles at its first answer.
+    """
+    size = vlm.base.config.vision["image_size"]
+    pixels = torch.zeros(frames, 3, size, size, device=vlm.device)
+    camera = torch.zeros(frames, vlm.config.cam_token_dim, device=vlm.device)
+    prefix = vlm.encode_scene(pixels, camera if vlm.config.use_camera_tokens else None)
+    for _ in range(3):  # CUDA graphs are recorded on the second and third runs
+        vlm.answer(prefix, "where is it", "I stand here")
+
+
+def load_bundle(
+    model_dir: str | Path | None = None, device: str = "cpu", decoding: str = "dynamic"
+) -> Bundle:
+    """Load a model directory (default: the embedded model). Raises ModelLoadError.
+
+    `decoding`: one of DECODING_MODES; "static" and "graphs" need a model that writes free
+    answers (a bundle with an answer vocabulary scores its entries instead).
+    """
     root = Path(model_dir) if model_dir else DEFAULT_MODEL_DIR
     spec = read_bundle_spec(root)
     torch_device = resolve_device(device)
@@ -158,6 +195,26 @@ def load_bundle(model_dir: str | Path | None = None, device: str = "cpu") -> Bun
         raise ModelLoadError(f"{root}/bundle.json: {exc}") from exc
     perception = Perception(cut3r, perception_config)
     vlm.set_answer_vocabulary(spec.get("answer_vocabulary"))  # None: free decoding
+    frames = int(spec.get("num_query_frames", 32))
+    try:
+        settings = decoding_settings(decoding, torch_device)
+    except ValueError as exc:
+        raise ModelLoadError(str(exc)) from exc
+    if settings is not None:
+        if vlm.answer_vocabulary is not None:
+            raise ModelLoadError(
+                f"decoding {decoding!r} is for models that write free answers; {root} answers "
+                f"from a vocabulary of {len(vlm.answer_vocabulary)} entries (use 'dynamic')"
+            )
+        vlm.use_static_decoding(settings)
+        if settings.compile is not None:
+            try:
+                compile_decoding(vlm, frames)
+            except Exception as exc:  # a compiler or driver failure is a load failure
+                raise ModelLoadError(
+                    f"decoding {decoding!r}: compiling the decoding step failed "
+                    f"({type(exc).__name__}: {str(exc)[:500]}); use 'static' or 'dynamic'"
+                ) from exc
     try:
         domain = DomainModel.load(root)
     except ValueError as exc:
@@ -165,7 +222,7 @@ def load_bundle(model_dir: str | Path | None = None, device: str = "cpu") -> Bun
     return Bundle(
         model=Loc3rSceneModel(vlm, domain),
         perception=perception,
-        num_query_frames=int(spec.get("num_query_frames", 32)),
+        num_query_frames=frames,
         description=spec.get("description", str(root)),
     )
 
