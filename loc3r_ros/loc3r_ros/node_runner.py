@@ -11,17 +11,20 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 
 # Launch escalates SIGINT to SIGTERM after 5 s and to SIGKILL 5 s later; a normal exit here takes
-# 1-2 s (most of it the interpreter's own teardown).
+# 1-2 s (most of it the interpreter's own teardown; a model process gets 4 s at most to stop).
 TEARDOWN_LIMIT_S = 8.0
+_owns_process = False  # run_node is this process's main: it may bound (and end) the teardown
 
 
 def bound_teardown(limit_s: float = TEARDOWN_LIMIT_S) -> None:
     """From now on, a process still alive after `limit_s` dumps every thread's stack and exits 1.
 
     faulthandler's watchdog is a C thread: it fires even when the hang holds the GIL or sits in
-    the interpreter's own teardown.
+    the interpreter's own teardown. Only in a process that `run_node` runs: a node hosted
+    elsewhere (a test, a component container) must not end its host.
     """
-    faulthandler.dump_traceback_later(limit_s, exit=True, file=sys.stderr)
+    if _owns_process:
+        faulthandler.dump_traceback_later(limit_s, exit=True, file=sys.stderr)
 
 
 def run_node(
@@ -37,6 +40,8 @@ def run_node(
     arbitrary. Should anything still hang past `teardown_limit_s`, faulthandler writes every
     thread's stack to stderr and the process exits with status 1 instead of waiting for SIGKILL.
     """
+    global _owns_process
+    _owns_process = True
     rclpy.init(args=args)
     context = rclpy.utilities.get_default_context()
     node = None
@@ -50,9 +55,9 @@ def run_node(
         pass
     finally:
         bound_teardown(teardown_limit_s)
-        if node is not None:
+        if node is not None:  # first: it stops the model thread that callbacks may wait on
             node.destroy_node()
-        if executor is not None:
-            executor.shutdown(timeout_sec=teardown_limit_s / 2)
+        if executor is not None:  # joins its threads (rclpy 9 ignores a timeout here)
+            executor.shutdown()
         rclpy.try_shutdown()
         context.destroy()

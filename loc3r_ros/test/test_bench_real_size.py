@@ -63,6 +63,9 @@ def test_tiny_cpu_run_reports_every_figure(bench, tmp_path):
     assert data["static"]["same_answer_as_dynamic"] is True
     assert data["graphs"]["same_answer_as_dynamic"] is True
     assert data["graphs"]["compile_options"] == {"fullgraph": True, "backend": "aot_eager"}
+    assert data["graphs"]["dynamo_graphs"] == 1  # compiled once: new scenes reuse the step
+    assert data["static"]["dynamo_graphs"] == 0
+    assert data["graphs"]["new_scene_ask_s"] > 0 and data["static"]["new_scene_ask_s"] > 0
     fastest = min(data["warm_ask"]["seconds"], data["graphs"]["warm_ask_s"])
     assert data["targets"]["warm_ask_s"]["measured"] == fastest
     assert data["shapes"]["question_text_tokens"] == 50

@@ -183,26 +183,34 @@ def test_every_decoding_mode_answers_as_the_dynamic_cache(bundle_dir):
     """static and graphs (the one-token step compiled at load; inductor on the CPU) change
     how answers are computed, not what they are (float32, tiny random bundle)."""
     import torch
+    from torch._dynamo.utils import counters
 
-    from loc3r.vlm.static_decoding import is_static
+    from loc3r.vlm.static_decoding import capacity, is_static
 
     expected = engine_replies(load_bundle(bundle_dir))
     assert any(answer for answer, *_ in expected)
     for mode in ("static", "graphs"):
+        torch._dynamo.reset()
+        graphs_before = counters["stats"]["unique_graphs"]
         bundle = load_bundle(bundle_dir, decoding=mode)
+        compiled_at_load = counters["stats"]["unique_graphs"] - graphs_before
         vlm = bundle.model.vlm
         assert vlm.static_decoding is not None
         assert (vlm.static_decoding.compile is not None) == (mode == "graphs")
-        if mode == "graphs":
-            assert len(vlm.static_decoding._compiled) == 1  # compiled at load, not at a question
+        assert compiled_at_load == (1 if mode == "graphs" else 0)
         got = engine_replies(bundle)
         for (answer, x, y, p), (answer_0, x_0, y_0, p_0) in zip(got, expected, strict=True):
             assert answer == answer_0, mode
             assert (x, y) == (pytest.approx(x_0, abs=1e-5), pytest.approx(y_0, abs=1e-5))
             assert p == pytest.approx(p_0, rel=1e-4)
-        images = [frame(i) for i in range(4)]
+        images = [frame(i) for i in range(2)]  # a scene shorter than the bundle's 4 frames
         tokens = torch.stack([p.camera_token for p in bundle.perception.run_fresh(images)])
-        assert is_static(bundle.model.encode_scene(images, tokens).prefix.cache)
+        short = bundle.model.encode_scene(images, tokens)
+        assert is_static(short.prefix.cache)
+        bundle.model.answer(short, "Which way?", "I stand by the door")
+        if mode == "graphs":  # one shape for every scene of up to 4 frames: nothing recompiled
+            assert capacity(short.prefix.cache) == vlm.static_decoding.min_capacity
+            assert counters["stats"]["unique_graphs"] - graphs_before == compiled_at_load
 
 
 def test_decoding_modes_that_do_not_apply_are_load_errors(bundle_dir, tmp_path):

@@ -9,7 +9,7 @@ import torch
 from transformers import AutoTokenizer
 
 from loc3r.vlm import Loc3rVLM, Loc3rVLMConfig
-from loc3r.vlm.static_decoding import StaticDecoding, capacity, is_static
+from loc3r.vlm.static_decoding import StaleSceneError, StaticDecoding, capacity, is_static
 from loc3r.vlm.tiny import build_tiny_loc3r
 
 QUESTIONS = [  # long, then short: the short ones run over the long one's stale cache slots
@@ -29,10 +29,10 @@ def model(tokenizer_dir) -> Loc3rVLM:
     return model.eval()
 
 
-def scene(model: Loc3rVLM, seed: int):
+def scene(model: Loc3rVLM, seed: int, frames: int = 3):
     g = torch.Generator().manual_seed(seed)
-    pixels = torch.rand(3, 3, 56, 56, generator=g) * 2 - 1
-    return model.encode_scene(pixels, torch.randn(3, 24, generator=g))
+    pixels = torch.rand(frames, 3, 56, 56, generator=g) * 2 - 1
+    return model.encode_scene(pixels, torch.randn(frames, 24, generator=g))
 
 
 def replies(model: Loc3rVLM, seed: int = 0) -> list:
@@ -133,3 +133,45 @@ def test_the_step_compiles_once_for_every_scene_of_one_shape(model):
     assert counter.frame_count == 1 and counter.op_count > 0
     replies(model, seed=1)  # another scene, a new cache object of the same shape
     assert counter.frame_count == 1  # reused, not recompiled
+
+
+def test_after_each_question_the_cache_holds_the_scene_again(model):
+    model.use_static_decoding(StaticDecoding(extra_tokens=256, capacity_multiple=128))
+    prefix = scene(model, 0)
+    assert int(prefix.cache.get_seq_length()) == prefix.length
+    model.answer(prefix, *reversed(QUESTIONS[0]))
+    assert int(prefix.cache.get_seq_length()) == prefix.length
+    model.localize(prefix, QUESTIONS[1][0])
+    assert int(prefix.cache.get_seq_length()) == prefix.length
+
+
+def test_caches_are_pooled_and_a_scene_whose_cache_was_taken_is_refused(model):
+    expected = {seed: replies(model, seed) for seed in (1, 2, 3)}
+    model.use_static_decoding(StaticDecoding(extra_tokens=256, capacity_multiple=128, pool_size=2))
+    first, second = scene(model, 1), scene(model, 2)
+    assert first.cache is not second.cache
+    keys = first.cache.layers[0].keys.data_ptr()
+    third = scene(model, 3)  # the pool is full: the oldest scene's cache, reset in place
+    assert third.cache is first.cache and third.cache.layers[0].keys.data_ptr() == keys
+    with pytest.raises(StaleSceneError, match="encode the scene again"):
+        model.answer(first, "Which way?", "I sit.")
+    with pytest.raises(StaleSceneError):
+        model.localize(first, "I sit.")
+    assert int(third.cache.get_seq_length()) == third.length  # the refusal left it alone
+    for seed, prefix in ((2, second), (3, third)):
+        got = []
+        for situation, question in QUESTIONS:
+            text, pose, probability = model.answer_with_probability(prefix, question, situation)
+            got.append((text, probability, pose.xy.tolist(), pose.yaw))
+            located = model.localize(prefix, situation)
+            got.append((located.xy.tolist(), located.yaw))
+        assert_same(got, expected[seed])
+
+
+def test_a_minimum_capacity_gives_shorter_scenes_the_full_scenes_shape(model):
+    settings = StaticDecoding(extra_tokens=64, capacity_multiple=16)
+    model.use_static_decoding(settings)
+    full = scene(model, 0, frames=3)
+    settings.min_capacity = capacity(full.cache)
+    short = scene(model, 1, frames=1)
+    assert short.length < full.length and capacity(short.cache) == capacity(full.cache)

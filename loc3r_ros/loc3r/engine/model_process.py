@@ -280,14 +280,20 @@ class ModelProcess:
         """Whether the child is running."""
         return self.process.is_alive()
 
-    def close(self, timeout_s: float = 5.0) -> None:
-        """Stop the child (closing the pipes ends its loops; terminate if it lingers)."""
+    def close(self, timeout_s: float = 2.0) -> None:
+        """Stop the child (closing the pipes ends its loops); terminate, then kill, if it lingers.
+
+        At most about 2 x `timeout_s`: a child busy in a long computation is not waited for.
+        """
         for conn in self._conns if hasattr(self, "_conns") else ():
             conn.close()
         self.process.join(timeout_s)
         if self.process.is_alive():
             self.process.terminate()
             self.process.join(timeout_s)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
 
 
 def load_bundle_in_process(

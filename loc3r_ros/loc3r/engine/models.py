@@ -148,16 +148,26 @@ def decoding_settings(mode: str, device: torch.device) -> StaticDecoding | None:
 
 
 def compile_decoding(vlm: Loc3rVLM, frames: int) -> None:
-    """Compile the one-token step now, on a blank scene of `frames` frames, not at a question.
+    """Compile (and on CUDA record) the one-token step now, not at the first question.
 
-    Scenes of that many frames reuse it; a scene of other length compiles at its first answer.
+    A blank scene of `frames` frames (the bundle's query length) fixes the cache capacity every
+    scene of up to that many frames gets (`min_capacity`), so they all reuse this step. Its
+    answers run a fixed number of tokens (no end token, no loop guard): the first calls of a
+    reduce-overhead step warm up, the next record the CUDA graph.
     """
+    settings = vlm.static_decoding
     size = vlm.base.config.vision["image_size"]
     pixels = torch.zeros(frames, 3, size, size, device=vlm.device)
     camera = torch.zeros(frames, vlm.config.cam_token_dim, device=vlm.device)
     prefix = vlm.encode_scene(pixels, camera if vlm.config.use_camera_tokens else None)
-    for _ in range(3):  # CUDA graphs are recorded on the second and third runs
-        vlm.answer(prefix, "where is it", "I stand here")
+    settings.min_capacity = settings.capacity_for(prefix.length)
+    saved = vlm.stop_ids, vlm.config.stop_repeats, vlm.config.max_new_tokens
+    vlm.stop_ids, vlm.config.stop_repeats, vlm.config.max_new_tokens = (), 0, 4
+    try:
+        for _ in range(3):
+            vlm.answer(prefix, "where is it", "I stand here")
+    finally:
+        vlm.stop_ids, vlm.config.stop_repeats, vlm.config.max_new_tokens = saved
 
 
 def load_bundle(

@@ -43,7 +43,7 @@ from loc3r.vlm.losses import (
     total_loss,
 )
 from loc3r.vlm.processor import SYSTEM_PROMPT
-from loc3r.vlm.static_decoding import StaticDecoding, check_room, forward_at, is_static
+from loc3r.vlm.static_decoding import StaticDecoding, check_room, forward_at, is_static, rewind
 
 POS_TOKEN = "<Pos>"
 ORI_TOKEN = "<Ori>"
@@ -134,6 +134,7 @@ class ScenePrefix:
     length: int  # tokens in the prefix
     num_frames: int
     last_hidden: torch.Tensor = field(repr=False, default=None)  # (length, H), for visualisation
+    ticket: int = -1  # with a static cache: the claim on it (StaticDecoding.check_owner)
 
 
 @dataclass
@@ -383,9 +384,17 @@ class Loc3rVLM(nn.Module):
         embeds = torch.cat([self.embed(before), video, self.embed(after)])[None]
         static = self.static_decoding
         lm = self.base.language_model
-        cache = DynamicCache() if static is None else static.new_cache(lm, embeds.shape[1])
+        cache, ticket = (
+            (DynamicCache(), -1) if static is None else static.take_cache(lm, embeds.shape[1])
+        )
         out = forward_at(lm.model, cache, embeds, 0)
-        return ScenePrefix(cache, embeds.shape[1], len(pixel_values), out.last_hidden_state[0])
+        last = out.last_hidden_state[0]
+        return ScenePrefix(cache, embeds.shape[1], len(pixel_values), last, ticket)
+
+    def _check_scene(self, prefix: ScenePrefix) -> None:
+        """A static cache must still hold this scene (a newer one may have taken it)."""
+        if is_static(prefix.cache) and self.static_decoding is not None:
+            self.static_decoding.check_owner(prefix.cache, prefix.ticket)
 
     def _continue(self, prefix: ScenePrefix, ids: list[int], offset: int):
         check_room(prefix.cache, offset, len(ids))
@@ -394,12 +403,7 @@ class Loc3rVLM(nn.Module):
 
     @staticmethod
     def _truncate(prefix: ScenePrefix) -> None:
-        extra = int(prefix.cache.get_seq_length()) - prefix.length
-        if extra <= 0:
-            return
-        if is_static(prefix.cache) and not getattr(prefix.cache, "is_croppable", False):
-            return  # slots addressed by cache_position: the later ones are masked as the future
-        prefix.cache.crop(-extra)  # a negative value removes that many (transformers 4 and 5)
+        rewind(prefix.cache, prefix.length)
 
     def _situate(self, prefix: ScenePrefix, situation_ids: list[int]) -> PosePrediction:
         """Forward [situation] <Pos> <Ori> after the prefix (left in the cache); read the pose."""
@@ -409,6 +413,7 @@ class Loc3rVLM(nn.Module):
     @torch.inference_mode()
     def localize(self, prefix: ScenePrefix, situation: str) -> PosePrediction:
         """One forward over [situation] <Pos> <Ori> after the cached scene prefix."""
+        self._check_scene(prefix)
         try:
             return self._situate(prefix, self.situation_ids(situation))
         finally:
@@ -445,6 +450,7 @@ class Loc3rVLM(nn.Module):
         (softmax of score_answers). Free text: the probability of the generated token sequence,
         its end token included (the product of each step's softmax at the chosen token).
         """
+        self._check_scene(prefix)  # before the try: a stale scene must not rewind another's cache
         try:
             situation_ids = self.situation_ids(situation)
             pose = self._situate(prefix, situation_ids)

@@ -1,20 +1,26 @@
 """Decoding from a fixed-size KV cache, so that the one-token step can run as a CUDA graph.
 
 A transformers DynamicCache grows by one token per step: every step allocates, and a graph
-captured once cannot replay. A StaticCache is allocated once per scene for the scene prefix plus
-`extra_tokens` (situation, question and answer); each step writes its keys and values into the
-next slot, in place. After a question the cache is cut back to the scene prefix, as a dynamic one
-is (transformers' StaticCache counts its written tokens and `crop` moves that count back; the
-stale slots are overwritten by the next text and masked until then).
+captured once cannot replay. A StaticCache holds the scene prefix plus `extra_tokens`
+(situation, question and answer); each step writes its keys and values into the next slot, in
+place. After a question the cache is rewound to the scene prefix, as a dynamic one is cropped
+(`rewind`; the stale slots are overwritten by the next text and masked until then).
 With `compile` set, the one-token step goes through `torch.compile` (on CUDA, mode
 "reduce-overhead" records it as a CUDA graph: one launch per token instead of hundreds).
 
-The capacity is rounded up to `capacity_multiple` tokens so that scenes of the same frame count
-give the same shapes, and the compiled step is reused rather than recompiled.
+Shapes and addresses stay fixed, so that a compiled and recorded step replays rather than being
+compiled or recorded again:
+- the capacity is rounded up to `capacity_multiple` tokens and is at least `min_capacity`
+  (`load_bundle` sets it to a full scene's, so every scene of up to that many frames has one
+  shape);
+- caches come from a pool of `pool_size` per capacity, reused oldest first (their tensors, and
+  so the graphs recorded on them, are kept). A scene whose cache a newer scene took is refused
+  with a clear error (`StaleSceneError`): encode it again.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,29 +28,60 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from loc3r.errors import Loc3rError
 from loc3r.vlm.llava_video import cache_kwargs
+
+
+class StaleSceneError(Loc3rError):
+    """A scene's static KV cache now holds a newer scene."""
 
 
 @dataclass
 class StaticDecoding:
-    """Settings of static-cache decoding (`Loc3rVLM.use_static_decoding`)."""
+    """Settings and cache pool of static-cache decoding (`Loc3rVLM.use_static_decoding`)."""
 
     extra_tokens: int = 1024  # room after the scene prefix: situation + question + answer
     capacity_multiple: int = 1024  # cache length rounded up to this (stable compiled shapes)
+    min_capacity: int = 0  # at least this many slots (a full scene's: one shape for all)
+    pool_size: int = 4  # caches kept per capacity (the model process keeps 4 scenes)
     compile: dict | None = None  # torch.compile options of the one-token step; None: eager
     _compiled: dict[int, Callable] = field(default_factory=dict, init=False, repr=False)
+    _pools: dict[int, list] = field(default_factory=dict, init=False, repr=False)
+    _owner: dict[int, int] = field(default_factory=dict, init=False, repr=False)
+    _tickets: itertools.count = field(default_factory=itertools.count, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.extra_tokens < 1 or self.capacity_multiple < 1:
-            raise ValueError("extra_tokens and capacity_multiple must be positive")
+        if self.extra_tokens < 1 or self.capacity_multiple < 1 or self.pool_size < 1:
+            raise ValueError("extra_tokens, capacity_multiple and pool_size must be positive")
 
-    def new_cache(self, language_model: nn.Module, prefix_length: int):
-        """An empty StaticCache for a prefix of `prefix_length` tokens plus the extra room."""
+    def capacity_for(self, prefix_length: int) -> int:
+        """Slots of the cache for a prefix of `prefix_length` tokens."""
+        needed = max(prefix_length + self.extra_tokens, self.min_capacity)
+        return math.ceil(needed / self.capacity_multiple) * self.capacity_multiple
+
+    def take_cache(self, language_model: nn.Module, prefix_length: int) -> tuple[object, int]:
+        """An empty StaticCache for the prefix, from the pool, and the ticket that owns it."""
         from transformers import StaticCache
 
-        needed = prefix_length + self.extra_tokens
-        capacity = math.ceil(needed / self.capacity_multiple) * self.capacity_multiple
-        return StaticCache(config=language_model.config, max_cache_len=capacity)
+        slots = self.capacity_for(prefix_length)
+        pool = self._pools.setdefault(slots, [])
+        if len(pool) < self.pool_size:
+            cache = StaticCache(config=language_model.config, max_cache_len=slots)
+        else:
+            cache = pool.pop(0)  # the oldest scene's
+            cache.reset()  # in place: the tensors' addresses stay
+        pool.append(cache)
+        ticket = next(self._tickets)
+        self._owner[id(cache)] = ticket
+        return cache, ticket
+
+    def check_owner(self, cache, ticket: int) -> None:
+        """Raise StaleSceneError when a newer scene has taken `cache` from the scene's `ticket`."""
+        if self._owner.get(id(cache)) != ticket:
+            raise StaleSceneError(
+                f"this scene's KV cache was reused by a newer scene (static decoding keeps "
+                f"{self.pool_size} scenes): encode the scene again"
+            )
 
     def step(self, language_model: nn.Module) -> Callable:
         """The one-token forward of `language_model`: compiled once per model when asked."""
@@ -57,7 +94,7 @@ class StaticDecoding:
 
 
 def is_static(cache) -> bool:
-    """Whether `cache` is a transformers StaticCache (slots addressed by cache_position)."""
+    """Whether `cache` is a transformers StaticCache."""
     from transformers import StaticCache
 
     return isinstance(cache, StaticCache)
@@ -78,11 +115,35 @@ def check_room(cache, position: int, tokens: int) -> None:
         )
 
 
+def rewind(cache, length: int) -> None:
+    """Cut a KV cache back to its first `length` tokens (the scene prefix).
+
+    A dynamic cache is cropped. A static one whose layers count the tokens written
+    (`cumulative_length`, transformers >= 5.2x) gets that count set back, so the next text
+    writes right after the prefix; in older versions the slots are addressed by the
+    `cache_position` each forward passes, and the later slots are masked as the future.
+    """
+    extra = int(cache.get_seq_length()) - length
+    if extra <= 0:
+        return
+    if not is_static(cache):
+        cache.crop(-extra)  # a negative value removes that many (transformers 4 and 5)
+        return
+    layers = [x for x in getattr(cache, "layers", []) if hasattr(x, "cumulative_length")]
+    for layer in layers:
+        if isinstance(layer.cumulative_length, torch.Tensor):
+            layer.cumulative_length.fill_(length)  # in place: a recorded graph reads it
+        else:
+            layer.cumulative_length = length
+    if layers and int(cache.get_seq_length()) != length:
+        raise RuntimeError(f"the static KV cache did not rewind to {length} tokens")
+
+
 def forward_at(model: nn.Module, cache, embeds: torch.Tensor, offset: int, step=None):
     """`model` (a decoder or a causal LM) over `embeds` (1, L, H) at positions offset.. in `cache`.
 
-    A static cache is written at those slots (cache_position); a dynamic one appends. `step`, a
-    compiled version of `model`, runs instead for one-token inputs.
+    A static cache also gets the slots as `cache_position` (what older transformers address it
+    by). `step`, a compiled version of `model`, runs instead for one-token inputs.
     """
     length = embeds.shape[1]
     positions = torch.arange(offset, offset + length, device=embeds.device)
