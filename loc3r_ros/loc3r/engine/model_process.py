@@ -39,6 +39,7 @@ from loc3r.errors import Loc3rError
 
 SCENES_KEPT = 4  # encoded scenes the child keeps (the engine uses the newest one)
 START_TIMEOUT_S = 300.0  # loading a 7B model from a slow disk takes a while
+COMPILE_TIMEOUT_S = 300.0  # and more with decoding "graphs": the decoding step compiles at load
 
 
 class ModelProcessError(Loc3rError):
@@ -249,8 +250,9 @@ class ModelProcess:
         self.geometry_channel = _Channel(geometry_parent, self.process, call_timeout_s)
         self._conns = (perception_parent, model_parent, geometry_parent)
         try:
-            if not model_parent.poll(START_TIMEOUT_S):
-                raise ModelLoadError(f"the model process did not start in {START_TIMEOUT_S:.0f} s")
+            start_timeout = START_TIMEOUT_S + (COMPILE_TIMEOUT_S if decoding == "graphs" else 0)
+            if not model_parent.poll(start_timeout):
+                raise ModelLoadError(f"the model process did not start in {start_timeout:.0f} s")
             status, value = model_parent.recv()
         except (EOFError, OSError):
             self.close()
