@@ -98,36 +98,27 @@ def test_node_fetches_a_named_model_and_localizes(hub, ros, tmp_path):
         assert server.stop() == 0, server.log()
 
 
-def test_unknown_model_name_is_a_clear_failure(hub, ros, tmp_path):
+@pytest.mark.parametrize(
+    ("parameter", "waits_for", "also_says"),
+    [
+        ("model:=no-such-model", "no model named", ("'no-such-model'", "tiny")),
+        # the embedded model scores an answer vocabulary: no static cache for it
+        ("decoding:=static", "from a vocabulary", ("'static'", "use 'dynamic'")),
+    ],
+    ids=["unknown model name", "decoding the model cannot use"],
+)
+def test_a_model_that_cannot_load_is_a_clear_status(hub, ros, tmp_path, parameter, waits_for,
+                                                    also_says):  # fmt: skip
     server = NodeProcess(
-        "loc3r_node", "--ros-args", "-r", "__node:=unnamed", "-p", "model:=no-such-model",
-        "-p", "status_period_s:=0.2", log_path=tmp_path / "unnamed.log",
+        "loc3r_node", "--ros-args", "-r", "__node:=unloaded", "-p", parameter,
+        "-p", "status_period_s:=0.2", log_path=tmp_path / "unloaded.log",
     )  # fmt: skip
     try:
         statuses: list[Status] = []
-        ros.create_subscription(Status, "/unnamed/status", statuses.append, 10)
-        said = spin_until(
-            ros, lambda: bool(statuses) and "no model named" in statuses[-1].message, 60
-        )
+        ros.create_subscription(Status, "/unloaded/status", statuses.append, 10)
+        said = spin_until(ros, lambda: bool(statuses) and waits_for in statuses[-1].message, 60)
         assert said, (statuses[-1:], server.log())
-        assert "'no-such-model'" in statuses[-1].message and "tiny" in statuses[-1].message
-    finally:
-        assert server.stop() == 0, server.log()
-
-
-def test_a_decoding_mode_the_model_cannot_use_is_a_clear_failure(ros, tmp_path):
-    server = NodeProcess(
-        "loc3r_node", "--ros-args", "-r", "__node:=vocab", "-p", "decoding:=static",
-        "-p", "status_period_s:=0.2", log_path=tmp_path / "vocab.log",
-    )  # fmt: skip
-    try:
-        statuses: list[Status] = []
-        ros.create_subscription(Status, "/vocab/status", statuses.append, 10)
-        said = spin_until(
-            ros, lambda: bool(statuses) and "from a vocabulary" in statuses[-1].message, 60
-        )
-        assert said, (statuses[-1:], server.log())
-        assert "'static'" in statuses[-1].message and "use 'dynamic'" in statuses[-1].message
-        assert statuses[-1].state == Status.STATE_NO_MODEL
+        assert all(text in statuses[-1].message for text in also_says), statuses[-1].message
+        assert statuses[-1].state == Status.STATE_NO_MODEL  # and the node keeps serving
     finally:
         assert server.stop() == 0, server.log()

@@ -35,9 +35,9 @@ def scene(model: Loc3rVLM, seed: int, frames: int = 3):
     return model.encode_scene(pixels, torch.randn(frames, 24, generator=g))
 
 
-def replies(model: Loc3rVLM, seed: int = 0) -> list:
+def replies(model: Loc3rVLM, seed: int = 0, prefix=None) -> list:
     """Answers, probabilities and poses of every question, then a localize, on one scene."""
-    prefix = scene(model, seed)
+    prefix = prefix or scene(model, seed)
     out = []
     for situation, question in QUESTIONS:
         text, pose, probability = model.answer_with_probability(prefix, question, situation)
@@ -159,13 +159,7 @@ def test_caches_are_pooled_and_a_scene_whose_cache_was_taken_is_refused(model):
         model.localize(first, "I sit.")
     assert int(third.cache.get_seq_length()) == third.length  # the refusal left it alone
     for seed, prefix in ((2, second), (3, third)):
-        got = []
-        for situation, question in QUESTIONS:
-            text, pose, probability = model.answer_with_probability(prefix, question, situation)
-            got.append((text, probability, pose.xy.tolist(), pose.yaw))
-            located = model.localize(prefix, situation)
-            got.append((located.xy.tolist(), located.yaw))
-        assert_same(got, expected[seed])
+        assert_same(replies(model, prefix=prefix), expected[seed])
 
 
 def test_a_minimum_capacity_gives_shorter_scenes_the_full_scenes_shape(model):
