@@ -66,6 +66,10 @@ def test_tiny_cpu_run_reports_every_figure(bench, tmp_path):
     assert data["graphs"]["dynamo_graphs"] == 1  # compiled once: new scenes reuse the step
     assert data["static"]["dynamo_graphs"] == 0
     assert data["graphs"]["new_scene_ask_s"] > 0 and data["static"]["new_scene_ask_s"] > 0
+    assert data["cut3r_graphs"]["dynamo_graphs"] == 2  # frame 0 and the rest, once per shape
+    assert data["cut3r_graphs"]["max_token_difference"] < 1e-4
+    fastest = max(data["cut3r"]["fps"], data["cut3r_graphs"]["fps"])
+    assert data["targets"]["cut3r_fps"]["measured"] == fastest
     fastest = min(data["warm_ask"]["seconds"], data["graphs"]["warm_ask_s"])
     assert data["targets"]["warm_ask_s"]["measured"] == fastest
     assert data["shapes"]["question_text_tokens"] == 50
@@ -183,3 +187,13 @@ def test_gpu_session_script_is_valid_bash_and_runs_the_three_steps():
     assert "numerics_cuda.py --device cuda" in text
     assert "bench_real_size.py --size released --device cuda" in text
     assert "timeout" in text
+
+
+def test_phases_selects_what_runs(bench, tmp_path):
+    args = _tiny(tmp_path, "--phases", "cut3r,warm_localize", "--graphs-backend", "aot_eager")
+    assert bench.main(args) == 0
+    data = json.loads((tmp_path / "b.json").read_text())
+    assert data["completed_phases"] == ["build", "cut3r", "warm_localize"]
+    assert data["warm_localize"]["seconds"] > 0 and "cold" not in data and "graphs" not in data
+    with pytest.raises(SystemExit):
+        bench.main(_tiny(tmp_path, "--phases", "cut3r,warp"))

@@ -163,3 +163,44 @@ def test_cpu_autocast_runs(model, frames):
         outs = model.run(frames[:2])
     assert outs[1].pose_c2w.dtype == torch.float32
     assert torch.isfinite(outs[1].camera_token).all()
+
+
+@pytest.mark.parametrize(
+    ("head", "backend", "tolerance"),
+    [
+        ("linear", "aot_eager", 1e-5),
+        ("dpt", "aot_eager", 1e-5),
+        # inductor fuses kernels and so reorders float sums: ~1e-4 after six recurrent frames
+        ("dpt", "inductor", 1e-3),
+    ],
+)
+def test_the_compiled_step_streams_as_the_eager_one(frames, head, backend, tolerance):
+    """compile_step traces a whole frame as one graph (fullgraph) and changes no output.
+
+    Two graphs per stream shape (frame 0 reads the pose token, later frames the memory), then
+    reused by every later frame and stream; gradients and intermediates stay eager.
+    """
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    config = Cut3rConfig.tiny() if head == "linear" else Cut3rConfig.from_dict(
+        {**Cut3rConfig.tiny().to_dict(), "head_type": "dpt", "patch_size": 16}
+    )  # fmt: skip
+    model = Cut3r(config).eval()
+    expected = model.run(frames)
+    torch._dynamo.reset()
+    before = counters["stats"]["unique_graphs"]
+    model.compile_step({"backend": backend})
+    for _ in range(2):  # two streams: the second compiles nothing
+        state = model.init_state()
+        for frame, reference in zip(frames, expected, strict=True):
+            out = model.step(state, frame)
+            for name in ("camera_token", "pose_encoding", "pts3d_world", "conf_world"):
+                torch.testing.assert_close(getattr(out, name), getattr(reference, name),
+                                           rtol=tolerance, atol=tolerance)  # fmt: skip
+        assert counters["stats"]["unique_graphs"] - before == 2
+    traced = model.step(model.init_state(), frames[0], return_intermediates=True)
+    assert "dec_block_out" in traced.intermediates  # the eager path
+    assert counters["stats"]["unique_graphs"] - before == 2
+    model.compile_step(None)
+    assert model._compiled_frame is None

@@ -234,6 +234,8 @@ class PatchEmbed(nn.Module):
 
         RoPE keys its per-token tables on that tensor; it is rebuilt if changed in place.
         """
+        if torch.compiler.is_compiling():  # a traced graph builds them itself (no cache)
+            return patch_positions(grid_h, grid_w, device).expand(batch, -1, -1)
         key = (batch, grid_h, grid_w, device)
         cached = self._positions.get(key)
         if cached is not None and cached[1] == cached[0]._version:

@@ -40,6 +40,9 @@ from loc3r.cut3r.preprocess import PreprocessedFrame, preprocess_frame
 from loc3r.cut3r.rope import MAX_POSITION, RoPE2D
 
 CAMERA_TOKEN_POSITION = -1  # the camera query sits at (y, x) = (-1, -1) in the decoders
+# what an inference step keeps of a frame (`Cut3r._frame_tensors`)
+_STEP_OUTPUTS = ("state", "memory", "camera_token", "pose_encoding", "pts3d_self", "pts3d_world",
+                 "conf_self", "conf_world", "rgb")  # fmt: skip
 
 
 @dataclass
@@ -187,6 +190,7 @@ class Cut3r(nn.Module):
         )
         self.dec_norm_state = layer_norm(dec)
         self.downstream_head = build_head(config, self.rope)
+        self._compiled_frame: Callable | None = None  # see compile_step
 
     # --------------------------------------------------------------------------- helpers
     @property
@@ -222,8 +226,8 @@ class Cut3r(nn.Module):
         Cached per `image_pos` tensor (the patch embedding hands out the same one every frame),
         so RoPE finds its tables for the result too; rebuilt if `image_pos` changed in place.
         """
-        if image_pos.is_inference():  # no version counter: not cached
-            return self._build_image_stream_positions(image_pos)
+        if torch.compiler.is_compiling() or image_pos.is_inference():  # not cached (traced, or
+            return self._build_image_stream_positions(image_pos)  # no version counter)
         cached = self._stream_positions
         if cached is not None and cached[0] is image_pos and cached[1] == image_pos._version:
             return cached[2]
@@ -363,6 +367,73 @@ class Cut3r(nn.Module):
             state, image, update=update, return_intermediates=return_intermediates
         )
 
+    def compile_step(self, options: dict | None) -> None:
+        """Run inference steps through `torch.compile(**options)` of the frame computation.
+
+        On CUDA, {"mode": "reduce-overhead"} records it as a CUDA graph per stream shape (one
+        replay per frame instead of thousands of launches); None: eager again. The whole frame
+        (encoder, pose memory, decoders, head) traces as one graph. Training
+        (`forward_step` with gradients) and `return_intermediates` stay eager.
+        """
+        self._compiled_frame = (
+            None
+            if options is None
+            else torch.compile(self._frame_tensors, dynamic=False, fullgraph=True, **options)
+        )
+
+    def _frame(
+        self,
+        images: torch.Tensor,
+        state_feat: torch.Tensor,
+        state_pos: torch.Tensor | None,
+        memory: torch.Tensor,
+        first: bool,
+    ) -> dict:
+        """One frame: new state and memory, camera token, head outputs, and what debugging reads."""
+        height, width = images.shape[-2:]
+        image_feat, image_pos = self.encode(images)  # (B, N, Ce), (B, N, 2)
+        global_feat = image_feat.mean(dim=1, keepdim=True)  # (B, 1, Ce)
+        if first:
+            camera_query = self.pose_token.expand(images.shape[0], -1, -1)
+        else:
+            camera_query = self.pose_retriever.read(global_feat, memory)
+        new_state, image_outputs, state_outputs = self._decode(
+            state_feat, state_pos, image_feat, image_pos, camera_query
+        )
+        last = self.dec_norm(image_outputs[-1])  # (B, 1 + N, Cd)
+        camera_token = last[:, 0:1]
+        new_memory = self.pose_retriever.write(memory, global_feat, camera_token)
+        depth = self.config.dec_depth
+        # dec[0] = encoder tokens, dec[k] = output of decoder block k, dec[D] normalised
+        dec = [image_feat, *image_outputs[:-1], last]
+        head_layers = [
+            dec[0].float(),
+            dec[depth * 2 // 4][:, 1:].float(),
+            dec[depth * 3 // 4][:, 1:].float(),
+            dec[depth].float(),
+        ]
+        head = self.downstream_head(head_layers, (int(height), int(width)), image_pos)
+        return {
+            "state": new_state, "memory": new_memory, "camera_token": camera_token[:, 0].float(),
+            "pose_encoding": head.pose_encoding, "pts3d_self": head.pts3d_self,
+            "pts3d_world": head.pts3d_world, "conf_self": head.conf_self,
+            "conf_world": head.conf_world, "rgb": head.rgb, "image_feat": image_feat,
+            "camera_query": camera_query, "image_outputs": image_outputs,
+            "state_outputs": state_outputs, "last": last,
+        }  # fmt: skip
+
+    def _frame_tensors(
+        self,
+        images: torch.Tensor,
+        state_feat: torch.Tensor,
+        state_pos: torch.Tensor | None,
+        memory: torch.Tensor,
+        first: bool,
+    ) -> dict:
+        """`_frame` without what only debugging reads (what `compile_step` compiles)."""
+        out = self._frame(images, state_feat, state_pos, memory, first)
+        return {k: v for k, v in out.items() if k in _STEP_OUTPUTS}
+
     def forward_step(
         self,
         state: Cut3rState,
@@ -375,53 +446,39 @@ class Cut3r(nn.Module):
         if not isinstance(state, Cut3rState):
             raise Cut3rInputError(f"state must be a Cut3rState, got {type(state)}")
         images = self._as_image_tensor(image, state.batch_size)
-        height, width = images.shape[-2:]
-        image_feat, image_pos = self.encode(images)  # (B, N, Ce), (B, N, 2)
-        global_feat = image_feat.mean(dim=1, keepdim=True)  # (B, 1, Ce)
-        if state.frame_index == 0:
-            camera_query = self.pose_token.expand(images.shape[0], -1, -1)
+        args = (images, state.state_feat, state.state_pos, state.memory, state.frame_index == 0)
+        compiled = self._compiled_frame
+        if compiled is not None and not return_intermediates and not torch.is_grad_enabled():
+            mark_step = getattr(torch.compiler, "cudagraph_mark_step_begin", None)
+            if mark_step is not None and images.is_cuda:
+                mark_step()  # a new replay overwrites the previous one's outputs: copy them
+            out = {k: None if v is None else v.clone() for k, v in compiled(*args).items()}
         else:
-            camera_query = self.pose_retriever.read(global_feat, state.memory)
-        new_state, image_outputs, state_outputs = self._decode(
-            state.state_feat, state.state_pos, image_feat, image_pos, camera_query
-        )
-        last = self.dec_norm(image_outputs[-1])  # (B, 1 + N, Cd)
-        camera_token = last[:, 0:1]
-        new_memory = self.pose_retriever.write(state.memory, global_feat, camera_token)
-        depth = self.config.dec_depth
-        # dec[0] = encoder tokens, dec[k] = output of decoder block k, dec[D] normalised
-        dec = [image_feat, *image_outputs[:-1], last]
-        head_layers = [
-            dec[0].float(),
-            dec[depth * 2 // 4][:, 1:].float(),
-            dec[depth * 3 // 4][:, 1:].float(),
-            dec[depth].float(),
-        ]
-        head = self.downstream_head(head_layers, (int(height), int(width)), image_pos)
+            out = self._frame(*args)
         intermediates: dict[str, torch.Tensor] = {}
         if return_intermediates:
             intermediates = {
-                "enc_feat": image_feat.float(),
-                "pose_token_in": camera_query.detach().float()[:, 0],
-                "dec_block_out": torch.stack([t.float() for t in image_outputs], 1),
-                "dec_final_tokens": last.float(),
-                "state_block_out": torch.stack([t.float() for t in state_outputs], 1),
+                "enc_feat": out["image_feat"].float(),
+                "pose_token_in": out["camera_query"].detach().float()[:, 0],
+                "dec_block_out": torch.stack([t.float() for t in out["image_outputs"]], 1),
+                "dec_final_tokens": out["last"].float(),
+                "state_block_out": torch.stack([t.float() for t in out["state_outputs"]], 1),
             }
         output = Cut3rOutput(
             frame_index=state.frame_index,
-            camera_token=camera_token[:, 0].float(),
-            pose_encoding=head.pose_encoding,
-            pose_c2w=pose_encoding_to_c2w(head.pose_encoding),
-            pts3d_self=head.pts3d_self,
-            pts3d_world=head.pts3d_world,
-            conf_self=head.conf_self,
-            conf_world=head.conf_world,
-            rgb=head.rgb,
+            camera_token=out["camera_token"],
+            pose_encoding=out["pose_encoding"],
+            pose_c2w=pose_encoding_to_c2w(out["pose_encoding"]),
+            pts3d_self=out["pts3d_self"],
+            pts3d_world=out["pts3d_world"],
+            conf_self=out["conf_self"],
+            conf_world=out["conf_world"],
+            rgb=out["rgb"],
             intermediates=intermediates,
         )
         if update:
-            state.state_feat = new_state
-            state.memory = new_memory
+            state.state_feat = out["state"]
+            state.memory = out["memory"]
         if return_intermediates:
             intermediates["state_feat_after"] = state.state_feat.float()
             intermediates["mem_after"] = state.memory.float()

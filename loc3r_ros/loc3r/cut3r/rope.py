@@ -64,7 +64,7 @@ class RoPE2D(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Tables (MAX_POSITION, half_dim) of cos/sin of angle = position * inv_freq, in `dtype`."""
         key = (half_dim, device, dtype)
-        cached = self._cache.get(key)
+        cached = None if torch.compiler.is_compiling() else self._cache.get(key)
         if cached is None:
             length = MAX_POSITION
             with torch.inference_mode(False), torch.no_grad():  # normal tensors, no autograd
@@ -100,13 +100,16 @@ class RoPE2D(nn.Module):
             # rotate_half(x) * sin = [-x2 * s1, x1 * s2] = [x2 * (-s1), x1 * s2] (exact)
             cos_parts.append(cos_p)
             sin_parts += [-sin_p[..., :quarter], sin_p[..., quarter:]]
-        self.calls_built += 1
+        if not torch.compiler.is_compiling():  # a traced counter would guard every frame
+            self.calls_built += 1
         return torch.cat(cos_parts, dim=-1), torch.cat(sin_parts, dim=-1)
 
     def token_tables(
         self, positions: torch.Tensor, head_dim: int, device: torch.device, dtype: torch.dtype
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Cached (B, N, Dh) cos / signed sin for `positions` (see the class docstring)."""
+        if torch.compiler.is_compiling():
+            return self._build_token_tables(positions, head_dim, device, dtype)
         if positions.is_inference():  # no version counter: cannot tell in-place changes
             with torch.no_grad():
                 return self._build_token_tables(positions, head_dim, device, dtype)
