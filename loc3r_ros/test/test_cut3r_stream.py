@@ -204,3 +204,22 @@ def test_the_compiled_step_streams_as_the_eager_one(frames, head, backend, toler
     assert counters["stats"]["unique_graphs"] - before == 2
     model.compile_step(None)
     assert model._compiled_frame is None
+
+
+def test_a_model_compiled_before_any_eager_frame_keeps_its_caches_clean(frames):
+    """Traced frames neither read nor fill RoPE's tables, so compiling first changes nothing."""
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    model = Cut3r(Cut3rConfig.tiny()).eval()
+    torch._dynamo.reset()
+    before = counters["stats"]["unique_graphs"]
+    model.compile_step({"backend": "aot_eager"})
+    batched = [torch.cat([f, f.flip(-1)]) for f in frames[:3]]  # two streams at once
+    compiled = model.run(batched)
+    assert counters["stats"]["unique_graphs"] - before == 2
+    assert model.rope._cache == {} and model.rope._token_cache == {}
+    model.compile_step(None)
+    for out, reference in zip(compiled, model.run(batched), strict=True):
+        torch.testing.assert_close(out.camera_token, reference.camera_token, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(out.pts3d_world, reference.pts3d_world, rtol=1e-5, atol=1e-5)

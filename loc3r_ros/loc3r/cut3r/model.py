@@ -25,6 +25,7 @@ The ray-map encoder's parameters are loaded (strict checkpoints) but ray-map inp
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -40,6 +41,16 @@ from loc3r.cut3r.preprocess import PreprocessedFrame, preprocess_frame
 from loc3r.cut3r.rope import MAX_POSITION, RoPE2D
 
 CAMERA_TOKEN_POSITION = -1  # the camera query sits at (y, x) = (-1, -1) in the decoders
+
+
+def _recompile_limit_errors() -> tuple[type[Exception], ...]:
+    """Dynamo's "too many recompiles" errors of this torch version (a fullgraph function)."""
+    import torch._dynamo.exc as dynamo_errors
+
+    names = ("FailOnRecompileLimitHit", "FailOnCacheLimitHit")
+    return tuple(e for e in (getattr(dynamo_errors, n, None) for n in names) if e is not None)
+
+
 # what an inference step keeps of a frame (`Cut3r._frame_tensors`)
 _STEP_OUTPUTS = ("state", "memory", "camera_token", "pose_encoding", "pts3d_self", "pts3d_world",
                  "conf_self", "conf_world", "rgb")  # fmt: skip
@@ -372,8 +383,10 @@ class Cut3r(nn.Module):
 
         On CUDA, {"mode": "reduce-overhead"} records it as a CUDA graph per stream shape (one
         replay per frame instead of thousands of launches); None: eager again. The whole frame
-        (encoder, pose memory, decoders, head) traces as one graph. Training
-        (`forward_step` with gradients) and `return_intermediates` stay eager.
+        (encoder, pose memory, decoders, head) traces as one graph, two per stream shape (frame
+        0 and the rest). Training (`forward_step` with gradients) and `return_intermediates`
+        stay eager, and so does every step after dynamo's recompile limit is reached (many
+        shapes; said once).
         """
         self._compiled_frame = (
             None
@@ -452,7 +465,12 @@ class Cut3r(nn.Module):
             mark_step = getattr(torch.compiler, "cudagraph_mark_step_begin", None)
             if mark_step is not None and images.is_cuda:
                 mark_step()  # a new replay overwrites the previous one's outputs: copy them
-            out = {k: None if v is None else v.clone() for k, v in compiled(*args).items()}
+            try:
+                out = {k: None if v is None else v.clone() for k, v in compiled(*args).items()}
+            except _recompile_limit_errors() as exc:
+                warnings.warn(f"CUT3R runs eager from now on: {exc}", stacklevel=2)
+                self._compiled_frame = None
+                out = self._frame(*args)
         else:
             out = self._frame(*args)
         intermediates: dict[str, torch.Tensor] = {}

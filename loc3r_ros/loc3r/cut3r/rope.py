@@ -64,7 +64,8 @@ class RoPE2D(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Tables (MAX_POSITION, half_dim) of cos/sin of angle = position * inv_freq, in `dtype`."""
         key = (half_dim, device, dtype)
-        cached = None if torch.compiler.is_compiling() else self._cache.get(key)
+        tracing = torch.compiler.is_compiling()  # a traced graph neither reads nor fills caches
+        cached = None if tracing else self._cache.get(key)
         if cached is None:
             length = MAX_POSITION
             with torch.inference_mode(False), torch.no_grad():  # normal tensors, no autograd
@@ -74,6 +75,8 @@ class RoPE2D(nn.Module):
                 angles = torch.einsum("i,j->ij", steps, inv_freq).to(dtype)  # (length, half/2)
                 angles = torch.cat((angles, angles), dim=-1)  # (length, half_dim)
                 cached = (angles.cos(), angles.sin())
+            if tracing:
+                return cached
             if len(self._cache) > CACHE_LIMIT:
                 self._cache.clear()
             self._cache[key] = cached
