@@ -630,17 +630,20 @@ class Bench:
         report.set(f"{which}.repeats", len(times))
         report.set(f"{which}.peak_mem_gib", peak_gib(self.device))
 
+    def compile_options(self) -> dict:
+        """torch.compile options of the graph phases: --graphs-backend; inductor on CUDA records
+        CUDA graphs (mode reduce-overhead)."""
+        if self.args.graphs_backend != "inductor":
+            return {"backend": self.args.graphs_backend}
+        return {"mode": "reduce-overhead"} if self.device.type == "cuda" else {}
+
     def graphs_phase(self) -> None:
         """Warm ask from a static KV cache: eager, then the one-token step compiled."""
         report, device, model = self.report, self.device, self.model
         reference_prefix = model.encode_scene(self.pixel_values, self.camera_tokens)
         reference, _ = model.answer(reference_prefix, self.question, self.situation)
         del reference_prefix
-        compile_options = {"fullgraph": True}
-        if self.args.graphs_backend != "inductor":
-            compile_options["backend"] = self.args.graphs_backend
-        elif device.type == "cuda":
-            compile_options["mode"] = "reduce-overhead"
+        compile_options = {"fullgraph": True, **self.compile_options()}
         report.set("graphs.compile_options", dict(compile_options))
         for name, options in (("static", None), ("graphs", compile_options)):
             if self.deadline.passed():
@@ -675,11 +678,7 @@ class Bench:
     def cut3r_graphs_phase(self) -> None:
         """The CUT3R stream with the frame compiled: first stream, then a timed one."""
         report, device = self.report, self.device
-        options = {}
-        if self.args.graphs_backend != "inductor":
-            options["backend"] = self.args.graphs_backend
-        elif device.type == "cuda":
-            options["mode"] = "reduce-overhead"
+        options = self.compile_options()  # compile_step adds fullgraph=True
         report.set("cut3r_graphs.compile_options", dict(options))
         graphs_before = compiled_graphs()
         self.cut3r.compile_step(options)

@@ -234,3 +234,14 @@ def test_the_node_and_cli_offer_the_decoding_modes():
 
     assert PARAMS_BY_NAME["decoding"].choices == DECODING_MODES
     assert PARAMS_BY_NAME["decoding"].default == "dynamic"
+    from loc3r.cli import build_parser
+
+    args = build_parser().parse_args(["ask", "clip.mp4", "--question", "q"])
+    assert args.decoding == "dynamic"
+    for mode in DECODING_MODES:
+        parsed = build_parser().parse_args(
+            ["ask", "clip.mp4", "--question", "q", "--decoding", mode]
+        )
+        assert parsed.decoding == mode
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["ask", "clip.mp4", "--question", "q", "--decoding", "fast"])

@@ -12,6 +12,7 @@ from transformers import AutoTokenizer
 from loc3r.vlm import Loc3rVLM, Loc3rVLMConfig, load_llava_video
 from loc3r.vlm.llava_video import repeating_period
 from loc3r.vlm.loc3r_vlm import check_answer_vocabulary
+from loc3r.vlm.static_decoding import rewind
 from loc3r.vlm.tiny import build_tiny_loc3r
 
 VOCABULARY = ["left", "right", "in front", "behind", "two chairs", "a red lamp"]
@@ -189,7 +190,7 @@ def test_vocabulary_scores_equal_full_forwards_and_leave_the_cache(model, chunk)
         scores = model._score_answers(
             prefix, model.question_ids(question), prefix.length + len(situation_ids), chunk
         )
-        model._truncate(prefix)
+        rewind(prefix.cache, prefix.length)
     expected = brute_force_scores(model, pixels, cams, question, situation)
     torch.testing.assert_close(scores, expected, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(model.score_answers(prefix, question, situation), scores)
@@ -243,7 +244,7 @@ def test_free_answer_probability_is_its_token_sequence_probability(model):
         states = model._continue(prefix, model.question_ids(question), offset)
         head = model.base.language_model.lm_head
         first = head(states.last_hidden_state[0, -1]).float().softmax(-1)
-    model._truncate(prefix)
+    rewind(prefix.cache, prefix.length)
     assert probability == pytest.approx(float(first.max()), rel=1e-4)
     assert 0.0 < probability < 1.0
     model.config.max_new_tokens = 12

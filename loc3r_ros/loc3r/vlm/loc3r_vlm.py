@@ -401,10 +401,6 @@ class Loc3rVLM(nn.Module):
         decoder = self.base.language_model.model
         return forward_at(decoder, prefix.cache, self.embed(ids)[None], offset)
 
-    @staticmethod
-    def _truncate(prefix: ScenePrefix) -> None:
-        rewind(prefix.cache, prefix.length)
-
     def _situate(self, prefix: ScenePrefix, situation_ids: list[int]) -> PosePrediction:
         """Forward [situation] <Pos> <Ori> after the prefix (left in the cache); read the pose."""
         states = self._continue(prefix, situation_ids, prefix.length).last_hidden_state[0]
@@ -417,7 +413,7 @@ class Loc3rVLM(nn.Module):
         try:
             return self._situate(prefix, self.situation_ids(situation))
         finally:
-            self._truncate(prefix)
+            rewind(prefix.cache, prefix.length)  # back to the scene prefix
 
     def _sampling(self) -> SamplingConfig | None:
         config = self.config
@@ -483,7 +479,7 @@ class Loc3rVLM(nn.Module):
             )
             return text.strip(), pose, math.exp(log_p)
         finally:
-            self._truncate(prefix)
+            rewind(prefix.cache, prefix.length)  # back to the scene prefix
 
     @torch.inference_mode()
     def score_answers(self, prefix: ScenePrefix, question: str, situation: str) -> torch.Tensor:
@@ -500,7 +496,7 @@ class Loc3rVLM(nn.Module):
             offset = prefix.length + len(situation_ids)
             return self._score_answers(prefix, self.question_ids(question), offset)
         finally:
-            self._truncate(prefix)
+            rewind(prefix.cache, prefix.length)  # back to the scene prefix
 
     def _score_answers(
         self, prefix: ScenePrefix, question_ids: list[int], offset: int, chunk: int = 64

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from transformers import StaticCache
 
 from loc3r.errors import Loc3rError
 from loc3r.vlm.llava_video import cache_kwargs
@@ -61,8 +62,6 @@ class StaticDecoding:
 
     def take_cache(self, language_model: nn.Module, prefix_length: int) -> tuple[object, int]:
         """An empty StaticCache for the prefix, from the pool, and the ticket that owns it."""
-        from transformers import StaticCache
-
         slots = self.capacity_for(prefix_length)
         pool = self._pools.setdefault(slots, [])
         if len(pool) < self.pool_size:
@@ -94,9 +93,7 @@ class StaticDecoding:
 
 
 def is_static(cache) -> bool:
-    """Whether `cache` is a transformers StaticCache."""
-    from transformers import StaticCache
-
+    """Whether `cache` is a transformers StaticCache (asked at every decoding step)."""
     return isinstance(cache, StaticCache)
 
 
