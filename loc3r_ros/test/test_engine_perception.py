@@ -134,3 +134,54 @@ def test_pose_source_and_intrinsics_are_validated():
         PerceptionConfig(pose_source="gps")
     with pytest.raises(ValueError, match="intrinsics"):
         PerceptionConfig(intrinsics=(0.0, 100.0, 32.0, 24.0))
+
+
+def test_pool_pointmap_averages_each_cell_and_skips_missing_points():
+    from loc3r.engine.perception import pool_pointmap
+
+    v, u = np.mgrid[0:8, 0:8].astype(np.float32)
+    points = np.stack([u, v, np.ones_like(u)], axis=-1)
+    pooled = pool_pointmap(points, 2)
+    np.testing.assert_allclose(pooled[0, 0], [1.5, 1.5, 1.0])  # mean of u, v in 0..3
+    np.testing.assert_allclose(pooled[1, 0], [1.5, 5.5, 1.0])  # row-major: rows follow v
+    points[0:4, 0:4] = np.nan  # the whole first cell missing: zero
+    points[4, 4] = np.inf  # one point of the last cell missing: the mean of the others
+    pooled = pool_pointmap(points, 2)
+    np.testing.assert_array_equal(pooled[0, 0], [0.0, 0.0, 0.0])
+    rest = points[4:8, 4:8].reshape(-1, 3)[1:]
+    np.testing.assert_allclose(pooled[1, 1], rest.mean(axis=0), rtol=1e-6)
+
+
+def test_geometry_tokens_state_the_pose_and_the_pooled_posed_pointmap(perception):
+    from loc3r.engine.perception import (
+        geometry_token,
+        pool_pointmap,
+        pose_token,
+        token_points,
+    )
+
+    width = 48
+    pose = np.eye(4)
+    pose[:3, 3] = [0.5, -0.25, 2.0]
+    points = np.random.default_rng(0).normal(size=(16, 16, 3)).astype(np.float32)
+    token = geometry_token(pose, points, 3, width)
+    torch.testing.assert_close(token[:12], pose_token(pose, width)[:12])
+    torch.testing.assert_close(token_points(token, 3), torch.from_numpy(
+        pool_pointmap(points, 3).reshape(9, 3)).float())  # fmt: skip
+    assert torch.all(token[12 + 27 :] == 0)
+    with pytest.raises(ValueError, match="needs 60 values"):
+        geometry_token(pose, points, 4, 48)
+
+    cut3r = perception.model
+    config = PerceptionConfig(image_size=64, camera_tokens="geometry", token_grid=2)  # 24 wide
+    stream = Perception(cut3r, config)
+    image = frames(1)[0]
+    out = stream.step(image)  # the first frame: its own camera is the world
+    from loc3r.cut3r import preprocess_frame
+
+    with torch.inference_mode():
+        direct = cut3r.step(cut3r.init_state(), preprocess_frame(image, size=64))
+    expected = pool_pointmap(direct.pts3d_world[0].float().numpy(), 2).reshape(4, 3)
+    torch.testing.assert_close(token_points(out.camera_token, 2), torch.from_numpy(expected))
+    with pytest.raises(ValueError, match="token_grid"):
+        PerceptionConfig(camera_tokens="geometry")

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from loc3r.engine.models import load_bundle
+from loc3r.engine.models import ModelLoadError, load_bundle
 from loc3r.train import ablation, make_default_model
 
 TOY = [
@@ -75,25 +75,48 @@ def test_an_oracle_camera_prior_run_writes_its_report_but_no_bundle(tmp_path):
     assert not (target / "bundle.json").exists()  # the node could not stream CUT3R for it
 
 
-def test_a_geometric_prior_run_on_textured_scans_ships_a_bundle_that_states_its_poses(tmp_path):
+@pytest.mark.parametrize("points", [False, True], ids=["poses", "poses_and_points"])
+def test_a_geometric_prior_run_on_textured_scans_ships_a_bundle_that_states_its_poses(
+    tmp_path, points
+):
     import numpy as np
     import torch
 
-    from loc3r.engine.perception import pose_token
+    from loc3r.engine.perception import pose_token, token_points
     from loc3r.scenes import answer_vocabulary
 
     target = tmp_path / "bundle"
     geometric = ["--camera_prior=geometric", "--look=textured", "--walk=scan",
-                 "--render_size=224", "--cut3r.steps=1"]  # fmt: skip
+                 "--render_size=224", "--cut3r.steps=1", f"--point_embedding={points}"]  # fmt: skip
     argv = [f"--out={tmp_path / 'run'}", f"--target={target}", *TOY, *STAGES, *geometric]
     assert make_default_model.main(argv) == 0
     spec = json.loads((target / "bundle.json").read_text())
-    assert spec["pose_source"] == "geometric" and spec["camera_tokens"] == "pose"
+    tokens = "geometry" if points else "pose"
+    assert spec["pose_source"] == "geometric" and spec["camera_tokens"] == tokens
     assert spec["answer_vocabulary"] == sorted(answer_vocabulary())  # the synthetic corpus'
     bundle = load_bundle(target)
     assert bundle.model.vlm.answer_vocabulary == tuple(spec["answer_vocabulary"])
     frames = [np.random.default_rng(i).integers(0, 256, (96, 128, 3), np.uint8) for i in range(2)]
     out = bundle.perception.run_fresh(frames)
     width = bundle.perception.model.config.dec_embed_dim
-    for frame in out:  # the tokens state the poses the engine publishes
-        assert torch.equal(frame.camera_token, pose_token(frame.pose_c2w, width))
+    for frame in out:  # the tokens state the poses the engine publishes (and the points)
+        pose = pose_token(frame.pose_c2w, width)
+        assert torch.equal(frame.camera_token[:12], pose[:12])
+        assert torch.equal(frame.camera_token[12 + 12 * points :], pose[12 + 12 * points :])
+    assert bundle.model.vlm.config.point_embedding == points
+    if points:  # the 56 px toy VLM: 2x2 patches, each with a point in front of the camera
+        assert (token_points(out[0].camera_token, 2)[:, 2] > 0).all()
+        scene = bundle.model.encode_scene(frames, torch.stack([f.camera_token for f in out]))
+        assert bundle.model.answer(scene, "what is on my left?", "I sit")[0] in spec[
+            "answer_vocabulary"]  # fmt: skip
+        spec["camera_tokens"] = "pose"  # a bundle.json that does not match its VLM
+        (target / "bundle.json").write_text(json.dumps(spec))
+        with pytest.raises(ModelLoadError, match="point embedding"):
+            load_bundle(target)
+
+
+def test_a_point_embedding_needs_the_geometric_prior(tmp_path):
+    argv = [f"--out={tmp_path / 'run'}", f"--target={tmp_path / 'b'}", *TOY, "--cut3r_dir=x",
+            "--vision_init=x", "--point_embedding=True"]  # fmt: skip
+    with pytest.raises(ValueError, match="point_embedding needs camera_prior='geometric'"):
+        make_default_model.main(argv)

@@ -190,3 +190,40 @@ def test_checkpoints_with_removed_options_load_only_with_them_off(model, tmp_pat
     (path / "config.json").write_text(json.dumps(config))
     with pytest.raises(LlavaCheckpointError, match="position_readout='attended_layout'"):
         Loc3rVLM.from_pretrained(path)
+
+
+def test_point_embedding_adds_each_patch_its_point_and_nothing_else(tokenizer_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    from loc3r.vlm import Loc3rVLMConfig
+    from loc3r.vlm.tiny import build_tiny_loc3r
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    torch.manual_seed(0)
+    model = build_tiny_loc3r(tokenizer, Loc3rVLMConfig(cam_token_dim=24, point_embedding=True))
+    s = sample()  # 56 px: a 2x2 grid, geometry tokens of 12 + 12 values
+    video, index = model.video_embeddings(s.pixel_values, s.camera_tokens)
+    moved = s.camera_tokens.clone()
+    moved[1, 12 + 3 * 2 : 12 + 3 * 3] += 1.0  # frame 1, patch 2's point
+    video_moved, _ = model.video_embeddings(s.pixel_values, moved)
+    changed = (video_moved - video).abs().sum(-1) > 0
+    frame1 = slice(7, 14)
+    # the camera token of frame 1 (f_cam reads the whole token) and patch 2 (global index 6)
+    assert changed.nonzero().flatten().tolist() == [7, (index == 6).nonzero().item()]
+    assert not changed[:7].any() and not changed[14:].any() and changed[frame1].sum() == 2
+    embed = model.point_embedding
+    expected = embed(moved[1, 18:21]) - embed(s.camera_tokens[1, 18:21])
+    row = (index == 6).nonzero().item()
+    torch.testing.assert_close(video_moved[row] - video[row], expected)
+    parts = model.forward_train([s])
+    parts["loss"].backward()
+    assert model.point_embedding.proj.weight.grad.abs().sum() > 0
+    model.save_pretrained(tmp_path / "vlm")
+    loaded = Loc3rVLM.from_pretrained(tmp_path / "vlm")
+    assert loaded.config.point_embedding
+    torch.testing.assert_close(loaded.video_embeddings(s.pixel_values, s.camera_tokens)[0], video)
+    with pytest.raises(ValueError, match="at least 24 values"):
+        build_tiny_loc3r(tokenizer, Loc3rVLMConfig(cam_token_dim=20, point_embedding=True))
+    with pytest.raises(ValueError, match="camera tokens are off"):
+        build_tiny_loc3r(tokenizer, Loc3rVLMConfig(cam_token_dim=24, point_embedding=True,
+                                                   use_camera_tokens=False))  # fmt: skip

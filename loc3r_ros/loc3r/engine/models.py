@@ -3,7 +3,8 @@
 Layout of a model directory (what `save_bundle` writes and `load_bundle` reads):
     bundle.json     {"format": "loc3r_bundle", "cut3r_image_size": 224, "num_query_frames": 32,
                      "pose_source": "cut3r", "camera_tokens": "cut3r"}  ("geometric" poses and
-                     tokens that state them, "pose": see loc3r.engine.perception); optionally
+                     tokens that state them, "pose", or poses and points for a VLM with a
+                     point embedding, "geometry": see loc3r.engine.perception); optionally
                      "answer_vocabulary": ["left", "right", ...], the closed set a model's
                      answers come from (the embedded one's: loc3r.scenes.answer_vocabulary);
                      answers are then always one of its entries (Loc3rVLM.set_answer_vocabulary)
@@ -200,9 +201,16 @@ def load_bundle(
             image_size=int(spec.get("cut3r_image_size", 512)),
             pose_source=str(spec.get("pose_source", "cut3r")),
             camera_tokens=str(spec.get("camera_tokens", "cut3r")),
+            token_grid=vlm.base.config.pooled_grid,
         )
     except (TypeError, ValueError) as exc:
         raise ModelLoadError(f"{root}/bundle.json: {exc}") from exc
+    if vlm.config.point_embedding != (perception_config.camera_tokens == "geometry"):
+        raise ModelLoadError(
+            f"{root}: camera_tokens={perception_config.camera_tokens!r} in bundle.json, but the "
+            f"VLM {'has' if vlm.config.point_embedding else 'has no'} point embedding (geometry "
+            "tokens and the point embedding go together)"
+        )
     perception = Perception(cut3r, perception_config)
     vlm.set_answer_vocabulary(spec.get("answer_vocabulary"))  # None: free decoding
     frames = int(spec.get("num_query_frames", 32))

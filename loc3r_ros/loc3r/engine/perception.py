@@ -11,8 +11,11 @@ engine's "faithful" mode (what the paper trains with: CUT3R over the frames the 
 Pose source: "cut3r" (the official path) takes CUT3R's camera poses; "geometric" takes them from
 two-view geometry on the full-resolution frames (`VisualOdometry`), with CUT3R's depth for scale
 and CUT3R's relative motion where no earlier frame registers. A small CUT3R that has not learned
-geometry (the embedded default) then still reports a still camera as still. The camera tokens are
-CUT3R's in both cases.
+geometry (the embedded default) then still reports a still camera as still.
+
+Camera tokens: "cut3r" (the official path) gives CUT3R's z'_t; "pose" a token that states the
+frame's pose (`pose_token`); "geometry" one that states the pose and the frame's pointmap pooled
+to the VLM's patch grid (`geometry_token`), which a VLM with a point embedding adds to its patches.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ from loc3r.engine.frame_buffer import Keyframe
 from loc3r.engine.visual_odometry import DepthMap, VisualOdometry
 
 POSE_SOURCES = ("cut3r", "geometric")
-CAMERA_TOKENS = ("cut3r", "pose")
+CAMERA_TOKENS = ("cut3r", "pose", "geometry")
+POSE_VALUES = 12  # translation + flattened rotation at the start of a pose or geometry token
 
 
 def pose_token(pose_c2w: np.ndarray, width: int) -> torch.Tensor:
@@ -45,8 +49,44 @@ def pose_token(pose_c2w: np.ndarray, width: int) -> torch.Tensor:
         raise ValueError(f"a pose token needs at least 12 values, the width is {width}")
     token = torch.zeros(width)
     values = np.concatenate([pose_c2w[:3, 3], pose_c2w[:3, :3].reshape(9)])
-    token[:12] = torch.from_numpy(values).float()
+    token[:POSE_VALUES] = torch.from_numpy(values).float()
     return token
+
+
+def pool_pointmap(points: np.ndarray, grid: int) -> np.ndarray:
+    """(h, w, 3) pointmap -> (grid, grid, 3): the mean point of each patch cell (area average).
+
+    The cells tile the whole pointmap as the VLM's pooled patches tile its frame. Points that are
+    not finite do not count; a cell without any is zero.
+    """
+    points = np.asarray(points, dtype=np.float32)
+    finite = np.isfinite(points).all(axis=-1)
+    weights = cv2.resize(finite.astype(np.float32), (grid, grid), interpolation=cv2.INTER_AREA)
+    sums = cv2.resize(np.where(finite[..., None], points, 0.0), (grid, grid),
+                      interpolation=cv2.INTER_AREA)  # fmt: skip
+    return np.where(weights[..., None] > 0, sums / np.maximum(weights[..., None], 1e-12), 0.0)
+
+
+def geometry_token(pose_c2w: np.ndarray, points_world: np.ndarray, grid: int, width: int):
+    """(width,) the pose (`pose_token`) then the pointmap pooled to grid x grid (row-major x, y, z).
+
+    Points are metres in the first camera's frame, as the pose. Read back by `token_points`.
+    """
+    if width < POSE_VALUES + 3 * grid * grid:
+        raise ValueError(
+            f"a geometry token of a {grid}x{grid} grid needs {POSE_VALUES + 3 * grid * grid} "
+            f"values, the width is {width}"
+        )
+    token = pose_token(pose_c2w, width)
+    pooled = pool_pointmap(points_world, grid).reshape(-1)
+    token[POSE_VALUES : POSE_VALUES + pooled.size] = torch.from_numpy(pooled).float()
+    return token
+
+
+def token_points(tokens: torch.Tensor, grid: int) -> torch.Tensor:
+    """(..., width) geometry tokens -> (..., grid * grid, 3) the pooled points they state."""
+    end = POSE_VALUES + 3 * grid * grid
+    return tokens[..., POSE_VALUES:end].unflatten(-1, (grid * grid, 3))
 
 
 @dataclass
@@ -61,9 +101,8 @@ class PerceptionConfig:
     intrinsics: tuple[float, float, float, float] | None = None  # fx, fy, cx, cy of the camera's
     # images (from CameraInfo); None: the focal length is read off CUT3R's first pointmap
     odometry_long_side: int = 640  # frames are shrunk to this long side for feature matching
-    camera_tokens: str = (
-        "cut3r"  # "cut3r": z'_t; "pose": the pose stated in the token (`pose_token`)
-    )
+    camera_tokens: str = "cut3r"  # "cut3r": z'_t; "pose" / "geometry": see the module docstring
+    token_grid: int = 0  # "geometry": the VLM's pooled patch grid (points per side)
 
     def __post_init__(self) -> None:
         if self.pose_source not in POSE_SOURCES:
@@ -77,6 +116,8 @@ class PerceptionConfig:
             raise ValueError(
                 f"camera_tokens={self.camera_tokens!r}: expected one of {CAMERA_TOKENS}"
             )
+        if self.camera_tokens == "geometry" and self.token_grid < 1:
+            raise ValueError("camera_tokens='geometry' needs token_grid >= 1 (the VLM's grid)")
         if self.odometry_long_side < 64:
             raise ValueError("odometry_long_side must be >= 64")
         if self.image_size < 16:
@@ -130,12 +171,12 @@ class Perception:
             odometry = self.odometry if odometry is None else odometry
             self_points = out.pts3d_self[0].double().cpu().numpy()
             pose, registered = odometry.add(image, frame, self_points, pose)
-            world = self_points.reshape(-1, 3) @ pose[:3, :3].T + pose[:3, 3]
-            pts = world.astype(np.float32)
+            world_map = (self_points @ pose[:3, :3].T + pose[:3, 3]).astype(np.float32)
             conf = out.conf_self[0].float().reshape(-1).cpu().numpy()
         else:
-            pts = out.pts3d_world[0].float().reshape(-1, 3).cpu().numpy()
+            world_map = out.pts3d_world[0].float().cpu().numpy()
             conf = out.conf_world[0].float().reshape(-1).cpu().numpy()
+        pts = world_map.reshape(-1, 3)
         rgb = (frame.image[0].permute(1, 2, 0).reshape(-1, 3).cpu().numpy() + 1.0) * 127.5
         keep = np.flatnonzero((conf >= self.config.min_confidence) & np.isfinite(pts).all(axis=1))
         if len(keep) > self.config.points_per_frame:
@@ -143,6 +184,8 @@ class Perception:
         token = out.camera_token[0].float().cpu().clone()
         if self.config.camera_tokens == "pose":
             token = pose_token(pose, token.shape[0])
+        elif self.config.camera_tokens == "geometry":
+            token = geometry_token(pose, world_map, self.config.token_grid, token.shape[0])
         return FramePerception(
             camera_token=token,
             pose_c2w=pose,

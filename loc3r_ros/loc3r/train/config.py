@@ -90,6 +90,10 @@ class TrainConfig:
     # "geometric": they state the geometric pose source's poses (loc3r.engine.perception), and
     # the bundle's engine does the same
     camera_prior: str = "cut3r"
+    # input aid (ours, geometric prior only): the camera tokens also state each patch's 3D point
+    # (CUT3R's pointmap posed by the geometric source) and the VLM adds its embedding to the
+    # patch (loc3r.vlm.point_embedding)
+    point_embedding: bool = False
     tokenizer_dir: str = ""  # "" = train one on the synthetic corpus into <out>/tokenizer
     # real models and data (the paper's recipe: see config/train_paper.yaml)
     base_model_dir: str = ""  # LLaVA-Video checkpoint (lmms-lab/LLaVA-Video-7B-Qwen2); "" = tiny

@@ -39,7 +39,7 @@ import torch
 from loc3r.engine.models import DEFAULT_MODEL_DIR, save_bundle
 from loc3r.scenes import answer_vocabulary
 from loc3r.train.config import TrainConfig, module_summary
-from loc3r.train.pipeline import evaluate, prepare_run
+from loc3r.train.pipeline import camera_tokens_mode, evaluate, prepare_run
 from loc3r.train.pretrain_vision import VisionPretrainConfig
 from loc3r.train.pretrain_vision import pretrain as pretrain_vision
 from loc3r.train.train_cut3r import Cut3rTrainConfig
@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = [a for a in argv if not a.startswith(("--vision.", "--cut3r."))]
     torch.set_num_threads(1)
     config = TrainConfig.from_args([*EMBEDDED_RECIPE, *argv], module_summary(__doc__))
+    camera_tokens_mode(config)  # an impossible combination fails now, not after the stages
     start = time.perf_counter()
     cut3r_report = vision_report = None
     if not config.vision_init:
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             cut3r_image_size=config.cut3r_image_size,
             num_query_frames=config.frames,
             pose_source="geometric",  # the tiny CUT3R has not learned geometry; see perception
-            camera_tokens="pose" if config.camera_prior == "geometric" else "cut3r",
+            camera_tokens=camera_tokens_mode(config),
             description=f"embedded tiny Loc3R-VLM ({config.steps} steps on synthetic rooms)",
             answer_vocabulary=vocabulary,
         )

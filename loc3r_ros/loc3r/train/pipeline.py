@@ -43,13 +43,28 @@ def episode_config(config: TrainConfig) -> EpisodeConfig:
     )
 
 
+def patch_grid(config: TrainConfig) -> int:
+    """Pooled patches per side of the tiny VLM's frames (14 px patches, pooled 2x2)."""
+    return math.ceil((config.image_size // 14) / 2)
+
+
+def camera_tokens_mode(config: TrainConfig) -> str:
+    """What the camera tokens state: CUT3R's z'_t, the geometric poses, or poses and points."""
+    if config.point_embedding and config.camera_prior != "geometric":
+        raise ValueError("point_embedding needs camera_prior='geometric' (its posed pointmaps)")
+    if config.camera_prior != "geometric":
+        return "cut3r"
+    return "geometry" if config.point_embedding else "pose"
+
+
 def perception_config(config: TrainConfig) -> PerceptionConfig:
     """CUT3R as the run's bundle will use it: the geometric prior states its poses in the tokens."""
     geometric = config.camera_prior == "geometric"
     return PerceptionConfig(
         image_size=config.cut3r_image_size,
         pose_source="geometric" if geometric else "cut3r",
-        camera_tokens="pose" if geometric else "cut3r",
+        camera_tokens=camera_tokens_mode(config),
+        token_grid=patch_grid(config),
     )
 
 
@@ -76,6 +91,7 @@ def build_model(config: TrainConfig, tokenizer, cam_dim: int) -> Loc3rVLM:
         enable_layout_head=config.layout_weight > 0,
         max_new_tokens=8,
         enable_egocentric_head=config.egocentric_weight > 0,
+        point_embedding=config.point_embedding,
         weights=LossWeights(
             bev=config.layout_weight,
             situation=config.situation_weight,
@@ -160,7 +176,7 @@ def prepare_run(config: TrainConfig, progress: bool = True) -> Run:
             )
     cut3r = load_or_make_cut3r(config)
     perception = Perception(cut3r, perception_config(config))
-    grid = math.ceil((config.image_size // 14) / 2)
+    grid = patch_grid(config)
     if config.data_root:
         from loc3r.train.dataset_data import build_dataset_episodes
 

@@ -119,8 +119,14 @@ def build_episodes(
     """
     if camera_prior not in CAMERA_PRIORS:
         raise ValueError(f"camera_prior={camera_prior!r}: expected one of {CAMERA_PRIORS}")
-    if camera_prior == "geometric" and perception.config.camera_tokens != "pose":
-        raise ValueError("camera_prior='geometric' needs a perception with camera_tokens='pose'")
+    if camera_prior == "geometric" and perception.config.camera_tokens not in ("pose", "geometry"):
+        raise ValueError(
+            "camera_prior='geometric' needs a perception with camera_tokens='pose' or 'geometry'"
+        )
+    if camera_prior == "oracle" and perception is not None and (
+        perception.config.camera_tokens == "geometry"
+    ):
+        raise ValueError("camera_prior='oracle' states poses only, not a geometry token's points")
     shared = (config, perception, grid, camera_prior, image_size)
     return parallel_map(build_episode, seeds, shared, workers, "episodes", progress)
 

@@ -11,7 +11,8 @@
 Choices the paper leaves open, marked (?): f_cam/f_pos/f_ori widths (the LLM's) and GELU, sigma =
 softplus + floor (Loc3rVLMConfig fields); newline tokens stay in the video, as in LLaVA-Video.
 Positions are metres in the first frame's gravity-aligned BEV frame; yaw is radians, CCW about +z.
-The shipped recipe's training aids (ours: grounding loss, egocentric head) are in training_aids.
+The shipped recipe's training aids (ours: grounding loss, egocentric head) are in training_aids;
+its input aid (ours: patches told their 3D point, `point_embedding`) is in point_embedding.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from loc3r.vlm.losses import (
     orientation_kl,
     total_loss,
 )
+from loc3r.vlm.point_embedding import PointEmbedding
 from loc3r.vlm.processor import SYSTEM_PROMPT
 from loc3r.vlm.static_decoding import StaticDecoding, check_room, forward_at, is_static, rewind
 
@@ -69,6 +71,7 @@ class Loc3rVLMConfig:
     use_camera_tokens: bool = True  # the camera prior (ablation switch)
     enable_layout_head: bool = True  # the layout head exists (used by training only)
     enable_egocentric_head: bool = False  # training aid (ours): see training_aids
+    point_embedding: bool = False  # input aid (ours): geometry camera tokens, see point_embedding
     system_prompt: str = SYSTEM_PROMPT
     max_new_tokens: int = 32
     stop_repeats: int = 3  # loop guard: stop when one n-gram ends the answer 3 times; 0 = off
@@ -174,6 +177,17 @@ class Loc3rVLM(nn.Module):
         self.egocentric_head = (
             training_aids.egocentric_head(hidden) if config.enable_egocentric_head else None
         )
+        self.point_embedding = PointEmbedding(hidden) if config.point_embedding else None
+        if config.point_embedding:
+            from loc3r.engine.perception import POSE_VALUES
+
+            grid = base.config.pooled_grid
+            if not config.use_camera_tokens or config.cam_token_dim < POSE_VALUES + 3 * grid**2:
+                raise ValueError(
+                    f"point_embedding needs camera tokens of at least {POSE_VALUES + 3 * grid**2} "
+                    f"values (geometry tokens of a {grid}x{grid} grid), not {config.cam_token_dim}"
+                    + ("" if config.use_camera_tokens else " (camera tokens are off)")
+                )
         self.static_decoding: StaticDecoding | None = None
         self._add_special_tokens()
         self.set_answer_vocabulary(None)
@@ -255,7 +269,14 @@ class Loc3rVLM(nn.Module):
                     f"expected camera tokens of shape ({count}, {self.config.cam_token_dim}), "
                     f"got {shape}"
                 )
-            cam = self.f_cam(camera_tokens.to(self.device, frames.dtype))[:, None]  # (T, 1, H)
+            camera_tokens = camera_tokens.to(self.device)
+            if self.point_embedding is not None:  # input aid (ours): add each patch's 3D point
+                from loc3r.engine.perception import token_points
+
+                points = self.point_embedding(token_points(camera_tokens, side))  # (T, g*g, H)
+                keep = (row.reshape(-1) >= 0).nonzero().flatten()
+                frames = frames.index_add(1, keep, points.to(frames.dtype))
+            cam = self.f_cam(camera_tokens.to(frames.dtype))[:, None]  # (T, 1, H)
             frames = torch.cat([cam, frames], dim=1)
             index = torch.cat([torch.full((count, 1), -1, device=self.device), index], dim=1)
         return frames.reshape(-1, hidden), index.reshape(-1)

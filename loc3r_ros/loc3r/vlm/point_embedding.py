@@ -1,0 +1,38 @@
+"""Point embedding (ours, not in the paper): each video patch is told where it is in 3D.
+
+The paper's Loc3R-VLM learns each patch's place in the room (its layout head) from the camera
+tokens and the pixels; LLaVA-Video's 7B LLM has the capacity for that, a tiny LM trained from
+scratch does not (docs/experiments.md: its layout is off by 1-3 m after the first frame even with
+true poses). With `Loc3rVLMConfig.point_embedding`, the frame's camera token is a geometry token
+(`loc3r.engine.perception.geometry_token`: the pose, then CUT3R's pointmap in the first camera's
+frame pooled to the VLM's patch grid) and each pooled patch gets an embedding of its point added:
+Fourier features of x, y, z (wavelengths 0.25 to 16 m) through one linear layer, the way 3D-aware
+video LLMs add 3D position encodings to their patch tokens. Reading a position is then finding
+the right patches, which the grounding loss teaches (training_aids).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+WAVELENGTHS_M = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+
+
+class PointEmbedding(nn.Module):
+    """(..., 3) points in metres -> (..., hidden): x, y, z and their sin, cos at each wavelength."""
+
+    def __init__(self, hidden: int, wavelengths: tuple[float, ...] = WAVELENGTHS_M) -> None:
+        super().__init__()
+        frequencies = torch.tensor([2 * math.pi / w for w in wavelengths])
+        self.register_buffer("frequencies", frequencies)  # saved: a checkpoint loads on meta
+        self.proj = nn.Linear(3 * (1 + 2 * len(wavelengths)), hidden)
+
+    def forward(self, points: torch.Tensor) -> torch.Tensor:
+        """Embed points; non-finite coordinates count as 0 (a cell CUT3R gave no point)."""
+        points = torch.nan_to_num(points.float(), nan=0.0, posinf=0.0, neginf=0.0)
+        angles = points[..., None] * self.frequencies.to(points.device)  # (..., 3, F)
+        features = torch.cat([points, angles.sin().flatten(-2), angles.cos().flatten(-2)], -1)
+        return self.proj(features.to(self.proj.weight.dtype))
