@@ -123,8 +123,10 @@ def build_episodes(
         raise ValueError(
             "camera_prior='geometric' needs a perception with camera_tokens='pose' or 'geometry'"
         )
-    if camera_prior == "oracle" and perception is not None and (
-        perception.config.camera_tokens == "geometry"
+    if (
+        camera_prior == "oracle"
+        and perception is not None
+        and (perception.config.camera_tokens == "geometry")
     ):
         raise ValueError("camera_prior='oracle' states poses only, not a geometry token's points")
     shared = (config, perception, grid, camera_prior, image_size)
