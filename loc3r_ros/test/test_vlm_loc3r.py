@@ -202,6 +202,11 @@ def test_point_embedding_adds_each_patch_its_point_and_nothing_else(tokenizer_di
     torch.manual_seed(0)
     model = build_tiny_loc3r(tokenizer, Loc3rVLMConfig(cam_token_dim=24, point_embedding=True))
     s = sample()  # 56 px: a 2x2 grid, geometry tokens of 12 + 12 values
+    # it starts at zero (the patches are the pixels alone) and the loss reaches it
+    assert torch.all(model.point_embedding(s.camera_tokens[:, 12:].unflatten(1, (4, 3))) == 0)
+    model.forward_train([s])["loss"].backward()
+    assert model.point_embedding.proj.weight.grad.abs().sum() > 0
+    torch.nn.init.normal_(model.point_embedding.proj.weight)  # as after training
     video, index = model.video_embeddings(s.pixel_values, s.camera_tokens)
     moved = s.camera_tokens.clone()
     moved[1, 12 + 3 * 2 : 12 + 3 * 3] += 1.0  # frame 1, patch 2's point
@@ -215,9 +220,6 @@ def test_point_embedding_adds_each_patch_its_point_and_nothing_else(tokenizer_di
     expected = embed(moved[1, 18:21]) - embed(s.camera_tokens[1, 18:21])
     row = (index == 6).nonzero().item()
     torch.testing.assert_close(video_moved[row] - video[row], expected)
-    parts = model.forward_train([s])
-    parts["loss"].backward()
-    assert model.point_embedding.proj.weight.grad.abs().sum() > 0
     model.save_pretrained(tmp_path / "vlm")
     loaded = Loc3rVLM.from_pretrained(tmp_path / "vlm")
     assert loaded.config.point_embedding

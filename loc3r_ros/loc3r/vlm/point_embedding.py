@@ -29,6 +29,10 @@ class PointEmbedding(nn.Module):
         frequencies = torch.tensor([2 * math.pi / w for w in wavelengths])
         self.register_buffer("frequencies", frequencies)  # saved: a checkpoint loads on meta
         self.proj = nn.Linear(3 * (1 + 2 * len(wavelengths)), hidden)
+        # zero at the start: the patches begin as the pixels alone, and the points come in as the
+        # gradient asks for them (a random start drowned the colours: docs/experiments.md)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
 
     def forward(self, points: torch.Tensor) -> torch.Tensor:
         """Embed points; non-finite coordinates count as 0 (a cell CUT3R gave no point)."""
