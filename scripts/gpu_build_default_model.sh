@@ -3,7 +3,9 @@
 # scripts/gpu_build_default_model.sh`, timeout_s 600). The recipe: textured rooms, room scans
 # (scan walks that see most of the room, 16 frames per query: with 8-frame scans the anchor of a
 # situation was in view in only 68 % of situations, see docs/experiments.md), the geometric pose
-# source stated in the camera tokens, data rendered on all cores, the vision
+# source stated in the camera tokens with each patch's 3D point (--point_embedding: at equal
+# steps on 2 CPU cores it doubled the attention on the situation's anchor, docs/experiments.md;
+# POINT_EMBEDDING=False for the poses alone), data rendered on all cores, the vision
 # tower and the VLM trained on the GPU (bf16 autocast), the shipped tiny CUT3R reused (it only
 # gives depth and focal length to the geometric source). Training stops at its time budget, so
 # the script ends within ~9 minutes. What comes back ($OUT, at most 8 files of 16 MiB): the
@@ -25,7 +27,8 @@ echo "workers: $WORKERS"
 timeout -k 10 ${BUILD_TIMEOUT_S:-540} $PY -m loc3r.train.make_default_model \
   --out=$RUN --target=$RUN/bundle \
   --look=textured --walk=${WALK:-room_scan} --frames=${FRAMES:-16} --render_size=224 \
-  --camera_prior=geometric --eval_episodes=${EVAL_EPISODES:-30} \
+  --camera_prior=geometric --point_embedding=${POINT_EMBEDDING:-True} \
+  --eval_episodes=${EVAL_EPISODES:-30} \
   --cut3r_dir=loc3r_ros/loc3r/assets/default_model/cut3r \
   --tokenizer_dir=loc3r_ros/loc3r/assets/default_model/vlm \
   --workers=$WORKERS --train_episodes=${TRAIN_EPISODES:-1500} --steps=${STEPS:-5000} \

@@ -80,7 +80,7 @@ def test_position_readouts_swap_grounding_and_layout_one_at_a_time():
     anchor = torch.tensor([False, True, True, False])
     anchor_first = torch.tensor([False, True, False, False])  # frame 0 of [0, 0, 1, 1]
     attention = torch.zeros(4, 2, 4)
-    attention[0, 0] = torch.tensor([0.5, 0.0, 0.0, 0.5])  # head 0 of <Pos>
+    attention[0, 0] = torch.tensor([0.6, 0.0, 0.0, 0.4])  # head 0 of <Pos>
     trace = SimpleNamespace(
         attention=attention,
         layout=layout.float(),
@@ -90,7 +90,8 @@ def test_position_readouts_swap_grounding_and_layout_one_at_a_time():
     got = {k: v.tolist() for k, v in readouts.items()}
     assert set(got) == set(POSITION_READOUTS)
     assert got["f_pos"] == [9.0, 9.0]
-    assert got["attended, model layout"] == pytest.approx([1.0, 2.0])  # (1, 0) and (1, 4)
+    assert got["attended, model layout"] == pytest.approx([1.0, 1.6])  # (1, 0) and (1, 4)
+    assert got["top attended patch, model layout"] == pytest.approx([1.0, 0.0])
     assert got["anchor, model layout"] == pytest.approx([2.0, 1.0])  # (3, 0) and (1, 2)
     assert got["anchor first view, model layout"] == pytest.approx([3.0, 0.0])
     assert got["attended, true layout"] == pytest.approx([1.0, 0.0])  # patch 3 has no truth

@@ -43,6 +43,7 @@ from loc3r.vlm.training_aids import GROUNDING_HEADS, trace_situation
 POSITION_READOUTS = (
     "f_pos",
     "attended, model layout",
+    "top attended patch, model layout",
     "anchor, model layout",
     "anchor first view, model layout",
     "attended, true layout",
@@ -103,6 +104,7 @@ def position_readouts(
     candidates = {
         "f_pos": own,
         "attended, model layout": weighted_point(attention, trace.layout),
+        "top attended patch, model layout": trace.layout[attention.argmax()].double(),
         "anchor, model layout": weighted_point(on_anchor, trace.layout),
         "anchor first view, model layout": weighted_point(anchor_first.double(), trace.layout),
         "attended, true layout": weighted_point(attention, true_xy, valid),

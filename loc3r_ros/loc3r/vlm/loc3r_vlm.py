@@ -12,7 +12,7 @@ Choices the paper leaves open, marked (?): f_cam/f_pos/f_ori widths (the LLM's) 
 softplus + floor (Loc3rVLMConfig fields); newline tokens stay in the video, as in LLaVA-Video.
 Positions are metres in the first frame's gravity-aligned BEV frame; yaw is radians, CCW about +z.
 The shipped recipe's training aids (ours: grounding loss, egocentric head) are in training_aids;
-its input aid (ours: patches told their 3D point, `point_embedding`) is in point_embedding.
+the GPU recipe's input aid (ours: patches told their 3D point) is in point_embedding.
 """
 
 from __future__ import annotations
