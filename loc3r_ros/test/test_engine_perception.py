@@ -152,6 +152,25 @@ def test_pool_pointmap_averages_each_cell_and_skips_missing_points():
     np.testing.assert_allclose(pooled[1, 1], rest.mean(axis=0), rtol=1e-6)
 
 
+def test_pool_pointmap_places_a_cropped_pointmap_in_the_whole_frame():
+    """CUT3R crops a square frame to 4:3; the VLM's cells tile the whole frame."""
+    from loc3r.cut3r import preprocess_frame
+    from loc3r.engine.perception import pool_pointmap
+
+    frame = preprocess_frame(np.zeros((224, 224, 3), np.uint8), size=64)
+    assert frame.true_shape == (48, 64) and frame.crop_xy == (0, 8)  # rows 8..56 of 64
+    v, u = np.mgrid[0:48, 0:64].astype(np.float64)
+    points = np.stack([u, v + 8, np.ones_like(u)], axis=-1)  # x, y = the frame's own pixel
+    pooled = pool_pointmap(points, 4, frame.resized_hw, frame.crop_xy)
+    # cell rows cover frame rows 0-16, 16-32, 32-48, 48-64: the crop fills 8-16 of the first
+    np.testing.assert_allclose(pooled[:, 0, 1], [11.5, 23.5, 39.5, 51.5])
+    np.testing.assert_allclose(pooled[0, :, 0], [7.5, 23.5, 39.5, 55.5])
+    pooled_wrong = pool_pointmap(points, 4)  # as if the crop were the whole frame
+    assert not np.allclose(pooled_wrong[:, 0, 1], pooled[:, 0, 1])
+    tall = pool_pointmap(points, 8, frame.resized_hw, frame.crop_xy)
+    assert np.all(tall[0] == 0) and np.all(tall[7] == 0)  # above and below the crop: no points
+
+
 def test_geometry_tokens_state_the_pose_and_the_pooled_posed_pointmap(perception):
     from loc3r.engine.perception import (
         geometry_token,
@@ -172,16 +191,28 @@ def test_geometry_tokens_state_the_pose_and_the_pooled_posed_pointmap(perception
     with pytest.raises(ValueError, match="needs 60 values"):
         geometry_token(pose, points, 4, 48)
 
-    cut3r = perception.model
-    config = PerceptionConfig(image_size=64, camera_tokens="geometry", token_grid=2)  # 24 wide
-    stream = Perception(cut3r, config)
-    image = frames(1)[0]
-    out = stream.step(image)  # the first frame: its own camera is the world
     from loc3r.cut3r import preprocess_frame
 
-    with torch.inference_mode():
-        direct = cut3r.step(cut3r.init_state(), preprocess_frame(image, size=64))
-    expected = pool_pointmap(direct.pts3d_world[0].float().numpy(), 2).reshape(4, 3)
-    torch.testing.assert_close(token_points(out.camera_token, 2), torch.from_numpy(expected))
+    cut3r = perception.model
+    for source in ("cut3r", "geometric"):  # 24-wide tokens: a 2x2 grid
+        config = PerceptionConfig(image_size=64, camera_tokens="geometry", token_grid=2,
+                                  pose_source=source)  # fmt: skip
+        stream = Perception(cut3r, config)
+        state = cut3r.init_state()
+        for image in frames(3):
+            out = stream.step(image)
+            prepared = preprocess_frame(image, size=64)
+            with torch.inference_mode():
+                direct = cut3r.step(state, prepared)
+            if source == "cut3r":
+                world = direct.pts3d_world[0].double().numpy()
+            else:  # CUT3R's own-view points, posed where the geometric source puts the camera
+                own = direct.pts3d_self[0].double().numpy()
+                world = own @ out.pose_c2w[:3, :3].T + out.pose_c2w[:3, 3]
+            expected = pool_pointmap(world, 2, prepared.resized_hw, prepared.crop_xy)
+            torch.testing.assert_close(
+                token_points(out.camera_token, 2), torch.from_numpy(expected.reshape(4, 3)),
+                rtol=1e-5, atol=1e-5,
+            )  # fmt: skip
     with pytest.raises(ValueError, match="token_grid"):
         PerceptionConfig(camera_tokens="geometry")

@@ -120,3 +120,17 @@ def test_a_point_embedding_needs_the_geometric_prior(tmp_path):
             "--vision_init=x", "--point_embedding=True"]  # fmt: skip
     with pytest.raises(ValueError, match="point_embedding needs camera_prior='geometric'"):
         make_default_model.main(argv)
+
+
+def test_a_point_embedding_too_wide_for_cut3r_fails_before_rendering(tmp_path, monkeypatch):
+    from loc3r.train import pipeline
+    from loc3r.train.config import TrainConfig
+
+    def no_rendering(*args, **kwargs):
+        raise AssertionError("rendered before the width check")
+
+    monkeypatch.setattr(pipeline, "build_episodes", no_rendering)
+    geometric = ["--camera_prior=geometric", "--point_embedding=True"]
+    config = TrainConfig.from_args([f"--out={tmp_path}", *TOY, "--image_size=84", *geometric])
+    with pytest.raises(ValueError, match="needs camera tokens of 39 values; this CUT3R's are 24"):
+        pipeline.prepare_run(config, progress=False)  # a 3x3 grid, the seeded tiny CUT3R

@@ -53,24 +53,48 @@ def pose_token(pose_c2w: np.ndarray, width: int) -> torch.Tensor:
     return token
 
 
-def pool_pointmap(points: np.ndarray, grid: int) -> np.ndarray:
-    """(h, w, 3) pointmap -> (grid, grid, 3): the mean point of each patch cell (area average).
+def pool_pointmap(
+    points: np.ndarray,
+    grid: int,
+    resized_hw: tuple[int, int] | None = None,
+    crop_xy: tuple[int, int] = (0, 0),
+) -> np.ndarray:
+    """(h, w, 3) pointmap -> (grid, grid, 3): the mean point of each cell of the whole frame.
 
-    The cells tile the whole pointmap as the VLM's pooled patches tile its frame. Points that are
-    not finite do not count; a cell without any is zero.
+    The VLM squashes the whole frame into its grid of pooled patches, while CUT3R sees a crop of
+    it (`PreprocessedFrame`: the frame resized to `resized_hw`, cropped at `crop_xy`; square
+    frames lose a band at the top and bottom): each pointmap pixel goes to the cell its centre
+    falls in, in the frame. Points that are not finite do not count; a cell without any (outside
+    the crop) is zero. Without `resized_hw` the pointmap covers the whole frame.
     """
-    points = np.asarray(points, dtype=np.float32)
+    points = np.asarray(points, dtype=np.float64)
+    h, w = points.shape[:2]
+    full_h, full_w = resized_hw or (h, w)
+    v, u = np.mgrid[0:h, 0:w]
+    row = np.clip(((v + 0.5 + crop_xy[1]) / full_h * grid).astype(int), 0, grid - 1)
+    col = np.clip(((u + 0.5 + crop_xy[0]) / full_w * grid).astype(int), 0, grid - 1)
     finite = np.isfinite(points).all(axis=-1)
-    weights = cv2.resize(finite.astype(np.float32), (grid, grid), interpolation=cv2.INTER_AREA)
-    sums = cv2.resize(np.where(finite[..., None], points, 0.0), (grid, grid),
-                      interpolation=cv2.INTER_AREA)  # fmt: skip
-    return np.where(weights[..., None] > 0, sums / np.maximum(weights[..., None], 1e-12), 0.0)
+    cell = (row * grid + col)[finite]
+    count = np.bincount(cell, minlength=grid * grid)
+    sums = np.stack(
+        [np.bincount(cell, weights=points[finite][:, k], minlength=grid * grid) for k in range(3)],
+        axis=-1,
+    )
+    pooled = np.where(count[:, None] > 0, sums / np.maximum(count[:, None], 1), 0.0)
+    return pooled.reshape(grid, grid, 3).astype(np.float32)
 
 
-def geometry_token(pose_c2w: np.ndarray, points_world: np.ndarray, grid: int, width: int):
+def geometry_token(
+    pose_c2w: np.ndarray,
+    points_world: np.ndarray,
+    grid: int,
+    width: int,
+    frame: PreprocessedFrame | None = None,
+) -> torch.Tensor:
     """(width,) the pose (`pose_token`) then the pointmap pooled to grid x grid (row-major x, y, z).
 
-    Points are metres in the first camera's frame, as the pose. Read back by `token_points`.
+    Points are metres in the first camera's frame, as the pose; `frame` says which part of the
+    image CUT3R saw (`pool_pointmap`). Read back by `token_points`.
     """
     if width < POSE_VALUES + 3 * grid * grid:
         raise ValueError(
@@ -78,7 +102,8 @@ def geometry_token(pose_c2w: np.ndarray, points_world: np.ndarray, grid: int, wi
             f"values, the width is {width}"
         )
     token = pose_token(pose_c2w, width)
-    pooled = pool_pointmap(points_world, grid).reshape(-1)
+    coverage = {} if frame is None else {"resized_hw": frame.resized_hw, "crop_xy": frame.crop_xy}
+    pooled = pool_pointmap(points_world, grid, **coverage).reshape(-1)
     token[POSE_VALUES : POSE_VALUES + pooled.size] = torch.from_numpy(pooled).float()
     return token
 
@@ -185,7 +210,8 @@ class Perception:
         if self.config.camera_tokens == "pose":
             token = pose_token(pose, token.shape[0])
         elif self.config.camera_tokens == "geometry":
-            token = geometry_token(pose, world_map, self.config.token_grid, token.shape[0])
+            grid = self.config.token_grid
+            token = geometry_token(pose, world_map, grid, token.shape[0], frame)
         return FramePerception(
             camera_token=token,
             pose_c2w=pose,

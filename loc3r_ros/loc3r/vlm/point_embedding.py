@@ -26,8 +26,7 @@ class PointEmbedding(nn.Module):
 
     def __init__(self, hidden: int, wavelengths: tuple[float, ...] = WAVELENGTHS_M) -> None:
         super().__init__()
-        frequencies = torch.tensor([2 * math.pi / w for w in wavelengths])
-        self.register_buffer("frequencies", frequencies)  # saved: a checkpoint loads on meta
+        self.frequencies = tuple(2 * math.pi / w for w in wavelengths)  # float32 even in bf16
         self.proj = nn.Linear(3 * (1 + 2 * len(wavelengths)), hidden)
         # zero at the start: the patches begin as the pixels alone, and the points come in as the
         # gradient asks for them (a random start drowned the colours: docs/experiments.md)
@@ -37,6 +36,7 @@ class PointEmbedding(nn.Module):
     def forward(self, points: torch.Tensor) -> torch.Tensor:
         """Embed points; non-finite coordinates count as 0 (a cell CUT3R gave no point)."""
         points = torch.nan_to_num(points.float(), nan=0.0, posinf=0.0, neginf=0.0)
-        angles = points[..., None] * self.frequencies.to(points.device)  # (..., 3, F)
+        frequencies = torch.tensor(self.frequencies, device=points.device)
+        angles = points[..., None] * frequencies  # (..., 3, F)
         features = torch.cat([points, angles.sin().flatten(-2), angles.cos().flatten(-2)], -1)
         return self.proj(features.to(self.proj.weight.dtype))
