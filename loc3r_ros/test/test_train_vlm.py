@@ -297,6 +297,10 @@ def test_oracle_camera_tokens_state_the_true_relative_poses():
         oracle_camera_tokens(poses, 8)
     with pytest.raises(ValueError, match="camera_prior='gps'"):
         build_episodes([7], config, no_cut3r, grid=2, progress=False, camera_prior="gps")
+    points = SimpleNamespace(camera_tokens="geometry")
+    geometry = SimpleNamespace(model=no_cut3r.model, config=points)
+    with pytest.raises(ValueError, match="states poses only"):  # no points for a point embedding
+        build_episodes([7], config, geometry, grid=2, progress=False, camera_prior="oracle")
 
 
 def test_oracle_camera_prior_needs_synthetic_rooms(tmp_path):

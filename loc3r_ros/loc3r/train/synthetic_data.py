@@ -123,11 +123,8 @@ def build_episodes(
         raise ValueError(
             "camera_prior='geometric' needs a perception with camera_tokens='pose' or 'geometry'"
         )
-    if (
-        camera_prior == "oracle"
-        and perception is not None
-        and (perception.config.camera_tokens == "geometry")
-    ):
+    tokens = getattr(getattr(perception, "config", None), "camera_tokens", None)
+    if camera_prior == "oracle" and tokens == "geometry":  # the oracle needs only CUT3R's width
         raise ValueError("camera_prior='oracle' states poses only, not a geometry token's points")
     shared = (config, perception, grid, camera_prior, image_size)
     return parallel_map(build_episode, seeds, shared, workers, "episodes", progress)
