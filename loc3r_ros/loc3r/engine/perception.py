@@ -84,6 +84,11 @@ def pool_pointmap(
     return pooled.reshape(grid, grid, 3).astype(np.float32)
 
 
+def geometry_token_width(grid: int) -> int:
+    """Values in a geometry token of a grid x grid patch grid: the pose, then x, y, z per cell."""
+    return POSE_VALUES + 3 * grid * grid
+
+
 def geometry_token(
     pose_c2w: np.ndarray,
     points_world: np.ndarray,
@@ -96,10 +101,9 @@ def geometry_token(
     Points are metres in the first camera's frame, as the pose; `frame` says which part of the
     image CUT3R saw (`pool_pointmap`). Read back by `token_points`.
     """
-    if width < POSE_VALUES + 3 * grid * grid:
+    if width < (needed := geometry_token_width(grid)):
         raise ValueError(
-            f"a geometry token of a {grid}x{grid} grid needs {POSE_VALUES + 3 * grid * grid} "
-            f"values, the width is {width}"
+            f"a geometry token of a {grid}x{grid} grid needs {needed} values, the width is {width}"
         )
     token = pose_token(pose_c2w, width)
     coverage = {} if frame is None else {"resized_hw": frame.resized_hw, "crop_xy": frame.crop_xy}
@@ -110,8 +114,7 @@ def geometry_token(
 
 def token_points(tokens: torch.Tensor, grid: int) -> torch.Tensor:
     """(..., width) geometry tokens -> (..., grid * grid, 3) the pooled points they state."""
-    end = POSE_VALUES + 3 * grid * grid
-    return tokens[..., POSE_VALUES:end].unflatten(-1, (grid * grid, 3))
+    return tokens[..., POSE_VALUES : geometry_token_width(grid)].unflatten(-1, (grid * grid, 3))
 
 
 @dataclass

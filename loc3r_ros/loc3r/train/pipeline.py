@@ -12,7 +12,7 @@ from tqdm import tqdm
 from transformers import AutoTokenizer
 
 from loc3r.cut3r import Cut3r, Cut3rConfig, load_cut3r
-from loc3r.engine.perception import POSE_VALUES, Perception, PerceptionConfig
+from loc3r.engine.perception import Perception, PerceptionConfig, geometry_token_width
 from loc3r.eval.report import EvalCase, evaluate_cases
 from loc3r.scenes import EpisodeConfig
 from loc3r.train.config import TrainConfig
@@ -176,7 +176,7 @@ def prepare_run(config: TrainConfig, progress: bool = True) -> Run:
             )
     cut3r = load_or_make_cut3r(config)
     perception = Perception(cut3r, perception_config(config))
-    needed = POSE_VALUES + 3 * patch_grid(config) ** 2
+    needed = geometry_token_width(patch_grid(config))
     if config.point_embedding and cut3r.config.dec_embed_dim < needed:  # before any rendering
         raise ValueError(
             f"point_embedding at image_size={config.image_size} needs camera tokens of {needed} "

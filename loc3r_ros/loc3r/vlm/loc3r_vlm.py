@@ -179,12 +179,13 @@ class Loc3rVLM(nn.Module):
         )
         self.point_embedding = PointEmbedding(hidden) if config.point_embedding else None
         if config.point_embedding:
-            from loc3r.engine.perception import POSE_VALUES
+            from loc3r.engine.perception import geometry_token_width
 
             grid = base.config.pooled_grid
-            if not config.use_camera_tokens or config.cam_token_dim < POSE_VALUES + 3 * grid**2:
+            needed = geometry_token_width(grid)
+            if not config.use_camera_tokens or config.cam_token_dim < needed:
                 raise ValueError(
-                    f"point_embedding needs camera tokens of at least {POSE_VALUES + 3 * grid**2} "
+                    f"point_embedding needs camera tokens of at least {needed} "
                     f"values (geometry tokens of a {grid}x{grid} grid), not {config.cam_token_dim}"
                     + ("" if config.use_camera_tokens else " (camera tokens are off)")
                 )
