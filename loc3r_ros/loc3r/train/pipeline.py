@@ -176,13 +176,13 @@ def prepare_run(config: TrainConfig, progress: bool = True) -> Run:
             )
     cut3r = load_or_make_cut3r(config)
     perception = Perception(cut3r, perception_config(config))
-    needed = geometry_token_width(patch_grid(config))
+    grid = patch_grid(config)
+    needed = geometry_token_width(grid)
     if config.point_embedding and cut3r.config.dec_embed_dim < needed:  # before any rendering
         raise ValueError(
             f"point_embedding at image_size={config.image_size} needs camera tokens of {needed} "
             f"values; this CUT3R's are {cut3r.config.dec_embed_dim} wide"
         )
-    grid = patch_grid(config)
     if config.data_root:
         from loc3r.train.dataset_data import build_dataset_episodes
 

@@ -119,11 +119,11 @@ def build_episodes(
     """
     if camera_prior not in CAMERA_PRIORS:
         raise ValueError(f"camera_prior={camera_prior!r}: expected one of {CAMERA_PRIORS}")
-    if camera_prior == "geometric" and perception.config.camera_tokens not in ("pose", "geometry"):
+    tokens = getattr(getattr(perception, "config", None), "camera_tokens", None)
+    if camera_prior == "geometric" and tokens not in ("pose", "geometry"):
         raise ValueError(
             "camera_prior='geometric' needs a perception with camera_tokens='pose' or 'geometry'"
         )
-    tokens = getattr(getattr(perception, "config", None), "camera_tokens", None)
     if camera_prior == "oracle" and tokens == "geometry":  # the oracle needs only CUT3R's width
         raise ValueError("camera_prior='oracle' states poses only, not a geometry token's points")
     shared = (config, perception, grid, camera_prior, image_size)
