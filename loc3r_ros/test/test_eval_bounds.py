@@ -19,6 +19,7 @@ from loc3r.eval.bounds import (
     direction_by_geometry,
     main,
     measure,
+    near_peak,
     position_readouts,
     weighted_point,
 )
@@ -92,6 +93,7 @@ def test_position_readouts_swap_grounding_and_layout_one_at_a_time():
     assert got["f_pos"] == [9.0, 9.0]
     assert got["attended, model layout"] == pytest.approx([1.0, 1.6])  # (1, 0) and (1, 4)
     assert got["top attended patch, model layout"] == pytest.approx([1.0, 0.0])
+    assert got["attention near its peak, model layout"] == pytest.approx([1.0, 0.0])  # (1, 4) far
     assert got["anchor, model layout"] == pytest.approx([2.0, 1.0])  # (3, 0) and (1, 2)
     assert got["anchor first view, model layout"] == pytest.approx([3.0, 0.0])
     assert got["attended, true layout"] == pytest.approx([1.0, 0.0])  # patch 3 has no truth
@@ -99,6 +101,15 @@ def test_position_readouts_swap_grounding_and_layout_one_at_a_time():
     nothing = torch.zeros(4, dtype=torch.bool)
     no_anchor = position_readouts(trace, nothing, nothing, true_xy, valid)
     assert no_anchor["anchor, true layout"].tolist() == [9.0, 9.0]  # falls back to f_pos
+
+
+def test_attention_near_its_peak_averages_the_peaks_object_and_leaves_the_rest_of_the_room():
+    layout = torch.tensor([[0.0, 0.0], [0.5, 0.0], [3.0, 0.0], [0.0, 0.7]])
+    attention = torch.tensor([0.4, 0.2, 0.3, 0.1])
+    assert near_peak(attention, layout).tolist() == [True, True, False, True]
+    mean = weighted_point(attention, layout, near_peak(attention, layout))
+    assert mean.tolist() == pytest.approx([0.1 / 0.7, 0.07 / 0.7])  # not pulled to (3, 0)
+    assert weighted_point(attention, layout).tolist() == pytest.approx([1.0, 0.07])
 
 
 @pytest.fixture(scope="module")

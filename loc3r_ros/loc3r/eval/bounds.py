@@ -44,6 +44,7 @@ POSITION_READOUTS = (
     "f_pos",
     "attended, model layout",
     "top attended patch, model layout",
+    "attention near its peak, model layout",
     "anchor, model layout",
     "anchor first view, model layout",
     "attended, true layout",
@@ -55,6 +56,10 @@ DIRECTION_READOUTS = (
     "true grounding, true layout",
 )
 FALLBACK_DIRECTION = "in front"
+# "attention near its peak": the attended patches whose layout lies this close to the most
+# attended one's (about an object's size): a read-out that picks one object instead of averaging
+# the attention over the room
+PEAK_RADIUS_M = 0.75
 DIRECTION_OBJECTS = ("anchor_id", "target_id", "object_id")  # standing at, facing, asked about
 # (query, head) whose attention finds each of those: head 0 of <Pos>, head 1 of <Ori>, head 3 of
 # the token before the answer (the first head the grounding loss points at each object)
@@ -86,6 +91,12 @@ def weighted_point(
     return (w / total) @ points.double()
 
 
+def near_peak(weights: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """(P,) bool: the points within PEAK_RADIUS_M of the most weighted one's (P, 2) point."""
+    peak = points[weights.argmax()]
+    return (points - peak).norm(dim=-1) <= PEAK_RADIUS_M
+
+
 def position_readouts(
     trace,
     anchor: torch.Tensor,
@@ -105,6 +116,9 @@ def position_readouts(
         "f_pos": own,
         "attended, model layout": weighted_point(attention, trace.layout),
         "top attended patch, model layout": trace.layout[attention.argmax()].double(),
+        "attention near its peak, model layout": weighted_point(
+            attention, trace.layout, near_peak(attention, trace.layout)
+        ),
         "anchor, model layout": weighted_point(on_anchor, trace.layout),
         "anchor first view, model layout": weighted_point(anchor_first.double(), trace.layout),
         "attended, true layout": weighted_point(attention, true_xy, valid),
