@@ -8,6 +8,9 @@ one at a time (Acc@0.5m / Acc@1.0m, SQA3D's strict thresholds, one read-out per 
 - "f_pos": the model's own position (what `loc3r eval` scores);
 - "attended, model layout": the layout head's (x, y) of the video patches, averaged with the
   attention of <Pos>'s grounding head (head 0 of the grounding layer);
+- "top attended patch, model layout": the layout of the single patch that head attends to most;
+  "attention near its peak, model layout": the attention-weighted layout of the patches within
+  PEAK_RADIUS_M of that one's (one object picked, the attention elsewhere in the room left out);
 - "anchor, model layout": the same with perfect grounding (the patches that show the anchor);
 - "anchor first view, model layout": only the first frame that shows the anchor (frame 1 needs
   no camera pose; later frames need CUT3R's);
