@@ -27,6 +27,9 @@ class PointEmbedding(nn.Module):
     def __init__(self, hidden: int, wavelengths: tuple[float, ...] = WAVELENGTHS_M) -> None:
         super().__init__()
         self.frequencies = tuple(2 * math.pi / w for w in wavelengths)  # float32 even in bf16
+        # the frequencies as a float32 tensor per device, made once: a host-to-device copy at
+        # every forward would wait for the GPU each training step and scene encoding
+        self._on_device: dict[torch.device, torch.Tensor] = {}
         self.proj = nn.Linear(3 * (1 + 2 * len(wavelengths)), hidden)
         # zero at the start: the patches begin as the pixels alone, and the points come in as the
         # gradient asks for them (a random start drowned the colours: docs/experiments.md)
@@ -36,7 +39,10 @@ class PointEmbedding(nn.Module):
     def forward(self, points: torch.Tensor) -> torch.Tensor:
         """Embed points; non-finite coordinates count as 0 (a cell CUT3R gave no point)."""
         points = torch.nan_to_num(points.float(), nan=0.0, posinf=0.0, neginf=0.0)
-        frequencies = torch.tensor(self.frequencies, device=points.device)
+        frequencies = self._on_device.get(points.device)
+        if frequencies is None:
+            frequencies = torch.tensor(self.frequencies, device=points.device)
+            self._on_device[points.device] = frequencies
         angles = points[..., None] * frequencies  # (..., 3, F)
         features = torch.cat([points, angles.sin().flatten(-2), angles.cos().flatten(-2)], -1)
         return self.proj(features.to(self.proj.weight.dtype))
