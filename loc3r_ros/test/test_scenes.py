@@ -19,6 +19,7 @@ from loc3r.scenes import (
     render,
 )
 from loc3r.scenes.render import cast_rays
+from loc3r.scenes.textures import _hash, value_noise
 from loc3r.scenes.world import _overlaps
 
 CONFIG = EpisodeConfig(frames=6, image_size=64, situations=3)
@@ -77,6 +78,76 @@ def test_points_from_two_views_agree_within_a_millimetre():
             assert abs(t[0] - distance) < 1e-3
             checked += 1
     assert checked > 50
+
+
+def _first_box_hit(room, origin, direction):
+    """Reference for one ray: the nearest object hit by a plain slab test (distance, object id)."""
+    best, best_id = math.inf, -1
+    for obj in room.objects:
+        c, s = math.cos(obj.yaw), math.sin(obj.yaw)
+        to_local = np.array([[c, s, 0], [-s, c, 0], [0, 0, 1.0]])
+        o, d = to_local @ (origin - np.array(obj.centre)), to_local @ direction
+        near, far = -math.inf, math.inf
+        for k in range(3):
+            half = obj.size[k] / 2
+            if d[k] == 0:
+                if abs(o[k]) > half:
+                    near, far = math.inf, -math.inf
+                continue
+            t1, t2 = sorted(((-half - o[k]) / d[k], (half - o[k]) / d[k]))
+            near, far = max(near, t1), min(far, t2)
+        if near <= far and 1e-6 < near < best:
+            best, best_id = near, obj.id
+    return best, best_id
+
+
+def test_ray_culling_keeps_every_object_hit():
+    """cast_rays tests only rays near each box; a slab test of every ray finds the same hits."""
+    rng = np.random.default_rng(4)
+    checked = hits = 0
+    for seed in range(6):
+        room = generate_room(seed)
+        for obj in room.objects[:3]:  # cameras far from and inside objects' bounding spheres
+            for origin in (
+                np.array([room.width, room.depth, room.height]) * rng.uniform(0.1, 0.9, 3),
+                np.array(obj.centre) + rng.normal(scale=0.2, size=3),
+            ):
+                d = rng.normal(size=(300, 3)) * rng.uniform(0.2, 3.0, (300, 1))  # any length
+                d[:5] = [[1, 0, 0], [0, 1, 0], [0, 0, -1], [1, 1, 0], [0, -1, 1]]  # axis-aligned
+                t, _, _, surface, object_id = cast_rays(room, origin, d)
+                for k in range(len(d)):
+                    best, best_id = _first_box_hit(room, origin, d[k])
+                    if best_id >= 0 and best <= t[k] + 1e-9:  # a box before the room surface
+                        assert object_id[k] == best_id and surface[k] == 2
+                        assert t[k] == pytest.approx(best, abs=1e-9)
+                        hits += 1
+                    else:
+                        assert object_id[k] == -1 and surface[k] < 2
+                    checked += 1
+    assert checked == 6 * 3 * 2 * 300 and hits > 500
+
+
+def test_value_noise_is_the_smooth_blend_of_its_lattice_hashes():
+    """value_noise shares its corners' products; it equals the blend of four `_hash` calls, and
+    both keep the values that rendered every room so far (rooms stay the same across versions)."""
+    rng = np.random.default_rng(2)
+    u, v = rng.uniform(-40, 40, 5000), rng.uniform(-40, 40, 5000)
+    i, j = np.floor(u), np.floor(v)
+    su, sv = (u - i) ** 2 * (3 - 2 * (u - i)), (v - j) ** 2 * (3 - 2 * (v - j))
+    a, b = _hash(i, j, 9), _hash(i + 1, j, 9)
+    c, d = _hash(i, j + 1, 9), _hash(i + 1, j + 1, 9)
+    blend = (a + (b - a) * su) * (1 - sv) + (c + (d - c) * su) * sv
+    np.testing.assert_array_equal(value_noise(u, v, 9), blend)
+    np.testing.assert_allclose(
+        _hash(np.array([0.0, -3.0, 12345.0]), np.array([0.0, 7.0, -9.0]), 11),
+        [0.39646792, 0.23215663, 0.25930166],
+        atol=1e-8,
+    )
+    np.testing.assert_allclose(
+        value_noise(np.array([0.25, -3.7, 100.5]), np.array([0.5, 7.1, -9.9]), 3),
+        [0.37162229, 0.17837498, 0.73174624],
+        atol=1e-8,
+    )
 
 
 def test_relative_directions_swap_when_the_agent_turns_around():

@@ -61,6 +61,25 @@ def _texture(points: np.ndarray, normals: np.ndarray, kind: np.ndarray) -> np.nd
     return 1.0 + out
 
 
+def _rays_near(
+    origin: np.ndarray, d: np.ndarray, d_squared: np.ndarray, centre: np.ndarray, size: np.ndarray
+) -> np.ndarray:
+    """Indices of the rays origin + t d (t > 0; |d|^2 given) that pass within a box's sphere.
+
+    A cheap, conservative cull before the slab test: a ray that misses the sphere around the box
+    (radius: half its diagonal, with a margin) cannot hit the box, so testing only these rays
+    gives the same hits as testing all of them.
+    """
+    radius = 0.5 * float(np.linalg.norm(size)) * (1 + 1e-6) + 1e-6
+    to_centre = centre - origin
+    along = d @ to_centre  # |d| t of the closest approach
+    distance_sq = to_centre @ to_centre
+    if distance_sq <= radius**2:  # the camera is inside the sphere: every ray may hit
+        return np.arange(len(d))
+    miss_sq = distance_sq - along * along / d_squared  # squared distance of the line to the centre
+    return np.flatnonzero((along > 0) & (miss_sq <= radius**2))
+
+
 def cast_rays(room: Room, origin: np.ndarray, d: np.ndarray):
     """Intersect rays origin + t d (d: (N, 3), any length) with the room and its objects.
 
@@ -82,12 +101,16 @@ def cast_rays(room: Room, origin: np.ndarray, d: np.ndarray):
         (surface == 0)[:, None], COLOURS[room.floor_colour], COLOURS[room.wall_colour]
     ).astype(np.float64)
     object_id = np.full(n_rays, -1, dtype=np.int16)
+    d_squared = np.einsum("ij,ij->i", d, d)
 
     for obj in room.objects:  # oriented boxes: slab test in the box frame
+        rays = _rays_near(origin, d, d_squared, np.asarray(obj.centre), np.asarray(obj.size))
+        if len(rays) == 0:
+            continue
         c, s = np.cos(obj.yaw), np.sin(obj.yaw)
         to_local = np.array([[c, s, 0], [-s, c, 0], [0, 0, 1.0]])
         o_local = to_local @ (origin - np.array(obj.centre))
-        d_local = d @ to_local.T
+        d_local = d[rays] @ to_local.T
         half = np.array(obj.size) / 2
         with np.errstate(divide="ignore", invalid="ignore"):
             t1 = (-half - o_local) / d_local
@@ -96,18 +119,21 @@ def cast_rays(room: Room, origin: np.ndarray, d: np.ndarray):
         t_min = np.where(np.isnan(t_min), -np.inf, t_min)
         t_max = np.where(np.isnan(t_max), np.inf, t_max)
         near_axis = np.argmax(t_min, axis=1)
-        t_near = t_min[np.arange(n_rays), near_axis]
+        t_near = t_min[np.arange(len(rays)), near_axis]
         t_far = np.min(t_max, axis=1)
-        hit = (t_near <= t_far) & (t_near > 1e-6) & (t_near < t_best)
+        hit = (t_near <= t_far) & (t_near > 1e-6) & (t_near < t_best[rays])
         if not hit.any():
             continue
-        t_best = np.where(hit, t_near, t_best)
-        local_normal = np.zeros((n_rays, 3))
-        local_normal[np.arange(n_rays), near_axis] = -np.sign(d_local[np.arange(n_rays), near_axis])
-        normal = np.where(hit[:, None], local_normal @ to_local, normal)
-        colour = np.where(hit[:, None], np.array(COLOURS[obj.colour], float), colour)
-        surface = np.where(hit, 2, surface)
-        object_id = np.where(hit, obj.id, object_id)
+        index, near_axis = rays[hit], near_axis[hit]
+        local_normal = np.zeros((len(index), 3))
+        local_normal[np.arange(len(index)), near_axis] = -np.sign(
+            d_local[np.flatnonzero(hit), near_axis]
+        )
+        t_best[index] = t_near[hit]
+        normal[index] = local_normal @ to_local
+        colour[index] = np.array(COLOURS[obj.colour], float)
+        surface[index] = 2
+        object_id[index] = obj.id
 
     return t_best, normal, colour, surface, object_id
 

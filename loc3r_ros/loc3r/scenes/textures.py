@@ -75,18 +75,32 @@ def make_look(room: Room, seed: int) -> RoomLook:
     return look
 
 
-def _hash(i: np.ndarray, j: np.ndarray, seed: int) -> np.ndarray:
-    """Uniform [0, 1) values from integer lattice coordinates (splitmix64 of the pair)."""
+_HASH_I = np.uint64(0x632BE59BD9B4E019)
+_HASH_J = np.uint64(0x85157AF5)
+
+
+def _lattice(a: np.ndarray) -> np.ndarray:
+    """Integer-valued coordinates as uint64 (negative ones wrap, two's complement)."""
+    return a.astype(np.int64).astype(np.uint64)
+
+
+def _finish(h: np.ndarray, seed: int) -> np.ndarray:
+    """Uniform [0, 1) values from mixed lattice products `h` (splitmix64's finaliser, in place)."""
     with np.errstate(over="ignore"):
-        h = i.astype(np.int64).astype(np.uint64) * np.uint64(0x632BE59BD9B4E019)
-        h ^= j.astype(np.int64).astype(np.uint64) * np.uint64(0x85157AF5)
         h += np.uint64(seed & 0xFFFFFFFF) * _MIX
         h ^= h >> np.uint64(30)
         h *= np.uint64(0xBF58476D1CE4E5B9)
         h ^= h >> np.uint64(27)
         h *= np.uint64(0x94D049BB133111EB)
         h ^= h >> np.uint64(31)
-    return (h >> np.uint64(40)).astype(np.float64) / float(1 << 24)
+        h >>= np.uint64(40)
+    return h.astype(np.float64) / float(1 << 24)
+
+
+def _hash(i: np.ndarray, j: np.ndarray, seed: int) -> np.ndarray:
+    """Uniform [0, 1) values from integer lattice coordinates (splitmix64 of the pair)."""
+    with np.errstate(over="ignore"):
+        return _finish((_lattice(i) * _HASH_I) ^ (_lattice(j) * _HASH_J), seed)
 
 
 def value_noise(u: np.ndarray, v: np.ndarray, seed: int) -> np.ndarray:
@@ -94,8 +108,11 @@ def value_noise(u: np.ndarray, v: np.ndarray, seed: int) -> np.ndarray:
     i, j = np.floor(u), np.floor(v)
     fu, fv = u - i, v - j
     su, sv = fu * fu * (3 - 2 * fu), fv * fv * (3 - 2 * fv)
-    a, b = _hash(i, j, seed), _hash(i + 1, j, seed)
-    c, d = _hash(i, j + 1, seed), _hash(i + 1, j + 1, seed)
+    with np.errstate(over="ignore"):  # the corners' products, (i + 1) K = i K + K mod 2^64
+        hi, hj = _lattice(i) * _HASH_I, _lattice(j) * _HASH_J
+        hi1, hj1 = hi + _HASH_I, hj + _HASH_J
+        a, b = _finish(hi ^ hj, seed), _finish(hi1 ^ hj, seed)
+        c, d = _finish(hi ^ hj1, seed), _finish(hi1 ^ hj1, seed)
     return (a + (b - a) * su) * (1 - sv) + (c + (d - c) * su) * sv
 
 
