@@ -7,7 +7,10 @@
 # steps on 2 CPU cores it doubled the attention on the situation's anchor, docs/experiments.md;
 # POINT_EMBEDDING=False for the poses alone), data rendered on all cores, the vision
 # tower and the VLM trained on the GPU (bf16 autocast), the shipped tiny CUT3R reused (it only
-# gives depth and focal length to the geometric source). Training stops at its time budget, so
+# gives depth and focal length to the geometric source). Rooms before steps: the training rooms
+# render for RENDER_WITHIN_S seconds (as many as the cores give, up to TRAIN_EPISODES), since a
+# CPU run that saw 1500 rooms 3 times memorised them (docs/experiments.md, "grounding that
+# memorises rooms"); the VLM trains on what is left. Training stops at its time budget, so
 # the script ends within ~9 minutes. What comes back ($OUT, at most 8 files of 16 MiB): the
 # bundle's vlm/ (4 files), bundle.json, eval.json (timings per stage), metrics.jsonl, build.log.
 # The same command runs on a CPU machine (slowly): every stage picks CUDA when there is one.
@@ -31,7 +34,8 @@ timeout -k 10 ${BUILD_TIMEOUT_S:-540} $PY -m loc3r.train.make_default_model \
   --eval_episodes=${EVAL_EPISODES:-30} \
   --cut3r_dir=loc3r_ros/loc3r/assets/default_model/cut3r \
   --tokenizer_dir=loc3r_ros/loc3r/assets/default_model/vlm \
-  --workers=$WORKERS --train_episodes=${TRAIN_EPISODES:-1500} --steps=${STEPS:-5000} \
+  --workers=$WORKERS --train_episodes=${TRAIN_EPISODES:-20000} --steps=${STEPS:-5000} \
+  --render_within_s=${RENDER_WITHIN_S:-200} \
   --time_budget_s=${TRAIN_BUDGET_S:-240} --finish_within_s=${FINISH_WITHIN_S:-520} \
   --vision.episodes=${VISION_EPISODES:-1000} --vision.steps=${VISION_STEPS:-6000} "$@"
 status=$?

@@ -55,6 +55,9 @@ class TrainConfig:
     train_situations: int = 4  # situations per training room (held-out rooms always have 4)
     workers: int = 1  # processes that render episodes (a GPU machine's cores)
     time_budget_s: float = 0.0  # > 0: training stops (and saves) after this long
+    # > 0: training rooms render for at most this long (the first of the train_episodes seeds
+    # that finish in time; at least one): as many rooms as the cores give, for a GPU build
+    render_within_s: float = 0.0
     look: str = "flat"  # rooms: "flat" colours or "textured" (loc3r.scenes.textures)
     walk: str = "sweep"  # camera walks: "sweep" (one turn left), "scan" (both ways, smooth) or
     # "room_scan" (a scan that sees most of the room: use 16-32 frames; loc3r.scenes.episode)

@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         "steps": config.steps,
         "first_loss": history[0]["loss"] if history else None,
         "final_loss": history[-1]["loss"] if history else None,
+        "rooms": len(run.train_episodes),
         "samples": len(run.train_samples),
         "stopped_early": trainer.stopped_early,
         "paced": trainer.paced,

@@ -8,7 +8,8 @@ what they share (a CUT3R model, configs) is inherited, not pickled per task.
 from __future__ import annotations
 
 import multiprocessing as mp
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -33,20 +34,37 @@ def parallel_map(
     workers: int = 1,
     desc: str = "",
     progress: bool = True,
+    deadline: float | None = None,
 ) -> list[Any]:
     """[fn(item, shared) for item in items], in order, on `workers` forked processes.
 
     `fn` must be a module-level function (it is sent by name). workers <= 1 runs in this process.
+    `deadline` (a `time.monotonic()` value) stops at that time and returns the results finished
+    by then, in order: a prefix of the full list, never empty (the first item is always waited
+    for); the workers still running are terminated.
     """
     global _SHARED
     if workers <= 1 or len(items) <= 1:
-        return [fn(item, shared) for item in tqdm(items, desc=desc, disable=not progress)]
+        return _until((fn(item, shared) for item in items), len(items), deadline, desc, progress)
     _SHARED = shared
     try:
         context = mp.get_context("fork")
-        chunk = max(1, len(items) // (workers * 8))
+        # small chunks when a deadline may cut the list, so the results stop close to it
+        chunk = 1 if deadline is not None else max(1, len(items) // (workers * 8))
         with context.Pool(min(workers, len(items)), initializer=_one_thread) as pool:
             jobs = pool.imap(_call, [(fn, item) for item in items], chunksize=chunk)
-            return list(tqdm(jobs, total=len(items), desc=desc, disable=not progress))
+            return _until(jobs, len(items), deadline, desc, progress)  # the pool then terminates
     finally:
         _SHARED = None
+
+
+def _until(
+    results: Iterator[Any], total: int, deadline: float | None, desc: str, progress: bool
+) -> list[Any]:
+    """The results in order, stopping (after at least one) once `deadline` has passed."""
+    done = []
+    for result in tqdm(results, total=total, desc=desc, disable=not progress):
+        done.append(result)
+        if deadline is not None and time.monotonic() >= deadline:
+            break
+    return done

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -158,6 +159,8 @@ def prepare_run(config: TrainConfig, progress: bool = True) -> Run:
     """Tokenizer, CUT3R, train/eval episodes (with cached camera tokens) and the model."""
     if config.data_root and config.camera_prior == "oracle":
         raise ValueError("camera_prior='oracle' needs synthetic rooms (their true poses)")
+    if config.render_within_s < 0 or (config.render_within_s > 0 and config.data_root):
+        raise ValueError("render_within_s: seconds >= 0, for synthetic rooms only")
     out = Path(config.out)
     episodes_cfg = episode_config(config)
     train_seeds = list(range(config.train_episodes))
@@ -195,8 +198,9 @@ def prepare_run(config: TrainConfig, progress: bool = True) -> Run:
         train_cfg = replace(episodes_cfg, situations=config.train_situations)
         prior = config.camera_prior
         size, workers = config.image_size, config.workers
+        deadline = time.monotonic() + config.render_within_s if config.render_within_s > 0 else None
         train = build_episodes(train_seeds, train_cfg, perception, grid, progress, prior, size,
-                               workers)  # fmt: skip
+                               workers, deadline)  # fmt: skip
         held_out = build_episodes(eval_seeds, episodes_cfg, perception, grid, progress, prior,
                                   size, workers)  # fmt: skip
     samples = [s for e in train for s in e.samples(config.image_size)]

@@ -107,6 +107,7 @@ def build_episodes(
     camera_prior: str = "cut3r",
     image_size: int = 0,
     workers: int = 1,
+    deadline: float | None = None,
 ) -> list[EpisodeData]:
     """Render episodes and cache their camera tokens and layout targets.
 
@@ -115,7 +116,8 @@ def build_episodes(
     camera_tokens="pose", as the bundle's engine will); "oracle" states the true poses
     (`oracle_camera_tokens`, as wide as CUT3R's). Frames rendered larger than `image_size` (for
     the geometric pose source's feature matching) are stored shrunk to it. `workers` > 1
-    builds them on that many forked processes (the same episodes, in order).
+    builds them on that many forked processes (the same episodes, in order). `deadline` (a
+    `time.monotonic()` value) keeps the episodes finished by then: the first of `seeds`.
     """
     if camera_prior not in CAMERA_PRIORS:
         raise ValueError(f"camera_prior={camera_prior!r}: expected one of {CAMERA_PRIORS}")
@@ -127,7 +129,7 @@ def build_episodes(
     if camera_prior == "oracle" and tokens == "geometry":  # the oracle needs only CUT3R's width
         raise ValueError("camera_prior='oracle' states poses only, not a geometry token's points")
     shared = (config, perception, grid, camera_prior, image_size)
-    return parallel_map(build_episode, seeds, shared, workers, "episodes", progress)
+    return parallel_map(build_episode, seeds, shared, workers, "episodes", progress, deadline)
 
 
 def build_episode(seed: int, shared: tuple) -> EpisodeData:
