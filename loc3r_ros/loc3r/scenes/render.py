@@ -72,10 +72,10 @@ def _rays_near(
     """
     radius = 0.5 * float(np.linalg.norm(size)) * (1 + 1e-6) + 1e-6
     to_centre = centre - origin
-    along = d @ to_centre  # |d| t of the closest approach
     distance_sq = to_centre @ to_centre
     if distance_sq <= radius**2:  # the camera is inside the sphere: every ray may hit
         return np.arange(len(d))
+    along = d @ to_centre  # |d| t of the closest approach
     miss_sq = distance_sq - along * along / d_squared  # squared distance of the line to the centre
     return np.flatnonzero((along > 0) & (miss_sq <= radius**2))
 
@@ -104,12 +104,13 @@ def cast_rays(room: Room, origin: np.ndarray, d: np.ndarray):
     d_squared = np.einsum("ij,ij->i", d, d)
 
     for obj in room.objects:  # oriented boxes: slab test in the box frame
-        rays = _rays_near(origin, d, d_squared, np.asarray(obj.centre), np.asarray(obj.size))
+        centre = np.array(obj.centre)
+        rays = _rays_near(origin, d, d_squared, centre, np.asarray(obj.size))
         if len(rays) == 0:
             continue
         c, s = np.cos(obj.yaw), np.sin(obj.yaw)
         to_local = np.array([[c, s, 0], [-s, c, 0], [0, 0, 1.0]])
-        o_local = to_local @ (origin - np.array(obj.centre))
+        o_local = to_local @ (origin - centre)
         d_local = d[rays] @ to_local.T
         half = np.array(obj.size) / 2
         with np.errstate(divide="ignore", invalid="ignore"):
