@@ -87,7 +87,8 @@ def test_position_readouts_swap_grounding_and_layout_one_at_a_time():
         layout=layout.float(),
         pose=SimpleNamespace(xy=torch.tensor([9.0, 9.0])),
     )
-    readouts = position_readouts(trace, anchor, anchor_first, true_xy, valid)
+    centre = torch.tensor([2.5, 0.5])
+    readouts = position_readouts(trace, anchor, anchor_first, true_xy, valid, centre)
     got = {k: v.tolist() for k, v in readouts.items()}
     assert set(got) == set(POSITION_READOUTS)
     assert got["f_pos"] == [9.0, 9.0]
@@ -98,9 +99,13 @@ def test_position_readouts_swap_grounding_and_layout_one_at_a_time():
     assert got["anchor first view, model layout"] == pytest.approx([3.0, 0.0])
     assert got["attended, true layout"] == pytest.approx([1.0, 0.0])  # patch 3 has no truth
     assert got["anchor, true layout"] == pytest.approx([1.5, 1.0])
+    assert got["anchor's centre, truth"] == pytest.approx([2.5, 0.5])
     nothing = torch.zeros(4, dtype=torch.bool)
-    no_anchor = position_readouts(trace, nothing, nothing, true_xy, valid)
+    no_anchor = position_readouts(trace, nothing, nothing, true_xy, valid, centre)
     assert no_anchor["anchor, true layout"].tolist() == [9.0, 9.0]  # falls back to f_pos
+    assert no_anchor["anchor's centre, truth"].tolist() == [2.5, 0.5]  # known out of view too
+    unknown = position_readouts(trace, anchor, anchor_first, true_xy, valid)
+    assert unknown["anchor's centre, truth"].tolist() == [9.0, 9.0]
 
 
 def test_attention_near_its_peak_averages_the_peaks_object_and_leaves_the_rest_of_the_room():
@@ -121,7 +126,7 @@ def episodes_and_bundles(tmp_path_factory):
     root = tmp_path_factory.mktemp("bounds")
     bundles = [load_bundle(make_tiny_bundle(root / f"b{seed}", seed=seed)) for seed in (0, 1)]
     episodes = build_episodes(
-        [1_000_000, 1_000_001], EpisodeConfig(frames=4, image_size=56), bundles[0].perception,
+        [1_000_000, 1_000_002], EpisodeConfig(frames=4, image_size=56), bundles[0].perception,
         grid=2, progress=False,
     )  # fmt: skip
     # only situations whose anchor is in view: no read-out falls back to the model's f_pos

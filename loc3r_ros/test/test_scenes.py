@@ -19,8 +19,15 @@ from loc3r.scenes import (
     render,
 )
 from loc3r.scenes.render import cast_rays
+from loc3r.scenes.situations import NEXT_TO_REACH
 from loc3r.scenes.textures import _hash, value_noise
-from loc3r.scenes.world import _overlaps
+from loc3r.scenes.world import (
+    SceneObject,
+    _overlaps,
+    distance_to_footprint,
+    floor_points_near,
+    free_floor_points,
+)
 
 CONFIG = EpisodeConfig(frames=6, image_size=64, situations=3)
 
@@ -233,14 +240,21 @@ def test_object_cover_counts_each_objects_share_of_each_cell():
 
 
 def test_records_name_the_situation_objects_and_renders_show_them():
-    episode = make_episode(3, EpisodeConfig(frames=8, image_size=96, situations=4))
+    episode = make_episode(3, EpisodeConfig(frames=8, image_size=96, situations=6))
     objects = episode.room.objects
     for record in episode.records:
         anchor, target = objects[record.fields["anchor_id"]], objects[record.fields["target_id"]]
         before, after = record.situation.split(", facing ")
         assert before.endswith((f" the {anchor.kind}", f" the {anchor.label}"))
         assert after in (f"the {target.kind}", f"the {target.label}")
-        assert math.dist(record.fields["world_position"], anchor.centre[:2]) <= 1.6 + 1e-9
+        where = record.fields["world_position"]
+        if record.situation.startswith("I am sitting on"):
+            assert where == pytest.approx(list(anchor.centre[:2]))
+        else:  # next to it: within reach of its edge, clear of every footprint
+            assert distance_to_footprint(anchor, np.array([where]))[0] <= NEXT_TO_REACH + 1e-9
+            assert min(distance_to_footprint(o, np.array([where]))[0] for o in objects) >= 0.3
+        expected = episode.frame.points(np.array([anchor.centre]))[0, :2]
+        assert record.fields["anchor_position"] == pytest.approx(list(expected))
     cover = np.stack([object_cover(f.object_id, len(objects), 4) for f in episode.frames])
     anchors = {r.fields["anchor_id"] for r in episode.records}
     shown = {a for a in anchors if cover[..., a].max() >= 0.1}
@@ -264,3 +278,44 @@ def test_answer_vocabulary_holds_every_answer_the_generator_gives():
     assert set().union(*seen.values()) <= vocabulary
     assert seen["direction"] == {"in front", "left", "behind", "right"}
     assert len(seen["nearest"] | seen["what_side"]) >= 10 and len(seen["colour"]) >= 8
+
+
+def test_distance_to_footprint_of_a_rotated_box():
+    box = SceneObject(0, "bed", "red", (2.0, 1.0, 0.3), (2.0, 1.0, 0.6), math.pi / 2)
+    # rotated a quarter turn: 1 m along world x, 2 m along world y, centred at (2, 1)
+    points = np.array([[2.0, 1.0], [2.4, 1.9], [3.0, 1.0], [2.0, 3.0], [3.5, 2.0], [0.0, 1.0]])
+    np.testing.assert_allclose(
+        distance_to_footprint(box, points), [0.0, 0.0, 0.5, 1.0, math.hypot(1.0, 0.0), 1.5]
+    )
+    corner = box.footprint()[0]  # a corner is on the footprint's edge
+    assert distance_to_footprint(box, corner[None])[0] == pytest.approx(0.0, abs=1e-9)
+    outward = corner + 0.3 * (corner - np.array(box.centre[:2])) / np.linalg.norm(
+        corner - np.array(box.centre[:2])
+    )
+    assert distance_to_footprint(box, outward[None])[0] == pytest.approx(0.3)
+
+
+def test_floor_points_near_an_object_are_within_reach_and_free():
+    for seed in range(30):
+        room = generate_room(seed)
+        for obj in room.objects:
+            points = floor_points_near(room, obj, np.random.default_rng(seed), 5, 0.5)
+            assert len(points) <= 5
+            if len(points):
+                assert (distance_to_footprint(obj, points) <= 0.5 + 1e-9).all()
+                for other in room.objects:
+                    assert (distance_to_footprint(other, points) >= 0.3 - 1e-9).all()
+                assert ((points >= 0.3) & (points <= [room.width - 0.3, room.depth - 0.3])).all()
+    room = generate_room(1)
+    bed = room.objects[2]
+    again = [floor_points_near(room, bed, np.random.default_rng(4), 3, 0.5) for _ in "ab"]
+    np.testing.assert_array_equal(*again)  # deterministic from the generator
+    # most objects have free floor within half a metre; the old rule (nearest of 12 random floor
+    # points anywhere) left a median 0.5 m and a 90th percentile 0.95 m from the edge
+    found = [
+        len(floor_points_near(generate_room(s), o, np.random.default_rng(s), 1, 0.5)) > 0
+        for s in range(40)
+        for o in generate_room(s).objects
+    ]
+    assert np.mean(found) > 0.9
+    assert len(free_floor_points(generate_room(0), np.random.default_rng(0), 4)) == 4

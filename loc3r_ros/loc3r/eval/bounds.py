@@ -14,7 +14,9 @@ one at a time (Acc@0.5m / Acc@1.0m, SQA3D's strict thresholds, one read-out per 
 - "anchor, model layout": the same with perfect grounding (the patches that show the anchor);
 - "anchor first view, model layout": only the first frame that shows the anchor (frame 1 needs
   no camera pose; later frames need CUT3R's);
-- "attended, true layout" and "anchor, true layout": the patches' true (x, y) instead.
+- "attended, true layout" and "anchor, true layout": the patches' true (x, y) instead;
+- "anchor's centre, truth": the anchor's true centre, in view or not: the most a read-out that
+  finds the anchor but not the side of it the agent stands on can score.
 A read-out that needs the anchor falls back to f_pos when no frame shows it.
 
 Also: the grounding (<Pos>'s attention mass on the anchor, how often its most attended patch
@@ -52,6 +54,7 @@ POSITION_READOUTS = (
     "anchor first view, model layout",
     "attended, true layout",
     "anchor, true layout",
+    "anchor's centre, truth",
 )
 DIRECTION_READOUTS = (
     "model grounding, model layout",
@@ -106,11 +109,13 @@ def position_readouts(
     anchor_first: torch.Tensor,
     true_xy: torch.Tensor,
     valid: torch.Tensor,
+    anchor_centre: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Every read-out of POSITION_READOUTS for one situation (a training_aids.SituationTrace).
 
     anchor (P,) bool marks the patches that show the anchor, anchor_first those of them in the
-    first frame that shows it; true_xy (P, 2) and valid (P,) are the patches' true layout.
+    first frame that shows it; true_xy (P, 2) and valid (P,) are the patches' true layout;
+    anchor_centre (2,) the anchor's true centre (None: unknown, f_pos stands in).
     """
     own = trace.pose.xy.double()
     attention = attention_of(trace, "anchor")
@@ -126,6 +131,7 @@ def position_readouts(
         "anchor first view, model layout": weighted_point(anchor_first.double(), trace.layout),
         "attended, true layout": weighted_point(attention, true_xy, valid),
         "anchor, true layout": weighted_point(on_anchor, true_xy, valid),
+        "anchor's centre, truth": None if anchor_centre is None else anchor_centre.double(),
     }
     return {name: own if xy is None else xy for name, xy in candidates.items()}
 
@@ -203,7 +209,11 @@ def measure(vlm, episodes: list, image_size: int, progress: bool = True) -> dict
                     mass.append(float(attention[anchor].sum()))
                     anchor_share.append(float(anchor.double().mean()))
                     top_on_anchor.append(bool(anchor[attention.argmax()]))
-                readouts = position_readouts(trace, anchor, first, true_xy, valid)
+                centre = record.fields.get("anchor_position")
+                readouts = position_readouts(
+                    trace, anchor, first, true_xy, valid,
+                    None if centre is None else torch.tensor(centre),
+                )  # fmt: skip
                 for name, xy in readouts.items():
                     errors[name].append(position_error(record.position, xy.tolist()))
                 if len(situations) == 1:  # the layout does not depend on the situation

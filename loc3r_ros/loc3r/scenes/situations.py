@@ -22,13 +22,17 @@ from loc3r.scenes.world import (
     ROOM_EXTENT,
     Room,
     SceneObject,
-    free_floor_points,
+    floor_points_near,
 )
 
 NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 SITTABLE = {"bed", "sofa", "chair"}
 DIRECTIONS = ("in front", "left", "behind", "right")  # what relative_direction answers
 MIN_TARGET_DISTANCE = 0.5  # metres: a situation faces an object at least this far away
+# metres from the anchor's footprint: "standing next to the bed" is within this of its edge (and,
+# like every standing point, at least STANDING_CLEARANCE from walls and every footprint)
+NEXT_TO_REACH = 0.5
+STANDING_CLEARANCE = 0.3
 
 
 @dataclass
@@ -87,13 +91,10 @@ def make_situation(room: Room, rng: np.random.Generator) -> Situated | None:
         position = np.array(anchor.centre[:2])
         verb = "sitting on"
     else:
-        candidates = free_floor_points(room, rng, 12, clearance=0.3)
+        candidates = floor_points_near(room, anchor, rng, 1, NEXT_TO_REACH, STANDING_CLEARANCE)
         if len(candidates) == 0:
             return None
-        distances = np.linalg.norm(candidates - np.array(anchor.centre[:2]), axis=1)
-        position = candidates[int(np.argmin(distances))]
-        if distances.min() > 1.6:
-            return None
+        position = candidates[0]
         verb = "standing next to"
     to_target = np.array(target.centre[:2]) - position
     if np.linalg.norm(to_target) < MIN_TARGET_DISTANCE:

@@ -213,3 +213,44 @@ def free_floor_points(room: Room, rng: np.random.Generator, count: int, clearanc
             if len(points) == count:
                 break
     return np.array(points).reshape(-1, 2)
+
+
+def distance_to_footprint(obj: SceneObject, points: np.ndarray) -> np.ndarray:
+    """(N,) floor-plan distance of (N, 2) points from the object's footprint (0 inside it)."""
+    c, s = np.cos(obj.yaw), np.sin(obj.yaw)
+    local = (np.asarray(points, dtype=float) - np.array(obj.centre[:2])) @ np.array(
+        [[c, -s], [s, c]]
+    )  # the footprint's own axes (footprint() rotates the other way)
+    outside = np.maximum(np.abs(local) - np.array(obj.size[:2]) / 2, 0.0)
+    return np.linalg.norm(outside, axis=-1)
+
+
+def floor_points_near(
+    room: Room,
+    obj: SceneObject,
+    rng: np.random.Generator,
+    count: int,
+    reach: float,
+    clearance: float = 0.3,
+) -> np.ndarray:
+    """Up to `count` random free floor points (as free_floor_points) within `reach` of `obj`.
+
+    `reach` is measured from the object's footprint, so "next to" the bed is as close to the
+    bed's edge as "next to" the chair is to the chair's.
+    """
+    corners = obj.footprint()
+    low = np.maximum(corners.min(axis=0) - reach, clearance)
+    high = np.minimum(corners.max(axis=0) + reach, [room.width - clearance, room.depth - clearance])
+    points: list[np.ndarray] = []
+    if (high <= low).any():
+        return np.zeros((0, 2))
+    probe = np.array([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]]) * clearance
+    for _ in range(count * 50):
+        p = rng.uniform(low, high)
+        if distance_to_footprint(obj, p[None])[0] > reach:
+            continue
+        if not any(_overlaps(p + probe, o.footprint(), 0.0) for o in room.objects):
+            points.append(p)
+            if len(points) == count:
+                break
+    return np.array(points).reshape(-1, 2)
