@@ -216,3 +216,22 @@ def test_geometry_tokens_state_the_pose_and_the_pooled_posed_pointmap(perception
             )  # fmt: skip
     with pytest.raises(ValueError, match="token_grid"):
         PerceptionConfig(camera_tokens="geometry")
+
+
+def test_camera_tokens_widen_to_a_geometry_token_cut3rs_width_cannot_hold(perception):
+    from loc3r.engine.perception import camera_token_width, token_points
+
+    assert camera_token_width(96, "geometry", 8) == 12 + 3 * 64  # an 8x8 grid: 204 values
+    assert camera_token_width(768, "geometry", 8) == 768  # the DPT CUT3R's tokens hold it
+    assert camera_token_width(96, "pose", 8) == camera_token_width(96, "cut3r") == 96
+    cut3r = perception.model  # 24-wide tokens
+    for mode, grid, width in (("cut3r", 0, 24), ("pose", 0, 24), ("geometry", 2, 24),
+                              ("geometry", 3, 39)):  # fmt: skip
+        config = PerceptionConfig(image_size=64, camera_tokens=mode, token_grid=grid)
+        stream = Perception(cut3r, config)
+        assert stream.token_width == width
+        out = stream.run_fresh(frames(2))
+        assert all(f.camera_token.shape == (width,) for f in out)
+        if mode == "geometry":  # every cell of the grid states a point (CUT3R sees them all)
+            points = token_points(out[1].camera_token, grid)
+            assert points.isfinite().all() and (points.abs().sum(-1) > 0).all()

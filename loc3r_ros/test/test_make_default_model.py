@@ -122,15 +122,27 @@ def test_a_point_embedding_needs_the_geometric_prior(tmp_path):
         make_default_model.main(argv)
 
 
-def test_a_point_embedding_too_wide_for_cut3r_fails_before_rendering(tmp_path, monkeypatch):
-    from loc3r.train import pipeline
-    from loc3r.train.config import TrainConfig
+def test_geometry_tokens_wider_than_cut3rs_widen_the_camera_tokens(tmp_path):
+    import numpy as np
+    import torch
 
-    def no_rendering(*args, **kwargs):
-        raise AssertionError("rendered before the width check")
+    from loc3r.engine.perception import geometry_token_width, token_points
 
-    monkeypatch.setattr(pipeline, "build_episodes", no_rendering)
-    geometric = ["--camera_prior=geometric", "--point_embedding=True"]
-    config = TrainConfig.from_args([f"--out={tmp_path}", *TOY, "--image_size=84", *geometric])
-    with pytest.raises(ValueError, match="needs camera tokens of 39 values; this CUT3R's are 24"):
-        pipeline.prepare_run(config, progress=False)  # a 3x3 grid, the seeded tiny CUT3R
+    target = tmp_path / "bundle"
+    geometric = ["--camera_prior=geometric", "--look=textured", "--walk=scan",
+                 "--render_size=224", "--cut3r.steps=1", "--point_embedding=True"]  # fmt: skip
+    # 84 px: a 3x3 patch grid, geometry tokens of 12 + 27 = 39 values; this CUT3R's are 32
+    argv = [f"--out={tmp_path / 'run'}", f"--target={target}", *TOY, *STAGES, *geometric,
+            "--image_size=84", "--cut3r.dec_embed_dim=32"]  # fmt: skip
+    assert make_default_model.main(argv) == 0
+    bundle = load_bundle(target)
+    assert bundle.perception.model.config.dec_embed_dim == 32
+    assert bundle.perception.token_width == geometry_token_width(3) == 39
+    assert bundle.model.vlm.config.cam_token_dim == 39
+    frames = [np.random.default_rng(i).integers(0, 256, (96, 128, 3), np.uint8) for i in range(2)]
+    out = bundle.perception.run_fresh(frames)
+    tokens = torch.stack([f.camera_token for f in out])
+    assert tokens.shape == (2, 39)
+    assert (token_points(tokens[0], 3)[:, 2] > 0).all()  # all 9 cells: points before the camera
+    scene = bundle.model.encode_scene(frames, tokens)
+    assert bundle.model.answer(scene, "what is on my left?", "I sit")[0]

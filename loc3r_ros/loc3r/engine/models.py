@@ -191,11 +191,6 @@ def load_bundle(
         raise ModelLoadError(f"cannot load {root}: {exc}") from exc
     except Exception as exc:  # any other loader failure is still a load failure
         raise ModelLoadError(f"cannot load {root}: {type(exc).__name__}: {exc}") from exc
-    if vlm.config.cam_token_dim != cut3r.config.dec_embed_dim:
-        raise ModelLoadError(
-            f"{root}: the VLM expects {vlm.config.cam_token_dim}-d camera tokens, CUT3R gives "
-            f"{cut3r.config.dec_embed_dim}-d"
-        )
     try:
         perception_config = PerceptionConfig(
             image_size=int(spec.get("cut3r_image_size", 512)),
@@ -212,6 +207,11 @@ def load_bundle(
             "tokens and the point embedding go together)"
         )
     perception = Perception(cut3r, perception_config)
+    if vlm.config.cam_token_dim != perception.token_width:
+        raise ModelLoadError(
+            f"{root}: the VLM expects {vlm.config.cam_token_dim}-d camera tokens, CUT3R's "
+            f"{perception_config.camera_tokens!r} tokens are {perception.token_width}-d"
+        )
     vlm.set_answer_vocabulary(spec.get("answer_vocabulary"))  # None: free decoding
     frames = int(spec.get("num_query_frames", 32))
     try:

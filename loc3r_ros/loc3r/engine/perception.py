@@ -112,6 +112,17 @@ def geometry_token(
     return token
 
 
+def camera_token_width(cut3r_width: int, camera_tokens: str, grid: int = 0) -> int:
+    """Values in each camera token: CUT3R's width, or a geometry token's when that is wider.
+
+    CUT3R's tokens and pose tokens are as wide as its decoder; a geometry token needs
+    `geometry_token_width(grid)` values (204 for an 8x8 grid), which a tiny CUT3R (96) is not.
+    """
+    if camera_tokens == "geometry":
+        return max(cut3r_width, geometry_token_width(grid))
+    return cut3r_width
+
+
 def token_points(tokens: torch.Tensor, grid: int) -> torch.Tensor:
     """(..., width) geometry tokens -> (..., grid * grid, 3) the pooled points they state."""
     return tokens[..., POSE_VALUES : geometry_token_width(grid)].unflatten(-1, (grid * grid, 3))
@@ -177,6 +188,13 @@ class Perception:
         self.state: Cut3rState = model.init_state()
         self.odometry = GeometricPoses(self.config)
 
+    @property
+    def token_width(self) -> int:
+        """Values in each camera token this perception gives (`camera_token_width`)."""
+        return camera_token_width(
+            self.model.config.dec_embed_dim, self.config.camera_tokens, self.config.token_grid
+        )
+
     def reset(self) -> None:
         """Start a new stream (a new scene)."""
         self.state = self.model.init_state()
@@ -211,10 +229,10 @@ class Perception:
             keep = keep[np.argsort(-conf[keep], kind="stable")[: self.config.points_per_frame]]
         token = out.camera_token[0].float().cpu().clone()
         if self.config.camera_tokens == "pose":
-            token = pose_token(pose, token.shape[0])
+            token = pose_token(pose, self.token_width)
         elif self.config.camera_tokens == "geometry":
             grid = self.config.token_grid
-            token = geometry_token(pose, world_map, grid, token.shape[0], frame)
+            token = geometry_token(pose, world_map, grid, self.token_width, frame)
         return FramePerception(
             camera_token=token,
             pose_c2w=pose,

@@ -84,7 +84,7 @@ def train_variant(index: int, progress: bool = True) -> dict:
     name, changes = VARIANTS[index]
     variant = replace(_CONFIG, out=str(Path(_CONFIG.out) / name.strip("+ ").replace(" ", "_")),
                       **changes)  # fmt: skip
-    model = build_model(variant, _RUN.model.tokenizer, _RUN.cut3r.config.dec_embed_dim)
+    model = build_model(variant, _RUN.model.tokenizer, _RUN.model.config.cam_token_dim)
     began = time.perf_counter()
     history = Trainer(variant, model, _RUN.train_samples).fit(progress=progress)
     seconds = time.perf_counter() - began

@@ -13,7 +13,7 @@ from tqdm import tqdm
 from transformers import AutoTokenizer
 
 from loc3r.cut3r import Cut3r, Cut3rConfig, load_cut3r
-from loc3r.engine.perception import Perception, PerceptionConfig, geometry_token_width
+from loc3r.engine.perception import Perception, PerceptionConfig
 from loc3r.eval.report import EvalCase, evaluate_cases
 from loc3r.scenes import EpisodeConfig
 from loc3r.train.config import TrainConfig
@@ -180,12 +180,6 @@ def prepare_run(config: TrainConfig, progress: bool = True) -> Run:
     cut3r = load_or_make_cut3r(config)
     perception = Perception(cut3r, perception_config(config))
     grid = patch_grid(config)
-    needed = geometry_token_width(grid)
-    if config.point_embedding and cut3r.config.dec_embed_dim < needed:  # before any rendering
-        raise ValueError(
-            f"point_embedding at image_size={config.image_size} needs camera tokens of {needed} "
-            f"values; this CUT3R's are {cut3r.config.dec_embed_dim} wide"
-        )
     if config.data_root:
         from loc3r.train.dataset_data import build_dataset_episodes
 
@@ -204,7 +198,7 @@ def prepare_run(config: TrainConfig, progress: bool = True) -> Run:
         held_out = build_episodes(eval_seeds, episodes_cfg, perception, grid, progress, prior,
                                   size, workers)  # fmt: skip
     samples = [s for e in train for s in e.samples(config.image_size)]
-    model = build_model(config, tokenizer, cut3r.config.dec_embed_dim)
+    model = build_model(config, tokenizer, perception.token_width)
     return Run(model, cut3r, train, held_out, samples)
 
 

@@ -139,7 +139,7 @@ def build_episode(seed: int, shared: tuple) -> EpisodeData:
     pose_errors = None
     frames = np.stack([f.rgb for f in episode.frames])
     if camera_prior == "oracle":
-        width = perception.model.config.dec_embed_dim
+        width = perception.token_width
         tokens = oracle_camera_tokens([f.pose_c2w for f in episode.frames], width)
     elif perception is not None:
         perceived = perception.run_fresh(list(frames))
