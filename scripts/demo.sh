@@ -22,8 +22,8 @@ cleanup() {
 trap cleanup EXIT
 lib=install/loc3r_ros/lib/loc3r_ros
 
-echo "== a held-out synthetic room: 8 frames -> $work/frames"
-"$lib/loc3r" scene "$work/frames" --seed 1000003 --count 8 --size 112
+echo "== a held-out synthetic room like the model's training rooms -> $work/frames"
+"$lib/loc3r" scene "$work/frames" --seed 1000003 --as-trained
 "$lib/loc3r_node" --ros-args -p keyframe_min_change:=0.0 -p keyframe_min_interval_s:=0.0 \
   > "$work/node.log" 2>&1 &
 pids+=($!)

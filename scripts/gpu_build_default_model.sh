@@ -7,7 +7,10 @@
 # steps on 2 CPU cores it doubled the attention on the situation's anchor, docs/experiments.md;
 # POINT_EMBEDDING=False for the poses alone), data rendered on all cores, the vision
 # tower and the VLM trained on the GPU (bf16 autocast), the shipped tiny CUT3R reused (it only
-# gives depth and focal length to the geometric source). Rooms before steps: the training rooms
+# gives depth and focal length to the geometric source). The VLM sees 224 px frames (IMAGE_SIZE):
+# an 8x8 grid of pooled patches per frame instead of 112 px's 4x4, since on 4x4 cells the
+# grounding finds small anchors (chairs, plants, lamps) far less often than beds and windows
+# (docs/experiments.md, "Small objects in coarse cells"). Rooms before steps: the training rooms
 # render for RENDER_WITHIN_S seconds (as many as the cores give, up to TRAIN_EPISODES), since a
 # CPU run that saw 1500 rooms 3 times memorised them (docs/experiments.md, "grounding that
 # memorises rooms"); the VLM trains on what is left. Training stops at its time budget, so
@@ -30,6 +33,7 @@ echo "workers: $WORKERS"
 timeout -k 10 ${BUILD_TIMEOUT_S:-540} $PY -m loc3r.train.make_default_model \
   --out=$RUN --target=$RUN/bundle \
   --look=textured --walk=${WALK:-room_scan} --frames=${FRAMES:-16} --render_size=224 \
+  --image_size=${IMAGE_SIZE:-224} \
   --camera_prior=geometric --point_embedding=${POINT_EMBEDDING:-True} \
   --eval_episodes=${EVAL_EPISODES:-30} \
   --cut3r_dir=loc3r_ros/loc3r/assets/default_model/cut3r \

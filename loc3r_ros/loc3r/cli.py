@@ -124,7 +124,18 @@ def _write_scene(args) -> dict:
 
     from loc3r.scenes import EpisodeConfig, make_episode
 
-    episode = make_episode(args.seed, EpisodeConfig(frames=args.count, image_size=args.size))
+    look, walk, size, count = args.look, args.walk, args.size, args.count
+    if args.as_trained:  # the model's rooms where an option does not say otherwise
+        from loc3r.engine.models import DEFAULT_MODEL_DIR, read_bundle_spec
+
+        spec = read_bundle_spec(Path(args.model) if args.model else DEFAULT_MODEL_DIR)
+        trained = spec.get("training_scenes", {})
+        look, walk = look or trained.get("look"), walk or trained.get("walk")
+        size = size or trained.get("render_size")
+        count = count or int(spec.get("num_query_frames", 0)) or None
+    config = EpisodeConfig(frames=count or 24, image_size=size or 112, look=look or "flat",
+                           walk=walk or "sweep")  # fmt: skip
+    episode = make_episode(args.seed, config)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for i, frame in enumerate(episode.frames):
@@ -172,9 +183,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(sub.add_parser("eval", help="localization and QA metrics (see loc3r.eval.run)"))
     p = sub.add_parser("scene", help="write a synthetic walk-through")
     p.add_argument("out")
+    from loc3r.scenes.episode import LOOKS, WALKS
+
     p.add_argument("--seed", type=int, default=3)
-    p.add_argument("--count", type=int, default=24, help="frames")
-    p.add_argument("--size", type=int, default=112, help="pixels")
+    p.add_argument("--count", type=int, default=0, help="frames (default 24)")
+    p.add_argument("--size", type=int, default=0, help="pixels (default 112)")
+    p.add_argument("--look", choices=LOOKS, help="flat colours (default) or textured rooms")
+    p.add_argument("--walk", choices=WALKS, help="camera walk (default: sweep)")
+    p.add_argument(
+        "--as-trained",
+        action="store_true",
+        help="rooms like the model's training rooms (its bundle.json's "
+        "training_scenes and frames per query) where no option says otherwise",
+    )
+    p.add_argument("--model", default="", help="with --as-trained: model directory (default: "
+                   "embedded)")  # fmt: skip
     return parser
 
 

@@ -23,6 +23,40 @@ def scene_dir(tmp_path_factory):
     return out
 
 
+def test_scene_as_trained_renders_rooms_like_the_models_training_rooms(tmp_path, capsys):
+    from loc3r.scenes import EpisodeConfig, make_episode
+
+    model = tmp_path / "model"
+    model.mkdir()
+    spec = {
+        "format": "loc3r_bundle",
+        "num_query_frames": 3,
+        "training_scenes": {"look": "textured", "walk": "room_scan", "render_size": 48},
+    }
+    (model / "bundle.json").write_text(json.dumps(spec))  # fmt: skip
+    out = tmp_path / "frames"
+    assert main(["scene", str(out), "--seed", "5", "--as-trained", "--model", str(model)]) == 0
+    frames = sorted(out.glob("*.png"))
+    assert len(frames) == 3 and cv2.imread(str(frames[0])).shape == (48, 48, 3)
+    config = EpisodeConfig(frames=3, image_size=48, look="textured", walk="room_scan")
+    expected = make_episode(5, config).frames[2].rgb
+    assert (cv2.cvtColor(cv2.imread(str(frames[2])), cv2.COLOR_BGR2RGB) == expected).all()
+    # an option given wins over the bundle's; the embedded bundle: 8-frame flat sweeps, 112 px
+    assert main(["scene", str(tmp_path / "b"), "--as-trained", "--model", str(model),
+                 "--count", "2", "--look", "flat"]) == 0  # fmt: skip
+    config = EpisodeConfig(frames=2, image_size=48, look="flat", walk="room_scan")
+    flat = make_episode(3, config).frames[1].rgb
+    got = cv2.cvtColor(cv2.imread(str(tmp_path / "b" / "000001.png")), cv2.COLOR_BGR2RGB)
+    assert len(list((tmp_path / "b").glob("*.png"))) == 2 and (got == flat).all()
+    assert main(["scene", str(tmp_path / "c"), "--as-trained", "--count", "1"]) == 0
+    assert cv2.imread(str(tmp_path / "c" / "000000.png")).shape == (112, 112, 3)
+    capsys.readouterr()
+    spec["training_scenes"]["walk"] = "zigzag"  # a bundle.json that names no walk we have
+    (model / "bundle.json").write_text(json.dumps(spec))
+    assert main(["scene", str(tmp_path / "d"), "--as-trained", "--model", str(model)]) == 2
+    assert "training_scenes" in json.loads(capsys.readouterr().out)["error"]
+
+
 def run(capsys, *argv) -> tuple[int, dict]:
     code = main(list(argv))
     return code, json.loads(capsys.readouterr().out)

@@ -94,6 +94,7 @@ def test_a_geometric_prior_run_on_textured_scans_ships_a_bundle_that_states_its_
     tokens = "geometry" if points else "pose"
     assert spec["pose_source"] == "geometric" and spec["camera_tokens"] == tokens
     assert spec["answer_vocabulary"] == sorted(answer_vocabulary())  # the synthetic corpus'
+    assert spec["training_scenes"] == {"look": "textured", "walk": "scan", "render_size": 224}
     bundle = load_bundle(target)
     assert bundle.model.vlm.answer_vocabulary == tuple(spec["answer_vocabulary"])
     frames = [np.random.default_rng(i).integers(0, 256, (96, 128, 3), np.uint8) for i in range(2)]

@@ -115,6 +115,20 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def check_training_scenes(scenes) -> dict:
+    """A bundle's training_scenes, checked: {"look", "walk", "render_size"} (ValueError)."""
+    from loc3r.scenes.episode import LOOKS, WALKS
+
+    if not isinstance(scenes, dict) or set(scenes) != {"look", "walk", "render_size"}:
+        raise ValueError(f"expected {{look, walk, render_size}}, got {scenes!r}")
+    if scenes["look"] not in LOOKS or scenes["walk"] not in WALKS:
+        raise ValueError(f"look must be one of {LOOKS} and walk one of {WALKS}, got {scenes!r}")
+    size = scenes["render_size"]
+    if not isinstance(size, int) or isinstance(size, bool) or not 16 <= size <= 4096:
+        raise ValueError(f"render_size must be an integer from 16 to 4096, got {size!r}")
+    return dict(scenes)
+
+
 def read_bundle_spec(root: Path) -> dict:
     """The bundle.json of a model directory (cheap checks before loading anything)."""
     spec_path = root / "bundle.json"
@@ -131,6 +145,11 @@ def read_bundle_spec(root: Path) -> dict:
             spec["answer_vocabulary"] = list(check_answer_vocabulary(spec["answer_vocabulary"]))
         except ValueError as exc:
             raise ModelLoadError(f"{spec_path}: answer_vocabulary: {exc}") from exc
+    if "training_scenes" in spec:
+        try:
+            spec["training_scenes"] = check_training_scenes(spec["training_scenes"])
+        except ValueError as exc:
+            raise ModelLoadError(f"{spec_path}: training_scenes: {exc}") from exc
     return spec
 
 
@@ -256,13 +275,20 @@ def save_bundle(
     pose_source: str = "cut3r",
     camera_tokens: str = "cut3r",
     answer_vocabulary: list[str] | None = None,
+    training_scenes: dict | None = None,
 ) -> Path:
-    """Write a model directory that load_bundle reads (answer_vocabulary: see the layout)."""
+    """Write a model directory that load_bundle reads (answer_vocabulary: see the layout).
+
+    training_scenes: the synthetic rooms it was trained on ({"look", "walk", "render_size"}),
+    so `loc3r scene --as-trained` (and `make demo`) show it rooms like them.
+    """
     from loc3r.cut3r import save_pretrained
 
     vocabulary = answer_vocabulary  # checked before anything is written
     if vocabulary is not None:
         vocabulary = list(check_answer_vocabulary(vocabulary))
+    if training_scenes is not None:
+        training_scenes = check_training_scenes(training_scenes)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     vlm.save_pretrained(directory / "vlm")
@@ -277,5 +303,7 @@ def save_bundle(
     }
     if vocabulary is not None:
         spec["answer_vocabulary"] = vocabulary
+    if training_scenes is not None:
+        spec["training_scenes"] = training_scenes
     (directory / "bundle.json").write_text(json.dumps(spec, indent=2))
     return directory

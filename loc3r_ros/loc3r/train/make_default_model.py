@@ -151,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
             camera_tokens=camera_tokens_mode(config),
             description=f"embedded tiny Loc3R-VLM ({config.steps} steps on synthetic rooms)",
             answer_vocabulary=vocabulary,
-        )
+            training_scenes={"look": config.look, "walk": config.walk,
+                             "render_size": config.render_size or config.image_size},
+        )  # fmt: skip
     target.mkdir(parents=True, exist_ok=True)
     (target / "eval.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
