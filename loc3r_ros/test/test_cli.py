@@ -57,6 +57,35 @@ def test_scene_as_trained_renders_rooms_like_the_models_training_rooms(tmp_path,
     assert "training_scenes" in json.loads(capsys.readouterr().out)["error"]
 
 
+def test_eval_scene_options_default_to_the_models_training_rooms(tmp_path):
+    from types import SimpleNamespace
+
+    from loc3r.cli import build_parser
+    from loc3r.eval.run import scenes_like_training
+
+    spec = {
+        "format": "loc3r_bundle",
+        "num_query_frames": 16,
+        "training_scenes": {"look": "textured", "walk": "room_scan", "render_size": 224},
+    }
+    (tmp_path / "bundle.json").write_text(json.dumps(spec))  # fmt: skip
+    bundle = SimpleNamespace(model=SimpleNamespace(image_size=224))
+    args = build_parser().parse_args(["eval", "--model", str(tmp_path)])
+    scenes_like_training(args, bundle)
+    assert (args.look, args.walk, args.render_size, args.image_size) == (
+        "textured", "room_scan", 224, 224)  # fmt: skip
+    given = build_parser().parse_args(["eval", "--model", str(tmp_path), "--walk", "scan",
+                                       "--render-size", "128", "--image-size", "112"])  # fmt: skip
+    scenes_like_training(given, bundle)
+    assert (given.look, given.walk, given.render_size, given.image_size) == (
+        "textured", "scan", 128, 112)  # fmt: skip
+    del spec["training_scenes"]  # an older bundle: flat sweeps at the model's size
+    (tmp_path / "bundle.json").write_text(json.dumps(spec))
+    old = scenes_like_training(build_parser().parse_args(["eval", "--model", str(tmp_path)]),
+                               SimpleNamespace(model=SimpleNamespace(image_size=112)))  # fmt: skip
+    assert (old.look, old.walk, old.render_size, old.image_size) == ("flat", "sweep", 0, 112)
+
+
 def run(capsys, *argv) -> tuple[int, dict]:
     code = main(list(argv))
     return code, json.loads(capsys.readouterr().out)

@@ -339,7 +339,12 @@ def markdown(report: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Render the held-out rooms, trace the model on every situation, print (and save) it."""
     from loc3r.engine.models import load_bundle
-    from loc3r.eval.run import DEFAULT_HELD_OUT, add_scene_arguments, parse_seeds
+    from loc3r.eval.run import (
+        DEFAULT_HELD_OUT,
+        add_scene_arguments,
+        parse_seeds,
+        scenes_like_training,
+    )
     from loc3r.scenes import EpisodeConfig
     from loc3r.train.synthetic_data import CAMERA_PRIORS, build_episodes
 
@@ -367,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(error))
     start = time.perf_counter()
     bundle = load_bundle(args.model or None)
+    scenes_like_training(args, bundle)
     vlm = bundle.model.vlm
     grid = math.ceil((bundle.model.image_size // 14) / 2)
     config = EpisodeConfig(frames=args.frames or bundle.num_query_frames,

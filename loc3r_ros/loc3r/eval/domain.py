@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from loc3r.engine.domain import DomainModel, frame_features
-from loc3r.eval.run import add_scene_arguments, parse_seeds
+from loc3r.eval.run import add_scene_arguments, parse_seeds, scenes_like_training
 from loc3r.vlm import frames_to_pixel_values
 
 # scikit-image's photographs (stereo_motorcycle: an indoor scene; its left view is used)
@@ -87,6 +87,7 @@ def run(args: argparse.Namespace) -> dict:
 
     root = Path(args.model) if args.model else DEFAULT_MODEL_DIR
     bundle = load_bundle(root, args.device)
+    scenes_like_training(args, bundle)
     vlm, size = bundle.model.vlm, bundle.model.image_size
     frames = args.frames or bundle.num_query_frames
 

@@ -45,13 +45,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_scene_arguments(parser: argparse.ArgumentParser) -> None:
-    """How synthetic held-out rooms are rendered (`loc3r eval` and `loc3r.eval.bounds`)."""
-    parser.add_argument("--image-size", type=int, default=112, help="the VLM's frame size")
-    parser.add_argument("--look", choices=LOOKS, default="flat", help="synthetic rooms: flat or "
-                        "textured (those the model was trained on)")  # fmt: skip
-    parser.add_argument("--walk", choices=WALKS, default="sweep", help="synthetic camera walks")
-    parser.add_argument("--render-size", type=int, default=0, help="rendered frame size (0: "
-                        "--image-size; 224 for a geometric pose source)")  # fmt: skip
+    """How synthetic held-out rooms are rendered (`loc3r eval` and `loc3r.eval.bounds`).
+
+    Each one left out is the model's: its frame size, and the rooms of its bundle.json's
+    training_scenes (flat sweeps for a bundle without them); see `scenes_like_training`.
+    """
+    parser.add_argument("--image-size", type=int, default=0,
+                        help="the VLM's frame size (default: the model's)")  # fmt: skip
+    parser.add_argument("--look", choices=LOOKS, help="synthetic rooms: flat or textured "
+                        "(default: those the model was trained on)")  # fmt: skip
+    parser.add_argument("--walk", choices=WALKS, help="synthetic camera walks (default: the "
+                        "model's)")  # fmt: skip
+    parser.add_argument("--render-size", type=int, default=0, help="rendered frame size (default: "
+                        "the model's training rooms', else --image-size)")  # fmt: skip
+
+
+def scenes_like_training(args: argparse.Namespace, bundle) -> argparse.Namespace:
+    """Fill the scene options left out (None / 0) from a loaded bundle, in place; returns args.
+
+    The image size is the VLM's; look, walk and render size those of the bundle.json's
+    training_scenes, or flat sweeps at the image size for a bundle that does not state them.
+    """
+    from loc3r.engine.models import DEFAULT_MODEL_DIR, read_bundle_spec
+
+    root = Path(args.model) if getattr(args, "model", "") else DEFAULT_MODEL_DIR
+    trained = read_bundle_spec(root).get("training_scenes", {})
+    args.image_size = args.image_size or bundle.model.image_size
+    args.look = args.look or trained.get("look", "flat")
+    args.walk = args.walk or trained.get("walk", "sweep")
+    args.render_size = args.render_size or trained.get("render_size", 0)
+    return args
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -78,6 +101,7 @@ def predict_synthetic(args: argparse.Namespace) -> list[EvalCase]:
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     bundle = load_bundle(args.model or None, args.device)
+    scenes_like_training(args, bundle)
     vlm = bundle.model.vlm
     frames = args.frames or bundle.num_query_frames
     grid = math.ceil((bundle.model.image_size // 14) / 2)
