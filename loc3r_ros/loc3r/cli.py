@@ -3,6 +3,7 @@
     loc3r ask VIDEO_OR_DIR --question "What is on my left?" [--situation "I am on the bed"]
     loc3r localize VIDEO_OR_DIR --situation "I am sitting on the bed facing the window"
     loc3r scene OUT_DIR [--seed 3]           # write a synthetic walk-through (frames + truth)
+    loc3r scene OUT_DIR --as-trained         # ... like the model's training rooms (bundle.json)
 Options: --model DIR (default: the embedded model), --frames N, --min-frames N,
 --mode streaming|faithful, --device cpu|cuda|auto, --decoding dynamic|static|graphs (see the
 node's decoding parameter), --bev-png FILE (a bird's-eye map: metres, grid,
@@ -125,11 +126,13 @@ def _write_scene(args) -> dict:
     from loc3r.scenes import EpisodeConfig, make_episode
 
     look, walk, size, count = args.look, args.walk, args.size, args.count
+    if args.model and not args.as_trained:
+        raise ValueError("loc3r scene reads --model only with --as-trained")
     if args.as_trained:  # the model's rooms where an option does not say otherwise
-        from loc3r.engine.models import DEFAULT_MODEL_DIR, read_bundle_spec
+        from loc3r.engine.models import DEFAULT_MODEL_DIR, read_bundle_spec, training_scenes
 
-        spec = read_bundle_spec(Path(args.model) if args.model else DEFAULT_MODEL_DIR)
-        trained = spec.get("training_scenes", {})
+        root = Path(args.model) if args.model else DEFAULT_MODEL_DIR
+        spec, trained = read_bundle_spec(root), training_scenes(root)
         look, walk = look or trained.get("look"), walk or trained.get("walk")
         size = size or trained.get("render_size")
         count = count or int(spec.get("num_query_frames", 0)) or None

@@ -33,7 +33,7 @@ def test_scene_as_trained_renders_rooms_like_the_models_training_rooms(tmp_path,
         "num_query_frames": 3,
         "training_scenes": {"look": "textured", "walk": "room_scan", "render_size": 48},
     }
-    (model / "bundle.json").write_text(json.dumps(spec))  # fmt: skip
+    (model / "bundle.json").write_text(json.dumps(spec))
     out = tmp_path / "frames"
     assert main(["scene", str(out), "--seed", "5", "--as-trained", "--model", str(model)]) == 0
     frames = sorted(out.glob("*.png"))
@@ -48,9 +48,13 @@ def test_scene_as_trained_renders_rooms_like_the_models_training_rooms(tmp_path,
     flat = make_episode(3, config).frames[1].rgb
     got = cv2.cvtColor(cv2.imread(str(tmp_path / "b" / "000001.png")), cv2.COLOR_BGR2RGB)
     assert len(list((tmp_path / "b").glob("*.png"))) == 2 and (got == flat).all()
-    assert main(["scene", str(tmp_path / "c"), "--as-trained", "--count", "1"]) == 0
+    # the embedded bundle: 8-frame queries (24 frames without --as-trained) of flat sweeps, 112 px
+    assert main(["scene", str(tmp_path / "c"), "--as-trained"]) == 0
+    assert len(list((tmp_path / "c").glob("*.png"))) == 8
     assert cv2.imread(str(tmp_path / "c" / "000000.png")).shape == (112, 112, 3)
     capsys.readouterr()
+    assert main(["scene", str(tmp_path / "e"), "--model", str(model)]) == 2  # without --as-trained
+    assert "--as-trained" in json.loads(capsys.readouterr().out)["error"]
     spec["training_scenes"]["walk"] = "zigzag"  # a bundle.json that names no walk we have
     (model / "bundle.json").write_text(json.dumps(spec))
     assert main(["scene", str(tmp_path / "d"), "--as-trained", "--model", str(model)]) == 2
@@ -68,7 +72,7 @@ def test_eval_scene_options_default_to_the_models_training_rooms(tmp_path):
         "num_query_frames": 16,
         "training_scenes": {"look": "textured", "walk": "room_scan", "render_size": 224},
     }
-    (tmp_path / "bundle.json").write_text(json.dumps(spec))  # fmt: skip
+    (tmp_path / "bundle.json").write_text(json.dumps(spec))
     bundle = SimpleNamespace(model=SimpleNamespace(image_size=224))
     args = build_parser().parse_args(["eval", "--model", str(tmp_path)])
     scenes_like_training(args, bundle)

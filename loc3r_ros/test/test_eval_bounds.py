@@ -171,6 +171,15 @@ def test_measure_reports_the_model_and_the_truth_apart(episodes_and_bundles):
     # read-outs from the truth alone do not depend on the model; those from the model do
     second = reports[1]
     assert first["position"]["anchor, true layout"] == second["position"]["anchor, true layout"]
+    centre = "anchor's centre, truth"
+    assert first["position"][centre] == second["position"][centre]
+    # the anchor's true centre, scored against each situation's position
+    expected = [
+        math.dist(r.position, r.fields["anchor_position"])
+        for e in episodes
+        for r in {(r.situation, tuple(r.position)): r for r in e.records}.values()
+    ]
+    assert first["position"][centre]["acc_1_0m"] == pytest.approx(np.mean(np.array(expected) < 1))
     assert first["direction"]["true grounding, true layout"] == pytest.approx(
         second["direction"]["true grounding, true layout"]
     )

@@ -99,7 +99,7 @@ def test_a_geometric_prior_run_on_textured_scans_ships_a_bundle_that_states_its_
     assert bundle.model.vlm.answer_vocabulary == tuple(spec["answer_vocabulary"])
     frames = [np.random.default_rng(i).integers(0, 256, (96, 128, 3), np.uint8) for i in range(2)]
     out = bundle.perception.run_fresh(frames)
-    width = bundle.perception.model.config.dec_embed_dim
+    width = bundle.perception.token_width
     for frame in out:  # the tokens state the poses the engine publishes (and the points)
         pose = pose_token(frame.pose_c2w, width)
         assert torch.equal(frame.camera_token[:12], pose[:12])

@@ -284,9 +284,14 @@ def test_distance_to_footprint_of_a_rotated_box():
     box = SceneObject(0, "bed", "red", (2.0, 1.0, 0.3), (2.0, 1.0, 0.6), math.pi / 2)
     # rotated a quarter turn: 1 m along world x, 2 m along world y, centred at (2, 1)
     points = np.array([[2.0, 1.0], [2.4, 1.9], [3.0, 1.0], [2.0, 3.0], [3.5, 2.0], [0.0, 1.0]])
-    np.testing.assert_allclose(
-        distance_to_footprint(box, points), [0.0, 0.0, 0.5, 1.0, math.hypot(1.0, 0.0), 1.5]
-    )
+    np.testing.assert_allclose(distance_to_footprint(box, points), [0.0, 0.0, 0.5, 1.0, 1.0, 1.5])
+    # at a yaw whose sign matters: 0.2 m beyond the edge along the box's own x and y axes
+    tilted = SceneObject(1, "table", "brown", (3.0, 2.0, 0.4), (1.2, 0.6, 0.8), 0.5)
+    along_x = np.array([math.cos(0.5), math.sin(0.5)])
+    along_y = np.array([-math.sin(0.5), math.cos(0.5)])
+    centre = np.array([3.0, 2.0])
+    beyond = np.array([centre + 0.8 * along_x, centre - 0.5 * along_y, centre + 0.5 * along_x])
+    np.testing.assert_allclose(distance_to_footprint(tilted, beyond), [0.2, 0.2, 0.0], atol=1e-12)
     corner = box.footprint()[0]  # a corner is on the footprint's edge
     assert distance_to_footprint(box, corner[None])[0] == pytest.approx(0.0, abs=1e-9)
     outward = corner + 0.3 * (corner - np.array(box.centre[:2])) / np.linalg.norm(
@@ -303,19 +308,23 @@ def test_floor_points_near_an_object_are_within_reach_and_free():
             assert len(points) <= 5
             if len(points):
                 assert (distance_to_footprint(obj, points) <= 0.5 + 1e-9).all()
-                for other in room.objects:
+                for other in room.objects:  # clear of every footprint, by the corners too
                     assert (distance_to_footprint(other, points) >= 0.3 - 1e-9).all()
+                    corners = other.footprint()
+                    gaps = np.linalg.norm(points[:, None] - corners[None], axis=-1)
+                    assert (gaps >= 0.3 - 1e-9).all()
                 assert ((points >= 0.3) & (points <= [room.width - 0.3, room.depth - 0.3])).all()
     room = generate_room(1)
-    bed = room.objects[2]
-    again = [floor_points_near(room, bed, np.random.default_rng(4), 3, 0.5) for _ in "ab"]
+    anchor = room.objects[2]
+    again = [floor_points_near(room, anchor, np.random.default_rng(4), 3, 0.5) for _ in "ab"]
     np.testing.assert_array_equal(*again)  # deterministic from the generator
     # most objects have free floor within half a metre; the old rule (nearest of 12 random floor
     # points anywhere) left a median 0.5 m and a 90th percentile 0.95 m from the edge
+    rooms = [generate_room(s) for s in range(40)]
     found = [
-        len(floor_points_near(generate_room(s), o, np.random.default_rng(s), 1, 0.5)) > 0
-        for s in range(40)
-        for o in generate_room(s).objects
+        len(floor_points_near(r, o, np.random.default_rng(s), 1, 0.5)) > 0
+        for s, r in enumerate(rooms)
+        for o in r.objects
     ]
     assert np.mean(found) > 0.9
     assert len(free_floor_points(generate_room(0), np.random.default_rng(0), 4)) == 4

@@ -277,7 +277,9 @@ def test_oracle_camera_tokens_state_the_true_relative_poses():
     from loc3r.train.synthetic_data import build_episodes, oracle_camera_tokens
 
     config = EpisodeConfig(frames=4, image_size=56, situations=1)
-    no_cut3r = SimpleNamespace(model=SimpleNamespace(config=SimpleNamespace(dec_embed_dim=16)))
+    no_cut3r = SimpleNamespace(  # what build_episodes reads of a Perception for the oracle
+        token_width=16, model=SimpleNamespace(config=SimpleNamespace(dec_embed_dim=16))
+    )
     (data,) = build_episodes([7], config, no_cut3r, grid=2, progress=False, camera_prior="oracle")
     poses = [f.pose_c2w for f in make_episode(7, config).frames]
     assert data.camera_tokens.shape == (4, 16) and not data.camera_tokens[:, 12:].any()

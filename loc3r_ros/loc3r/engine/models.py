@@ -115,18 +115,36 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+TRAINING_SCENE_KEYS = ("look", "walk", "render_size")
+
+
 def check_training_scenes(scenes) -> dict:
-    """A bundle's training_scenes, checked: {"look", "walk", "render_size"} (ValueError)."""
+    """{"look", "walk", "render_size"} of a bundle's training_scenes, checked (ValueError).
+
+    Other keys are left out (a later version may add some); only `loc3r eval` and `loc3r scene`
+    read the field, so a bundle whose field is wrong still loads.
+    """
     from loc3r.scenes.episode import LOOKS, WALKS
 
-    if not isinstance(scenes, dict) or set(scenes) != {"look", "walk", "render_size"}:
+    if not isinstance(scenes, dict) or not set(TRAINING_SCENE_KEYS) <= set(scenes):
         raise ValueError(f"expected {{look, walk, render_size}}, got {scenes!r}")
     if scenes["look"] not in LOOKS or scenes["walk"] not in WALKS:
         raise ValueError(f"look must be one of {LOOKS} and walk one of {WALKS}, got {scenes!r}")
     size = scenes["render_size"]
     if not isinstance(size, int) or isinstance(size, bool) or not 16 <= size <= 4096:
         raise ValueError(f"render_size must be an integer from 16 to 4096, got {size!r}")
-    return dict(scenes)
+    return {key: scenes[key] for key in TRAINING_SCENE_KEYS}
+
+
+def training_scenes(root: Path) -> dict:
+    """The checked training_scenes of a model directory's bundle.json ({} when it has none)."""
+    spec = read_bundle_spec(root)
+    if "training_scenes" not in spec:
+        return {}
+    try:
+        return check_training_scenes(spec["training_scenes"])
+    except ValueError as exc:
+        raise ModelLoadError(f"{root / 'bundle.json'}: training_scenes: {exc}") from exc
 
 
 def read_bundle_spec(root: Path) -> dict:
@@ -145,11 +163,6 @@ def read_bundle_spec(root: Path) -> dict:
             spec["answer_vocabulary"] = list(check_answer_vocabulary(spec["answer_vocabulary"]))
         except ValueError as exc:
             raise ModelLoadError(f"{spec_path}: answer_vocabulary: {exc}") from exc
-    if "training_scenes" in spec:
-        try:
-            spec["training_scenes"] = check_training_scenes(spec["training_scenes"])
-        except ValueError as exc:
-            raise ModelLoadError(f"{spec_path}: training_scenes: {exc}") from exc
     return spec
 
 

@@ -169,7 +169,9 @@ class PerceptionConfig:
 class FramePerception:
     """What CUT3R gives for one keyframe (CPU, float32 unless stated)."""
 
-    camera_token: torch.Tensor  # (Cd,) last decoder layer token 0 after its norm
+    # (Perception.token_width,) CUT3R's last decoder layer token 0 after its norm, or the pose /
+    # geometry token that replaces it (PerceptionConfig.camera_tokens)
+    camera_token: torch.Tensor
     pose_c2w: np.ndarray  # (4, 4) float64, camera-to-world, CUT3R world (first frame OpenCV)
     points: np.ndarray  # (K, 3) world points, metres
     colors: np.ndarray  # (K, 3) uint8 RGB

@@ -66,10 +66,10 @@ def scenes_like_training(args: argparse.Namespace, bundle) -> argparse.Namespace
     The image size is the VLM's; look, walk and render size those of the bundle.json's
     training_scenes, or flat sweeps at the image size for a bundle that does not state them.
     """
-    from loc3r.engine.models import DEFAULT_MODEL_DIR, read_bundle_spec
+    from loc3r.engine.models import DEFAULT_MODEL_DIR, training_scenes
 
     root = Path(args.model) if getattr(args, "model", "") else DEFAULT_MODEL_DIR
-    trained = read_bundle_spec(root).get("training_scenes", {})
+    trained = training_scenes(root)
     args.image_size = args.image_size or bundle.model.image_size
     args.look = args.look or trained.get("look", "flat")
     args.walk = args.walk or trained.get("walk", "sweep")

@@ -156,6 +156,8 @@ def make_episode(seed: int, config: EpisodeConfig | None = None) -> Episode:
         situated = make_situation(room, rng)
         if situated is None:
             continue
+        anchor = room.objects[situated.anchor_id].centre  # BEV, as object_position
+        anchor_xy = [float(v) for v in frame.points(np.array([anchor], dtype=float))[0, :2]]
         for record in make_questions(room, situated, rng):
             world_xy = np.array([*record.position, frames[0].pose_c2w[2, 3]])
             bev_xy = frame.points(world_xy[None])[0, :2]
@@ -167,9 +169,7 @@ def make_episode(seed: int, config: EpisodeConfig | None = None) -> Episode:
                 centre = room.objects[record.fields["object_id"]].centre
                 object_xy = frame.points(np.array([[centre[0], centre[1], centre[2]]]))[0, :2]
                 record.fields["object_position"] = [float(v) for v in object_xy]
-            anchor = room.objects[situated.anchor_id].centre  # BEV, as object_position
-            anchor_xy = frame.points(np.array([[anchor[0], anchor[1], anchor[2]]]))[0, :2]
-            record.fields["anchor_position"] = [float(v) for v in anchor_xy]
+            record.fields["anchor_position"] = list(anchor_xy)
             record.fields["anchor_id"] = situated.anchor_id
             record.fields["target_id"] = situated.target_id
             episode.records.append(record)

@@ -233,10 +233,11 @@ def floor_points_near(
     reach: float,
     clearance: float = 0.3,
 ) -> np.ndarray:
-    """Up to `count` random free floor points (as free_floor_points) within `reach` of `obj`.
+    """Up to `count` random floor points within `reach` of `obj`'s footprint.
 
-    `reach` is measured from the object's footprint, so "next to" the bed is as close to the
-    bed's edge as "next to" the chair is to the chair's.
+    Each is at least `clearance` from the walls and from every footprint (`obj`'s too). `reach`
+    is measured from the footprint, so "next to" the bed is as close to the bed's edge as "next
+    to" the chair is to the chair's.
     """
     corners = obj.footprint()
     low = np.maximum(corners.min(axis=0) - reach, clearance)
@@ -244,12 +245,11 @@ def floor_points_near(
     points: list[np.ndarray] = []
     if (high <= low).any():
         return np.zeros((0, 2))
-    probe = np.array([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]]) * clearance
     for _ in range(count * 50):
         p = rng.uniform(low, high)
         if distance_to_footprint(obj, p[None])[0] > reach:
             continue
-        if not any(_overlaps(p + probe, o.footprint(), 0.0) for o in room.objects):
+        if all(distance_to_footprint(o, p[None])[0] >= clearance for o in room.objects):
             points.append(p)
             if len(points) == count:
                 break

@@ -151,8 +151,10 @@ def main(argv: list[str] | None = None) -> int:
             camera_tokens=camera_tokens_mode(config),
             description=f"embedded tiny Loc3R-VLM ({config.steps} steps on synthetic rooms)",
             answer_vocabulary=vocabulary,
-            training_scenes={"look": config.look, "walk": config.walk,
-                             "render_size": config.render_size or config.image_size},
+            training_scenes=None if config.data_root else {
+                "look": config.look, "walk": config.walk,
+                "render_size": config.render_size or config.image_size,
+            },  # what `loc3r eval` and `loc3r scene --as-trained` render for it
         )  # fmt: skip
     target.mkdir(parents=True, exist_ok=True)
     (target / "eval.json").write_text(json.dumps(report, indent=2))

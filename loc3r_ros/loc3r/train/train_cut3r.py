@@ -65,7 +65,7 @@ class Cut3rTrainConfig:
     log_every: int = 10
     # model sizes (the rest as Cut3rConfig.tiny)
     enc_embed_dim: int = 64
-    dec_embed_dim: int = 24  # also the camera token's width (the VLM's cam_token_dim)
+    dec_embed_dim: int = 24  # also the camera token's width, unless a geometry token is wider
     dec_depth: int = 3
     dec_num_heads: int = 2
     state_size: int = 16

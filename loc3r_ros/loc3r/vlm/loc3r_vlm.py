@@ -63,7 +63,9 @@ REMOVED_OPTIONS = {
 class Loc3rVLMConfig:
     """Loc3R-VLM additions to the base model."""
 
-    cam_token_dim: int = 768  # CUT3R decoder width (the camera token z'_t)
+    # the camera token's width: CUT3R's decoder width (z'_t), or a wider geometry token's
+    # (loc3r.engine.perception.camera_token_width)
+    cam_token_dim: int = 768
     cam_hidden: int = 0  # f_cam hidden width (?); 0 = the LLM hidden size
     head_hidden: int = 0  # f_pos / f_ori hidden width (?); 0 = the LLM hidden size
     num_ori_bins: int = 36  # 10-degree heading bins over [-pi, pi)
