@@ -10,10 +10,11 @@
 # gives depth and focal length to the geometric source). The VLM sees 224 px frames (IMAGE_SIZE):
 # an 8x8 grid of pooled patches per frame instead of 112 px's 4x4, since on 4x4 cells the
 # grounding finds small anchors (chairs, plants, lamps) far less often than beds and windows
-# (docs/experiments.md, "Small objects in coarse cells"). Rooms before steps: the training rooms
-# render for RENDER_WITHIN_S seconds (as many as the cores give, up to TRAIN_EPISODES), since a
-# CPU run that saw 1500 rooms 3 times memorised them (docs/experiments.md, "grounding that
-# memorises rooms"); the VLM trains on what is left. Training stops at its time budget, so
+# (docs/experiments.md, "small objects in coarse cells"); the tower's pretraining stops after
+# VISION_BUDGET_S (90 s) of steps whatever VISION_STEPS says, so the VLM keeps its time.
+# Rooms before steps: the training rooms render for RENDER_WITHIN_S seconds (as many as the
+# cores give, up to TRAIN_EPISODES), since a CPU run that saw 1500 rooms 3 times memorised them
+# (docs/experiments.md, "grounding that memorises rooms"); the VLM trains on what is left. Training stops at its time budget, so
 # the script ends within ~9 minutes. What comes back ($OUT, at most 8 files of 16 MiB): the
 # bundle's vlm/ (4 files), bundle.json, eval.json (timings per stage), metrics.jsonl, build.log.
 # The same command runs on a CPU machine (slowly): every stage picks CUDA when there is one.
@@ -41,7 +42,8 @@ timeout -k 10 ${BUILD_TIMEOUT_S:-540} $PY -m loc3r.train.make_default_model \
   --workers=$WORKERS --train_episodes=${TRAIN_EPISODES:-20000} --steps=${STEPS:-5000} \
   --render_within_s=${RENDER_WITHIN_S:-200} \
   --time_budget_s=${TRAIN_BUDGET_S:-240} --finish_within_s=${FINISH_WITHIN_S:-520} \
-  --vision.episodes=${VISION_EPISODES:-1000} --vision.steps=${VISION_STEPS:-6000} "$@"
+  --vision.episodes=${VISION_EPISODES:-1000} --vision.steps=${VISION_STEPS:-6000} \
+  --vision.time_budget_s=${VISION_BUDGET_S:-90} "$@"
 status=$?
 echo; echo "make_default_model exit $status"
 cp $RUN/bundle/vlm/* $RUN/bundle/bundle.json $RUN/bundle/eval.json $RUN/metrics.jsonl "$OUT"/ \

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 from safetensors.torch import load_file
@@ -89,3 +91,15 @@ def test_pretraining_learns_and_the_tower_loads_into_the_vlm(tmp_path, data_dir)
     for key, value in model.base.vision_tower.state_dict().items():
         assert torch.equal(value, saved[key]), key
     assert not any(p.requires_grad for p in model.base.vision_tower.parameters())  # frozen
+
+
+def test_a_time_budget_stops_pretraining_early_and_still_saves_the_tower(tmp_path):
+    config = VisionPretrainConfig(
+        out=str(tmp_path), steps=100_000, warmup_steps=1, episodes=2, eval_episodes=1, frames=2,
+        batch_frames=2, image_size=56, vision_hidden=16, vision_layers=1, time_budget_s=0.5,
+    )  # fmt: skip
+    report = pretrain(config, progress=False)
+    assert 1 <= report["steps_done"] < 100_000  # stopped by the clock, after at least one step
+    assert (tmp_path / "vision_tower.safetensors").exists() and report["held_out"]["loss"] > 0
+    unlimited = pretrain(replace(config, steps=3, time_budget_s=0.0), progress=False)
+    assert unlimited["steps_done"] == 3

@@ -59,6 +59,9 @@ class VisionPretrainConfig:
     vision_layers: int = 2
     device: str = "auto"  # "auto" (CUDA when there is one), "cpu" or "cuda"
     workers: int = 1  # processes that render the frames
+    # > 0: training stops after this many seconds of steps (a guard for a timed GPU build;
+    # the learning-rate schedule still assumes `steps`)
+    time_budget_s: float = 0.0
 
     @classmethod
     def from_args(cls, argv: list[str] | None = None) -> VisionPretrainConfig:
@@ -172,7 +175,14 @@ def pretrain(config: VisionPretrainConfig, progress: bool = True) -> dict:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     history = []
+    began = time.perf_counter()
     for step in tqdm(range(config.steps), desc="vision", disable=not progress):
+        if (
+            config.time_budget_s > 0
+            and step > 0
+            and time.perf_counter() - began > config.time_budget_s
+        ):
+            break
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, config)
         count = min(config.batch_frames, len(train[0]))
@@ -194,6 +204,7 @@ def pretrain(config: VisionPretrainConfig, progress: bool = True) -> dict:
         "config": asdict(config),
         "held_out": evaluation,
         "majority_kind_acc": majority_kind,
+        "steps_done": len(history),
         "first_loss": history[0]["loss"],
         "final_loss": float(np.mean([h["loss"] for h in history[-20:]])),
         "seconds": round(time.perf_counter() - start, 1),
