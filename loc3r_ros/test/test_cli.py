@@ -70,7 +70,12 @@ def test_eval_scene_options_default_to_the_models_training_rooms(tmp_path):
     spec = {
         "format": "loc3r_bundle",
         "num_query_frames": 16,
-        "training_scenes": {"look": "textured", "walk": "room_scan", "render_size": 224},
+        "training_scenes": {  # a key of a later version is passed over
+            "look": "textured",
+            "walk": "room_scan",
+            "render_size": 224,
+            "lighting": "dusk",
+        },
     }
     (tmp_path / "bundle.json").write_text(json.dumps(spec))
     bundle = SimpleNamespace(model=SimpleNamespace(image_size=224))
