@@ -14,9 +14,10 @@
 # VISION_BUDGET_S (90 s) of steps whatever VISION_STEPS says, so the VLM keeps its time.
 # Rooms before steps: the training rooms render for RENDER_WITHIN_S seconds (as many as the
 # cores give, up to TRAIN_EPISODES), since a CPU run that saw 1500 rooms 3 times memorised them
-# (docs/experiments.md, "grounding that memorises rooms"); the VLM trains on what is left. Training stops at its time budget, so
-# the script ends within ~9 minutes. What comes back ($OUT, at most 8 files of 16 MiB): the
-# bundle's vlm/ (4 files), bundle.json, eval.json (timings per stage), metrics.jsonl, build.log.
+# (docs/experiments.md, "grounding that memorises rooms"); the VLM trains on what is left.
+# Training stops at its time budget, so the script ends within ~9 minutes. What comes back
+# ($OUT, at most 8 files of 16 MiB): the bundle's vlm/ (4 files), bundle.json, eval.json
+# (timings per stage), metrics.jsonl, build.log.
 # The same command runs on a CPU machine (slowly): every stage picks CUDA when there is one.
 set -u
 cd "$(dirname "$0")/.."

@@ -132,7 +132,8 @@ def _write_scene(args) -> dict:
         from loc3r.engine.models import DEFAULT_MODEL_DIR, read_bundle_spec, training_scenes
 
         root = Path(args.model) if args.model else DEFAULT_MODEL_DIR
-        spec, trained = read_bundle_spec(root), training_scenes(root)
+        spec = read_bundle_spec(root)
+        trained = training_scenes(root, spec)
         look, walk = look or trained.get("look"), walk or trained.get("walk")
         size = size or trained.get("render_size")
         count = count or int(spec.get("num_query_frames", 0)) or None
@@ -184,10 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
     from loc3r.eval.run import add_arguments
 
     add_arguments(sub.add_parser("eval", help="localization and QA metrics (see loc3r.eval.run)"))
-    p = sub.add_parser("scene", help="write a synthetic walk-through")
-    p.add_argument("out")
     from loc3r.scenes.episode import LOOKS, WALKS
 
+    p = sub.add_parser("scene", help="write a synthetic walk-through")
+    p.add_argument("out")
     p.add_argument("--seed", type=int, default=3)
     p.add_argument("--count", type=int, default=0, help="frames (default 24)")
     p.add_argument("--size", type=int, default=0, help="pixels (default 112)")

@@ -136,9 +136,12 @@ def check_training_scenes(scenes) -> dict:
     return {key: scenes[key] for key in TRAINING_SCENE_KEYS}
 
 
-def training_scenes(root: Path) -> dict:
-    """The checked training_scenes of a model directory's bundle.json ({} when it has none)."""
-    spec = read_bundle_spec(root)
+def training_scenes(root: Path, spec: dict | None = None) -> dict:
+    """The checked training_scenes of a model directory's bundle.json ({} when it has none).
+
+    `spec`: that bundle.json when the caller has read it already (read_bundle_spec).
+    """
+    spec = read_bundle_spec(root) if spec is None else spec
     if "training_scenes" not in spec:
         return {}
     try:

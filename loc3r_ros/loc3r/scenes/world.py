@@ -242,9 +242,9 @@ def floor_points_near(
     corners = obj.footprint()
     low = np.maximum(corners.min(axis=0) - reach, clearance)
     high = np.minimum(corners.max(axis=0) + reach, [room.width - clearance, room.depth - clearance])
-    points: list[np.ndarray] = []
     if (high <= low).any():
         return np.zeros((0, 2))
+    points: list[np.ndarray] = []
     for _ in range(count * 50):
         p = rng.uniform(low, high)
         if distance_to_footprint(obj, p[None])[0] > reach:
