@@ -17,7 +17,14 @@ import torch
 
 from loc3r.train.config import TrainConfig, lr_at
 from loc3r.train.pipeline import prepare_run
-from loc3r.train.train_vlm import Trainer, batch_indices
+from loc3r.train.train_vlm import (
+    Trainer,
+    batch_indices,
+    scene_batch_indices,
+    scene_chunks,
+    scene_epoch,
+    scene_steps_per_epoch,
+)
 
 TINY = [
     "--train_episodes=4", "--eval_episodes=1", "--frames=2", "--image_size=56", "--hidden=32",
@@ -52,6 +59,55 @@ def test_schedule_and_batches_are_pure_functions():
     assert first == batch_indices(3, 20, 4, seed=1) and len(set(first)) == 4
     epoch = [i for step in range(5) for i in batch_indices(step, 20, 4, seed=1)]
     assert sorted(epoch) == list(range(20))  # each sample once per epoch
+
+
+def test_scene_batches_take_rooms_in_chunks_across_their_situations():
+    situations = ["A", "A", "A", "B", "B", "C", "C", "A", "A", "B", "D"]
+    scenes = [[0, 1, 2, 3, 4, 5, 6], [7, 8, 9], [10]]
+    chunks = scene_chunks([[0, 1, 3, 4]], situations, 2, np.random.default_rng(0))
+    assert [sorted(situations[i] for i in c) for c in chunks] == [["A", "B"], ["A", "B"]]
+    room_of = {i: r for r, scene in enumerate(scenes) for i in scene}
+    per_epoch = scene_steps_per_epoch(scenes, 4, 2)  # 4 + 2 + 1 chunks of 2: 3 steps of 2 rooms
+    assert per_epoch == 3
+    epoch = []
+    for step in range(per_epoch):
+        chunks = scene_epoch(scenes, situations, 2, seed=3, epoch=0)
+        assert chunks == scene_epoch(scenes, situations, 2, seed=3, epoch=0)  # resumable
+        batch = scene_batch_indices(step, chunks, per_epoch, 4, 2)
+        assert len(batch) == 4
+        for pair in (batch[:2], batch[2:]):
+            assert room_of[pair[0]] == room_of[pair[1]]
+            if room_of[pair[0]] == 2:  # a room with one question fills its chunk with it
+                assert pair == [10, 10]
+        epoch += batch
+    assert len(set(epoch)) >= 9  # 6 of the 7 chunks: one is left for a later epoch
+    assert scene_epoch(scenes, situations, 2, seed=3, epoch=1) != chunks  # a new order
+    first_of_scene_0 = scene_chunks(scenes, situations, 2, np.random.default_rng(5))[0]
+    assert len({situations[i] for i in first_of_scene_0}) == 2  # one question of each first
+
+
+def test_packed_scene_batches_and_threads_in_training(tmp_path, monkeypatch):
+    config = TrainConfig.from_args([f"--out={tmp_path / 'a'}", "--steps=6", *TINY,
+                                    "--questions_per_scene=2", "--train_threads=1"])  # fmt: skip
+    run = prepare_run(config, progress=False)
+    trainer = Trainer(config, run.model, run.train_samples)
+    seen = []
+    step = trainer.train_step
+
+    def counting_step():
+        seen.append(torch.get_num_threads())
+        return step()
+
+    monkeypatch.setattr(trainer, "train_step", counting_step)
+    torch.set_num_threads(2)
+    try:
+        history = trainer.fit(progress=False)
+        assert torch.get_num_threads() == 2  # given back
+    finally:
+        torch.set_num_threads(1)
+    assert seen == [1] * 6 and losses(history)[-1] < losses(history)[0]
+    with pytest.raises(ValueError, match="questions_per_scene"):
+        Trainer(TrainConfig.from_args([*TINY, "--questions_per_scene=3"]), run.model, [])
 
 
 def losses(history):

@@ -5,11 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 from test_vlm_loc3r import sample
+from test_vlm_packing import reference_states
 from transformers import AutoTokenizer
 
 from loc3r.vlm import Loc3rVLM, Loc3rVLMConfig, LossWeights, TrainSample
+from loc3r.vlm.loc3r_vlm import DEFAULT_SITUATION
+from loc3r.vlm.packing import pack_samples
 from loc3r.vlm.tiny import build_tiny_loc3r
-from loc3r.vlm.training_aids import GROUNDING_HEADS, grounding_queries, trace_situation
+from loc3r.vlm.training_aids import GROUNDING_HEADS, trace_situation
 
 
 def grounded_sample(seed: int, frames: int = 3) -> TrainSample:
@@ -41,12 +44,14 @@ def test_grounding_loss_is_the_attention_mass_eager_attention_puts_on_the_object
     handle = attention.register_forward_hook(keep_weights)
     parts = model.forward_train(batch)
     handle.remove()
-    weights = seen["w"]  # (B, heads, L, L) from the eager kernel
+    weights = seen["w"]  # (R, heads, L, L) from the eager kernel
+    packed = pack_samples(model, batch, DEFAULT_SITUATION)
     terms = []
     for i, s in enumerate(batch):
-        _, labels, pos_at, patch_at = model._sample_sequence(s)
-        queries = grounding_queries(labels, pos_at)
-        assert queries[2] == len(labels) - len(model.answer_ids(s.answer)) - 1
+        row, queries = packed.rows[i], packed.queries(i)
+        patch_at = packed.patch_at[row]
+        assert packed.labels[row, queries[2]] == -100  # the token before the answer
+        assert packed.labels[row, queries[2] + 1] == model.answer_ids(s.answer)[0]
         cells = {"anchor": s.anchor_cells, "target": s.target_cells, "question": s.question_cells}
         for query, head, name in GROUNDING_HEADS:
             if cells[name] is None:
@@ -54,7 +59,7 @@ def test_grounding_loss_is_the_attention_mass_eager_attention_puts_on_the_object
             on = torch.zeros(weights.shape[-1], dtype=torch.bool)
             where = (patch_at >= 0).nonzero().flatten()
             on[where] = cells[name].reshape(-1)[patch_at[where]]
-            terms.append(-torch.log(weights[i, head, queries[query]][on].sum() + 1e-6))
+            terms.append(-torch.log(weights[row, head, queries[query]][on].sum() + 1e-6))
     assert len(terms) == 7  # 4 heads of batch[0], 3 of batch[1] (no target)
     torch.testing.assert_close(parts["ground"], torch.stack(terms).mean(), rtol=1e-5, atol=1e-6)
     expected_total = parts["ce"] + 0.05 * parts["bev"] + 0.075 * (parts["pos"] + 3.5 * parts["ori"])
@@ -126,8 +131,7 @@ def test_trace_situation_is_what_localize_and_eager_attention_give(tokenizer_dir
     # With the question: the answer token's row too (the one the grounding loss supervises);
     # <Pos> and <Ori> do not see the question, so their rows and the pose stay.
     asked = trace_situation(model, s.pixel_values, s.camera_tokens, s.situation, s.question)
-    _, labels, pos_at, _ = model._sample_sequence(s)
-    query = grounding_queries(labels, pos_at)[2]
+    query = pack_samples(model, [s], DEFAULT_SITUATION).queries(0)[2]
     asked_states, weights, _ = eager_forward(model, s, model.question_ids(s.question))
     assert query == len(asked_states) - 1 and asked.attention.shape == (4, 3, 12)
     torch.testing.assert_close(asked.attention[:, 2], weights[:, -1, patches], atol=1e-5, rtol=1e-4)
@@ -146,14 +150,11 @@ def test_egocentric_loss_regresses_the_object_offset_at_the_answer_start(tokeniz
     batch[0].object_offset = torch.tensor([2.0, -0.5])
     batch[2].object_offset = torch.tensor([-1.0, 3.0])  # batch[1]: counting, no object
     parts = model.forward_train(batch)
-    starts, states = [], []
+    states = []
     for s in (batch[0], batch[2]):
-        embeds, labels, pos_at, _ = model._sample_sequence(s)
-        start = len(labels) - len(model.answer_ids(s.answer)) - 1  # predicts the first word
-        with torch.no_grad():
-            out = model.base.language_model.model(inputs_embeds=embeds[None])
-        states.append(out.last_hidden_state[0, start])
-        starts.append(start)
+        alone, _ = reference_states(model, s)  # the sample as one sequence
+        start = len(alone) - len(model.answer_ids(s.answer)) - 1  # predicts the first word
+        states.append(alone[start])
     predicted = model.egocentric_head(torch.stack(states))
     target = torch.stack([batch[0].object_offset, batch[2].object_offset])
     expected = torch.nn.functional.smooth_l1_loss(predicted, target)

@@ -39,6 +39,11 @@ class TrainConfig:
     epochs: float = 0.0  # > 0: steps = ceil(epochs * samples / batch_size) (replaces steps)
     batch_size: int = 16  # global batch (samples per optimizer step, all processes together)
     micro_batch: int = 8  # samples per forward pass and process
+    # > 1: a batch takes this many questions of each room it draws (of different situations
+    # first), and they share one pass over the room's video (loc3r.vlm.packing); a multiple of
+    # it must make micro_batch
+    questions_per_scene: int = 1
+    train_threads: int = 0  # > 0: CPU threads of the training steps (0: as the process has)
     lr: float = 1e-3  # peak learning rate (the paper: 1e-5 for the 7B model)
     min_lr_ratio: float = 0.1
     warmup_steps: int = 100

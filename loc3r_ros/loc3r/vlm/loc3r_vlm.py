@@ -43,6 +43,7 @@ from loc3r.vlm.losses import (
     orientation_kl,
     total_loss,
 )
+from loc3r.vlm.packing import pack_samples
 from loc3r.vlm.point_embedding import PointEmbedding
 from loc3r.vlm.processor import SYSTEM_PROMPT
 from loc3r.vlm.static_decoding import StaticDecoding, check_room, forward_at, is_static, rewind
@@ -322,62 +323,47 @@ class Loc3rVLM(nn.Module):
         )
 
     # --- training ---------------------------------------------------------------------------------
-    def _sample_sequence(self, sample: TrainSample):
-        video, patch_index = self.video_embeddings(sample.pixel_values, sample.camera_tokens)
-        before, after = self.prefix_ids()
-        situation = self.situation_ids(sample.situation or DEFAULT_SITUATION)
-        question, answer = self.question_ids(sample.question), self.answer_ids(sample.answer)
-        embeds = torch.cat(
-            [self.embed(before), video, self.embed(after + situation + question + answer)]
-        )
-        n_before, n_video = len(before), len(video)
-        labels = torch.full((len(embeds),), -100, dtype=torch.long, device=self.device)
-        answer_start = len(embeds) - len(answer)
-        labels[answer_start:] = torch.tensor(answer, device=self.device)
-        pos_at = n_before + n_video + len(after) + len(situation) - 2
-        patch_at = torch.full((len(embeds),), -1, dtype=torch.long, device=self.device)
-        patch_at[n_before : n_before + n_video] = patch_index
-        return embeds, labels, pos_at, patch_at
-
     def forward_train(self, samples: list[TrainSample]) -> dict[str, torch.Tensor]:
-        """Losses of a batch: ce, bev, pos, ori (and the aids' ground, ego) and the total "loss"."""
-        sequences = [self._sample_sequence(s) for s in samples]
-        length = max(len(s[0]) for s in sequences)
-        hidden = sequences[0][0].shape[-1]
-        batch = len(sequences)
-        embeds = sequences[0][0].new_zeros(batch, length, hidden)
-        labels = torch.full((batch, length), -100, dtype=torch.long, device=self.device)
-        mask = torch.zeros(batch, length, dtype=torch.long, device=self.device)
-        for i, (e, lab, _, _) in enumerate(sequences):
-            embeds[i, : len(e)], labels[i, : len(e)], mask[i, : len(e)] = e, lab, 1
-        # the training aids (ours) add their parts only when on: see training_aids
-        with training_aids.grounding_capture(self, samples, sequences) as grounding:
-            out = self.base.language_model.model(inputs_embeds=embeds, attention_mask=mask)
-        states = out.last_hidden_state  # (B, L, H) after the final norm
-        logits = self.base.language_model.lm_head(states)
-        parts = {"ce": answer_cross_entropy(logits, labels)}
-        parts |= training_aids.grounding_losses(self, grounding, samples, sequences, logits)
+        """Losses of a batch: ce, bev, pos, ori (and the aids' ground, ego) and the total "loss".
 
-        pos_rows = [(i, s[2]) for i, s in enumerate(sequences) if samples[i].position is not None]
-        if pos_rows:
-            rows = torch.tensor([i for i, _ in pos_rows], device=self.device)
-            cols = torch.tensor([p for _, p in pos_rows], device=self.device)
+        Samples of one scene share a row (loc3r.vlm.packing): the same losses as one row each.
+        """
+        batch = pack_samples(self, samples, DEFAULT_SITUATION)
+        # the training aids (ours) add their parts only when on: see training_aids
+        decoder = self.base.language_model.model
+        mask = batch.attention_mask(decoder.config._attn_implementation)
+        with training_aids.grounding_capture(self, samples, batch) as grounding:
+            out = decoder(
+                inputs_embeds=batch.embeds, attention_mask=mask, position_ids=batch.position_ids
+            )
+        states = out.last_hidden_state  # (R, L, H) after the final norm
+        logits = self.base.language_model.lm_head(states)
+        parts = {"ce": answer_cross_entropy(logits, batch.labels)}
+        parts |= training_aids.grounding_losses(self, grounding, samples, batch, logits)
+
+        situated = [i for i, s in enumerate(samples) if s.position is not None]
+        if situated:
+            rows = torch.tensor([batch.rows[i] for i in situated], device=self.device)
+            cols = torch.tensor([batch.pos_at[i] for i in situated], device=self.device)
             pos_out = self.f_pos(states[rows, cols]).float()
-            target = torch.stack([samples[i].position.float() for i, _ in pos_rows]).to(self.device)
+            target = torch.stack([samples[i].position.float() for i in situated]).to(self.device)
             parts["pos"] = gaussian_nll_2d(pos_out[:, :2], self._sigma(pos_out[:, 2:]), target)
             ori_logits = self.f_ori(states[rows, cols + 1]).float()
-            yaw = torch.tensor([samples[i].yaw for i, _ in pos_rows], device=self.device)
+            yaw = torch.tensor([samples[i].yaw for i in situated], device=self.device)
             parts["ori"] = orientation_kl(ori_logits, yaw, self.config.weights.ori_sigma)
-        parts |= training_aids.egocentric_losses(self, states, samples, sequences)
+        parts |= training_aids.egocentric_losses(self, states, samples, batch)
 
-        if self.layout_head is not None and any(s.bev_targets is not None for s in samples):
+        scenes = [
+            (row, samples[i])
+            for row, i in enumerate(batch.scene_sample)
+            if samples[i].bev_targets is not None
+        ]
+        if self.layout_head is not None and scenes:
             preds, sigmas, targets, valid = [], [], [], []
-            for i, (_, _, _, patch_at) in enumerate(sequences):
-                sample = samples[i]
-                if sample.bev_targets is None:
-                    continue
+            for row, sample in scenes:  # each scene's patches once
+                patch_at = batch.patch_at[row]
                 where = (patch_at >= 0).nonzero().flatten()
-                out_bev = self.layout_head(states[i, where]).float()
+                out_bev = self.layout_head(states[row, where]).float()
                 flat_targets = sample.bev_targets.reshape(-1, 2).to(self.device).float()
                 flat_mask = sample.bev_mask.reshape(-1).to(self.device)
                 order = patch_at[where]

@@ -37,6 +37,7 @@ from loc3r.vlm.losses import grounding_nll
 
 if TYPE_CHECKING:
     from loc3r.vlm.loc3r_vlm import Loc3rVLM, PosePrediction, TrainSample
+    from loc3r.vlm.packing import PackedBatch
 
 # (query: 0 = <Pos>, 1 = <Ori>, 2 = the token before the answer; attention head; object) that the
 # grounding loss supervises
@@ -55,13 +56,15 @@ def grounding_attention(
     position_embeddings: tuple[torch.Tensor, torch.Tensor],
     rows: torch.Tensor,
     queries: torch.Tensor,
+    allowed: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Attention probabilities of some query tokens, as `attention` (Qwen2Attention) has them.
 
     hidden (B, L, H) is the layer's normed input, position_embeddings its RoPE (cos, sin) of
     shape (1 or B, L, head_dim); rows (N,) pick sequences and queries (N, Q) token positions in
-    them. Returns (N, heads, Q, L) under causal masking: the same numbers eager or SDPA
-    attention uses, for a few rows only, so training can supervise them whatever the kernel.
+    them; allowed (B, 1, L, L) bool is the attention mask the forward ran with (None: causal).
+    Returns (N, heads, Q, L): the same numbers eager or SDPA attention uses, for a few rows
+    only, so training can supervise them whatever the kernel.
     """
     from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
 
@@ -75,16 +78,13 @@ def grounding_attention(
     k = apply_rotary_pos_emb(k, k, cos[rows], sin[rows])[1]
     k = k.repeat_interleave(attention.num_key_value_groups, dim=1)  # as transformers' repeat_kv
     scores = (q @ k.transpose(-1, -2)).float() * attention.scaling
-    future = (
-        torch.arange(length, device=hidden.device)[None, None, None] > queries[:, None, :, None]
-    )
-    return scores.masked_fill(future, float("-inf")).softmax(-1)
-
-
-def grounding_queries(labels: torch.Tensor, pos_at: int) -> list[int]:
-    """Positions of <Pos>, <Ori> and the token that predicts the first answer token."""
-    answer_start = int((labels != -100).nonzero()[0])
-    return [pos_at, pos_at + 1, answer_start - 1]
+    if allowed is None:
+        hidden_keys = (
+            torch.arange(length, device=hidden.device)[None, None, None] > queries[:, None, :, None]
+        )
+    else:
+        hidden_keys = ~allowed[rows[:, None], 0, queries][:, None]  # (N, 1, Q, L)
+    return scores.masked_fill(hidden_keys, float("-inf")).softmax(-1)
 
 
 def _grounding_layer(model: Loc3rVLM) -> nn.Module:
@@ -93,28 +93,26 @@ def _grounding_layer(model: Loc3rVLM) -> nn.Module:
 
 @contextmanager
 def grounding_capture(
-    model: Loc3rVLM, samples: list[TrainSample], sequences: list
+    model: Loc3rVLM, samples: list[TrainSample], batch: PackedBatch
 ) -> Iterator[dict]:
     """Within the block, the training forward leaves the grounding attention in the dict.
 
     Only with the grounding loss on and samples that name their objects: "probs" (N, heads, 3,
-    L) of <Pos>, <Ori> and the answer's first token, one row per such sample (in order). The
-    sequences are Loc3rVLM._sample_sequence's (embeds, labels, pos_at, patch_at).
+    L) of <Pos>, <Ori> and the answer's first token, one row per such sample (in order), over
+    its packed row (loc3r.vlm.packing).
     """
     captured: dict[str, torch.Tensor] = {}
-    rows = _grounded(samples) if model.config.weights.grounding > 0 else []
-    if not rows:
+    grounded = _grounded(samples) if model.config.weights.grounding > 0 else []
+    if not grounded:
         yield captured
         return
-    index = torch.tensor(rows, device=model.device)
-    queries = torch.tensor(
-        [grounding_queries(*sequences[i][1:3]) for i in rows], device=model.device
-    )
+    index = torch.tensor([batch.rows[i] for i in grounded], device=model.device)
+    queries = torch.tensor([batch.queries(i) for i in grounded], device=model.device)
 
     def capture(module, args, kwargs, output) -> None:
         hidden = kwargs.get("hidden_states", args[0] if args else None)
         captured["probs"] = grounding_attention(
-            module, hidden, kwargs["position_embeddings"], index, queries
+            module, hidden, kwargs["position_embeddings"], index, queries, batch.allowed
         )
 
     handle = _grounding_layer(model).register_forward_hook(capture, with_kwargs=True)
@@ -137,7 +135,7 @@ def grounding_losses(
     model: Loc3rVLM,
     captured: dict,
     samples: list[TrainSample],
-    sequences: list,
+    batch: PackedBatch,
     logits: torch.Tensor,
 ) -> dict[str, torch.Tensor]:
     """{"ground": L_ground} with the grounding loss on (zero without objects), else {}.
@@ -152,7 +150,7 @@ def grounding_losses(
     probs = captured["probs"]
     picked, on_object = [], []
     for n, i in enumerate(grounded):
-        patch_at = sequences[i][3]
+        patch_at = batch.patch_at[batch.rows[i]]
         where = (patch_at >= 0).nonzero().flatten()  # the video's patch tokens
         sample = samples[i]
         cells = {
@@ -174,22 +172,22 @@ def grounding_losses(
 
 
 def egocentric_losses(
-    model: Loc3rVLM, states: torch.Tensor, samples: list[TrainSample], sequences: list
+    model: Loc3rVLM, states: torch.Tensor, samples: list[TrainSample], batch: PackedBatch
 ) -> dict[str, torch.Tensor]:
     """{"ego": L_ego} when the model has the egocentric head, else {}.
 
-    states (B, L, H) are the LLM's last hidden states; samples without an object offset
-    (counting questions, real datasets) do not count, and with none the loss is zero (the head
-    still used, so every DDP rank reports it).
+    states (R, L, H) are the LLM's last hidden states of the packed rows; samples without an
+    object offset (counting questions, real datasets) do not count, and with none the loss is
+    zero (the head still used, so every DDP rank reports it).
     """
     if model.egocentric_head is None:
         return {}
     rows = [i for i, s in enumerate(samples) if s.object_offset is not None]
     if not rows:
         return {"ego": model.egocentric_head(states[:1, 0]).float().sum() * 0.0}
-    starts = [grounding_queries(*sequences[i][1:3])[2] for i in rows]
-    index = torch.tensor(rows, device=model.device)
-    predicted = model.egocentric_head(states[index, torch.tensor(starts, device=model.device)])
+    index = torch.tensor([batch.rows[i] for i in rows], device=model.device)
+    starts = torch.tensor([batch.queries(i)[2] for i in rows], device=model.device)
+    predicted = model.egocentric_head(states[index, starts])
     target = torch.stack([samples[i].object_offset.float() for i in rows])
     return {"ego": F.smooth_l1_loss(predicted.float(), target.to(model.device))}
 
