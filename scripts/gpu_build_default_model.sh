@@ -15,6 +15,10 @@
 # Rooms before steps: the training rooms render for RENDER_WITHIN_S seconds (as many as the
 # cores give, up to TRAIN_EPISODES), since a CPU run that saw 1500 rooms 3 times memorised them
 # (docs/experiments.md, "grounding that memorises rooms"); the VLM trains on what is left.
+# Each room gets TRAIN_SITUATIONS (8) situations (free: drawn after the walk) and a batch takes
+# QUESTIONS_PER_SCENE (8) questions of each room it draws, one per situation, sharing one pass
+# over the room's video (loc3r.vlm.packing; bench/bench_vlm_training.py: about 5x the samples per
+# second of one row per question on a CPU).
 # Training stops at its time budget, so the script ends within ~9 minutes. What comes back
 # ($OUT, at most 8 files of 16 MiB): the bundle's vlm/ (4 files), bundle.json, eval.json
 # (timings per stage), metrics.jsonl, build.log.
@@ -42,6 +46,8 @@ timeout -k 10 ${BUILD_TIMEOUT_S:-540} $PY -m loc3r.train.make_default_model \
   --tokenizer_dir=loc3r_ros/loc3r/assets/default_model/vlm \
   --workers=$WORKERS --train_episodes=${TRAIN_EPISODES:-20000} --steps=${STEPS:-5000} \
   --render_within_s=${RENDER_WITHIN_S:-200} \
+  --train_situations=${TRAIN_SITUATIONS:-8} --questions_per_scene=${QUESTIONS_PER_SCENE:-8} \
+  --batch_size=${BATCH_SIZE:-64} --micro_batch=${MICRO_BATCH:-64} \
   --time_budget_s=${TRAIN_BUDGET_S:-240} --finish_within_s=${FINISH_WITHIN_S:-520} \
   --vision.episodes=${VISION_EPISODES:-1000} --vision.steps=${VISION_STEPS:-6000} \
   --vision.time_budget_s=${VISION_BUDGET_S:-90} "$@"

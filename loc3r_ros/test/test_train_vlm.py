@@ -15,16 +15,10 @@ import numpy as np
 import pytest
 import torch
 
+from loc3r.train.batches import SceneBatches, batch_indices, scene_chunks
 from loc3r.train.config import TrainConfig, lr_at
 from loc3r.train.pipeline import prepare_run
-from loc3r.train.train_vlm import (
-    Trainer,
-    batch_indices,
-    scene_batch_indices,
-    scene_chunks,
-    scene_epoch,
-    scene_steps_per_epoch,
-)
+from loc3r.train.train_vlm import Trainer
 
 TINY = [
     "--train_episodes=4", "--eval_episodes=1", "--frames=2", "--image_size=56", "--hidden=32",
@@ -61,29 +55,55 @@ def test_schedule_and_batches_are_pure_functions():
     assert sorted(epoch) == list(range(20))  # each sample once per epoch
 
 
-def test_scene_batches_take_rooms_in_chunks_across_their_situations():
-    situations = ["A", "A", "A", "B", "B", "C", "C", "A", "A", "B", "D"]
-    scenes = [[0, 1, 2, 3, 4, 5, 6], [7, 8, 9], [10]]
-    chunks = scene_chunks([[0, 1, 3, 4]], situations, 2, np.random.default_rng(0))
+def room_samples(sizes: list[int], situations_per_room: int = 3) -> list:
+    """TrainSample stand-ins: rooms (shared pixel_values objects) of `sizes` questions."""
+    from types import SimpleNamespace
+
+    out = []
+    for room, size in enumerate(sizes):
+        pixels, tokens = torch.zeros(1), torch.zeros(1)
+        for k in range(size):
+            situation = f"room {room} situation {k % situations_per_room}"
+            out.append(SimpleNamespace(pixel_values=pixels, camera_tokens=tokens,
+                                       situation=situation))  # fmt: skip
+    return out
+
+
+def test_scene_chunks_span_situations_and_fill_up_with_other_questions():
+    situations = ["A", "A", "B", "B", "A", "C", "C"]
+    chunks = scene_chunks([[0, 1, 2, 3]], situations, 2, np.random.default_rng(0))
     assert [sorted(situations[i] for i in c) for c in chunks] == [["A", "B"], ["A", "B"]]
-    room_of = {i: r for r, scene in enumerate(scenes) for i in scene}
-    per_epoch = scene_steps_per_epoch(scenes, 4, 2)  # 4 + 2 + 1 chunks of 2: 3 steps of 2 rooms
-    assert per_epoch == 3
-    epoch = []
-    for step in range(per_epoch):
-        chunks = scene_epoch(scenes, situations, 2, seed=3, epoch=0)
-        assert chunks == scene_epoch(scenes, situations, 2, seed=3, epoch=0)  # resumable
-        batch = scene_batch_indices(step, chunks, per_epoch, 4, 2)
-        assert len(batch) == 4
-        for pair in (batch[:2], batch[2:]):
-            assert room_of[pair[0]] == room_of[pair[1]]
-            if room_of[pair[0]] == 2:  # a room with one question fills its chunk with it
-                assert pair == [10, 10]
-        epoch += batch
-    assert len(set(epoch)) >= 9  # 6 of the 7 chunks: one is left for a later epoch
-    assert scene_epoch(scenes, situations, 2, seed=3, epoch=1) != chunks  # a new order
-    first_of_scene_0 = scene_chunks(scenes, situations, 2, np.random.default_rng(5))[0]
-    assert len({situations[i] for i in first_of_scene_0}) == 2  # one question of each first
+    for seed in range(20):  # 3 questions in chunks of 2: the last one filled with another one
+        chunks = scene_chunks([[4, 5, 6]], situations, 2, np.random.default_rng(seed))
+        assert len(chunks) == 2 and all(len(set(c)) == 2 for c in chunks)
+        assert {situations[i] for i in chunks[0]} == {"A", "C"}  # one of each situation first
+        assert set(chunks[0]) | set(chunks[1]) == {4, 5, 6}
+    chunks = scene_chunks([[4]], situations, 3, np.random.default_rng(0))
+    assert chunks == [[4, 4, 4]]  # a room with fewer questions than a chunk repeats them
+
+
+def test_scene_batches_take_whole_rooms_and_resume_across_epochs():
+    samples = room_samples([7, 3, 1, 5])  # 4 + 2 + 1 + 3 = 10 chunks of 2: 3 steps of 3 rooms
+    batches = SceneBatches(samples, batch=6, per_scene=2, seed=3)
+    assert batches.steps_per_epoch == 3
+    room = {i: id(s.pixel_values) for i, s in enumerate(samples)}
+    seen = []
+    for step in range(7):  # into the third epoch
+        batch = batches(step)
+        assert len(batch) == 6
+        for pair in (batch[0:2], batch[2:4], batch[4:6]):
+            assert room[pair[0]] == room[pair[1]]  # a chunk is one room's
+        fresh = SceneBatches(samples, batch=6, per_scene=2, seed=3)  # as after a resume
+        assert fresh(step) == batch
+        if step < 3:
+            seen += batch
+    assert len(set(seen)) >= 14  # 9 of the 10 chunks: 16 questions, one chunk waits
+    assert batches(3) != batches(0)  # the next epoch has another order
+    assert SceneBatches(samples, 6, 2, seed=4)(0) != batches(0)
+    with pytest.raises(ValueError, match="fewer than the 4 a batch of 8 takes"):
+        SceneBatches(room_samples([3]), batch=8, per_scene=2, seed=0)
+    with pytest.raises(ValueError, match="divide the batch"):
+        SceneBatches(samples, batch=6, per_scene=4, seed=0)
 
 
 def test_packed_scene_batches_and_threads_in_training(tmp_path, monkeypatch):
@@ -91,14 +111,20 @@ def test_packed_scene_batches_and_threads_in_training(tmp_path, monkeypatch):
                                     "--questions_per_scene=2", "--train_threads=1"])  # fmt: skip
     run = prepare_run(config, progress=False)
     trainer = Trainer(config, run.model, run.train_samples)
-    seen = []
+    seen, rows = [], []
     step = trainer.train_step
+    forward = trainer.model.forward_train
 
     def counting_step():
         seen.append(torch.get_num_threads())
         return step()
 
+    def counting_forward(batch):
+        rows.append((len(batch), len({id(s.pixel_values) for s in batch})))
+        return forward(batch)
+
     monkeypatch.setattr(trainer, "train_step", counting_step)
+    monkeypatch.setattr(trainer.model, "forward_train", counting_forward)
     torch.set_num_threads(2)
     try:
         history = trainer.fit(progress=False)
@@ -106,6 +132,7 @@ def test_packed_scene_batches_and_threads_in_training(tmp_path, monkeypatch):
     finally:
         torch.set_num_threads(1)
     assert seen == [1] * 6 and losses(history)[-1] < losses(history)[0]
+    assert rows == [(2, 1)] * 12  # each micro-batch: 2 questions of one room, one packed row
     with pytest.raises(ValueError, match="questions_per_scene"):
         Trainer(TrainConfig.from_args([*TINY, "--questions_per_scene=3"]), run.model, [])
 

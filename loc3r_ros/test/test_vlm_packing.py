@@ -74,6 +74,12 @@ def mixed_batch() -> list[TrainSample]:
     return [a[0], b[0], a[1], c[0], a[2], c[1]]
 
 
+def test_packed_rows_need_a_kernel_that_takes_a_4d_mask(tokenizer_dir):
+    packed = pack_samples(make_model(tokenizer_dir), mixed_batch(), DEFAULT_SITUATION)
+    with pytest.raises(ValueError, match="SDPA or eager"):
+        packed.attention_mask("flash_attention_2")
+
+
 def test_scene_groups_follow_the_tensor_objects_in_order():
     batch = mixed_batch()
     assert scene_groups(batch) == [[0, 2, 4], [1], [3, 5]]
@@ -122,7 +128,9 @@ def test_text_blocks_see_the_prefix_and_themselves_only(tokenizer_dir):
     allowed = packed.allowed[0, 0]  # scene 0: samples 0, 2, 4
     first, second = packed.pos_at[0], packed.pos_at[2]
     assert second > first
-    assert allowed[second, : packed.answer_start[0] - 30].any()  # the prefix
+    prefix = packed.position_ids[0, first] - len(model.situation_ids(batch[0].situation)) + 2
+    assert allowed[second, :prefix].all() and allowed[first, :prefix].all()  # the whole prefix
+    assert not allowed[prefix - 1, prefix:].any()  # the prefix sees no text
     assert not allowed[second, first]  # not the block before it
     assert not allowed[first, second]  # nor a later one
     assert allowed[second, second] and not allowed[second, second + 1]  # causal within a block
@@ -157,6 +165,8 @@ def test_packed_losses_equal_one_row_per_sample(tokenizer_dir):
     model.zero_grad()
     model.forward_train([alone(s) for s in batch])["loss"].backward()
     for name, parameter in model.named_parameters():
+        if parameter.grad is not None:  # padding rows leave no NaN in any gradient
+            assert torch.isfinite(parameter.grad).all(), name
         if name.startswith(heads):
             assert grads[name].abs().sum() > 0
             torch.testing.assert_close(grads[name], parameter.grad, atol=1e-5, rtol=1e-4)

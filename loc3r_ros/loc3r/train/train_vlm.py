@@ -23,79 +23,16 @@ from dataclasses import asdict, replace
 from datetime import timedelta
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from loc3r.train.batches import SceneBatches, batch_indices
 from loc3r.train.config import TrainConfig, lr_at, module_summary
 from loc3r.train.pipeline import prepare_run
 from loc3r.vlm import Loc3rVLM, TrainSample
-from loc3r.vlm.packing import scene_groups
 
 PACE_STEPS = 20  # with a time budget, the steps (and LR schedule) are fitted after these
-
-
-def batch_indices(step: int, num_samples: int, batch: int, seed: int) -> list[int]:
-    """The global batch of a step: a seeded permutation per epoch (resume gives the same data)."""
-    per_epoch = num_samples // batch
-    epoch, offset = divmod(step, per_epoch)
-    order = np.random.default_rng(seed + epoch).permutation(num_samples)
-    return order[offset * batch : (offset + 1) * batch].tolist()
-
-
-def scene_chunks(
-    scenes: list[list[int]], situations: list[str], per_scene: int, rng: np.random.Generator
-) -> list[list[int]]:
-    """One epoch of a room's questions in chunks of `per_scene` (for scene_batch_indices).
-
-    Each room's questions are shuffled, then taken a situation at a time (one question of
-    each situation before a second of any), so a chunk spans situations; a room's last chunk
-    is filled up with its other questions, so every chunk has per_scene and every question
-    comes at least once.
-    """
-    chunks = []
-    for scene in scenes:
-        order = [scene[i] for i in rng.permutation(len(scene))]
-        seen: dict[str, int] = {}
-        rank = []
-        for i in order:
-            rank.append(seen.get(situations[i], 0))
-            seen[situations[i]] = rank[-1] + 1
-        order = [order[k] for k in np.argsort(rank, kind="stable")]
-        for start in range(0, len(order), per_scene):
-            chunk = order[start : start + per_scene]
-            if len(chunk) < per_scene:
-                chunk += [int(i) for i in rng.choice(scene, per_scene - len(chunk))]
-            chunks.append(chunk)
-    return chunks
-
-
-def scene_steps_per_epoch(scenes: list[list[int]], batch: int, per_scene: int) -> int:
-    """Steps in an epoch of scene batches (every room's chunks, see scene_chunks)."""
-    chunks = sum(math.ceil(len(scene) / per_scene) for scene in scenes)
-    return max(1, chunks // (batch // per_scene))
-
-
-def scene_epoch(
-    scenes: list[list[int]], situations: list[str], per_scene: int, seed: int, epoch: int
-) -> list[list[int]]:
-    """An epoch's chunks (scene_chunks) in the seeded order its steps take them."""
-    rng = np.random.default_rng([seed, epoch])
-    chunks = scene_chunks(scenes, situations, per_scene, rng)
-    return [chunks[k] for k in rng.permutation(len(chunks))]
-
-
-def scene_batch_indices(
-    step: int, epoch_chunks: list[list[int]], steps_per_epoch: int, batch: int, per_scene: int
-) -> list[int]:
-    """The global batch of a step: batch / per_scene chunks of its epoch's (scene_epoch).
-
-    Resume gives the same data, as batch_indices; the Trainer keeps one epoch's chunks.
-    """
-    rooms = batch // per_scene
-    offset = step % steps_per_epoch
-    return [i for chunk in epoch_chunks[offset * rooms : (offset + 1) * rooms] for i in chunk]
 
 
 def shard_model(model: Loc3rVLM, device: torch.device) -> Loc3rVLM:
@@ -152,9 +89,11 @@ class Trainer:
             raise ValueError("batch_size must be a multiple of micro_batch * world size")
         if config.questions_per_scene < 1 or config.micro_batch % config.questions_per_scene:
             raise ValueError("questions_per_scene must be >= 1 and divide micro_batch")
-        self.scenes = scene_groups(samples)
-        self.situations = [s.situation for s in samples]
-        self._epoch_chunks: tuple[int, list[list[int]]] = (-1, [])  # (epoch, its chunks)
+        self.scene_batches = (
+            SceneBatches(samples, config.batch_size, config.questions_per_scene, config.seed)
+            if config.questions_per_scene > 1
+            else None
+        )
         self.accumulation = config.batch_size // (config.micro_batch * self.world)
         self.device = (
             torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
@@ -200,19 +139,6 @@ class Trainer:
         """Only rank 0 logs and saves."""
         return self.rank == 0
 
-    def _scene_batch(self, step: int) -> list[int]:
-        """scene_batch_indices of a step, the epoch's chunks made once per epoch."""
-        config = self.config
-        per_scene = config.questions_per_scene
-        per_epoch = scene_steps_per_epoch(self.scenes, config.batch_size, per_scene)
-        epoch = step // per_epoch
-        if self._epoch_chunks[0] != epoch:
-            chunks = scene_epoch(self.scenes, self.situations, per_scene, config.seed, epoch)
-            self._epoch_chunks = (epoch, chunks)
-        return scene_batch_indices(
-            step, self._epoch_chunks[1], per_epoch, config.batch_size, per_scene
-        )
-
     def _rank_slice(self, indices: list[int]) -> list[int]:
         per_rank = len(indices) // self.world
         return indices[self.rank * per_rank : (self.rank + 1) * per_rank]
@@ -220,8 +146,8 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         """One optimizer step over the global batch; returns the mean loss parts."""
         config = self.config
-        if config.questions_per_scene > 1:
-            drawn = self._scene_batch(self.step)
+        if self.scene_batches is not None:
+            drawn = self.scene_batches(self.step)
         else:
             drawn = batch_indices(self.step, len(self.samples), config.batch_size, config.seed)
         indices = self._rank_slice(drawn)

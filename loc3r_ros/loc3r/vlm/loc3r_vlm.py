@@ -326,7 +326,8 @@ class Loc3rVLM(nn.Module):
     def forward_train(self, samples: list[TrainSample]) -> dict[str, torch.Tensor]:
         """Losses of a batch: ce, bev, pos, ori (and the aids' ground, ego) and the total "loss".
 
-        Samples of one scene share a row (loc3r.vlm.packing): the same losses as one row each.
+        Samples of one scene share a row (loc3r.vlm.packing): the same losses as one row each,
+        except that the layout loss counts a scene's patches once however many samples it has.
         """
         batch = pack_samples(self, samples, DEFAULT_SITUATION)
         # the training aids (ours) add their parts only when on: see training_aids

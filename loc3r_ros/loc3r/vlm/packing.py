@@ -22,6 +22,11 @@ if TYPE_CHECKING:
     from loc3r.vlm.loc3r_vlm import Loc3rVLM, TrainSample
 
 
+# one row before padding: embeddings, labels, positions, block (0: prefix, k: k-th sample's
+# text), pooled-patch index
+Row = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
 @dataclass
 class PackedBatch:
     """A training batch as LM rows: one row per scene, the samples' text blocks after its video.
@@ -44,7 +49,11 @@ class PackedBatch:
 
         Bool for SDPA; additive (0 or the dtype's minimum) for eager attention.
         """
-        if attn_implementation != "eager":
+        if attn_implementation not in ("sdpa", "eager"):
+            raise ValueError(
+                f"packed rows need SDPA or eager attention (a 4D mask), not {attn_implementation!r}"
+            )
+        if attn_implementation == "sdpa":
             return self.allowed
         lowest = torch.finfo(self.embeds.dtype).min
         zero = torch.zeros((), dtype=self.embeds.dtype, device=self.embeds.device)
@@ -72,8 +81,11 @@ def pack_samples(
     """
     device = model.device
     before, after = model.prefix_ids()
-    rows = []  # (embeds, labels, positions, block, patch_at) per row
-    sample_row, pos_at, answer_start, scene_sample = {}, {}, {}, []
+    rows: list[Row] = []
+    sample_row: dict[int, int] = {}
+    pos_at: dict[int, int] = {}
+    answer_start: dict[int, int] = {}
+    scene_sample: list[int] = []
     for row, group in enumerate(scene_groups(samples)):
         first = samples[group[0]]
         video, patch_index = model.video_embeddings(first.pixel_values, first.camera_tokens)
@@ -106,7 +118,14 @@ def pack_samples(
     return _pad(rows, sample_row, pos_at, answer_start, scene_sample, len(samples))
 
 
-def _pad(rows, sample_row, pos_at, answer_start, scene_sample, count: int) -> PackedBatch:
+def _pad(
+    rows: list[Row],
+    sample_row: dict[int, int],
+    pos_at: dict[int, int],
+    answer_start: dict[int, int],
+    scene_sample: list[int],
+    count: int,
+) -> PackedBatch:
     """Stack the rows, padded to the longest; padding attends to itself only (no empty rows)."""
     length = max(len(r[0]) for r in rows)
     first = rows[0][0]
