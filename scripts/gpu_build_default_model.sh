@@ -17,8 +17,8 @@
 # (docs/experiments.md, "grounding that memorises rooms"); the VLM trains on what is left.
 # Each room gets TRAIN_SITUATIONS (8) situations (free: drawn after the walk) and a batch takes
 # QUESTIONS_PER_SCENE (8) questions of each room it draws, one per situation, sharing one pass
-# over the room's video (loc3r.vlm.packing; bench/bench_vlm_training.py: about 5x the samples per
-# second of one row per question on a CPU).
+# over the room's video (loc3r.vlm.packing; bench/bench_vlm_training.py on a 2-core CPU: 4.1x the
+# samples per second of one row per question on one thread, 3.7x on two).
 # Training stops at its time budget, so the script ends within ~9 minutes. What comes back
 # ($OUT, at most 8 files of 16 MiB): the bundle's vlm/ (4 files), bundle.json, eval.json
 # (timings per stage), metrics.jsonl, build.log.

@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             num_query_frames=config.frames,
             pose_source="geometric",  # the tiny CUT3R has not learned geometry; see perception
             camera_tokens=camera_tokens_mode(config),
-            description=f"embedded tiny Loc3R-VLM ({config.steps} steps on synthetic rooms)",
+            description=f"embedded tiny Loc3R-VLM ({trainer.step} steps on synthetic rooms)",
             answer_vocabulary=vocabulary,
             training_scenes=None if config.data_root else {
                 "look": config.look, "walk": config.walk,
