@@ -22,9 +22,9 @@ if TYPE_CHECKING:
     from loc3r.vlm.loc3r_vlm import Loc3rVLM, TrainSample
 
 
-# one row before padding: embeddings, labels, positions, block (0: prefix, k: k-th sample's
-# text), pooled-patch index
-Row = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+# one row before padding: embeddings (n, H), then per token: label, position, block (0: prefix,
+# k: the k-th sample's text), pooled-patch index
+Row = tuple[torch.Tensor, list[int], list[int], list[int], list[int]]
 
 
 @dataclass
@@ -79,7 +79,6 @@ def pack_samples(
 
     Samples without a situation take `default_situation`.
     """
-    device = model.device
     before, after = model.prefix_ids()
     rows: list[Row] = []
     sample_row: dict[int, int] = {}
@@ -89,31 +88,27 @@ def pack_samples(
     for row, group in enumerate(scene_groups(samples)):
         first = samples[group[0]]
         video, patch_index = model.video_embeddings(first.pixel_values, first.camera_tokens)
-        prefix = torch.cat([model.embed(before), video, model.embed(after)])
-        pieces, labels, positions, blocks = [prefix], [], [], []
-        labels.append(torch.full((len(prefix),), -100, dtype=torch.long, device=device))
-        positions.append(torch.arange(len(prefix), device=device))
-        blocks.append(torch.zeros(len(prefix), dtype=torch.long, device=device))
-        offset = len(prefix)
+        prefix = len(before) + len(video) + len(after)
+        # the row's ids after the video, labels, positions and blocks as Python lists: one
+        # embedding call and one host-to-device copy per row (not per sample) in _pad
+        ids, labels = list(after), [-100] * prefix
+        positions, blocks = list(range(prefix)), [0] * prefix
         for block, i in enumerate(group, start=1):
             sample = samples[i]
             situation = model.situation_ids(sample.situation or default_situation)
             question, answer = model.question_ids(sample.question), model.answer_ids(sample.answer)
             text = situation + question + answer
-            block_labels = torch.full((len(text),), -100, dtype=torch.long, device=device)
-            block_labels[len(text) - len(answer) :] = torch.tensor(answer, device=device)
-            pieces.append(model.embed(text))
-            labels.append(block_labels)
-            positions.append(torch.arange(len(prefix), len(prefix) + len(text), device=device))
-            blocks.append(torch.full((len(text),), block, dtype=torch.long, device=device))
             sample_row[i] = row
-            pos_at[i] = offset + len(situation) - 2
-            answer_start[i] = offset + len(text) - len(answer)
-            offset += len(text)
-        patch_at = torch.full((offset,), -1, dtype=torch.long, device=device)
-        patch_at[len(before) : len(before) + len(video)] = patch_index
-        rows.append((torch.cat(pieces), torch.cat(labels), torch.cat(positions),
-                     torch.cat(blocks), patch_at))  # fmt: skip
+            pos_at[i] = len(labels) + len(situation) - 2
+            answer_start[i] = len(labels) + len(text) - len(answer)
+            ids += text
+            labels += [-100] * (len(text) - len(answer)) + answer
+            positions += range(prefix, prefix + len(text))
+            blocks += [block] * len(text)
+        embeds = torch.cat([model.embed(before), video, model.embed(ids)])
+        patch_at = [-1] * len(labels)
+        patch_at[len(before) : len(before) + len(video)] = patch_index.tolist()
+        rows.append((embeds, labels, positions, blocks, patch_at))
         scene_sample.append(group[0])
     return _pad(rows, sample_row, pos_at, answer_start, scene_sample, len(samples))
 
@@ -130,14 +125,21 @@ def _pad(
     length = max(len(r[0]) for r in rows)
     first = rows[0][0]
     embeds = first.new_zeros(len(rows), length, first.shape[-1])
-    labels = torch.full((len(rows), length), -100, dtype=torch.long, device=first.device)
-    position_ids = torch.zeros(len(rows), length, dtype=torch.long, device=first.device)
-    patch_at = torch.full((len(rows), length), -1, dtype=torch.long, device=first.device)
-    block = torch.full((len(rows), length), -1, dtype=torch.long, device=first.device)
-    for r, (e, lab, pos, blk, patches) in enumerate(rows):
-        n = len(e)
-        embeds[r, :n], labels[r, :n], position_ids[r, :n] = e, lab, pos
-        block[r, :n], patch_at[r, :n] = blk, patches
+
+    def padded(values: list[int], fill: int) -> list[int]:
+        return values + [fill] * (length - len(values))
+
+    # labels, positions, blocks and patch indices (padding: -100, 0, -1, -1), copied once
+    table = torch.tensor(
+        [
+            [padded(lab, -100), padded(pos, 0), padded(blk, -1), padded(pat, -1)]
+            for _, lab, pos, blk, pat in rows
+        ],
+        dtype=torch.long,
+    ).to(first.device)  # (R, 4, L)
+    labels, position_ids, block, patch_at = table.unbind(1)
+    for r, (e, *_) in enumerate(rows):
+        embeds[r, : len(e)] = e
     index = torch.arange(length, device=first.device)
     causal = index[None, :, None] >= index[None, None, :]  # (1, query, key)
     same_or_prefix = (block[:, None, :] == 0) | (block[:, None, :] == block[:, :, None])
