@@ -7,7 +7,8 @@ import sys
 from collections.abc import Callable
 
 import rclpy
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.exceptions import InvalidHandle
+from rclpy.executors import Executor, ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 
 # Launch escalates SIGINT to SIGTERM after 5 s and to SIGKILL 5 s later; a normal exit here takes
@@ -25,6 +26,24 @@ def bound_teardown(limit_s: float = TEARDOWN_LIMIT_S) -> None:
     """
     if _owns_process:
         faulthandler.dump_traceback_later(limit_s, exit=True, file=sys.stderr)
+
+
+def spin(executor: Executor) -> int:
+    """`executor.spin()` until shutdown, through rclpy's race with entities destroyed mid-wait.
+
+    rclpy (9) builds each wait set from a list of waitables taken a moment earlier; a QoS event
+    handler destroyed in between (a lifecycle transition destroying a subscription, on another
+    executor thread) raises InvalidHandle in the spinning thread and would end the node. The
+    wait set is rebuilt from the node's current entities on the next call, so spinning again is
+    the whole recovery. Returns how many times that happened.
+    """
+    recovered = 0
+    while True:
+        try:
+            executor.spin()
+            return recovered
+        except InvalidHandle:
+            recovered += 1
 
 
 def run_node(
@@ -50,7 +69,7 @@ def run_node(
         node = make_node()
         executor = MultiThreadedExecutor(num_threads=threads)
         executor.add_node(node)
-        executor.spin()
+        spin(executor)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

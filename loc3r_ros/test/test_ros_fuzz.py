@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import threading
 import time
 import unicodedata
@@ -31,6 +32,10 @@ from loc3r_ros.loc3r_node import Loc3rNode  # noqa: E402
 
 EXAMPLES = int(os.environ.get("LOC3R_FUZZ_EXAMPLES", "300"))
 LIMIT = 500  # max_text_chars of the node under test
+CAMERA_WARNING = re.compile(
+    r"ok \(warning: camera input: no publisher on /fuzz_cam/image_raw and no frame for \d+ s: "
+    r"is the camera driver running, and is image_topic right\?\)"
+)
 
 
 class EchoModel:
@@ -111,7 +116,10 @@ def test_ask_replies_are_well_formed(clients, question, situation):
     reply = wait(ask.call_async(Ask.Request(question=question, situation=situation)))
     assert isinstance(reply.success, bool) and reply.message
     if reply.success:
-        assert reply.message == "ok" and reply.answer.isdigit()
+        # No camera publishes on /fuzz_cam: after 5 s the camera watchdog's warning is appended
+        # (test_ros_camera_input checks its text); the fuzzed text must never reach it.
+        assert reply.message == "ok" or CAMERA_WARNING.fullmatch(reply.message), reply.message
+        assert reply.answer.isdigit()
         assert reply.has_pose == bool(" ".join(situation.split("\x00")[0].split()))
         assert math.isfinite(reply.pose.pose.pose.position.x)
     else:
