@@ -17,6 +17,7 @@ from loc3r.eval.bounds import (
     POSITION_READOUTS,
     attention_of,
     direction_by_geometry,
+    input_points,
     main,
     measure,
     near_peak,
@@ -88,7 +89,8 @@ def test_position_readouts_swap_grounding_and_layout_one_at_a_time():
         pose=SimpleNamespace(xy=torch.tensor([9.0, 9.0])),
     )
     centre = torch.tensor([2.5, 0.5])
-    readouts = position_readouts(trace, anchor, anchor_first, true_xy, valid, centre)
+    input_xy = true_xy + torch.tensor([0.0, -2.0], dtype=torch.float64)
+    readouts = position_readouts(trace, anchor, anchor_first, true_xy, valid, centre, input_xy)
     got = {k: v.tolist() for k, v in readouts.items()}
     assert set(got) == set(POSITION_READOUTS)
     assert got["f_pos"] == [9.0, 9.0]
@@ -97,6 +99,8 @@ def test_position_readouts_swap_grounding_and_layout_one_at_a_time():
     assert got["attention near its peak, model layout"] == pytest.approx([1.0, 0.0])  # (1, 4) far
     assert got["anchor, model layout"] == pytest.approx([2.0, 1.0])  # (3, 0) and (1, 2)
     assert got["anchor first view, model layout"] == pytest.approx([3.0, 0.0])
+    assert got["attended, input points"] == pytest.approx([0.6, -0.4])  # (1, -2) and (0, 2)
+    assert got["anchor, input points"] == pytest.approx([1.5, -1.0])
     assert got["attended, true layout"] == pytest.approx([1.0, 0.0])  # patch 3 has no truth
     assert got["anchor, true layout"] == pytest.approx([1.5, 1.0])
     assert got["anchor's centre, truth"] == pytest.approx([2.5, 0.5])
@@ -106,6 +110,35 @@ def test_position_readouts_swap_grounding_and_layout_one_at_a_time():
     assert no_anchor["anchor's centre, truth"].tolist() == [2.5, 0.5]  # known out of view too
     unknown = position_readouts(trace, anchor, anchor_first, true_xy, valid)
     assert unknown["anchor's centre, truth"].tolist() == [9.0, 9.0]
+    assert unknown["anchor, input points"].tolist() == [9.0, 9.0]  # no geometry tokens
+
+
+def test_input_points_are_the_geometry_tokens_points_in_the_engines_bev_frame():
+    """A level first camera (OpenCV axes): BEV x is its forward z, BEV y its left (-x)."""
+    from loc3r.engine.perception import geometry_token, geometry_token_width
+
+    grid, rng = 4, np.random.default_rng(0)
+    tokens, expected = [], []
+    for shift in (0.0, 0.8):  # the second camera 0.8 m to the right of the first
+        pose = np.eye(4)
+        pose[0, 3] = shift
+        # a cell's point: right x, down y (the lower half on a floor 1.5 m down), forward z
+        x = rng.uniform(-2, 2, (grid, grid))
+        z = rng.uniform(1, 4, (grid, grid))
+        y = np.where(np.arange(grid)[:, None] >= grid // 2, 1.5, rng.uniform(-1, 1, (grid, grid)))
+        points = np.stack([x + shift, y, z], -1)  # the first camera's frame
+        pointmap = np.repeat(np.repeat(points, 2, 0), 2, 1)  # 2x2 pixels per cell
+        tokens.append(geometry_token(pose, pointmap, grid, geometry_token_width(grid)))
+        expected.append(np.stack([z, -(x + shift)], -1).reshape(-1, 2))  # BEV: forward, left
+    episode = SimpleNamespace(camera_tokens=torch.stack(tokens))
+    vlm = SimpleNamespace(point_embedding=object(), base=SimpleNamespace(config=SimpleNamespace(
+        pooled_grid=grid)))  # fmt: skip
+    patch_index = torch.tensor([0, 5, 16, 31])
+    got = input_points(vlm, episode, patch_index)
+    want = np.concatenate(expected)[patch_index.numpy()]
+    np.testing.assert_allclose(got.numpy(), want, atol=1e-5)
+    no_points = SimpleNamespace(point_embedding=None, base=vlm.base)
+    assert input_points(no_points, episode, patch_index) is None
 
 
 def test_attention_near_its_peak_averages_the_peaks_object_and_leaves_the_rest_of_the_room():

@@ -14,6 +14,9 @@ one at a time (Acc@0.5m / Acc@1.0m, SQA3D's strict thresholds, one read-out per 
 - "anchor, model layout": the same with perfect grounding (the patches that show the anchor);
 - "anchor first view, model layout": only the first frame that shows the anchor (frame 1 needs
   no camera pose; later frames need CUT3R's);
+- "attended, input points" and "anchor, input points": the (x, y) of the patches' points as the
+  camera tokens state them (geometry tokens: the pose source and CUT3R's depth), in the BEV frame
+  the engine would set up from them; f_pos stands in for a model without them;
 - "attended, true layout" and "anchor, true layout": the patches' true (x, y) instead;
 - "anchor's centre, truth": the anchor's true centre, in view or not: the most a read-out that
   finds the anchor but not the side of it the agent stands on can score.
@@ -41,6 +44,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from loc3r.engine.gravity import estimate_up
+from loc3r.engine.perception import POSE_VALUES, token_points
+from loc3r.engine.scene_frame import bev_frame
 from loc3r.eval.localization import METRIC_NAMES, POSITION_THRESHOLDS_M, position_error
 from loc3r.scenes.situations import relative_direction
 from loc3r.vlm.training_aids import GROUNDING_HEADS, trace_situation
@@ -52,6 +58,8 @@ POSITION_READOUTS = (
     "attention near its peak, model layout",
     "anchor, model layout",
     "anchor first view, model layout",
+    "attended, input points",
+    "anchor, input points",
     "attended, true layout",
     "anchor, true layout",
     "anchor's centre, truth",
@@ -110,12 +118,15 @@ def position_readouts(
     true_xy: torch.Tensor,
     valid: torch.Tensor,
     anchor_centre: torch.Tensor | None = None,
+    input_xy: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Every read-out of POSITION_READOUTS for one situation (a training_aids.SituationTrace).
 
     anchor (P,) bool marks the patches that show the anchor, anchor_first those of them in the
     first frame that shows it; true_xy (P, 2) and valid (P,) are the patches' true layout;
-    anchor_centre (2,) the anchor's true centre (None: unknown, f_pos stands in).
+    anchor_centre (2,) the anchor's true centre (None: unknown, f_pos stands in); input_xy
+    (P, 2) the BEV of the points the camera tokens state (`input_points`; None: no geometry
+    tokens).
     """
     own = trace.pose.xy.double()
     attention = attention_of(trace, "anchor")
@@ -129,6 +140,8 @@ def position_readouts(
         ),
         "anchor, model layout": weighted_point(on_anchor, trace.layout),
         "anchor first view, model layout": weighted_point(anchor_first.double(), trace.layout),
+        "attended, input points": None if input_xy is None else weighted_point(attention, input_xy),
+        "anchor, input points": None if input_xy is None else weighted_point(on_anchor, input_xy),
         "attended, true layout": weighted_point(attention, true_xy, valid),
         "anchor, true layout": weighted_point(on_anchor, true_xy, valid),
         "anchor's centre, truth": None if anchor_centre is None else anchor_centre.double(),
@@ -157,6 +170,29 @@ def direction_by_geometry(
         return None
     yaw = math.atan2(facing[1] - at[1], facing[0] - at[0])
     return relative_direction(at, yaw, point)
+
+
+def input_points(vlm, episode, patch_index: torch.Tensor) -> torch.Tensor | None:
+    """(P, 2) BEV x, y of each patch token's point as its geometry token states it, or None.
+
+    The points are in the first camera's frame; the BEV frame is set up from them the way the
+    engine does it (`estimate_up`: the floor fitted to them, else a level first camera). None
+    when the camera tokens are not geometry tokens (the model has no point embedding).
+    """
+    if vlm.point_embedding is None or episode.camera_tokens is None:
+        return None
+    grid = vlm.base.config.pooled_grid
+    points = token_points(episode.camera_tokens, grid).reshape(-1, 3).double().numpy()
+    poses = [np.eye(4)]
+    for token in episode.camera_tokens:
+        pose = np.eye(4)
+        values = token[:POSE_VALUES].double().numpy()
+        pose[:3, 3], pose[:3, :3] = values[:3], values[3:].reshape(3, 3)
+        poses.append(pose)
+    finite = np.isfinite(points).all(1)
+    up = estimate_up(points[finite], poses[1:])
+    frame = bev_frame(np.eye(4), up.up, up.source)
+    return torch.from_numpy(frame.points(points)[:, :2])[patch_index]
 
 
 def _patch_truth(episode, patch_index: torch.Tensor):
@@ -210,9 +246,11 @@ def measure(vlm, episodes: list, image_size: int, progress: bool = True) -> dict
                     anchor_share.append(float(anchor.double().mean()))
                     top_on_anchor.append(bool(anchor[attention.argmax()]))
                 centre = record.fields.get("anchor_position")
+                if len(situations) == 1:  # the points do not depend on the situation
+                    input_xy = input_points(vlm, episode, trace.patch_index)
                 readouts = position_readouts(
                     trace, anchor, first, true_xy, valid,
-                    None if centre is None else torch.tensor(centre),
+                    None if centre is None else torch.tensor(centre), input_xy,
                 )  # fmt: skip
                 for name, xy in readouts.items():
                     errors[name].append(position_error(record.position, xy.tolist()))
