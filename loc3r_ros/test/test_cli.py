@@ -9,6 +9,7 @@ import pytest
 from tiny_bundle import make_tiny_bundle
 
 from loc3r.cli import main
+from loc3r.engine.models import DEFAULT_MODEL_DIR
 
 
 @pytest.fixture(scope="module")
@@ -41,17 +42,19 @@ def test_scene_as_trained_renders_rooms_like_the_models_training_rooms(tmp_path,
     config = EpisodeConfig(frames=3, image_size=48, look="textured", walk="room_scan")
     expected = make_episode(5, config).frames[2].rgb
     assert (cv2.cvtColor(cv2.imread(str(frames[2])), cv2.COLOR_BGR2RGB) == expected).all()
-    # an option given wins over the bundle's; the embedded bundle: 8-frame flat sweeps, 112 px
+    # an option given wins over the bundle's
     assert main(["scene", str(tmp_path / "b"), "--as-trained", "--model", str(model),
                  "--count", "2", "--look", "flat"]) == 0  # fmt: skip
     config = EpisodeConfig(frames=2, image_size=48, look="flat", walk="room_scan")
     flat = make_episode(3, config).frames[1].rgb
     got = cv2.cvtColor(cv2.imread(str(tmp_path / "b" / "000001.png")), cv2.COLOR_BGR2RGB)
     assert len(list((tmp_path / "b").glob("*.png"))) == 2 and (got == flat).all()
-    # the embedded bundle: 8-frame queries (24 frames without --as-trained) of flat sweeps, 112 px
+    # the embedded bundle: its frames per query, at its render size
+    embedded = json.loads((DEFAULT_MODEL_DIR / "bundle.json").read_text())
+    size = embedded["training_scenes"]["render_size"]
     assert main(["scene", str(tmp_path / "c"), "--as-trained"]) == 0
-    assert len(list((tmp_path / "c").glob("*.png"))) == 8
-    assert cv2.imread(str(tmp_path / "c" / "000000.png")).shape == (112, 112, 3)
+    assert len(list((tmp_path / "c").glob("*.png"))) == embedded["num_query_frames"]
+    assert cv2.imread(str(tmp_path / "c" / "000000.png")).shape == (size, size, 3)
     capsys.readouterr()
     assert main(["scene", str(tmp_path / "e"), "--model", str(model)]) == 2  # without --as-trained
     assert "--as-trained" in json.loads(capsys.readouterr().out)["error"]

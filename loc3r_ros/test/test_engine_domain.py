@@ -8,10 +8,18 @@ import json
 import cv2
 import numpy as np
 import pytest
+import torch
 from tiny_bundle import make_tiny_bundle
 
 from loc3r.cli import main as cli_main
-from loc3r.engine.domain import FILE_NAME, DomainModel, Gaussian
+from loc3r.engine.domain import (
+    FILE_NAME,
+    IMAGE_STATISTICS,
+    ClipFeatures,
+    DomainModel,
+    Gaussian,
+    image_statistics,
+)
 from loc3r.engine.models import DEFAULT_MODEL_DIR, ModelLoadError, load_bundle
 
 
@@ -58,6 +66,54 @@ def test_held_out_clips_pass_and_moved_or_noisier_clips_are_flagged(tmp_path):
     assert DomainModel.load(tmp_path / "missing") is None
 
 
+def smooth_frames(rng, count: int = 4, size: int = 32) -> torch.Tensor:
+    """(count, 3, size, size) blurred noise: pixels like a photograph's (neighbours alike)."""
+    raw = rng.normal(size=(count, size, size, 3)).astype(np.float32)
+    blurred = np.stack([cv2.GaussianBlur(f, (0, 0), 3.0) for f in raw])
+    return torch.from_numpy(blurred / blurred.std()).permute(0, 3, 1, 2)
+
+
+def test_image_statistics_tell_sensor_noise_from_pictures_and_survive_blank_frames():
+    rng = np.random.default_rng(3)
+    smooth = image_statistics(smooth_frames(rng))
+    noise = image_statistics(torch.from_numpy(rng.normal(size=(4, 3, 32, 32))))
+    blank = image_statistics(torch.zeros(2, 3, 32, 32))
+    assert smooth.shape == (4, IMAGE_STATISTICS) and blank.shape == (2, IMAGE_STATISTICS)
+    assert (smooth > 0.7).all() and (np.abs(noise) < 0.1).all()
+    assert np.isfinite(blank).all() and (blank == 1.0).all()  # no division by zero
+
+
+def test_roughness_flags_noise_whose_tower_features_look_in_domain(tmp_path):
+    rng = np.random.default_rng(4)
+
+    def clip(pixels: torch.Tensor) -> ClipFeatures:  # the tower's features: in domain always
+        return ClipFeatures(clips(rng, 1)[0], image_statistics(pixels))
+
+    model = DomainModel.fit([clip(smooth_frames(rng)) for _ in range(200)])
+    assert model.roughness is not None
+    held_out = [clip(smooth_frames(rng)) for _ in range(200)]
+    model.calibrate(held_out, quantile=0.99)
+    assert max(model.roughness.score(c.images) for c in held_out) < 1.0  # rarely rougher
+    assert model.verdict(clip(smooth_frames(rng))).in_domain
+    blank = clip(torch.zeros(4, 3, 32, 32))  # smoother than any training frame: not rough
+    assert model.roughness.score(blank.images) == 0.0
+    noisy = clip(torch.from_numpy(rng.normal(size=(4, 3, 32, 32))))
+    verdict = model.verdict(noisy)
+    assert not verdict.in_domain and verdict.score > 3 * model.threshold, verdict
+    # the same clip read by a check without the roughness passes: the tower alone misses it
+    towers_only = DomainModel(model.patch, model.frame, model.scales, model.threshold)
+    assert towers_only.verdict(noisy).in_domain
+    with pytest.raises(ValueError, match="pixel statistics"):
+        model.score(noisy.patches)  # the pixels are needed
+    model.save(tmp_path)
+    loaded = DomainModel.load(tmp_path)
+    assert loaded.roughness is not None and loaded.scales == model.scales
+    assert loaded.score(noisy) == pytest.approx(model.score(noisy), rel=1e-9)
+    (tmp_path / "old").mkdir()
+    towers_only.save(tmp_path / "old")  # a file written before the roughness
+    assert DomainModel.load(tmp_path / "old").roughness is None
+
+
 def test_corrupt_domain_file_is_a_clear_load_error(tmp_path):
     bundle = make_tiny_bundle(tmp_path / "bundle")
     (bundle / FILE_NAME).write_bytes(b"\x00garbage")
@@ -70,18 +126,20 @@ def test_corrupt_domain_file_is_a_clear_load_error(tmp_path):
 def test_the_embedded_model_flags_noise_and_photographs_but_not_its_rooms(capsys, tmp_path):
     import matplotlib.cbook
 
-    assert load_bundle(DEFAULT_MODEL_DIR).model.domain_model is not None  # shipped with it
-    rooms = tmp_path / "rooms"
-    assert cli_main(["scene", str(rooms), "--count", "8", "--size", "112", "--seed", "7"]) == 0
+    bundle = load_bundle(DEFAULT_MODEL_DIR)
+    assert bundle.model.domain_model is not None  # shipped with it
+    frames, size = bundle.num_query_frames, bundle.model.image_size
+    rooms = tmp_path / "rooms"  # a room like those it trained on, at their frame count
+    assert cli_main(["scene", str(rooms), "--as-trained", "--seed", "7"]) == 0
     capsys.readouterr()
     photo = cv2.imread(str(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)))
     noise, pan = tmp_path / "noise", tmp_path / "photo"
     noise.mkdir(), pan.mkdir()
     rng = np.random.default_rng(0)
-    for i in range(8):
-        cv2.imwrite(str(noise / f"{i}.png"), rng.integers(0, 256, (112, 112, 3), dtype=np.uint8))
-        x = 20 * i
-        cv2.imwrite(str(pan / f"{i}.png"), cv2.resize(photo[100:500, x : x + 400], (112, 112)))
+    for i in range(frames):
+        cv2.imwrite(str(noise / f"{i}.png"), rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+        x = 160 * i // frames
+        cv2.imwrite(str(pan / f"{i}.png"), cv2.resize(photo[100:500, x : x + 400], (size, size)))
     verdicts = {}
     for name, source in (("rooms", rooms), ("noise", noise), ("photo", pan)):
         code = cli_main(["ask", str(source), "--question", "What is on my left?",

@@ -100,6 +100,8 @@ def test_position_readouts_swap_grounding_and_layout_one_at_a_time():
     assert got["anchor, model layout"] == pytest.approx([2.0, 1.0])  # (3, 0) and (1, 2)
     assert got["anchor first view, model layout"] == pytest.approx([3.0, 0.0])
     assert got["attended, input points"] == pytest.approx([0.6, -0.4])  # (1, -2) and (0, 2)
+    assert got["top attended patch, input points"] == pytest.approx([1.0, -2.0])
+    assert got["attention near its peak, input points"] == pytest.approx([1.0, -2.0])
     assert got["anchor, input points"] == pytest.approx([1.5, -1.0])
     assert got["attended, true layout"] == pytest.approx([1.0, 0.0])  # patch 3 has no truth
     assert got["anchor, true layout"] == pytest.approx([1.5, 1.0])
@@ -110,7 +112,9 @@ def test_position_readouts_swap_grounding_and_layout_one_at_a_time():
     assert no_anchor["anchor's centre, truth"].tolist() == [2.5, 0.5]  # known out of view too
     unknown = position_readouts(trace, anchor, anchor_first, true_xy, valid)
     assert unknown["anchor's centre, truth"].tolist() == [9.0, 9.0]
-    assert unknown["anchor, input points"].tolist() == [9.0, 9.0]  # no geometry tokens
+    for name in POSITION_READOUTS:
+        if name.endswith("input points"):  # no geometry tokens
+            assert unknown[name].tolist() == [9.0, 9.0]
 
 
 def test_input_points_are_the_geometry_tokens_points_in_the_engines_bev_frame():

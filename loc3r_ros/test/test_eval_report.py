@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from loc3r.cli import main as cli_main
+from loc3r.engine.models import DEFAULT_MODEL_DIR
 from loc3r.eval.report import (
     EvalCase,
     EvalInputError,
@@ -18,6 +19,8 @@ from loc3r.eval.report import (
     read_cases,
     write_cases,
 )
+
+EMBEDDED = json.loads((DEFAULT_MODEL_DIR / "bundle.json").read_text())
 
 
 def _case(i: int, prediction: str, answer: str, kind: str, yaw_err: float = 0.0, shift=0.0):
@@ -132,11 +135,17 @@ def test_cli_on_our_dataset_format_matches_the_synthetic_path(tmp_path):
     from loc3r.datasets.format import export_synthetic
     from loc3r.scenes import EpisodeConfig
 
-    export_synthetic(tmp_path / "data", [1000003], EpisodeConfig(frames=8, image_size=112), "test")
+    # the embedded bundle's rooms, rendered at its input size (112 px): neither path resizes (the
+    # synthetic path shrinks larger renders with OpenCV's area filter, the engine with PIL's)
+    rooms = EMBEDDED["training_scenes"]
+    config = EpisodeConfig(
+        frames=EMBEDDED["num_query_frames"], image_size=112, look=rooms["look"], walk=rooms["walk"]
+    )
+    export_synthetic(tmp_path / "data", [1000003], config, "test")
     argv = ["eval", "--data", str(tmp_path / "data"), "--split", "test", "--no-progress"]
     assert cli_main([*argv, "--out", str(tmp_path / "a")]) == 0
-    assert cli_main(["eval", "--seeds", "1000003:1000004", "--no-progress",
-                     "--out", str(tmp_path / "b")]) == 0  # fmt: skip
+    assert cli_main(["eval", "--seeds", "1000003:1000004", "--render-size", "112",
+                     "--no-progress", "--out", str(tmp_path / "b")]) == 0  # fmt: skip
     from_data = read_cases(tmp_path / "a" / "predictions.jsonl")
     synthetic = read_cases(tmp_path / "b" / "predictions.jsonl")
     assert len(from_data) == len(synthetic) > 10
@@ -156,17 +165,19 @@ def test_cli_evaluates_on_textured_scans_rendered_at_another_size(tmp_path):
             "--render-size", "160", "--out", str(out), "--no-progress"]  # fmt: skip
     assert cli_main(argv) == 0
     cases = read_cases(out / "predictions.jsonl")
-    scan = make_episode(1000003, EpisodeConfig(frames=8, image_size=16, walk="scan"))
-    sweep = make_episode(1000003, EpisodeConfig(frames=8, image_size=16))
+    frames = EMBEDDED["num_query_frames"]
+    scan = make_episode(1000003, EpisodeConfig(frames=frames, image_size=16, walk="scan"))
+    sweep = make_episode(1000003, EpisodeConfig(frames=frames, image_size=16, walk="sweep"))
     assert [c.question for c in cases] == [r.question for r in scan.records]  # the scan's rooms
     assert [r.question for r in scan.records] != [r.question for r in sweep.records]
     # the report says how far the camera poses the model's tokens state are from the truth
     report = json.loads((out / "report.json").read_text())
     source = report["pose_source"]
-    assert source["source"] == "geometric" and source["frames"] == 7  # frames 1..7 of one scan
+    assert source["source"] == "geometric" and source["frames"] == frames - 1  # 1.. of one scan
     assert 0.0 <= source["median_position_error_m"] < 0.5
     assert 0.0 <= source["median_rotation_error_deg"] < 10.0
-    assert "Camera poses (geometric pose source, 7 frames" in (out / "report.md").read_text()
+    text = (out / "report.md").read_text()
+    assert f"Camera poses (geometric pose source, {frames - 1} frames" in text
 
 
 def test_relative_pose_errors_compare_trajectories_from_their_first_frames():

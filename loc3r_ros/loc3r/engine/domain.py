@@ -4,12 +4,14 @@ The check reads the vision tower's patch features (what the LM sees through) of 
 two ways: each patch on its own, and each frame as the mean and standard deviation of its
 patches. A Gaussian (mean and shrunk covariance) of each is fitted on frames of the training
 rooms; a clip's two scores are the mean Mahalanobis distances per dimension of its patches and
-of its frames, each divided by its median over held-out training-domain clips, and the clip's
-score is the larger (about 1 for a typical clip: patches catch noise and odd textures, frames
-catch odd layouts and colours). The threshold is a quantile of held-out training-domain clips'
-scores, so the rate at which in-domain clips are flagged is known. `python -m loc3r.eval.domain`
-fits it into a bundle (domain.safetensors) and reports how often it flags real photographs. A
-bundle without that file (the 7B model, trained on real scans) gets no verdict.
+of its frames, each divided by its median over held-out training-domain clips. A third score
+reads the pixels: how much less alike neighbouring pixels are than in the training frames
+(`Roughness`; sensor noise, which a vision tower trained on varied textures can map among its
+rooms' features). The clip's score is the largest (about 1 for a typical clip). The threshold is
+a quantile of held-out training-domain clips' scores, so the rate at which in-domain clips are
+flagged is known. `python -m loc3r.eval.domain` fits it into a bundle (domain.safetensors) and
+reports how often it flags real photographs. A bundle without that file (the 7B model, trained
+on real scans) gets no verdict.
 """
 
 from __future__ import annotations
@@ -35,11 +37,50 @@ class DomainVerdict:
     note: str  # a sentence for the user ("" when in domain)
 
 
+@dataclass
+class ClipFeatures:
+    """What the check reads of a clip: vision-tower patch features and pixel statistics."""
+
+    patches: np.ndarray  # (T, P, D) float64
+    images: np.ndarray | None = None  # (T, IMAGE_STATISTICS) float64; None: not measured
+
+
+IMAGE_STATISTICS = 4  # per frame: neighbour correlation at 1 and 2 pixels, across and down
+NEIGHBOUR_OFFSETS = (1, 2)
+
+
+def image_statistics(pixel_values: torch.Tensor) -> np.ndarray:
+    """(T, 3, S, S) pixels -> (T, 4): how alike neighbouring pixels of each grey frame are.
+
+    The correlation of pixels 1 and 2 apart, horizontally and vertically: near 1 in any
+    photograph or rendering, near 0 in sensor noise, 1 for a blank frame. (Colours and layouts
+    are the vision features' part.)
+    """
+    grey = pixel_values.detach().double().cpu().mean(1)
+
+    def correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        a = a.flatten(1) - a.flatten(1).mean(1, keepdim=True)
+        b = b.flatten(1) - b.flatten(1).mean(1, keepdim=True)
+        spread = (a.square().sum(1) * b.square().sum(1)).sqrt()
+        return torch.where(spread > 1e-12, (a * b).sum(1) / spread.clamp_min(1e-12), 1.0)
+
+    stats = []
+    for k in NEIGHBOUR_OFFSETS:
+        stats.append(correlation(grey[:, :, :-k], grey[:, :, k:]))
+        stats.append(correlation(grey[:, :-k, :], grey[:, k:, :]))
+    return torch.stack(stats, 1).numpy()
+
+
 @torch.inference_mode()
-def frame_features(vlm, pixel_values: torch.Tensor) -> np.ndarray:
-    """(T, 3, S, S) pixels -> (T, P, D) float64: the vision tower's patch features."""
+def frame_features(vlm, pixel_values: torch.Tensor) -> ClipFeatures:
+    """(T, 3, S, S) pixels -> the vision tower's patch features and the pixels' statistics."""
     features = vlm.base.vision_features(pixel_values.to(vlm.device)).float()
-    return features.cpu().double().numpy()
+    return ClipFeatures(features.cpu().double().numpy(), image_statistics(pixel_values))
+
+
+def _features(clip: ClipFeatures | np.ndarray) -> ClipFeatures:
+    """A bare (T, P, D) array is patch features alone."""
+    return clip if isinstance(clip, ClipFeatures) else ClipFeatures(np.asarray(clip))
 
 
 @dataclass
@@ -70,8 +111,38 @@ def frame_vectors(patches: np.ndarray) -> np.ndarray:
     return np.concatenate([patches.mean(1), patches.std(1)], axis=1)
 
 
+@dataclass
+class Roughness:
+    """How much rougher than the training frames a clip's pixels are (one-sided).
+
+    Per statistic of `image_statistics`, the training frames' median and 1st percentile; a
+    frame's score is the mean over statistics of how far it falls below the median, in units of
+    (median - 1st percentile), and nothing above it (smooth or blank frames are the vision
+    features' part). A clip's score is its frames' mean: 0 for most training clips, about 1 for
+    frames as rough as the roughest 1 % of them, 4 to 7 for sensor noise.
+    """
+
+    median: np.ndarray  # (IMAGE_STATISTICS,)
+    low: np.ndarray  # (IMAGE_STATISTICS,) 1st percentile
+
+    @classmethod
+    def fit(cls, images: np.ndarray) -> Roughness:
+        """From (N, IMAGE_STATISTICS) statistics of training frames."""
+        median, low = np.median(images, 0), np.percentile(images, 1, axis=0)
+        return cls(median, np.minimum(low, median - 1e-6))
+
+    def score(self, images: np.ndarray) -> float:
+        """A clip's (T, IMAGE_STATISTICS) statistics -> its score."""
+        below = np.maximum(self.median - images, 0.0) / (self.median - self.low)
+        return float(below.mean())
+
+
 class DomainModel:
-    """Patch and frame Gaussians of the training domain, their scales and the threshold."""
+    """The training domain: patch and frame Gaussians, their scales, the threshold, roughness.
+
+    Clips are ClipFeatures, or (T, P, D) patch feature arrays when the model reads no pixels
+    (domain files written before `Roughness` have none, and are read as before).
+    """
 
     def __init__(
         self,
@@ -80,34 +151,48 @@ class DomainModel:
         scales: tuple[float, float] = (1.0, 1.0),
         threshold: float = 1.0,
         description: str = "",
+        roughness: Roughness | None = None,
     ) -> None:
         if patch.precision.shape[0] * 2 != frame.precision.shape[0]:
             raise ValueError("the frame Gaussian must be twice as wide as the patch Gaussian")
-        if not all(np.isfinite(v) and v > 0 for v in (*scales, threshold)):
-            raise ValueError(f"scales and threshold must be positive: {scales}, {threshold}")
-        self.patch, self.frame = patch, frame
+        if roughness is not None and roughness.median.shape != (IMAGE_STATISTICS,):
+            raise ValueError(f"the roughness needs {IMAGE_STATISTICS} pixel statistics")
+        if len(scales) != 2 or not all(np.isfinite(v) and v > 0 for v in (*scales, threshold)):
+            raise ValueError(f"two positive scales and a positive threshold: {scales}, {threshold}")
+        self.patch, self.frame, self.roughness = patch, frame, roughness
         self.scales = (float(scales[0]), float(scales[1]))
         self.threshold = float(threshold)
         self.description = description
 
     @classmethod
-    def fit(cls, clips: list[np.ndarray]) -> DomainModel:
-        """Gaussians of in-domain clips' (T, P, D) patch features (uncalibrated)."""
-        patches = np.concatenate([c.reshape(-1, c.shape[-1]) for c in clips])
-        frames = np.concatenate([frame_vectors(c) for c in clips])
-        return cls(Gaussian.fit(patches), Gaussian.fit(frames))
+    def fit(cls, clips: list[ClipFeatures | np.ndarray]) -> DomainModel:
+        """Gaussians of in-domain clips' features (uncalibrated); pixels if every clip has them."""
+        clips = [_features(c) for c in clips]
+        patches = np.concatenate([c.patches.reshape(-1, c.patches.shape[-1]) for c in clips])
+        frames = np.concatenate([frame_vectors(c.patches) for c in clips])
+        roughness = None
+        if all(c.images is not None for c in clips):
+            roughness = Roughness.fit(np.concatenate([c.images for c in clips]))
+        return cls(Gaussian.fit(patches), Gaussian.fit(frames), roughness=roughness)
 
-    def raw_scores(self, patches: np.ndarray) -> tuple[float, float]:
+    def raw_scores(self, clip: ClipFeatures | np.ndarray) -> tuple[float, float]:
         """A clip's mean patch distance and mean frame distance (unscaled)."""
+        patches = _features(clip).patches
         patch = self.patch.distance(patches.reshape(-1, patches.shape[-1])).mean()
         return float(patch), float(self.frame.distance(frame_vectors(patches)).mean())
 
-    def score(self, patches: np.ndarray) -> float:
-        """A clip's score: the larger of its scaled patch and frame scores (about 1 = typical)."""
-        patch, frame = self.raw_scores(patches)
-        return max(patch / self.scales[0], frame / self.scales[1])
+    def score(self, clip: ClipFeatures | np.ndarray) -> float:
+        """A clip's score: the largest of its scaled patch and frame scores and its roughness."""
+        patch, frame = self.raw_scores(clip)
+        score = max(patch / self.scales[0], frame / self.scales[1])
+        if self.roughness is None:
+            return score
+        images = _features(clip).images
+        if images is None:
+            raise ValueError("this domain model reads pixel statistics: pass ClipFeatures")
+        return max(score, self.roughness.score(images))
 
-    def calibrate(self, clips: list[np.ndarray], quantile: float) -> list[float]:
+    def calibrate(self, clips: list[ClipFeatures | np.ndarray], quantile: float) -> list[float]:
         """Scales = medians of held-out in-domain clips' scores; threshold = their `quantile`.
 
         Returns those clips' final scores.
@@ -118,9 +203,9 @@ class DomainModel:
         self.threshold = float(np.quantile(scores, quantile))
         return scores
 
-    def verdict(self, patches: np.ndarray) -> DomainVerdict:
-        """Score a clip's (T, P, D) patch features and say whether they look like training data."""
-        score = self.score(patches)
+    def verdict(self, clip: ClipFeatures | np.ndarray) -> DomainVerdict:
+        """Score a clip's features and say whether they look like training data."""
+        score = self.score(clip)
         inside = score <= self.threshold
         note = (
             ""
@@ -147,6 +232,8 @@ class DomainModel:
             "frame_mean": self.frame.mean,
             "frame_precision": self.frame.precision,
         }
+        if self.roughness is not None:
+            tensors |= {"pixel_median": self.roughness.median, "pixel_low": self.roughness.low}
         save_file(tensors, str(path), metadata={"loc3r_domain": json.dumps(meta)})
         return path
 
@@ -162,12 +249,16 @@ class DomainModel:
             with safe_open(str(path), framework="numpy") as handle:
                 meta = json.loads(handle.metadata()["loc3r_domain"])
             t = {k: v.astype(np.float64) for k, v in load_file(str(path)).items()}
+            roughness = None
+            if "pixel_median" in t:
+                roughness = Roughness(t["pixel_median"], t["pixel_low"])
             return cls(
                 Gaussian(t["patch_mean"], t["patch_precision"]),
                 Gaussian(t["frame_mean"], t["frame_precision"]),
                 tuple(float(v) for v in meta["scales"]),
                 float(meta["threshold"]),
                 str(meta.get("description", "")),
+                roughness,
             )
         except Exception as exc:  # safetensors raises its own error types for corrupt files
             raise ValueError(f"{path}: not a loc3r domain model ({exc})") from exc

@@ -14,9 +14,9 @@ one at a time (Acc@0.5m / Acc@1.0m, SQA3D's strict thresholds, one read-out per 
 - "anchor, model layout": the same with perfect grounding (the patches that show the anchor);
 - "anchor first view, model layout": only the first frame that shows the anchor (frame 1 needs
   no camera pose; later frames need CUT3R's);
-- "attended, input points" and "anchor, input points": the (x, y) of the patches' points as the
-  camera tokens state them (geometry tokens: the pose source and CUT3R's depth), in the BEV frame
-  the engine would set up from them; f_pos stands in for a model without them;
+- "... input points" (attended, top attended patch, near its peak, anchor): the (x, y) of the
+  patches' points as the camera tokens state them (geometry tokens: the pose source and CUT3R's
+  depth), in the BEV frame the engine would set up from them; f_pos stands in without them;
 - "attended, true layout" and "anchor, true layout": the patches' true (x, y) instead;
 - "anchor's centre, truth": the anchor's true centre, in view or not: the most a read-out that
   finds the anchor but not the side of it the agent stands on can score.
@@ -59,6 +59,8 @@ POSITION_READOUTS = (
     "anchor, model layout",
     "anchor first view, model layout",
     "attended, input points",
+    "top attended patch, input points",
+    "attention near its peak, input points",
     "anchor, input points",
     "attended, true layout",
     "anchor, true layout",
@@ -140,8 +142,7 @@ def position_readouts(
         ),
         "anchor, model layout": weighted_point(on_anchor, trace.layout),
         "anchor first view, model layout": weighted_point(anchor_first.double(), trace.layout),
-        "attended, input points": None if input_xy is None else weighted_point(attention, input_xy),
-        "anchor, input points": None if input_xy is None else weighted_point(on_anchor, input_xy),
+        **input_point_readouts(attention, on_anchor, input_xy),
         "attended, true layout": weighted_point(attention, true_xy, valid),
         "anchor, true layout": weighted_point(on_anchor, true_xy, valid),
         "anchor's centre, truth": None if anchor_centre is None else anchor_centre.double(),
@@ -170,6 +171,23 @@ def direction_by_geometry(
         return None
     yaw = math.atan2(facing[1] - at[1], facing[0] - at[0])
     return relative_direction(at, yaw, point)
+
+
+def input_point_readouts(
+    attention: torch.Tensor, on_anchor: torch.Tensor, input_xy: torch.Tensor | None
+) -> dict[str, torch.Tensor | None]:
+    """The read-outs of the patches' stated points (None each without them)."""
+    names = [n for n in POSITION_READOUTS if n.endswith("input points")]
+    if input_xy is None:
+        return dict.fromkeys(names)
+    return {
+        "attended, input points": weighted_point(attention, input_xy),
+        "top attended patch, input points": input_xy[attention.argmax()].double(),
+        "attention near its peak, input points": weighted_point(
+            attention, input_xy, near_peak(attention, input_xy)
+        ),
+        "anchor, input points": weighted_point(on_anchor, input_xy),
+    }
 
 
 def input_points(vlm, episode, patch_index: torch.Tensor) -> torch.Tensor | None:
