@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import faulthandler
 import sys
+import time
+import traceback
 from collections.abc import Callable
 
 import rclpy
@@ -28,22 +30,33 @@ def bound_teardown(limit_s: float = TEARDOWN_LIMIT_S) -> None:
         faulthandler.dump_traceback_later(limit_s, exit=True, file=sys.stderr)
 
 
-def spin(executor: Executor) -> int:
+def spin(executor: Executor, limit: int = 100, window_s: float = 1.0) -> int:
     """`executor.spin()` until shutdown, through rclpy's race with entities destroyed mid-wait.
 
     rclpy (9) builds each wait set from a list of waitables taken a moment earlier; a QoS event
     handler destroyed in between (a lifecycle transition destroying a subscription, on another
     executor thread) raises InvalidHandle in the spinning thread and would end the node. The
     wait set is rebuilt from the node's current entities on the next call, so spinning again is
-    the whole recovery. Returns how many times that happened.
+    the whole recovery. Each recovery is logged with its traceback; more than `limit` within
+    `window_s` is not that race (an entity destroyed but left in the node, a callback using a
+    destroyed handle every time) and is raised. Returns how many times it recovered.
     """
-    recovered = 0
+    logger = rclpy.logging.get_logger("node_runner")
+    recovered, recent = 0, []
     while True:
         try:
             executor.spin()
             return recovered
         except InvalidHandle:
+            now = time.monotonic()
+            recent = [t for t in recent if now - t < window_s] + [now]
+            if len(recent) > limit:
+                raise
             recovered += 1
+            logger.warning(
+                "spinning on after an entity was destroyed while the executor waited on it "
+                f"(rclpy's wait-set race):\n{traceback.format_exc()}"
+            )
 
 
 def run_node(

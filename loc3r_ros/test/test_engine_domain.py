@@ -18,6 +18,7 @@ from loc3r.engine.domain import (
     ClipFeatures,
     DomainModel,
     Gaussian,
+    Roughness,
     image_statistics,
 )
 from loc3r.engine.models import DEFAULT_MODEL_DIR, ModelLoadError, load_bundle
@@ -112,6 +113,13 @@ def test_roughness_flags_noise_whose_tower_features_look_in_domain(tmp_path):
     (tmp_path / "old").mkdir()
     towers_only.save(tmp_path / "old")  # a file written before the roughness
     assert DomainModel.load(tmp_path / "old").roughness is None
+    for median, low, match in (
+        (np.ones(4), np.ones(4), "below its median"),  # would divide by zero
+        (np.ones(4), np.full(4, np.nan), "finite"),
+        (np.ones(3), np.zeros(3), "medians and lows"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            Roughness(median, low)
 
 
 def test_corrupt_domain_file_is_a_clear_load_error(tmp_path):

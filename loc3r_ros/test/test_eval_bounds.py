@@ -17,6 +17,7 @@ from loc3r.eval.bounds import (
     POSITION_READOUTS,
     attention_of,
     direction_by_geometry,
+    input_point_readouts,
     input_points,
     main,
     measure,
@@ -118,31 +119,61 @@ def test_position_readouts_swap_grounding_and_layout_one_at_a_time():
 
 
 def test_input_points_are_the_geometry_tokens_points_in_the_engines_bev_frame():
-    """A level first camera (OpenCV axes): BEV x is its forward z, BEV y its left (-x)."""
+    """A first camera pitched 15° down: the BEV frame comes from the floor fitted to the points.
+
+    World: z up, the first camera 1.5 m above the floor at the origin, looking along +x (BEV x),
+    so a point's BEV (x, y) is its world (x, y). Cameras 2 and 3 stand 0.5 and 1 m to its left.
+    """
+    from scipy.spatial.transform import Rotation
+
     from loc3r.engine.perception import geometry_token, geometry_token_width
 
-    grid, rng = 4, np.random.default_rng(0)
-    tokens, expected = [], []
-    for shift in (0.0, 0.8):  # the second camera 0.8 m to the right of the first
-        pose = np.eye(4)
-        pose[0, 3] = shift
-        # a cell's point: right x, down y (the lower half on a floor 1.5 m down), forward z
-        x = rng.uniform(-2, 2, (grid, grid))
-        z = rng.uniform(1, 4, (grid, grid))
-        y = np.where(np.arange(grid)[:, None] >= grid // 2, 1.5, rng.uniform(-1, 1, (grid, grid)))
-        points = np.stack([x + shift, y, z], -1)  # the first camera's frame
-        pointmap = np.repeat(np.repeat(points, 2, 0), 2, 1)  # 2x2 pixels per cell
+    grid, rng = 12, np.random.default_rng(0)
+    level = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])  # cam axes in world
+    c2w_rotation = level @ Rotation.from_euler("x", -15, degrees=True).as_matrix()
+    first = np.eye(4)
+    first[:3, :3], first[:3, 3] = c2w_rotation, [0.0, 0.0, 1.5]
+    tokens, world_xy = [], []
+    for left in (0.0, 0.5, 1.0):
+        c2w = first.copy()
+        c2w[1, 3] = left
+        # the lower half of each frame sees the floor, the upper half a wall 4 m ahead
+        half = (grid // 2, grid)
+        floor = np.stack([rng.uniform(1, 4, half), rng.uniform(-2, 2, half), np.zeros(half)], -1)
+        wall = np.stack(
+            [np.full(half, 4.0), rng.uniform(-2, 2, half), rng.uniform(0.2, 2.5, half)], -1
+        )
+        world = np.concatenate([wall, floor])
+        in_first = (world - first[:3, 3]) @ first[:3, :3]  # world -> the first camera's frame
+        in_first[0, 0] = 0.0  # a cell without a point (outside CUT3R's crop) pools to zero
+        pointmap = np.repeat(np.repeat(in_first, 2, 0), 2, 1)
+        pose = np.linalg.inv(first) @ c2w  # camera -> the first camera's frame
         tokens.append(geometry_token(pose, pointmap, grid, geometry_token_width(grid)))
-        expected.append(np.stack([z, -(x + shift)], -1).reshape(-1, 2))  # BEV: forward, left
+        world_xy.append(world[..., :2].reshape(-1, 2))
     episode = SimpleNamespace(camera_tokens=torch.stack(tokens))
     vlm = SimpleNamespace(point_embedding=object(), base=SimpleNamespace(config=SimpleNamespace(
         pooled_grid=grid)))  # fmt: skip
-    patch_index = torch.tensor([0, 5, 16, 31])
-    got = input_points(vlm, episode, patch_index)
-    want = np.concatenate(expected)[patch_index.numpy()]
-    np.testing.assert_allclose(got.numpy(), want, atol=1e-5)
+    cells = grid * grid
+    patch_index = torch.tensor([0, 1, 100, cells + 7, 2 * cells + 140])
+    got = input_points(vlm, episode, patch_index).numpy()
+    want = np.concatenate(world_xy)[patch_index.numpy()]
+    assert np.isnan(got[0]).all()  # the zero cell is unknown, not a point at the camera
+    np.testing.assert_allclose(got[1:], want[1:], atol=1e-4)
+    # a level-camera frame (no floor fit) is off by up to 0.28 m here: the fit is what passes
     no_points = SimpleNamespace(point_embedding=None, base=vlm.base)
     assert input_points(no_points, episode, patch_index) is None
+
+
+def test_input_point_readouts_leave_out_patches_without_a_point():
+    xy = torch.tensor([[float("nan"), float("nan")], [2.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+    attention = torch.tensor([0.7, 0.2, 0.1])
+    got = input_point_readouts(attention, torch.tensor([1.0, 1.0, 0.0]), xy)
+    assert got["attended, input points"].tolist() == pytest.approx([4 / 3, 2 / 3])
+    assert got["top attended patch, input points"].tolist() == [2.0, 0.0]  # not the NaN patch
+    assert got["attention near its peak, input points"].tolist() == pytest.approx([2.0, 0.0])
+    assert got["anchor, input points"].tolist() == [2.0, 0.0]
+    unknown = input_point_readouts(attention, torch.ones(3), torch.full((3, 2), float("nan")))
+    assert all(v is None for v in unknown.values())
 
 
 def test_attention_near_its_peak_averages_the_peaks_object_and_leaves_the_rest_of_the_room():

@@ -95,6 +95,12 @@ def test_spin_goes_on_through_destroyed_entities_and_counts_them():
     assert spin(executor) == 3 and executor.calls == 4
     with pytest.raises(RuntimeError, match="something else"):
         spin(RacingExecutor(races=1, error=RuntimeError))  # only InvalidHandle is recovered
+    from rclpy.exceptions import InvalidHandle
+
+    endless = RacingExecutor(races=10**6)  # not the race: an entity that stays destroyed
+    with pytest.raises(InvalidHandle):
+        spin(endless, limit=5, window_s=60.0)
+    assert endless.calls == 6
 
 
 CHURN_SCRIPT = """

@@ -176,17 +176,26 @@ def direction_by_geometry(
 def input_point_readouts(
     attention: torch.Tensor, on_anchor: torch.Tensor, input_xy: torch.Tensor | None
 ) -> dict[str, torch.Tensor | None]:
-    """The read-outs of the patches' stated points (None each without them)."""
+    """The read-outs of the patches' stated points (None each without them).
+
+    Patches whose point is unknown (NaN in `input_xy`) are left out of every read-out.
+    """
     names = [n for n in POSITION_READOUTS if n.endswith("input points")]
     if input_xy is None:
         return dict.fromkeys(names)
+    known = torch.isfinite(input_xy).all(1)
+    xy = torch.nan_to_num(input_xy)  # the unknown points get no weight below
+    weights = attention.double() * known
+    top = None
+    if bool(weights.max() > 0):
+        top = xy[weights.argmax()].double()
     return {
-        "attended, input points": weighted_point(attention, input_xy),
-        "top attended patch, input points": input_xy[attention.argmax()].double(),
-        "attention near its peak, input points": weighted_point(
-            attention, input_xy, near_peak(attention, input_xy)
-        ),
-        "anchor, input points": weighted_point(on_anchor, input_xy),
+        "attended, input points": weighted_point(attention, xy, known),
+        "top attended patch, input points": top,
+        "attention near its peak, input points": None
+        if top is None
+        else weighted_point(weights, xy, near_peak(weights, xy)),
+        "anchor, input points": weighted_point(on_anchor, xy, known),
     }
 
 
@@ -194,23 +203,26 @@ def input_points(vlm, episode, patch_index: torch.Tensor) -> torch.Tensor | None
     """(P, 2) BEV x, y of each patch token's point as its geometry token states it, or None.
 
     The points are in the first camera's frame; the BEV frame is set up from them the way the
-    engine does it (`estimate_up`: the floor fitted to them, else a level first camera). None
-    when the camera tokens are not geometry tokens (the model has no point embedding).
+    engine does it (`estimate_up`: the floor fitted to them, else a level first camera). NaN for
+    a patch whose cell has no point; None when the camera tokens are not geometry tokens (the
+    model has no point embedding).
     """
     if vlm.point_embedding is None or episode.camera_tokens is None:
         return None
     grid = vlm.base.config.pooled_grid
     points = token_points(episode.camera_tokens, grid).reshape(-1, 3).double().numpy()
-    poses = [np.eye(4)]
+    poses = []
     for token in episode.camera_tokens:
         pose = np.eye(4)
         values = token[:POSE_VALUES].double().numpy()
         pose[:3, 3], pose[:3, :3] = values[:3], values[3:].reshape(3, 3)
         poses.append(pose)
-    finite = np.isfinite(points).all(1)
-    up = estimate_up(points[finite], poses[1:])
-    frame = bev_frame(np.eye(4), up.up, up.source)
-    return torch.from_numpy(frame.points(points)[:, :2])[patch_index]
+    # pool_pointmap writes 0 for a cell CUT3R gave no point (outside its crop): unknown
+    known = np.isfinite(points).all(1) & (np.abs(points).sum(1) > 0)
+    up = estimate_up(points[known], poses)
+    frame = bev_frame(poses[0], up.up, up.source)
+    xy = np.where(known[:, None], frame.points(points)[:, :2], np.nan)
+    return torch.from_numpy(xy)[patch_index]
 
 
 def _patch_truth(episode, patch_index: torch.Tensor):

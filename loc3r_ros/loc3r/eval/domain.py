@@ -24,7 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from loc3r.engine.domain import DomainModel, frame_features
+from loc3r.engine.domain import ClipFeatures, DomainModel, frame_features
 from loc3r.eval.run import add_scene_arguments, parse_seeds, scenes_like_training
 from loc3r.vlm import frames_to_pixel_values
 
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> dict:
     vlm, size = bundle.model.vlm, bundle.model.image_size
     frames = args.frames or bundle.num_query_frames
 
-    def features(clip: list[np.ndarray]) -> np.ndarray:
+    def features(clip: list[np.ndarray]) -> ClipFeatures:
         return frame_features(vlm, frames_to_pixel_values(clip, size=size))
 
     fit_clips = synthetic_clips(parse_seeds(args.fit_seeds), args, frames, size)
