@@ -164,6 +164,7 @@ class Loc3rNode(LifecycleNode):
         self.tf_buffer = TfBuffer(cache_s=120.0)
         self._gravity_source = "unknown (no reconstruction yet)"
         self.camera_info = "none"
+        self._camera_info_rejected: tuple | None = None  # the last invalid calibration, said once
         query_group = ReentrantCallbackGroup()
         self.ask_srv = self.create_service(Ask, "~/ask", self.ask_cb, callback_group=query_group)
         self.localize_srv = self.create_service(
@@ -426,10 +427,38 @@ class Loc3rNode(LifecycleNode):
         )
 
     def camera_info_cb(self, msg: CameraInfo) -> None:
-        """Keep the camera's intrinsics for diagnostics (the models do not need them)."""
+        """The camera's intrinsics: in diagnostics, and for the geometric pose source.
+
+        That source otherwise reads the focal length off CUT3R's pointmap; a calibration is
+        used from the scene's first keyframe, or from the next scene when it arrives later.
+        Passed on when it changes; an invalid one (an uncalibrated camera's zeros) is said once.
+        """
         k = msg.k
         self.camera_info = (
             f"{msg.width}x{msg.height} fx={k[0]:.1f} fy={k[4]:.1f} cx={k[2]:.1f} cy={k[5]:.1f}"
+        )
+        calibration = (
+            (float(k[0]), float(k[4]), float(k[2]), float(k[5])),
+            (int(msg.height), int(msg.width)),
+        )
+        engine = self.engine
+        if engine is None or engine.intrinsics == calibration:
+            return
+        topic = self.p["camera_info_topic"]
+        try:
+            now = engine.set_intrinsics(*calibration)
+        except (ValueError, Loc3rError) as exc:
+            if calibration != self._camera_info_rejected:
+                self._camera_info_rejected = calibration
+                self.get_logger().warning(f"camera info on {topic} not used: {exc}")
+            return
+        self.get_logger().info(
+            f"camera intrinsics from {topic} ({self.camera_info}): the geometric pose source "
+            + (
+                "uses them from this scene's first keyframe"
+                if now
+                else "uses them from the next scene"
+            )
         )
 
     def _ingest(self, stamp, decode, full=None) -> None:

@@ -49,7 +49,8 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec(
         "camera_info_topic",
         "",
-        "Optional sensor_msgs/CameraInfo topic (intrinsics are reported in diagnostics)",
+        "Optional sensor_msgs/CameraInfo topic: its intrinsics go to the geometric pose source "
+        "(instead of a focal length read off CUT3R) and to diagnostics",
         read_only=True,
     ),
     ParamSpec(

@@ -92,3 +92,23 @@ def test_load_failure_is_reported(tmp_path):
     (tmp_path / "bundle.json").write_text('{"format": "loc3r_bundle"}')
     with pytest.raises(ModelLoadError, match="cannot load"):
         load_bundle_in_process(tmp_path)  # the child's loader error comes back
+
+
+def test_a_camera_calibration_reaches_the_perception_in_the_child(bundle_dir):
+    """Given before the models arrive, the engine keeps it and hands it to them when they do."""
+    bundle, process = load_bundle_in_process(bundle_dir)
+    try:
+        engine = SceneEngine(EngineConfig(num_query_frames=4))
+        calibration = ((100.0, 90.0, 32.0, 24.0), (48, 64))
+        assert engine.set_intrinsics(*calibration) is False  # no models yet: kept
+        engine.set_models(bundle.model, bundle.perception, 4, bundle.geometry)
+        config = bundle.perception.config
+        assert (config.intrinsics, config.intrinsics_hw) == calibration
+        # the child's Perception.set_intrinsics answers (its stream has no frame yet: True)
+        assert bundle.perception.set_intrinsics((80.0, 80.0, 32.0, 24.0), (48, 64)) is True
+        with pytest.raises(ValueError, match="intrinsics"):
+            engine.set_intrinsics((0.0, 90.0, 32.0, 24.0), (48, 64))  # an uncalibrated camera
+        assert engine.intrinsics == calibration  # the invalid one was not kept
+        engine.close()
+    finally:
+        process.close()

@@ -129,6 +129,34 @@ def test_a_still_camera_is_still_with_the_geometric_source(shipped_cut3r):
     assert max(drift["cut3r"]) > 0.05  # the shipped CUT3R alone would walk
 
 
+def test_a_calibration_replaces_the_focal_read_off_cut3r_from_the_next_stream(shipped_cut3r):
+    """Given intrinsics (e.g. a CameraInfo's) at another image size are scaled to the frames'."""
+    from loc3r.scenes import EpisodeConfig, make_episode
+
+    episode = make_episode(910_020, EpisodeConfig(frames=3, image_size=224, look="textured"))
+    K = episode.frames[0].K * [[1.25], [1.25], [1.0]]  # noqa: N806  a longer lens, at 224 px
+    calibration = ((2 * K[0, 0], 2 * K[1, 1], 2 * K[0, 2], 2 * K[1, 2]), (448, 448))
+    perception = Perception(shipped_cut3r, PerceptionConfig(image_size=64, pose_source="geometric"))
+    perception.step(episode.frames[0].rgb)
+    estimated = perception.odometry.odometry.K.copy()  # read off CUT3R's pointmap
+    assert abs(estimated[0, 0] - K[0, 0]) > 10.0
+    assert perception.set_intrinsics(*calibration) is False  # this stream keeps its camera
+    perception.step(episode.frames[1].rgb)
+    np.testing.assert_allclose(perception.odometry.odometry.K, estimated)
+    perception.reset()  # the next stream uses the calibration, scaled from 448 to 224 px
+    perception.step(episode.frames[0].rgb)
+    shrink = perception.odometry._shrink
+    np.testing.assert_allclose(perception.odometry.odometry.K[:2] / [[shrink], [shrink]], K[:2])
+    fresh = Perception(shipped_cut3r, PerceptionConfig(image_size=64, pose_source="geometric"))
+    assert fresh.set_intrinsics(*calibration) is True  # no frame yet: this stream uses it
+    fresh.step(episode.frames[0].rgb)
+    np.testing.assert_allclose(fresh.odometry.odometry.K, perception.odometry.odometry.K)
+    with pytest.raises(ValueError, match="intrinsics_hw"):
+        fresh.set_intrinsics(calibration[0], (0, 448))
+    with pytest.raises(ValueError, match="intrinsics must be finite"):
+        fresh.set_intrinsics((float("nan"), 1.0, 1.0, 1.0), (448, 448))
+
+
 def test_pose_source_and_intrinsics_are_validated():
     with pytest.raises(ValueError, match="pose_source"):
         PerceptionConfig(pose_source="gps")

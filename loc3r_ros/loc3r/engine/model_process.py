@@ -22,7 +22,7 @@ import os
 import threading
 import traceback
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -117,6 +117,7 @@ def _child_main(model_dir: str, device: str, threads: int, niceness: int, decodi
         "step": perception.step,
         "reset": perception.reset,
         "run_fresh": perception.run_fresh,
+        "set_intrinsics": perception.set_intrinsics,
     }
     info = {
         "num_query_frames": bundle.num_query_frames,
@@ -178,6 +179,15 @@ class RemotePerception:
     def run_fresh(self, images: list[np.ndarray]) -> list[FramePerception]:
         """CUT3R from a fresh state over exactly `images`."""
         return self._channel.call("run_fresh", [np.ascontiguousarray(i) for i in images])
+
+    def set_intrinsics(
+        self, intrinsics: tuple[float, float, float, float] | None, image_hw: tuple[int, int] | None
+    ) -> bool:
+        """`Perception.set_intrinsics` in the child (it waits for a step in progress there)."""
+        config = replace(self.config, intrinsics=intrinsics, intrinsics_hw=image_hw)  # validates
+        applied_now = self._channel.call("set_intrinsics", intrinsics, image_hw)
+        self.config = config
+        return applied_now
 
 
 class RemoteSceneModel:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -139,6 +139,8 @@ class PerceptionConfig:
     pose_source: str = "cut3r"  # "cut3r" | "geometric" (see the module docstring)
     intrinsics: tuple[float, float, float, float] | None = None  # fx, fy, cx, cy of the camera's
     # images (from CameraInfo); None: the focal length is read off CUT3R's first pointmap
+    intrinsics_hw: tuple[int, int] | None = None  # (height, width) the intrinsics are for; frames
+    # of another size get them scaled; None: the frames' own size
     odometry_long_side: int = 640  # frames are shrunk to this long side for feature matching
     camera_tokens: str = "cut3r"  # "cut3r": z'_t; "pose" / "geometry": see the module docstring
     token_grid: int = 0  # "geometry": the VLM's pooled patch grid (points per side)
@@ -151,6 +153,10 @@ class PerceptionConfig:
             or min(self.intrinsics[:2]) <= 0
         ):  # fmt: skip
             raise ValueError(f"intrinsics must be finite (fx, fy, cx, cy), got {self.intrinsics}")
+        if self.intrinsics_hw is not None and (
+            len(self.intrinsics_hw) != 2 or min(self.intrinsics_hw) < 1
+        ):
+            raise ValueError(f"intrinsics_hw must be (height, width) > 0, got {self.intrinsics_hw}")
         if self.camera_tokens not in CAMERA_TOKENS:
             raise ValueError(
                 f"camera_tokens={self.camera_tokens!r}: expected one of {CAMERA_TOKENS}"
@@ -189,6 +195,7 @@ class Perception:
         self.config = config or PerceptionConfig()
         self.state: Cut3rState = model.init_state()
         self.odometry = GeometricPoses(self.config)
+        self._stream_lock = threading.Lock()  # guards which GeometricPoses the stream uses
 
     @property
     def token_width(self) -> int:
@@ -200,7 +207,26 @@ class Perception:
     def reset(self) -> None:
         """Start a new stream (a new scene)."""
         self.state = self.model.init_state()
-        self.odometry = GeometricPoses(self.config)
+        with self._stream_lock:
+            self.odometry = GeometricPoses(self.config)
+
+    def set_intrinsics(
+        self, intrinsics: tuple[float, float, float, float] | None, image_hw: tuple[int, int] | None
+    ) -> bool:
+        """The camera's (fx, fy, cx, cy) at `image_hw` (height, width), e.g. from a CameraInfo.
+
+        The geometric pose source uses them instead of the focal length it reads off CUT3R's
+        pointmap: from the stream's first frame when the stream has none yet (returns True),
+        else from the next stream (a reset, a fresh run; returns False), since one stream's poses
+        must come from one camera model. ValueError for invalid intrinsics.
+        """
+        config = replace(self.config, intrinsics=intrinsics, intrinsics_hw=image_hw)
+        with self._stream_lock:
+            self.config = config
+            if self.odometry.claimed:
+                return False
+            self.odometry = GeometricPoses(config)
+            return True
 
     @torch.inference_mode()
     def step(
@@ -216,7 +242,10 @@ class Perception:
         pose = out.pose_c2w[0].double().cpu().numpy()
         registered = None
         if self.config.pose_source == "geometric":
-            odometry = self.odometry if odometry is None else odometry
+            if odometry is None:
+                with self._stream_lock:
+                    odometry = self.odometry
+                    odometry.claimed = True
             self_points = out.pts3d_self[0].double().cpu().numpy()
             pose, registered = odometry.add(image, frame, self_points, pose)
             world_map = (self_points @ pose[:3, :3].T + pose[:3, 3]).astype(np.float32)
@@ -259,6 +288,7 @@ class GeometricPoses:
     def __init__(self, config: PerceptionConfig) -> None:
         self.config = config
         self.odometry: VisualOdometry | None = None  # made at the first frame (its size and K)
+        self.claimed = False  # a stream's step has taken it: its camera model is fixed
         self._shrink = 1.0
         self._last_cut3r_pose: np.ndarray | None = None
 
@@ -294,11 +324,18 @@ class GeometricPoses:
         return result.pose_c2w, result.registered
 
     def _intrinsics(self, frame: PreprocessedFrame, points_self: np.ndarray) -> np.ndarray:
-        """K of the full-size image: given, or the focal length CUT3R's pointmap implies."""
+        """K of the full-size image: given, or the focal length CUT3R's pointmap implies.
+
+        Given intrinsics for another image size (`intrinsics_hw`) are scaled to this one.
+        """
+        height, width = frame.original_hw
         if self.config.intrinsics is not None:
             fx, fy, cx, cy = self.config.intrinsics
-            return np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1.0]])
-        height, width = frame.original_hw
+            sy, sx = (1.0, 1.0)
+            if self.config.intrinsics_hw is not None:
+                sy = height / self.config.intrinsics_hw[0]
+                sx = width / self.config.intrinsics_hw[1]
+            return np.array([[fx * sx, 0, cx * sx], [0, fy * sy, cy * sy], [0, 0, 1.0]])
         return estimate_intrinsics(points_self, (height, width), frame.resized_hw, frame.crop_xy)
 
 

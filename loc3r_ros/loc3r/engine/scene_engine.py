@@ -27,7 +27,7 @@ import torch
 
 from loc3r.engine.domain import DomainVerdict
 from loc3r.engine.frame_buffer import Keyframe, KeyframeBuffer, KeyframeConfig
-from loc3r.engine.perception import Perception, PerceptionWorker
+from loc3r.engine.perception import Perception, PerceptionConfig, PerceptionWorker
 from loc3r.engine.scene_frame import SceneView
 from loc3r.engine.scene_geometry import KeyframeGeometry, SceneGeometry
 from loc3r.errors import BusyError, NotReadyError
@@ -183,6 +183,7 @@ class SceneEngine:
         self._prefix: _ScenePrefix | None = None
         self._generation = 0
         self._given_up: np.ndarray | None = None
+        self.intrinsics: tuple[tuple[float, float, float, float], tuple[int, int]] | None = None
         self.geometry = SceneGeometry()  # or the model process's (set_models)
         self._geometry_sent: tuple[int | None, set[int]] = (None, set())
         self._view_lock = threading.Lock()
@@ -204,6 +205,8 @@ class SceneEngine:
             if self.worker is not None:
                 self.worker.close()
             self.perception = perception
+            if perception is not None and self.intrinsics is not None:
+                perception.set_intrinsics(*self.intrinsics)  # known before the models arrived
             self.worker = PerceptionWorker(perception) if perception is not None else None
             if num_query_frames:
                 self.config.num_query_frames = num_query_frames
@@ -228,6 +231,20 @@ class SceneEngine:
         if self.worker is not None:
             self.worker.submit(keyframe)
         return True
+
+    def set_intrinsics(
+        self, intrinsics: tuple[float, float, float, float], image_hw: tuple[int, int]
+    ) -> bool:
+        """Give the geometric pose source the camera's calibration (e.g. from a CameraInfo).
+
+        (fx, fy, cx, cy) at image_hw = (height, width). Used from the current scene's first
+        keyframe when it has none yet (True), else from the next scene (False); kept for models
+        loaded later. ValueError for invalid values.
+        """
+        PerceptionConfig(intrinsics=tuple(intrinsics), intrinsics_hw=tuple(image_hw))  # validate
+        self.intrinsics = (tuple(float(v) for v in intrinsics), tuple(int(v) for v in image_hw))
+        perception = self.perception
+        return perception is not None and perception.set_intrinsics(*self.intrinsics)
 
     def reset(self) -> None:
         """Forget the scene (keyframes, perception state and the cached prefix)."""

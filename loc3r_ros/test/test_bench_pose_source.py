@@ -1,0 +1,26 @@
+"""bench/bench_pose_source.py runs on a few small rooms and reports both focal lengths."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench_pose_source.py"
+
+
+def test_pose_source_bench_reports_errors_with_the_estimated_and_the_true_focal():
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [sys.executable, str(BENCH), "--seeds=7800000:7800002", "--frames=4", "--size=160"],
+        check=True, capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["rooms"] == 2 and report["frames"] == 4 and report["pose_source"] == "geometric"
+    for name in ("estimated_focal", "true_intrinsics"):
+        errors = report[name]
+        assert 0.0 <= errors["median_position_m"] <= errors["p90_position_m"] < 5.0
+        assert 0.0 <= errors["median_rotation_deg"] <= errors["p90_rotation_deg"] < 180.0
+    assert report["estimated_focal"] != report["true_intrinsics"]  # the calibration was used
