@@ -341,7 +341,8 @@ class Loc3rNode(LifecycleNode):
                     self.p["camera_info_topic"],
                     self.camera_info_cb,
                     image_qos,
-                    callback_group=image_group,
+                    # its own group: a new calibration may wait for a query (set_intrinsics)
+                    callback_group=MutuallyExclusiveCallbackGroup(),
                 )
             )
 
@@ -429,9 +430,11 @@ class Loc3rNode(LifecycleNode):
     def camera_info_cb(self, msg: CameraInfo) -> None:
         """The camera's intrinsics: in diagnostics, and for the geometric pose source.
 
-        That source otherwise reads the focal length off CUT3R's pointmap; a calibration is
-        used from the scene's first keyframe, or from the next scene when it arrives later.
-        Passed on when it changes; an invalid one (an uncalibrated camera's zeros) is said once.
+        That source otherwise reads the focal length off CUT3R's pointmap. A new calibration
+        restarts the scene's perception from its keyframes (SceneEngine.set_intrinsics); this
+        callback has a group of its own, so that wait never holds up the images. A CameraInfo
+        the pose source cannot use (an uncalibrated camera's zeros, a region of interest,
+        binning) is said once.
         """
         k = msg.k
         self.camera_info = (
@@ -446,20 +449,23 @@ class Loc3rNode(LifecycleNode):
             return
         topic = self.p["camera_info_topic"]
         try:
-            now = engine.set_intrinsics(*calibration)
+            roi = msg.roi
+            if roi.width and (roi.width, roi.height) != (msg.width, msg.height):
+                raise ValueError(f"a region of interest ({roi.width}x{roi.height}) is not used")
+            if max(msg.binning_x, msg.binning_y) > 1:
+                raise ValueError("binned images are not used")
+            changed = engine.set_intrinsics(*calibration)
         except (ValueError, Loc3rError) as exc:
             if calibration != self._camera_info_rejected:
                 self._camera_info_rejected = calibration
                 self.get_logger().warning(f"camera info on {topic} not used: {exc}")
             return
-        self.get_logger().info(
-            f"camera intrinsics from {topic} ({self.camera_info}): the geometric pose source "
-            + (
-                "uses them from this scene's first keyframe"
-                if now
-                else "uses them from the next scene"
+        self._camera_info_rejected = None
+        if changed:
+            self.get_logger().info(
+                f"camera intrinsics from {topic} ({self.camera_info}): the geometric pose source "
+                "uses them (the scene's perception restarts from its keyframes)"
             )
-        )
 
     def _ingest(self, stamp, decode, full=None) -> None:
         start = time.perf_counter()

@@ -95,20 +95,33 @@ def test_load_failure_is_reported(tmp_path):
 
 
 def test_a_camera_calibration_reaches_the_perception_in_the_child(bundle_dir):
-    """Given before the models arrive, the engine keeps it and hands it to them when they do."""
+    """Kept before the models arrive; a new one restarts perception from the kept keyframes."""
     bundle, process = load_bundle_in_process(bundle_dir)
     try:
-        engine = SceneEngine(EngineConfig(num_query_frames=4))
-        calibration = ((100.0, 90.0, 32.0, 24.0), (48, 64))
-        assert engine.set_intrinsics(*calibration) is False  # no models yet: kept
+        config = EngineConfig(
+            keyframes=KeyframeConfig(min_interval_s=0.0, min_change=0.0, capacity=8),
+            num_query_frames=4, perception_wait_s=60.0,
+        )  # fmt: skip
+        engine = SceneEngine(config)
+        first = ((100.0, 90.0, 32.0, 24.0), (48, 64))
+        assert engine.set_intrinsics(*first) is True  # no models yet: kept
         engine.set_models(bundle.model, bundle.perception, 4, bundle.geometry)
-        config = bundle.perception.config
-        assert (config.intrinsics, config.intrinsics_hw) == calibration
-        # the child's Perception.set_intrinsics answers (its stream has no frame yet: True)
-        assert bundle.perception.set_intrinsics((80.0, 80.0, 32.0, 24.0), (48, 64)) is True
+        for i, frame in enumerate(_frames()):
+            engine.add_frame(frame, (i + 1) * 100_000_000)
+        assert engine.worker.wait_idle(60) and engine.worker.processed == 4
+        perceived = bundle.perception.config  # the proxy's copy, set through the child
+        assert (perceived.intrinsics, perceived.intrinsics_hw) == first
+        assert engine.set_intrinsics(*first) is False  # the same one: nothing restarts
+        second = ((80.0, 80.0, 30.0, 20.0), (48, 64))
+        assert engine.set_intrinsics(*second) is True
+        assert engine.worker.wait_idle(60) and engine.worker.processed == 8  # all 4 again
+        assert engine.worker.last_error == ""
+        perceived = bundle.perception.config
+        assert (perceived.intrinsics, perceived.intrinsics_hw) == second
+        assert len(engine.processed_keyframes()) == 4 and engine.ask("Count?", "").answer
         with pytest.raises(ValueError, match="intrinsics"):
             engine.set_intrinsics((0.0, 90.0, 32.0, 24.0), (48, 64))  # an uncalibrated camera
-        assert engine.intrinsics == calibration  # the invalid one was not kept
+        assert engine.intrinsics == second  # the invalid one was not kept
         engine.close()
     finally:
         process.close()

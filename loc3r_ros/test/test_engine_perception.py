@@ -134,19 +134,19 @@ def test_a_calibration_replaces_the_focal_read_off_cut3r_from_the_next_stream(sh
     from loc3r.scenes import EpisodeConfig, make_episode
 
     episode = make_episode(910_020, EpisodeConfig(frames=3, image_size=224, look="textured"))
-    K = episode.frames[0].K * [[1.25], [1.25], [1.0]]  # noqa: N806  a longer lens, at 224 px
-    calibration = ((2 * K[0, 0], 2 * K[1, 1], 2 * K[0, 2], 2 * K[1, 2]), (448, 448))
+    calibration = ((300.0, 260.0, 330.0, 230.0), (480, 640))  # (h, w): frames are 224 x 224
+    scaled = np.array([[300.0 * 224 / 640, 0, 330.0 * 224 / 640], [0, 260.0 * 224 / 480,
+                      230.0 * 224 / 480]])  # fmt: skip
     perception = Perception(shipped_cut3r, PerceptionConfig(image_size=64, pose_source="geometric"))
     perception.step(episode.frames[0].rgb)
     estimated = perception.odometry.odometry.K.copy()  # read off CUT3R's pointmap
-    assert abs(estimated[0, 0] - K[0, 0]) > 10.0
     assert perception.set_intrinsics(*calibration) is False  # this stream keeps its camera
     perception.step(episode.frames[1].rgb)
     np.testing.assert_allclose(perception.odometry.odometry.K, estimated)
-    perception.reset()  # the next stream uses the calibration, scaled from 448 to 224 px
+    perception.reset()  # the next stream uses the calibration, scaled to the frames' size
     perception.step(episode.frames[0].rgb)
     shrink = perception.odometry._shrink
-    np.testing.assert_allclose(perception.odometry.odometry.K[:2] / [[shrink], [shrink]], K[:2])
+    np.testing.assert_allclose(perception.odometry.odometry.K[:2] / shrink, scaled)
     fresh = Perception(shipped_cut3r, PerceptionConfig(image_size=64, pose_source="geometric"))
     assert fresh.set_intrinsics(*calibration) is True  # no frame yet: this stream uses it
     fresh.step(episode.frames[0].rgb)
@@ -155,6 +155,25 @@ def test_a_calibration_replaces_the_focal_read_off_cut3r_from_the_next_stream(sh
         fresh.set_intrinsics(calibration[0], (0, 448))
     with pytest.raises(ValueError, match="intrinsics must be finite"):
         fresh.set_intrinsics((float("nan"), 1.0, 1.0, 1.0), (448, 448))
+
+
+def test_a_first_frame_that_fails_leaves_the_stream_open_to_a_calibration(
+    shipped_cut3r, monkeypatch
+):
+    from loc3r.engine.perception import GeometricPoses
+
+    perception = Perception(shipped_cut3r, PerceptionConfig(image_size=64, pose_source="geometric"))
+
+    def no_focal(*args, **kwargs):
+        raise ValueError("CUT3R's pointmap gives no focal length; set the camera intrinsics")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(GeometricPoses, "add", no_focal)
+        with pytest.raises(ValueError, match="set the camera intrinsics"):
+            perception.step(frames(1)[0])
+    assert perception.set_intrinsics((60.0, 60.0, 32.0, 24.0), (48, 64)) is True  # as advised
+    perception.step(frames(1)[0])
+    assert perception.odometry.odometry.K[0, 0] == pytest.approx(60.0)
 
 
 def test_pose_source_and_intrinsics_are_validated():

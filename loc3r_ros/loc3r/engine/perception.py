@@ -247,7 +247,13 @@ class Perception:
                     odometry = self.odometry
                     odometry.claimed = True
             self_points = out.pts3d_self[0].double().cpu().numpy()
-            pose, registered = odometry.add(image, frame, self_points, pose)
+            try:
+                pose, registered = odometry.add(image, frame, self_points, pose)
+            except Exception:
+                with self._stream_lock:  # no frame reached it: a calibration may still come
+                    if odometry.odometry is None:
+                        odometry.claimed = False
+                raise
             world_map = (self_points @ pose[:3, :3].T + pose[:3, 3]).astype(np.float32)
             conf = out.conf_self[0].float().reshape(-1).cpu().numpy()
         else:
@@ -380,6 +386,7 @@ class PerceptionWorker:
         self._idle = threading.Event()
         self._idle.set()
         self._stop = threading.Event()
+        self._pending_intrinsics: tuple | None = None
         self.processed = 0
         self.skipped = 0
         self.failed = 0
@@ -409,6 +416,17 @@ class PerceptionWorker:
         with self._lock:
             self._generation += 1
 
+    def set_intrinsics(
+        self, intrinsics: tuple[float, float, float, float], image_hw: tuple[int, int]
+    ) -> None:
+        """Hand the perception a camera calibration on this thread, before its next keyframe.
+
+        Never blocks (a model process's perception answers one call at a time, and a CUT3R
+        step may be in progress there); `Perception.set_intrinsics` says when it takes effect.
+        """
+        with self._lock:
+            self._pending_intrinsics = (intrinsics, image_hw)
+
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until every submitted keyframe was processed (True) or the timeout passed."""
         return self._idle.wait(timeout)
@@ -434,6 +452,12 @@ class PerceptionWorker:
                 continue
             with self._lock:
                 latest = self._generation
+                pending, self._pending_intrinsics = self._pending_intrinsics, None
+            if pending is not None:
+                try:
+                    self.perception.set_intrinsics(*pending)
+                except Exception as exc:  # validated by the engine; a dead model process
+                    self.last_error = f"set_intrinsics: {type(exc).__name__}: {exc}"
             if generation != latest:
                 continue  # submitted before a reset
             if generation != current_generation:

@@ -205,9 +205,9 @@ class SceneEngine:
             if self.worker is not None:
                 self.worker.close()
             self.perception = perception
-            if perception is not None and self.intrinsics is not None:
-                perception.set_intrinsics(*self.intrinsics)  # known before the models arrived
             self.worker = PerceptionWorker(perception) if perception is not None else None
+            if self.worker is not None and self.intrinsics is not None:
+                self.worker.set_intrinsics(*self.intrinsics)  # known before the models arrived
             if num_query_frames:
                 self.config.num_query_frames = num_query_frames
             self.model = model
@@ -237,14 +237,23 @@ class SceneEngine:
     ) -> bool:
         """Give the geometric pose source the camera's calibration (e.g. from a CameraInfo).
 
-        (fx, fy, cx, cy) at image_hw = (height, width). Used from the current scene's first
-        keyframe when it has none yet (True), else from the next scene (False); kept for models
-        loaded later. ValueError for invalid values.
+        (fx, fy, cx, cy) at image_hw = (height, width). A new calibration restarts the scene's
+        perception from its buffered keyframes (one stream, one camera model; the keyframes are
+        kept), on the perception thread; it is kept for models loaded later. Returns False when
+        it is the calibration already in use; ValueError for invalid values.
         """
         PerceptionConfig(intrinsics=tuple(intrinsics), intrinsics_hw=tuple(image_hw))  # validate
-        self.intrinsics = (tuple(float(v) for v in intrinsics), tuple(int(v) for v in image_hw))
-        perception = self.perception
-        return perception is not None and perception.set_intrinsics(*self.intrinsics)
+        calibration = (tuple(float(v) for v in intrinsics), tuple(int(v) for v in image_hw))
+        with self._query_lock, self._view_lock:
+            if calibration == self.intrinsics:
+                return False
+            self.intrinsics = calibration
+            if self.worker is not None:
+                self.worker.set_intrinsics(*calibration)
+                self._new_scene()  # the worker applies it, then starts a stream for these:
+                for keyframe in self.buffer.snapshot():
+                    self.worker.submit(keyframe)
+        return True
 
     def reset(self) -> None:
         """Forget the scene (keyframes, perception state and the cached prefix)."""
