@@ -57,6 +57,8 @@ def _run_query(args) -> dict:
         # the frames the model sees, unless --min-frames accepts fewer
         need = args.min_frames if args.min_frames > 0 else count
         clip = read_frames(args.source, max_frames=count, min_frames=need)
+        if args.intrinsics:  # the camera's calibration, for a geometric pose source
+            engine.set_intrinsics(tuple(args.intrinsics), clip.frames[0].image.shape[:2])
         for record in clip.frames:
             engine.add_frame(record.image, record.stamp_ns)
         if args.command == "ask":
@@ -79,6 +81,7 @@ def _run_query(args) -> dict:
         if result.confidence.note:
             print(f"loc3r: warning: {result.confidence.note}", file=sys.stderr)
         out["frames_used"] = result.num_frames
+        out["intrinsics"] = list(args.intrinsics) if args.intrinsics else "estimated"
         out["input"] = clip.report.to_dict()
         out["warnings"] = out["input"]["warnings"]
         for warning in out["warnings"]:
@@ -171,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--min-frames", type=int, default=0,
                        help="fewest decodable frames accepted (default: --frames)")  # fmt: skip
         p.add_argument("--mode", choices=("streaming", "faithful"), default="faithful")
+        p.add_argument("--intrinsics", type=float, nargs=4, metavar=("FX", "FY", "CX", "CY"),
+                       help="the camera's calibration at the frames' size (default: the "
+                            "geometric pose source reads the focal length off CUT3R)")  # fmt: skip
         p.add_argument("--device", default="cpu")
         p.add_argument("--decoding", choices=("dynamic", "static", "graphs"), default="dynamic",
                        help="static KV cache; graphs: and the decoding step compiled (CUDA "

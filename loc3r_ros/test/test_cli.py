@@ -209,3 +209,22 @@ def test_partial_read_is_a_warning_in_the_json(capsys, bundle, scene_dir, tmp_pa
         (folder / name).write_bytes(b"broken")
     code, out = run(capsys, "ask", str(folder), "--question", "q", "--model", str(bundle))
     assert code == 2 and "2 decodable frame(s)" in out["error"] and "000000.png" in out["error"]
+
+
+def test_a_given_calibration_reaches_the_geometric_pose_source(capsys, tmp_path):
+    """The embedded bundle's pose source is geometric: a longer lens moves its camera path."""
+    room = tmp_path / "room"
+    assert main(["scene", str(room), "--as-trained", "--seed", "4"]) == 0
+    capsys.readouterr()
+    argv = ["localize", str(room), "--situation", "I am by the door", "--bev-png",
+            str(tmp_path / "a.png")]  # fmt: skip
+    code, estimated = run(capsys, *argv)
+    assert code == 0 and estimated["intrinsics"] == "estimated"
+    size = json.loads((DEFAULT_MODEL_DIR / "bundle.json").read_text())["training_scenes"]
+    side = size["render_size"]
+    given = ["--intrinsics", str(1.5 * side), str(1.5 * side), str(side / 2), str(side / 2)]
+    code, calibrated = run(capsys, *argv, *given)
+    assert code == 0 and calibrated["intrinsics"] == [1.5 * side, 1.5 * side, side / 2, side / 2]
+    assert calibrated["pose"] != estimated["pose"]  # other camera poses, other tokens
+    code, out = run(capsys, *argv, "--intrinsics", "0", "0", "0", "0")
+    assert code == 2 and "intrinsics" in out["error"]
