@@ -24,18 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "loc3r_ros"))
 from loc3r.engine.models import load_bundle  # noqa: E402
 from loc3r.eval.run import parse_seeds  # noqa: E402
 from loc3r.scenes import EpisodeConfig, make_episode  # noqa: E402
-from loc3r.train.synthetic_data import relative_pose_errors  # noqa: E402
-
-
-def summary(errors: list[np.ndarray]) -> dict[str, float]:
-    """Median and 90th percentile of stacked (N, 2) position / rotation errors."""
-    stacked = np.concatenate(errors)
-    return {
-        "median_position_m": round(float(np.median(stacked[:, 0])), 4),
-        "median_rotation_deg": round(float(np.median(stacked[:, 1])), 3),
-        "p90_position_m": round(float(np.quantile(stacked[:, 0], 0.9)), 4),
-        "p90_rotation_deg": round(float(np.quantile(stacked[:, 1], 0.9)), 3),
-    }
+from loc3r.train.synthetic_data import pose_error_summary, relative_pose_errors  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         "rooms": len(errors["estimated_focal"]),
         "frames": args.frames,
         "size": args.size,
-        **{name: summary(values) for name, values in errors.items()},
+        **{name: pose_error_summary(values) for name, values in errors.items()},
     }
     print(json.dumps(report))
     return 0

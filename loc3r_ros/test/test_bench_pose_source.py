@@ -21,6 +21,7 @@ def test_pose_source_bench_reports_errors_with_the_estimated_and_the_true_focal(
     assert report["rooms"] == 2 and report["frames"] == 4 and report["pose_source"] == "geometric"
     for name in ("estimated_focal", "true_intrinsics"):
         errors = report[name]
-        assert 0.0 <= errors["median_position_m"] <= errors["p90_position_m"] < 5.0
-        assert 0.0 <= errors["median_rotation_deg"] <= errors["p90_rotation_deg"] < 180.0
+        assert errors["frames"] == 2 * 3  # frames 2..4 of each room
+        assert 0.0 <= errors["median_position_error_m"] <= errors["p90_position_error_m"] < 5.0
+        assert 0.0 <= errors["median_rotation_error_deg"] <= errors["p90_rotation_error_deg"] < 180
     assert report["estimated_focal"] != report["true_intrinsics"]  # the calibration was used

@@ -176,6 +176,17 @@ def test_a_first_frame_that_fails_leaves_the_stream_open_to_a_calibration(
     assert perception.odometry.odometry.K[0, 0] == pytest.approx(60.0)
 
 
+def test_a_pose_token_states_its_pose_back():
+    from scipy.spatial.transform import Rotation
+
+    from loc3r.engine.perception import pose_token, token_pose
+
+    pose = np.eye(4)
+    pose[:3, :3] = Rotation.from_euler("xyz", [10, -35, 70], degrees=True).as_matrix()
+    pose[:3, 3] = [0.4, -1.2, 2.5]
+    np.testing.assert_allclose(token_pose(pose_token(pose, 20)), pose, atol=1e-6)  # float32
+
+
 def test_pose_source_and_intrinsics_are_validated():
     with pytest.raises(ValueError, match="pose_source"):
         PerceptionConfig(pose_source="gps")

@@ -123,6 +123,14 @@ def camera_token_width(cut3r_width: int, camera_tokens: str, grid: int = 0) -> i
     return cut3r_width
 
 
+def token_pose(token: torch.Tensor) -> np.ndarray:
+    """A pose or geometry token -> the 4x4 camera-to-first-camera pose it states (`pose_token`)."""
+    values = token[:POSE_VALUES].double().cpu().numpy()
+    pose = np.eye(4)
+    pose[:3, 3], pose[:3, :3] = values[:3], values[3:].reshape(3, 3)
+    return pose
+
+
 def token_points(tokens: torch.Tensor, grid: int) -> torch.Tensor:
     """(..., width) geometry tokens -> (..., grid * grid, 3) the pooled points they state."""
     return tokens[..., POSE_VALUES : geometry_token_width(grid)].unflatten(-1, (grid * grid, 3))
@@ -195,7 +203,6 @@ class Perception:
         self.config = config or PerceptionConfig()
         self.state: Cut3rState = model.init_state()
         self.odometry = GeometricPoses(self.config)
-        self._stream_lock = threading.Lock()  # guards which GeometricPoses the stream uses
 
     @property
     def token_width(self) -> int:
@@ -207,8 +214,7 @@ class Perception:
     def reset(self) -> None:
         """Start a new stream (a new scene)."""
         self.state = self.model.init_state()
-        with self._stream_lock:
-            self.odometry = GeometricPoses(self.config)
+        self.odometry = GeometricPoses(self.config)
 
     def set_intrinsics(
         self, intrinsics: tuple[float, float, float, float] | None, image_hw: tuple[int, int] | None
@@ -218,15 +224,14 @@ class Perception:
         The geometric pose source uses them instead of the focal length it reads off CUT3R's
         pointmap: from the stream's first frame when the stream has none yet (returns True),
         else from the next stream (a reset, a fresh run; returns False), since one stream's poses
-        must come from one camera model. ValueError for invalid intrinsics.
+        must come from one camera model. ValueError for invalid intrinsics. Call it from the
+        thread that steps the stream (the engine's PerceptionWorker does).
         """
-        config = replace(self.config, intrinsics=intrinsics, intrinsics_hw=image_hw)
-        with self._stream_lock:
-            self.config = config
-            if self.odometry.claimed:
-                return False
-            self.odometry = GeometricPoses(config)
-            return True
+        self.config = replace(self.config, intrinsics=intrinsics, intrinsics_hw=image_hw)
+        if self.odometry.odometry is not None:  # the stream has a frame: its camera is fixed
+            return False
+        self.odometry = GeometricPoses(self.config)
+        return True
 
     @torch.inference_mode()
     def step(
@@ -242,18 +247,9 @@ class Perception:
         pose = out.pose_c2w[0].double().cpu().numpy()
         registered = None
         if self.config.pose_source == "geometric":
-            if odometry is None:
-                with self._stream_lock:
-                    odometry = self.odometry
-                    odometry.claimed = True
+            odometry = self.odometry if odometry is None else odometry
             self_points = out.pts3d_self[0].double().cpu().numpy()
-            try:
-                pose, registered = odometry.add(image, frame, self_points, pose)
-            except Exception:
-                with self._stream_lock:  # no frame reached it: a calibration may still come
-                    if odometry.odometry is None:
-                        odometry.claimed = False
-                raise
+            pose, registered = odometry.add(image, frame, self_points, pose)
             world_map = (self_points @ pose[:3, :3].T + pose[:3, 3]).astype(np.float32)
             conf = out.conf_self[0].float().reshape(-1).cpu().numpy()
         else:
@@ -294,7 +290,6 @@ class GeometricPoses:
     def __init__(self, config: PerceptionConfig) -> None:
         self.config = config
         self.odometry: VisualOdometry | None = None  # made at the first frame (its size and K)
-        self.claimed = False  # a stream's step has taken it: its camera model is fixed
         self._shrink = 1.0
         self._last_cut3r_pose: np.ndarray | None = None
 

@@ -45,7 +45,7 @@ import torch
 from tqdm import tqdm
 
 from loc3r.engine.gravity import estimate_up
-from loc3r.engine.perception import POSE_VALUES, token_points
+from loc3r.engine.perception import token_points, token_pose
 from loc3r.engine.scene_frame import bev_frame
 from loc3r.eval.localization import METRIC_NAMES, POSITION_THRESHOLDS_M, position_error
 from loc3r.scenes.situations import relative_direction
@@ -211,12 +211,7 @@ def input_points(vlm, episode, patch_index: torch.Tensor) -> torch.Tensor | None
         return None
     grid = vlm.base.config.pooled_grid
     points = token_points(episode.camera_tokens, grid).reshape(-1, 3).double().numpy()
-    poses = []
-    for token in episode.camera_tokens:
-        pose = np.eye(4)
-        values = token[:POSE_VALUES].double().numpy()
-        pose[:3, 3], pose[:3, :3] = values[:3], values[3:].reshape(3, 3)
-        poses.append(pose)
+    poses = [token_pose(token) for token in episode.camera_tokens]
     # pool_pointmap writes 0 for a cell CUT3R gave no point (outside its crop): unknown
     known = np.isfinite(points).all(1) & (np.abs(points).sum(1) > 0)
     up = estimate_up(points[known], poses)

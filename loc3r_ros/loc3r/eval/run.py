@@ -17,7 +17,6 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from loc3r.eval.answers import ANSWER_VARIANTS
@@ -97,7 +96,7 @@ def predict_synthetic(args: argparse.Namespace) -> list[EvalCase]:
     from loc3r.engine.models import load_bundle
     from loc3r.scenes import EpisodeConfig
     from loc3r.train.pipeline import predict_cases
-    from loc3r.train.synthetic_data import build_episodes
+    from loc3r.train.synthetic_data import build_episodes, pose_error_summary
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     bundle = load_bundle(args.model or None, args.device)
@@ -115,14 +114,9 @@ def predict_synthetic(args: argparse.Namespace) -> list[EvalCase]:
     errors = [e.pose_errors for e in episodes if e.pose_errors is not None and len(e.pose_errors)]
     pose_source = None
     if errors:
-        stacked = np.concatenate(errors)
         pose_source = {
             "source": bundle.perception.config.pose_source,
-            "frames": len(stacked),
-            "median_position_error_m": round(float(np.median(stacked[:, 0])), 4),
-            "median_rotation_error_deg": round(float(np.median(stacked[:, 1])), 3),
-            "p90_position_error_m": round(float(np.quantile(stacked[:, 0], 0.9)), 4),
-            "p90_rotation_error_deg": round(float(np.quantile(stacked[:, 1], 0.9)), 3),
+            **pose_error_summary(errors),
         }
     return cases, pose_source
 

@@ -169,6 +169,18 @@ def build_episode(seed: int, shared: tuple) -> EpisodeData:
     )
 
 
+def pose_error_summary(errors: list[np.ndarray]) -> dict[str, float | int]:
+    """Frames, median and 90th percentile of stacked (N, 2) `relative_pose_errors`."""
+    stacked = np.concatenate(errors)
+    return {
+        "frames": len(stacked),
+        "median_position_error_m": round(float(np.median(stacked[:, 0])), 4),
+        "median_rotation_error_deg": round(float(np.median(stacked[:, 1])), 3),
+        "p90_position_error_m": round(float(np.quantile(stacked[:, 0], 0.9)), 4),
+        "p90_rotation_error_deg": round(float(np.quantile(stacked[:, 1], 0.9)), 3),
+    }
+
+
 def relative_pose_errors(estimated: list[np.ndarray], true: list[np.ndarray]) -> np.ndarray:
     """(T-1, 2): position (m) and rotation (deg) error of frames 1.. relative to frame 0.
 
