@@ -160,6 +160,30 @@ def test_resume_continues_the_exact_loss_curve(tmp_path):
     assert part1 + part2 == pytest.approx(straight, rel=1e-6, abs=1e-7)
 
 
+def test_vlm_init_continues_from_a_saved_model_and_refuses_another_size(tmp_path):
+    config = TrainConfig.from_args([f"--out={tmp_path / 'a'}", "--steps=3", *TINY])
+    run = prepare_run(config, progress=False)
+    history = Trainer(config, run.model, run.train_samples).fit(progress=False)
+    saved = tmp_path / "a" / "final"
+    run.model.save_pretrained(saved)  # with its tokenizer, which the continued run takes
+
+    args = [f"--out={tmp_path / 'b'}", "--steps=3", f"--vlm_init={saved}", "--seed=5", *TINY]
+    resumed = prepare_run(TrainConfig.from_args(args), progress=False)
+    for name, value in run.model.state_dict().items():  # its weights, not the seed's
+        torch.testing.assert_close(resumed.model.state_dict()[name], value, msg=name)
+    config_b = TrainConfig.from_args(args)
+    loss = Trainer(config_b, resumed.model, resumed.train_samples).train_step()["loss"]
+    assert loss < history[0]["loss"]  # it starts where the saved model ended, not from scratch
+
+    wider = [a for a in args if not a.startswith("--hidden=")] + ["--hidden=48"]
+    with pytest.raises(
+        ValueError, match=r"vlm_init=.*differs from the run's in \['text.hidden_size'"
+    ):
+        prepare_run(TrainConfig.from_args(wider), progress=False)
+    with pytest.raises(ValueError, match="vlm_init continues a tiny model"):
+        prepare_run(TrainConfig.from_args([*args, f"--base_model_dir={saved}"]), progress=False)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

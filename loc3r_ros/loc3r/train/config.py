@@ -103,6 +103,9 @@ class TrainConfig:
     # patch (loc3r.vlm.point_embedding)
     point_embedding: bool = False
     tokenizer_dir: str = ""  # "" = train one on the synthetic corpus into <out>/tokenizer
+    # a saved tiny Loc3R-VLM (a bundle's vlm/ directory) to continue training from: its weights
+    # replace the seeded ones (same sizes; its tokenizer unless tokenizer_dir names another)
+    vlm_init: str = ""
     # real models and data (the paper's recipe: see config/train_paper.yaml)
     base_model_dir: str = ""  # LLaVA-Video checkpoint (lmms-lab/LLaVA-Video-7B-Qwen2); "" = tiny
     vision_tower_dir: str = ""  # its SigLIP (google/siglip-so400m-patch14-384)

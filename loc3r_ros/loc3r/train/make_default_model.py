@@ -3,6 +3,7 @@
     python -m loc3r.train.make_default_model                 # CUT3R, then the VLM (one core)
     python -m loc3r.train.make_default_model --steps=200     # smoke run (any TrainConfig key)
     python -m loc3r.train.make_default_model --cut3r_dir=DIR # reuse a trained tiny CUT3R
+    python -m loc3r.train.make_default_model --vlm_init=DIR  # continue a bundle's vlm/
     python -m loc3r.train.make_default_model --cut3r.steps=500 --vision.steps=500  # stage keys
     python -m loc3r.train.make_default_model --finish_within_s=540  # training fits the time
 
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     camera_tokens_mode(config)  # an impossible combination fails now, not after the stages
     start = time.perf_counter()
     cut3r_report = vision_report = None
-    if not config.vision_init:
+    if not config.vision_init and not config.vlm_init:  # a continued model has its tower
         vision_config = VisionPretrainConfig.from_args([
             f"--out={Path(config.out) / 'vision_run'}", f"--frames={config.frames}",
             f"--image_size={config.image_size}", f"--vision_hidden={config.vision_hidden}",
@@ -149,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
             num_query_frames=config.frames,
             pose_source="geometric",  # the tiny CUT3R has not learned geometry; see perception
             camera_tokens=camera_tokens_mode(config),
-            description=f"embedded tiny Loc3R-VLM ({trainer.step} steps on synthetic rooms)",
+            description=f"embedded tiny Loc3R-VLM ({trainer.step} steps on synthetic rooms"
+            + (", continuing a saved model)" if config.vlm_init else ")"),
             answer_vocabulary=vocabulary,
             training_scenes=None if config.data_root else {
                 "look": config.look, "walk": config.walk,

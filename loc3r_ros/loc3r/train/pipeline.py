@@ -77,11 +77,19 @@ def load_or_make_cut3r(config: TrainConfig) -> Cut3r:
     return Cut3r(Cut3rConfig.tiny()).eval().requires_grad_(False)
 
 
+# TrainConfig keys that size the tiny model (loc3r.vlm.tiny.tiny_llava_config's arguments)
+TINY_SIZES = ("hidden", "layers", "heads", "kv_heads", "intermediate", "image_size",
+              "vision_hidden", "vision_layers")  # fmt: skip
+# Loc3RVLMConfig fields a continued model must share with the run (its inputs and heads)
+CONTINUED_HEADS = ("cam_token_dim", "use_camera_tokens", "enable_layout_head",
+                   "enable_egocentric_head", "point_embedding")  # fmt: skip
+
+
 def build_model(config: TrainConfig, tokenizer, cam_dim: int) -> Loc3rVLM:
     """The Loc3R-VLM to train: LLaVA-Video from `base_model_dir` or a tiny one, seeded.
 
     New parts (f_cam, heads, <Pos>/<Ori> embeddings) are random; with `lora_rank` the LLM gets
-    LoRA adapters and its own weights are frozen.
+    LoRA adapters and its own weights are frozen. `vlm_init` continues a saved tiny model instead.
     """
     from loc3r.vlm.tiny import build_tiny_loc3r
 
@@ -108,18 +116,12 @@ def build_model(config: TrainConfig, tokenizer, cam_dim: int) -> Loc3rVLM:
             dtype=dtype,
         )  # fmt: skip
         return add_lora(model, config)
-    model = build_tiny_loc3r(
-        tokenizer,
-        vlm_config,
-        hidden=config.hidden,
-        layers=config.layers,
-        heads=config.heads,
-        kv_heads=config.kv_heads,
-        intermediate=config.intermediate,
-        image_size=config.image_size,
-        vision_hidden=config.vision_hidden,
-        vision_layers=config.vision_layers,
-    )
+    sizes = {name: getattr(config, name) for name in TINY_SIZES}
+    if config.vlm_init:
+        model = continue_from(config.vlm_init, vlm_config, sizes)
+        model.base.vision_tower.requires_grad_(config.train_vision_tower)
+        return add_lora(model, config)
+    model = build_tiny_loc3r(tokenizer, vlm_config, **sizes)
     if config.vision_init:
         from safetensors.torch import load_file
 
@@ -128,6 +130,25 @@ def build_model(config: TrainConfig, tokenizer, cam_dim: int) -> Loc3rVLM:
         load_state_strict(model.base.vision_tower, load_file(config.vision_init))
     model.base.vision_tower.requires_grad_(config.train_vision_tower)
     return add_lora(model, config)
+
+
+def continue_from(directory: str, vlm_config: Loc3rVLMConfig, sizes: dict) -> Loc3rVLM:
+    """A saved tiny Loc3R-VLM to train further, with the run's loss weights.
+
+    ValueError when its sizes or heads are not the run's (a run continues the model it builds).
+    """
+    from loc3r.vlm.tiny import tiny_llava_config
+
+    model = Loc3rVLM.from_pretrained(directory)
+    saved = model.base.config
+    expected = tiny_llava_config(vocab_size=saved.text["vocab_size"], **sizes)
+    differ = [f"text.{k}" for k, v in expected.text.items() if saved.text.get(k) != v]
+    differ += [f"vision.{k}" for k, v in expected.vision.items() if saved.vision.get(k) != v]
+    differ += [k for k in CONTINUED_HEADS if getattr(model.config, k) != getattr(vlm_config, k)]
+    if differ:
+        raise ValueError(f"vlm_init={directory}: its model differs from the run's in {differ}")
+    model.config.weights = vlm_config.weights
+    return model
 
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -165,8 +186,11 @@ def prepare_run(config: TrainConfig, progress: bool = True) -> Run:
     episodes_cfg = episode_config(config)
     train_seeds = list(range(config.train_episodes))
     eval_seeds = [config.eval_seed_offset + i for i in range(config.eval_episodes)]
-    if config.tokenizer_dir or config.base_model_dir:
-        tokenizer = AutoTokenizer.from_pretrained(config.tokenizer_dir or config.base_model_dir)
+    if config.vlm_init and config.base_model_dir:
+        raise ValueError("vlm_init continues a tiny model; base_model_dir starts a real one")
+    tokenizer_source = config.tokenizer_dir or config.base_model_dir or config.vlm_init
+    if tokenizer_source:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
     else:
         tokenizer_dir = out / "tokenizer"
         if (tokenizer_dir / "tokenizer.json").exists():
