@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -113,6 +115,22 @@ def test_init_continues_from_a_saved_model_of_the_same_sizes(tmp_path):
     assert not torch.equal(next(fresh.parameters()), marked)
     with pytest.raises(ValueError, match=r"dec_embed_dim=48 \(run: 24\)"):
         initial_model(Cut3rTrainConfig(init=str(tmp_path / "cut3r")))
+
+
+def test_the_command_trains_on_the_threads_it_is_given(tmp_path, capsys):
+    from loc3r.train.train_cut3r import main
+
+    before = torch.get_num_threads()
+    args = [f"--out={tmp_path}", "--steps=1", "--train_episodes=1", "--eval_episodes=1",
+            "--frames=2", "--batch_size=1", "--render_size=64", "--cut3r_size=32"]  # fmt: skip
+    try:
+        assert main([*args, "--threads=2"]) == 0
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert json.loads((tmp_path / "report.json").read_text())["config"]["threads"] == 2
+    with pytest.raises(SystemExit, match="threads=0"):
+        main([*args, "--threads=0"])
 
 
 def test_a_window_is_the_walk_seen_from_its_first_camera(sequence):

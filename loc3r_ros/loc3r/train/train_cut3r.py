@@ -76,6 +76,7 @@ class Cut3rTrainConfig:
     reverse_prob: float = 0.0  # chance to play a training walk backwards (it then turns the
     # other way: the synthetic walks all turn left, which a model can learn as a prior instead
     # of matching frames)
+    threads: int = 1  # CPU threads of the training steps (the command sets them)
 
     @classmethod
     def from_args(cls, argv: list[str] | None = None) -> Cut3rTrainConfig:
@@ -345,8 +346,11 @@ def train(config: Cut3rTrainConfig, progress: bool = True) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """Train and print the report."""
-    torch.set_num_threads(1)
-    report = train(Cut3rTrainConfig.from_args(argv))
+    config = Cut3rTrainConfig.from_args(argv)
+    if config.threads < 1:
+        raise SystemExit(f"threads={config.threads}: expected >= 1")
+    torch.set_num_threads(config.threads)
+    report = train(config)
     print(json.dumps({k: v for k, v in report.items() if k != "config"}, indent=2))
     return 0 if math.isfinite(report["final_loss"] or 0.0) else 1
 
