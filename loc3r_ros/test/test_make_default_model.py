@@ -33,14 +33,17 @@ def test_make_default_model_from_scratch(tmp_path):
     assert bundle.num_query_frames == 2
 
     continued = tmp_path / "continued"  # its VLM trained further: no tower or CUT3R stage
-    argv = [f"--out={tmp_path / 'run2'}", f"--target={continued}", *TOY, "--steps=1",
-            f"--vlm_init={target / 'vlm'}", f"--cut3r_dir={target / 'cut3r'}"]  # fmt: skip
+    out, init = f"--out={tmp_path / 'run2'}", f"--vlm_init={target / 'vlm'}"  # CUT3R: beside it
+    argv = [out, f"--target={continued}", *TOY, "--steps=1", init]
     assert make_default_model.main(argv) == 0
     report = json.loads((continued / "eval.json").read_text())
     assert not {"vision", "cut3r"} & set(report) and report["train"]["steps_done"] == 1
     spec = json.loads((continued / "bundle.json").read_text())
     assert spec["description"].endswith("(1 steps on synthetic rooms, continuing a saved model)")
     assert load_bundle(continued).num_query_frames == 2
+    assert report["train"]["config"]["cut3r_dir"] == str(target / "cut3r")
+    with pytest.raises(SystemExit, match="name its CUT3R with --cut3r_dir"):
+        make_default_model.main([*argv[:-1], f"--vlm_init={tmp_path / 'run2' / 'final'}"])
 
 
 def test_ablation_table(tmp_path, capsys):

@@ -168,20 +168,22 @@ def test_vlm_init_continues_from_a_saved_model_and_refuses_another_size(tmp_path
     run.model.save_pretrained(saved)  # with its tokenizer, which the continued run takes
 
     args = [f"--out={tmp_path / 'b'}", "--steps=3", f"--vlm_init={saved}", "--seed=5", *TINY]
-    resumed = prepare_run(TrainConfig.from_args(args), progress=False)
+    resumed = prepare_run(TrainConfig.from_args([*args, "--situation_weight=0.9"]), progress=False)
     for name, value in run.model.state_dict().items():  # its weights, not the seed's
         torch.testing.assert_close(resumed.model.state_dict()[name], value, msg=name)
-    config_b = TrainConfig.from_args(args)
-    loss = Trainer(config_b, resumed.model, resumed.train_samples).train_step()["loss"]
-    assert loss < history[0]["loss"]  # it starts where the saved model ended, not from scratch
+    assert resumed.model.config.weights.situation == 0.9  # the run's loss weights
+    assert not any(p.requires_grad for p in resumed.model.base.vision_tower.parameters())
+    assert resumed.model.tokenizer.convert_tokens_to_ids("<Pos>") < len(resumed.model.tokenizer)
+    assert history  # (the saved model was trained)
 
     wider = [a for a in args if not a.startswith("--hidden=")] + ["--hidden=48"]
     with pytest.raises(
         ValueError, match=r"vlm_init=.*differs from the run's in \['text.hidden_size'"
     ):
         prepare_run(TrainConfig.from_args(wider), progress=False)
-    with pytest.raises(ValueError, match="vlm_init continues a tiny model"):
-        prepare_run(TrainConfig.from_args([*args, f"--base_model_dir={saved}"]), progress=False)
+    for other in (f"--base_model_dir={saved}", f"--tokenizer_dir={saved}", "--vision_init=t"):
+        with pytest.raises(ValueError, match="vlm_init continues a tiny model"):
+            prepare_run(TrainConfig.from_args([*args, other]), progress=False)
 
 
 def _free_port() -> int:

@@ -104,7 +104,7 @@ class TrainConfig:
     point_embedding: bool = False
     tokenizer_dir: str = ""  # "" = train one on the synthetic corpus into <out>/tokenizer
     # a saved tiny Loc3R-VLM (a bundle's vlm/ directory) to continue training from: its weights
-    # replace the seeded ones (same sizes; its tokenizer unless tokenizer_dir names another)
+    # and its tokenizer replace the seeded ones (the run's sizes and heads, its loss weights)
     vlm_init: str = ""
     # real models and data (the paper's recipe: see config/train_paper.yaml)
     base_model_dir: str = ""  # LLaVA-Video checkpoint (lmms-lab/LLaVA-Video-7B-Qwen2); "" = tiny

@@ -3,7 +3,8 @@
     python -m loc3r.train.make_default_model                 # CUT3R, then the VLM (one core)
     python -m loc3r.train.make_default_model --steps=200     # smoke run (any TrainConfig key)
     python -m loc3r.train.make_default_model --cut3r_dir=DIR # reuse a trained tiny CUT3R
-    python -m loc3r.train.make_default_model --vlm_init=DIR  # continue a bundle's vlm/
+    python -m loc3r.train.make_default_model --vlm_init=B/vlm  # continue a bundle's VLM (with
+                                                             # B/cut3r unless --cut3r_dir)
     python -m loc3r.train.make_default_model --cut3r.steps=500 --vision.steps=500  # stage keys
     python -m loc3r.train.make_default_model --finish_within_s=540  # training fits the time
 
@@ -89,6 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     camera_tokens_mode(config)  # an impossible combination fails now, not after the stages
     start = time.perf_counter()
     cut3r_report = vision_report = None
+    if config.vlm_init and not config.cut3r_dir:  # the CUT3R its camera tokens came from
+        beside = Path(config.vlm_init).parent / "cut3r"
+        if not beside.is_dir():
+            raise SystemExit(f"--vlm_init={config.vlm_init}: name its CUT3R with --cut3r_dir")
+        config = replace(config, cut3r_dir=str(beside))
     if not config.vision_init and not config.vlm_init:  # a continued model has its tower
         vision_config = VisionPretrainConfig.from_args([
             f"--out={Path(config.out) / 'vision_run'}", f"--frames={config.frames}",

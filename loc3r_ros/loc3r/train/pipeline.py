@@ -186,8 +186,11 @@ def prepare_run(config: TrainConfig, progress: bool = True) -> Run:
     episodes_cfg = episode_config(config)
     train_seeds = list(range(config.train_episodes))
     eval_seeds = [config.eval_seed_offset + i for i in range(config.eval_episodes)]
-    if config.vlm_init and config.base_model_dir:
-        raise ValueError("vlm_init continues a tiny model; base_model_dir starts a real one")
+    if config.vlm_init and (config.base_model_dir or config.tokenizer_dir or config.vision_init):
+        raise ValueError(
+            "vlm_init continues a tiny model with its own tokenizer and tower: leave "
+            "base_model_dir, tokenizer_dir and vision_init empty"
+        )
     tokenizer_source = config.tokenizer_dir or config.base_model_dir or config.vlm_init
     if tokenizer_source:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)

@@ -289,6 +289,15 @@ def initial_model(config: Cut3rTrainConfig) -> Cut3r:
 
 def train(config: Cut3rTrainConfig, progress: bool = True) -> dict:
     """Build data, train, evaluate against the random initialisation, save; returns the report."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        return _train(config, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(config: Cut3rTrainConfig, progress: bool) -> dict:
     torch.manual_seed(config.seed)
     start = time.perf_counter()
     seeds = range(config.train_episodes)
@@ -349,7 +358,6 @@ def main(argv: list[str] | None = None) -> int:
     config = Cut3rTrainConfig.from_args(argv)
     if config.threads < 1:
         raise SystemExit(f"threads={config.threads}: expected >= 1")
-    torch.set_num_threads(config.threads)
     report = train(config)
     print(json.dumps({k: v for k, v in report.items() if k != "config"}, indent=2))
     return 0 if math.isfinite(report["final_loss"] or 0.0) else 1
