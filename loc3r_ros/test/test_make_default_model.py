@@ -46,6 +46,16 @@ def test_make_default_model_from_scratch(tmp_path):
         make_default_model.main([*argv[:-1], f"--vlm_init={tmp_path / 'run2' / 'final'}"])
 
 
+def test_a_lora_run_ships_a_bundle_with_the_adapters_merged(tmp_path):
+    target = tmp_path / "bundle"
+    argv = [f"--out={tmp_path / 'run'}", f"--target={target}", *TOY, *STAGES, "--lora_rank=2"]
+    assert make_default_model.main(argv) == 0
+    bundle = load_bundle(target)  # plain weights: a strict load of the plain model
+    assert not any("lora" in k for k in bundle.model.vlm.state_dict())
+    report = json.loads((target / "eval.json").read_text())
+    assert report["train"]["config"]["lora_rank"] == 2
+
+
 def test_ablation_table(tmp_path, capsys):
     assert ablation.main([f"--out={tmp_path}", *TOY]) == 0
     table = (tmp_path / "ablation.md").read_text()

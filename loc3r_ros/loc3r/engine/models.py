@@ -292,11 +292,13 @@ def save_bundle(
     camera_tokens: str = "cut3r",
     answer_vocabulary: list[str] | None = None,
     training_scenes: dict | None = None,
+    vlm_state: dict | None = None,
 ) -> Path:
     """Write a model directory that load_bundle reads (answer_vocabulary: see the layout).
 
     training_scenes: the synthetic rooms it was trained on ({"look", "walk", "render_size"}),
-    so `loc3r scene --as-trained` (and `make demo`) show it rooms like them.
+    so `loc3r scene --as-trained` (and `make demo`) show it rooms like them. vlm_state: the
+    VLM's weights when they are not its own state_dict (LoRA adapters merged).
     """
     from loc3r.cut3r import save_pretrained
 
@@ -307,7 +309,7 @@ def save_bundle(
         training_scenes = check_training_scenes(training_scenes)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    vlm.save_pretrained(directory / "vlm")
+    vlm.save_pretrained(directory / "vlm", vlm_state)
     save_pretrained(cut3r, directory / "cut3r")
     spec = {
         "format": "loc3r_bundle",

@@ -46,7 +46,7 @@ from loc3r.train.pretrain_vision import VisionPretrainConfig
 from loc3r.train.pretrain_vision import pretrain as pretrain_vision
 from loc3r.train.train_cut3r import Cut3rTrainConfig
 from loc3r.train.train_cut3r import train as train_cut3r
-from loc3r.train.train_vlm import Trainer
+from loc3r.train.train_vlm import Trainer, merge_lora
 
 EMBEDDED_RECIPE = (
     "--out=runs/default_model",
@@ -159,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             description=f"embedded tiny Loc3R-VLM ({trainer.step} steps on synthetic rooms"
             + (", continuing a saved model)" if config.vlm_init else ")"),
             answer_vocabulary=vocabulary,
+            vlm_state=merge_lora(trainer.final_state_dict(), config),  # plain weights
             training_scenes=None if config.data_root else {
                 "look": config.look, "walk": config.walk,
                 "render_size": config.render_size or config.image_size,
