@@ -147,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         report["cut3r"] = {k: v for k, v in cut3r_report.items() if k != "config"}
     if vision_report is not None:
         report["vision"] = {k: v for k, v in vision_report.items() if k != "config"}
+    continued = ", continuing a saved model" if config.vlm_init else ""
+    description = f"embedded tiny Loc3R-VLM ({trainer.step} steps on synthetic rooms{continued})"
     if config.camera_prior != "oracle":  # the node has no true poses: an oracle run gets no bundle
         save_bundle(
             target,
@@ -156,8 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             num_query_frames=config.frames,
             pose_source="geometric",  # the tiny CUT3R has not learned geometry; see perception
             camera_tokens=camera_tokens_mode(config),
-            description=f"embedded tiny Loc3R-VLM ({trainer.step} steps on synthetic rooms"
-            + (", continuing a saved model)" if config.vlm_init else ")"),
+            description=description,
             answer_vocabulary=vocabulary,
             vlm_state=merge_lora(trainer.final_state_dict(), config),  # plain weights
             training_scenes=None if config.data_root else {

@@ -119,10 +119,9 @@ def build_model(config: TrainConfig, tokenizer, cam_dim: int) -> Loc3rVLM:
     sizes = {name: getattr(config, name) for name in TINY_SIZES}
     if config.vlm_init:
         model = continue_from(config.vlm_init, vlm_config, sizes)
-        model.base.vision_tower.requires_grad_(config.train_vision_tower)
-        return add_lora(model, config)
-    model = build_tiny_loc3r(tokenizer, vlm_config, **sizes)
-    if config.vision_init:
+    else:
+        model = build_tiny_loc3r(tokenizer, vlm_config, **sizes)
+    if config.vision_init:  # (never with vlm_init: prepare_run refuses the pair)
         from safetensors.torch import load_file
 
         from loc3r.vlm.checkpoint import load_state_strict
