@@ -94,7 +94,11 @@ def test_position_readouts_swap_grounding_and_layout_one_at_a_time():
     readouts = position_readouts(trace, anchor, anchor_first, true_xy, valid, centre, input_xy)
     got = {k: v.tolist() for k, v in readouts.items()}
     assert set(got) == set(POSITION_READOUTS)
-    assert got["f_pos"] == [9.0, 9.0]
+    assert got["f_pos"] == got["f_pos head alone"] == [9.0, 9.0]  # no pointer: the same
+    pointed = SimpleNamespace(**trace.__dict__, head_xy=torch.tensor([1.0, 2.0]))
+    with_pointer = position_readouts(pointed, anchor, anchor_first, true_xy, valid, centre)
+    assert with_pointer["f_pos head alone"].tolist() == [1.0, 2.0]
+    assert with_pointer["f_pos"].tolist() == [9.0, 9.0]
     assert got["attended, model layout"] == pytest.approx([1.0, 1.6])  # (1, 0) and (1, 4)
     assert got["top attended patch, model layout"] == pytest.approx([1.0, 0.0])
     assert got["attention near its peak, model layout"] == pytest.approx([1.0, 0.0])  # (1, 4) far
@@ -214,8 +218,10 @@ def test_measure_reports_the_model_and_the_truth_apart(episodes_and_bundles):
     assert first["situations"] == len(situations) > 0
     assert first["direction"]["questions"] == asked > 0
     assert len(first["layout_median_error_m_by_frame"]) == 4
-    for value in first["grounding"].values():
-        assert 0.0 <= value <= 1.0
+    pointer_keys = {"pointer_anchor_mass", "pointer_gate"}  # the tiny bundles have no pointer
+    for key, value in first["grounding"].items():
+        assert value is None if key in pointer_keys else 0.0 <= value <= 1.0, key
+    assert first["position"]["f_pos head alone"] == first["position"]["f_pos"]
     for row in first["position"].values():
         assert 0.0 <= row["acc_0_5m"] <= row["acc_1_0m"] <= 1.0
     # f_pos is what localize() says

@@ -6,6 +6,8 @@ Synthetic rooms know which pooled patches show each object and where every patch
 frame, so a situation's position can be read out with the model's parts swapped for the truth
 one at a time (Acc@0.5m / Acc@1.0m, SQA3D's strict thresholds, one read-out per situation):
 - "f_pos": the model's own position (what `loc3r eval` scores);
+- "f_pos head alone": f_pos's own (x, y) before the position pointer mixes in what it points at
+  (the same as "f_pos" for a model without the pointer, loc3r.vlm.position_pointer);
 - "attended, model layout": the layout head's (x, y) of the video patches, averaged with the
   attention of <Pos>'s grounding head (head 0 of the grounding layer);
 - "top attended patch, model layout": the layout of the single patch that head attends to most;
@@ -23,7 +25,8 @@ one at a time (Acc@0.5m / Acc@1.0m, SQA3D's strict thresholds, one read-out per 
 A read-out that needs the anchor falls back to f_pos when no frame shows it.
 
 Also: the grounding (<Pos>'s attention mass on the anchor, how often its most attended patch
-shows it; the answer token's mass on the object a direction question asks about), the layout
+shows it; the answer token's mass on the object a direction question asks about; with the
+position pointer, its attention mass on the anchor and its mean gate), the layout
 head's median error per frame, and the direction questions answered by geometry from the
 patches (standing at the anchor, facing the faced object; "in front", the majority answer, when
 one of the three objects is out of view), with the model's grounding and layout, then the true
@@ -53,6 +56,7 @@ from loc3r.vlm.training_aids import GROUNDING_HEADS, trace_situation
 
 POSITION_READOUTS = (
     "f_pos",
+    "f_pos head alone",
     "attended, model layout",
     "top attended patch, model layout",
     "attention near its peak, model layout",
@@ -135,6 +139,7 @@ def position_readouts(
     on_anchor = anchor.double()
     candidates = {
         "f_pos": own,
+        "f_pos head alone": getattr(trace, "head_xy", None),
         "attended, model layout": weighted_point(attention, trace.layout),
         "top attended patch, model layout": trace.layout[attention.argmax()].double(),
         "attention near its peak, model layout": weighted_point(
@@ -246,6 +251,7 @@ def measure(vlm, episodes: list, image_size: int, progress: bool = True) -> dict
     errors = {name: [] for name in POSITION_READOUTS}
     mass, top_on_anchor, in_view, by_frame = [], [], [], {}
     question_mass, anchor_share, question_share = [], [], []
+    pointer_mass, pointer_gate = [], []
     directions = {"questions": 0, "majority": 0, **{name: 0 for name in DIRECTION_READOUTS}}
     for episode in tqdm(episodes, desc="bounds", disable=not progress):
         pixels = frames_to_pixel_values(list(episode.frames), size=image_size)
@@ -266,8 +272,12 @@ def measure(vlm, episodes: list, image_size: int, progress: bool = True) -> dict
                     anchor = first = torch.zeros_like(valid)
                 in_view.append(bool(anchor.any()))
                 attention = attention_of(trace, "anchor")
+                if trace.pointer_gate is not None:
+                    pointer_gate.append(trace.pointer_gate)
                 if anchor.any():
                     mass.append(float(attention[anchor].sum()))
+                    if trace.pointer_attention is not None:
+                        pointer_mass.append(float(trace.pointer_attention[anchor].sum()))
                     anchor_share.append(float(anchor.double().mean()))
                     top_on_anchor.append(bool(anchor[attention.argmax()]))
                 centre = record.fields.get("anchor_position")
@@ -306,6 +316,9 @@ def measure(vlm, episodes: list, image_size: int, progress: bool = True) -> dict
             # what uniform attention over the video patches would put on them
             "anchor_share": float(np.mean(anchor_share)) if anchor_share else None,
             "question_object_share": float(np.mean(question_share)) if question_share else None,
+            # the position pointer's (None without it)
+            "pointer_anchor_mass": float(np.mean(pointer_mass)) if pointer_mass else None,
+            "pointer_gate": float(np.mean(pointer_gate)) if pointer_gate else None,
         },
         "layout_median_error_m_by_frame": [
             float(np.median(by_frame[f])) if by_frame[f] else None for f in sorted(by_frame)
@@ -353,7 +366,10 @@ def _on_cpu(trace):
     """The trace with its tensors on the CPU (the truth lives there)."""
     pose = replace(trace.pose, xy=trace.pose.xy.cpu())
     layout = None if trace.layout is None else trace.layout.cpu()
-    return replace(trace, attention=trace.attention.cpu(), layout=layout, pose=pose)
+    head_xy, pointer = (None if t is None else t.cpu() for t in (trace.head_xy,
+                                                              trace.pointer_attention))  # fmt: skip
+    return replace(trace, attention=trace.attention.cpu(), layout=layout, pose=pose,
+                   head_xy=head_xy, pointer_attention=pointer)  # fmt: skip
 
 
 def _pct(value: float | None) -> str:
@@ -375,6 +391,15 @@ def markdown(report: dict) -> str:
         f"{_pct(grounding['top_patch_on_anchor'])}. On direction questions the answer token puts "
         f"{_pct(grounding['question_object_mass'])} on the object asked about (uniform: "
         f"{_pct(grounding['question_object_share'])}).",
+        *(
+            []
+            if grounding.get("pointer_gate") is None
+            else [
+                "",
+                f"Position pointer: {_pct(grounding['pointer_anchor_mass'])} of its attention "
+                f"on the anchor, gate {grounding['pointer_gate']:.2f} on average.",
+            ]
+        ),
         "",
         f"Layout median error by frame (m): {frames}",
         "",

@@ -53,6 +53,9 @@ class TrainConfig:
     log_every: int = 10
     # data
     train_episodes: int = 400
+    # training rooms are the seeds train_seed_offset .. + train_episodes: an offset gives a
+    # continued model (vlm_init) rooms it has not seen
+    train_seed_offset: int = 0
     eval_episodes: int = 40
     eval_seed_offset: int = 1_000_000  # held-out episodes use seeds from here
     frames: int = 8
@@ -102,6 +105,9 @@ class TrainConfig:
     # (CUT3R's pointmap posed by the geometric source) and the VLM adds its embedding to the
     # patch (loc3r.vlm.point_embedding)
     point_embedding: bool = False
+    # read-out aid (ours, needs the layout head): <Pos> also points at patches and reads their
+    # layout, mixed with f_pos's position by a learned gate (loc3r.vlm.position_pointer)
+    position_pointer: bool = False
     tokenizer_dir: str = ""  # "" = train one on the synthetic corpus into <out>/tokenizer
     # a saved tiny Loc3R-VLM (a bundle's vlm/ directory) to continue training from: its weights
     # and its tokenizer replace the seeded ones (the run's sizes and heads, its loss weights)

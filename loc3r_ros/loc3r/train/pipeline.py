@@ -101,6 +101,7 @@ def build_model(config: TrainConfig, tokenizer, cam_dim: int) -> Loc3rVLM:
         max_new_tokens=8,
         enable_egocentric_head=config.egocentric_weight > 0,
         point_embedding=config.point_embedding,
+        position_pointer=config.position_pointer,
         weights=LossWeights(
             bev=config.layout_weight,
             situation=config.situation_weight,
@@ -134,8 +135,10 @@ def build_model(config: TrainConfig, tokenizer, cam_dim: int) -> Loc3rVLM:
 def continue_from(directory: str, vlm_config: Loc3rVLMConfig, sizes: dict) -> Loc3rVLM:
     """A saved tiny Loc3R-VLM to train further, with the run's loss weights.
 
-    ValueError when its sizes or heads are not the run's (a run continues the model it builds).
+    ValueError when its sizes or heads are not the run's (a run continues the model it builds);
+    the one head a run may add is the position pointer (it starts with its gate closed).
     """
+    from loc3r.vlm.position_pointer import PositionPointer
     from loc3r.vlm.tiny import tiny_llava_config
 
     model = Loc3rVLM.from_pretrained(directory)
@@ -144,8 +147,15 @@ def continue_from(directory: str, vlm_config: Loc3rVLMConfig, sizes: dict) -> Lo
     differ = [f"text.{k}" for k, v in expected.text.items() if saved.text.get(k) != v]
     differ += [f"vision.{k}" for k, v in expected.vision.items() if saved.vision.get(k) != v]
     differ += [k for k in CONTINUED_HEADS if getattr(model.config, k) != getattr(vlm_config, k)]
+    if model.config.position_pointer and not vlm_config.position_pointer:
+        differ.append("position_pointer")
     if differ:
         raise ValueError(f"vlm_init={directory}: its model differs from the run's in {differ}")
+    if vlm_config.position_pointer and not model.config.position_pointer:
+        if model.layout_head is None:
+            raise ValueError(f"vlm_init={directory}: the position pointer needs its layout head")
+        model.position_pointer = PositionPointer(saved.text["hidden_size"]).to(model.device)
+        model.config.position_pointer = True
     model.config.weights = vlm_config.weights
     return model
 
@@ -183,7 +193,12 @@ def prepare_run(config: TrainConfig, progress: bool = True) -> Run:
         raise ValueError("render_within_s: seconds >= 0, for synthetic rooms only")
     out = Path(config.out)
     episodes_cfg = episode_config(config)
-    train_seeds = list(range(config.train_episodes))
+    if config.train_seed_offset < 0 or config.train_seed_offset + config.train_episodes > (
+        config.eval_seed_offset
+    ):
+        raise ValueError("train_seed_offset: training seeds must stay below eval_seed_offset")
+    start = config.train_seed_offset
+    train_seeds = list(range(start, start + config.train_episodes))
     eval_seeds = [config.eval_seed_offset + i for i in range(config.eval_episodes)]
     if config.vlm_init and (config.base_model_dir or config.tokenizer_dir or config.vision_init):
         raise ValueError(

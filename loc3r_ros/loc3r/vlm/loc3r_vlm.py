@@ -12,7 +12,9 @@ Choices the paper leaves open, marked (?): f_cam/f_pos/f_ori widths (the LLM's) 
 softplus + floor (Loc3rVLMConfig fields); newline tokens stay in the video, as in LLaVA-Video.
 Positions are metres in the first frame's gravity-aligned BEV frame; yaw is radians, CCW about +z.
 The shipped recipe's training aids (ours: grounding loss, egocentric head) are in training_aids;
-the GPU recipe's input aid (ours: patches told their 3D point) is in point_embedding.
+the GPU recipe's input aid (ours: patches told their 3D point) is in point_embedding, and the
+position pointer (ours: <Pos> reads its position off the layout of the patches it points at) in
+position_pointer.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from loc3r.vlm.losses import (
 )
 from loc3r.vlm.packing import pack_samples
 from loc3r.vlm.point_embedding import PointEmbedding
+from loc3r.vlm.position_pointer import PositionPointer
 from loc3r.vlm.processor import SYSTEM_PROMPT
 from loc3r.vlm.static_decoding import StaticDecoding, check_room, forward_at, is_static, rewind
 
@@ -75,6 +78,7 @@ class Loc3rVLMConfig:
     enable_layout_head: bool = True  # the layout head exists (used by training only)
     enable_egocentric_head: bool = False  # training aid (ours): see training_aids
     point_embedding: bool = False  # input aid (ours): geometry camera tokens, see point_embedding
+    position_pointer: bool = False  # read-out aid (ours): see position_pointer (needs the layout)
     system_prompt: str = SYSTEM_PROMPT
     max_new_tokens: int = 32
     stop_repeats: int = 3  # loop guard: stop when one n-gram ends the answer 3 times; 0 = off
@@ -141,6 +145,7 @@ class ScenePrefix:
     num_frames: int
     last_hidden: torch.Tensor = field(repr=False, default=None)  # (length, H), for visualisation
     ticket: int = -1  # with a static cache: the claim on it (StaticDecoding.check_owner)
+    patch_positions: torch.Tensor | None = field(repr=False, default=None)  # (P,) patch tokens
 
 
 @dataclass
@@ -181,6 +186,9 @@ class Loc3rVLM(nn.Module):
             training_aids.egocentric_head(hidden) if config.enable_egocentric_head else None
         )
         self.point_embedding = PointEmbedding(hidden) if config.point_embedding else None
+        if config.position_pointer and not config.enable_layout_head:
+            raise ValueError("position_pointer reads the layout: it needs enable_layout_head")
+        self.position_pointer = PositionPointer(hidden) if config.position_pointer else None
         if config.point_embedding:
             from loc3r.engine.perception import geometry_token_width
 
@@ -313,14 +321,34 @@ class Loc3rVLM(nn.Module):
     def _sigma(self, raw: torch.Tensor) -> torch.Tensor:
         return F.softplus(raw.float()) + self.config.min_sigma
 
-    def read_pose(self, pos_hidden: torch.Tensor, ori_hidden: torch.Tensor) -> PosePrediction:
-        """Hidden states of <Pos> and <Ori> (H,) -> PosePrediction."""
+    def read_pose(
+        self,
+        pos_hidden: torch.Tensor,
+        ori_hidden: torch.Tensor,
+        patch_hidden: torch.Tensor | None = None,
+    ) -> PosePrediction:
+        """Hidden states of <Pos> and <Ori> (H,) -> PosePrediction.
+
+        With the position pointer, `patch_hidden` (P, H) are the video's patch tokens' states.
+        """
         out = self.f_pos(pos_hidden).float()
+        xy = out[:2]
+        if self.position_pointer is not None:
+            if patch_hidden is None:
+                raise ValueError("the position pointer needs the video's patch states")
+            xy = self.point_positions(pos_hidden[None], out[None, :2], patch_hidden[None])[0]
         probs = self.f_ori(ori_hidden).float().softmax(-1)
         yaw, spread = heading_from_bins(probs)
         return PosePrediction(
-            out[:2], self._sigma(out[2:]), float(yaw.detach()), float(spread.detach()), probs
+            xy, self._sigma(out[2:]), float(yaw.detach()), float(spread.detach()), probs
         )
+
+    def point_positions(
+        self, pos_hidden: torch.Tensor, own_xy: torch.Tensor, patch_hidden: torch.Tensor
+    ) -> torch.Tensor:
+        """Pointer positions (N, 2) of <Pos> states (N, H), f_pos's xy, patch states (N, P, H)."""
+        layout = self.layout_head(patch_hidden)[..., :2]
+        return self.position_pointer(pos_hidden, own_xy, patch_hidden, layout)
 
     # --- training ---------------------------------------------------------------------------------
     def forward_train(self, samples: list[TrainSample]) -> dict[str, torch.Tensor]:
@@ -347,8 +375,11 @@ class Loc3rVLM(nn.Module):
             rows = torch.tensor([batch.rows[i] for i in situated], device=self.device)
             cols = torch.tensor([batch.pos_at[i] for i in situated], device=self.device)
             pos_out = self.f_pos(states[rows, cols]).float()
+            xy = pos_out[:, :2]
+            if self.position_pointer is not None:
+                xy = self._pointed_in_rows(states, batch.patch_at, rows, cols, xy)
             target = torch.stack([samples[i].position.float() for i in situated]).to(self.device)
-            parts["pos"] = gaussian_nll_2d(pos_out[:, :2], self._sigma(pos_out[:, 2:]), target)
+            parts["pos"] = gaussian_nll_2d(xy, self._sigma(pos_out[:, 2:]), target)
             ori_logits = self.f_ori(states[rows, cols + 1]).float()
             yaw = torch.tensor([samples[i].yaw for i in situated], device=self.device)
             parts["ori"] = orientation_kl(ori_logits, yaw, self.config.weights.ori_sigma)
@@ -378,6 +409,28 @@ class Loc3rVLM(nn.Module):
         parts["loss"] = total_loss(parts, self.config.weights)
         return parts
 
+    def _pointed_in_rows(
+        self,
+        states: torch.Tensor,
+        patch_at: torch.Tensor,
+        rows: torch.Tensor,
+        cols: torch.Tensor,
+        own_xy: torch.Tensor,
+    ) -> torch.Tensor:
+        """point_positions of the <Pos> tokens at (rows, cols) of packed `states` (R, L, H).
+
+        own_xy (N, 2) are f_pos's positions of the same tokens.
+        """
+        xy = own_xy.clone()
+        for row in rows.unique().tolist():
+            chosen = (rows == row).nonzero().flatten()
+            patches = states[row, (patch_at[row] >= 0).nonzero().flatten()]
+            xy[chosen] = self.point_positions(
+                states[row, cols[chosen]], own_xy[chosen],
+                patches[None].expand(len(chosen), -1, -1),
+            )  # fmt: skip
+        return xy
+
     def forward(self, samples: list[TrainSample]) -> dict[str, torch.Tensor]:
         """Training forward (what DistributedDataParallel wraps): see forward_train."""
         return self.forward_train(samples)
@@ -390,9 +443,10 @@ class Loc3rVLM(nn.Module):
         """Run the LLM over [system, user header, video, newline] once; keep its KV cache."""
         from transformers import DynamicCache
 
-        video, _ = self.video_embeddings(pixel_values, camera_tokens)
+        video, patch_index = self.video_embeddings(pixel_values, camera_tokens)
         before, after = self.prefix_ids()
         embeds = torch.cat([self.embed(before), video, self.embed(after)])[None]
+        patch_positions = (patch_index >= 0).nonzero().flatten() + len(before)
         static = self.static_decoding
         lm = self.base.language_model
         cache, ticket = (
@@ -400,7 +454,7 @@ class Loc3rVLM(nn.Module):
         )
         out = forward_at(lm.model, cache, embeds, 0)
         last = out.last_hidden_state[0]
-        return ScenePrefix(cache, embeds.shape[1], len(pixel_values), last, ticket)
+        return ScenePrefix(cache, embeds.shape[1], len(pixel_values), last, ticket, patch_positions)
 
     def _check_scene(self, prefix: ScenePrefix) -> None:
         """A static cache must still hold this scene (a newer one may have taken it)."""
@@ -415,7 +469,10 @@ class Loc3rVLM(nn.Module):
     def _situate(self, prefix: ScenePrefix, situation_ids: list[int]) -> PosePrediction:
         """Forward [situation] <Pos> <Ori> after the prefix (left in the cache); read the pose."""
         states = self._continue(prefix, situation_ids, prefix.length).last_hidden_state[0]
-        return self.read_pose(states[-2], states[-1])
+        patches = None
+        if self.position_pointer is not None:
+            patches = prefix.last_hidden[prefix.patch_positions]
+        return self.read_pose(states[-2], states[-1], patches)
 
     @torch.inference_mode()
     def localize(self, prefix: ScenePrefix, situation: str) -> PosePrediction:

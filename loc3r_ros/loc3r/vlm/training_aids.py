@@ -203,6 +203,11 @@ class SituationTrace:
     attention: torch.Tensor  # (heads, Q, P) <Pos>, <Ori> (, answer) attention on them
     layout: torch.Tensor | None  # (P, 2) the layout head's (x, y), metres; None without the head
     pose: PosePrediction  # what localize() returns for the same situation
+    # with the position pointer (loc3r.vlm.position_pointer), else None: f_pos's own (x, y)
+    # before the pointer, the pointer's attention on the patches (P,) and its gate
+    head_xy: torch.Tensor | None = None
+    pointer_attention: torch.Tensor | None = None
+    pointer_gate: float | None = None
 
 
 @torch.inference_mode()
@@ -248,5 +253,12 @@ def trace_situation(
     layout = None
     if model.layout_head is not None:
         layout = model.layout_head(states[positions])[:, :2].float()
-    pose = model.read_pose(states[pos_at], states[pos_at + 1])
-    return SituationTrace(patch_index[patches], probs[:, :, positions], layout, pose)
+    pose = model.read_pose(states[pos_at], states[pos_at + 1], states[positions])
+    trace = SituationTrace(patch_index[patches], probs[:, :, positions], layout, pose)
+    pointer = model.position_pointer
+    if pointer is not None:
+        pos_hidden = states[pos_at][None]
+        trace.head_xy = model.f_pos(states[pos_at])[:2].float()
+        trace.pointer_attention = pointer.attention(pos_hidden, states[positions][None])[0]
+        trace.pointer_gate = float(torch.sigmoid(pointer.gate(pos_hidden).float()))
+    return trace

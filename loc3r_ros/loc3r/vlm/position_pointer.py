@@ -1,0 +1,69 @@
+"""Position pointer (ours, not in the paper): <Pos> points at the patches where the agent is.
+
+The paper's f_pos regresses the agent's (x, y) from <Pos>'s last hidden state. A tiny LM trained
+from scratch finds the situation's anchor object (its attention on the anchor's patches: about
+two thirds) yet f_pos does not turn that into a position: on held-out rooms it reads 27 %
+Acc@1.0m where the anchor's patches, read through the model's own layout, would give 44 %
+(docs/experiments.md, `python -m loc3r.eval.bounds`). The pointer reads the position where the
+layout already has it: an attention of <Pos> over the video's patch tokens (its own query and
+key projections, trained by the position loss alone), the attended patches' layout (x, y) from
+the layout head, plus an offset; a gate from <Pos> mixes it with f_pos's position:
+
+    xy = (1 - g) * f_pos_xy + g * (sum_i a_i layout_i + offset),   g = sigmoid(w . h + b)
+
+The gate starts almost closed (b = -3: the pointer moves a position by 4.7 % of the difference),
+so a continued model starts close to where it was, and AdamW's steps of about the learning rate
+(3e-4 in the shipped recipe) can still open it within a run. The layout is detached: the
+position loss does not move it. f_pos's sigma is kept. It needs the layout head
+(`Loc3rVLMConfig.enable_layout_head`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+CLOSED_GATE_BIAS = -3.0  # sigmoid(-3) = 4.7 %: the pointer starts almost out of the way
+
+
+class PositionPointer(nn.Module):
+    """<Pos>'s hidden state, the patches' hidden states and layout -> a position and its gate."""
+
+    def __init__(self, hidden: int, key_dim: int = 64) -> None:
+        super().__init__()
+        self.query = nn.Linear(hidden, key_dim)
+        self.key = nn.Linear(hidden, key_dim)
+        self.offset = nn.Linear(hidden, 2)
+        self.gate = nn.Linear(hidden, 1)
+        self.scale = 1.0 / math.sqrt(key_dim)
+        for layer in (self.offset, self.gate):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+        nn.init.constant_(self.gate.bias, CLOSED_GATE_BIAS)
+
+    def attention(self, pos_hidden: torch.Tensor, patch_hidden: torch.Tensor) -> torch.Tensor:
+        """(N, H) and (N, P, H) -> (N, P): where each <Pos> points among its patches."""
+        query = self.query(pos_hidden).float()[:, None]  # (N, 1, d)
+        keys = self.key(patch_hidden).float()  # (N, P, d)
+        return ((query * keys).sum(-1) * self.scale).softmax(-1)
+
+    def forward(
+        self,
+        pos_hidden: torch.Tensor,
+        own_xy: torch.Tensor,
+        patch_hidden: torch.Tensor,
+        patch_layout: torch.Tensor,
+    ) -> torch.Tensor:
+        """(N, 2) positions: f_pos's `own_xy` (N, 2) mixed with the pointed layout.
+
+        pos_hidden (N, H), patch_hidden (N, P, H) and patch_layout (N, P, 2) metres (detached
+        here); P may include padding only if its layout is finite and its hidden state is a real
+        patch's (callers pass the patches of each sample's own scene).
+        """
+        weights = self.attention(pos_hidden, patch_hidden)
+        pointed = (weights[..., None] * patch_layout.detach().float()).sum(1)
+        pointed = pointed + self.offset(pos_hidden).float()
+        gate = torch.sigmoid(self.gate(pos_hidden).float())  # (N, 1)
+        return own_xy.float() + gate * (pointed - own_xy.float())

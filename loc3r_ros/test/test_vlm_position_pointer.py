@@ -1,0 +1,129 @@
+"""The position pointer (loc3r.vlm.position_pointer): <Pos> reads its position off the layout."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_vlm_packing import alone, mixed_batch, scene
+from transformers import AutoTokenizer
+
+from loc3r.train.config import TrainConfig
+from loc3r.train.pipeline import continue_from
+from loc3r.vlm import Loc3rVLMConfig, LossWeights
+from loc3r.vlm.position_pointer import PositionPointer
+from loc3r.vlm.tiny import build_tiny_loc3r
+from loc3r.vlm.training_aids import trace_situation
+
+
+def make_model(tokenizer_dir, pointer: bool = True, open_gate: bool = True):
+    torch.manual_seed(0)
+    config = Loc3rVLMConfig(cam_token_dim=24, position_pointer=pointer,
+                            weights=LossWeights(grounding=0.0))  # fmt: skip
+    model = build_tiny_loc3r(AutoTokenizer.from_pretrained(str(tokenizer_dir)), config)
+    if pointer and open_gate:  # a trained gate: the pointer counts
+        torch.nn.init.constant_(model.position_pointer.gate.bias, 1.0)
+        torch.nn.init.normal_(model.position_pointer.offset.weight, std=0.05)
+    return model.eval()
+
+
+def test_the_pointer_mixes_f_pos_with_the_attended_layout():
+    torch.manual_seed(1)
+    pointer = PositionPointer(hidden=8, key_dim=4)
+    pos, own = torch.randn(3, 8), torch.randn(3, 2)
+    patches, layout = torch.randn(3, 5, 8), torch.randn(3, 5, 2) * 3
+    closed = pointer(pos, own, patches, layout)  # the gate starts closed: almost f_pos's
+    weights = pointer.attention(pos, patches)
+    pointed = (weights[..., None] * layout).sum(1)
+    gate = torch.sigmoid(torch.tensor(-3.0))
+    torch.testing.assert_close(closed, own + gate * (pointed - own))
+    torch.testing.assert_close((closed - own).norm(dim=-1), gate * (pointed - own).norm(dim=-1))
+    torch.testing.assert_close(weights.sum(-1), torch.ones(3))
+    torch.nn.init.constant_(pointer.gate.bias, 50.0)  # wide open: the attended layout alone
+    torch.testing.assert_close(pointer(pos, own, patches, layout), pointed)
+
+
+def test_training_moves_the_pointer_and_never_the_layout_through_it(tokenizer_dir):
+    model = make_model(tokenizer_dir).train()
+    parts = model.forward_train(mixed_batch())
+    parts["pos"].backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    for name in ("query", "key", "offset", "gate"):
+        assert grads[f"position_pointer.{name}.weight"].abs().sum() > 0, name
+    assert grads["layout_head.weight"] is None  # the layout is detached in the pointer
+
+
+def test_packed_rows_give_the_pointer_each_samples_own_scene(tokenizer_dir):
+    model = make_model(tokenizer_dir)
+    batch = mixed_batch()
+    packed = model.forward_train(batch)["pos"]
+    torch.testing.assert_close(packed, model.forward_train([alone(s) for s in batch])["pos"],
+                               atol=2e-5, rtol=1e-4)  # fmt: skip
+
+
+def test_cached_localize_equals_the_uncached_trace(tokenizer_dir):
+    """Inference reads the pointer from the scene prefix's states as the trace does in one pass."""
+    model = make_model(tokenizer_dir)
+    s = scene(3)[0]
+    prefix = model.encode_scene(s.pixel_values, s.camera_tokens)
+    assert len(prefix.patch_positions) == 3 * 4  # 3 frames of 2x2 pooled patches
+    pose = model.localize(prefix, s.situation)
+    trace = trace_situation(model, s.pixel_values, s.camera_tokens, s.situation)
+    torch.testing.assert_close(pose.xy, trace.pose.xy, atol=1e-5, rtol=1e-5)
+    f_pos_only = model.f_pos(model.base.language_model.model(
+        inputs_embeds=torch.cat([model.embed(model.prefix_ids()[0]),
+                                 model.video_embeddings(s.pixel_values, s.camera_tokens)[0],
+                                 model.embed(model.prefix_ids()[1]
+                                             + model.situation_ids(s.situation))])[None]
+    ).last_hidden_state[0, -2])[:2]  # fmt: skip
+    assert (pose.xy - f_pos_only).norm() > 1e-3  # the open gate moved it
+    torch.testing.assert_close(trace.head_xy, f_pos_only, atol=1e-5, rtol=1e-5)
+    assert trace.pointer_gate == pytest.approx(torch.sigmoid(torch.tensor(1.0)).item())
+    assert trace.pointer_attention.shape == (12,)
+    torch.testing.assert_close(trace.pointer_attention.sum(), torch.tensor(1.0))
+    with pytest.raises(ValueError, match="patch states"):
+        model.read_pose(torch.zeros(64), torch.zeros(64))
+
+
+def test_the_pointer_survives_save_and_load(tokenizer_dir, tmp_path):
+    model = make_model(tokenizer_dir)
+    s = scene(4)[0]
+    before = model.localize(model.encode_scene(s.pixel_values, s.camera_tokens), s.situation)
+    model.save_pretrained(tmp_path / "vlm")
+    loaded = type(model).from_pretrained(tmp_path / "vlm")
+    assert loaded.config.position_pointer
+    after = loaded.localize(loaded.encode_scene(s.pixel_values, s.camera_tokens), s.situation)
+    torch.testing.assert_close(after.xy, before.xy)
+
+
+def test_the_pointer_needs_the_layout_head(tokenizer_dir):
+    config = Loc3rVLMConfig(cam_token_dim=24, position_pointer=True, enable_layout_head=False)
+    with pytest.raises(ValueError, match="enable_layout_head"):
+        build_tiny_loc3r(AutoTokenizer.from_pretrained(str(tokenizer_dir)), config)
+
+
+def test_a_continued_model_may_gain_the_pointer_but_not_lose_it(tokenizer_dir, tmp_path):
+    sizes = {"hidden": 64, "layers": 2, "heads": 4, "kv_heads": 2, "intermediate": 128,
+             "image_size": 56, "vision_hidden": 32, "vision_layers": 2}  # fmt: skip
+    plain = make_model(tokenizer_dir, pointer=False)
+    plain.save_pretrained(tmp_path / "plain")
+    wanted = Loc3rVLMConfig(cam_token_dim=24, position_pointer=True)
+    continued = continue_from(str(tmp_path / "plain"), wanted, sizes)
+    assert continued.config.position_pointer and continued.position_pointer is not None
+    s = scene(5)[0]
+    own = plain.localize(plain.encode_scene(s.pixel_values, s.camera_tokens), s.situation)
+    new = continued.localize(continued.encode_scene(s.pixel_values, s.camera_tokens), s.situation)
+    # it starts with its gate almost closed: the continued model localizes near the saved one
+    pointer = continued.position_pointer
+    assert float(pointer.gate.bias) == -3.0 and pointer.gate.weight.abs().sum() == 0
+    assert 0 < (new.xy - own.xy).norm() < 0.05 * max(1.0, float(own.xy.norm()))
+    continued.save_pretrained(tmp_path / "pointer")
+    with pytest.raises(ValueError, match="position_pointer"):
+        continue_from(str(tmp_path / "pointer"), Loc3rVLMConfig(cam_token_dim=24), sizes)
+
+
+def test_train_seed_offset_keeps_training_rooms_below_the_held_out_ones(tmp_path):
+    from loc3r.train.pipeline import prepare_run
+
+    config = TrainConfig(out=str(tmp_path), train_episodes=10, train_seed_offset=999_995)
+    with pytest.raises(ValueError, match="train_seed_offset"):
+        prepare_run(config, progress=False)
