@@ -94,10 +94,13 @@ def test_position_readouts_swap_grounding_and_layout_one_at_a_time():
     readouts = position_readouts(trace, anchor, anchor_first, true_xy, valid, centre, input_xy)
     got = {k: v.tolist() for k, v in readouts.items()}
     assert set(got) == set(POSITION_READOUTS)
-    assert got["f_pos"] == got["f_pos head alone"] == [9.0, 9.0]  # no pointer: the same
-    pointed = SimpleNamespace(**trace.__dict__, head_xy=torch.tensor([1.0, 2.0]))
+    assert got["f_pos"] == got["f_pos head alone"] == got["pointer alone"] == [9.0, 9.0]
+    pointed = SimpleNamespace(
+        **trace.__dict__, head_xy=torch.tensor([1.0, 2.0]), pointer_xy=torch.tensor([3.0, 4.0])
+    )
     with_pointer = position_readouts(pointed, anchor, anchor_first, true_xy, valid, centre)
     assert with_pointer["f_pos head alone"].tolist() == [1.0, 2.0]
+    assert with_pointer["pointer alone"].tolist() == [3.0, 4.0]
     assert with_pointer["f_pos"].tolist() == [9.0, 9.0]
     assert got["attended, model layout"] == pytest.approx([1.0, 1.6])  # (1, 0) and (1, 4)
     assert got["top attended patch, model layout"] == pytest.approx([1.0, 0.0])
@@ -222,6 +225,7 @@ def test_measure_reports_the_model_and_the_truth_apart(episodes_and_bundles):
     for key, value in first["grounding"].items():
         assert value is None if key in pointer_keys else 0.0 <= value <= 1.0, key
     assert first["position"]["f_pos head alone"] == first["position"]["f_pos"]
+    assert first["position"]["pointer alone"] == first["position"]["f_pos"]
     for row in first["position"].values():
         assert 0.0 <= row["acc_0_5m"] <= row["acc_1_0m"] <= 1.0
     # f_pos is what localize() says

@@ -50,6 +50,26 @@ def test_training_moves_the_pointer_and_never_the_layout_through_it(tokenizer_di
     for name in ("query", "key", "offset", "gate"):
         assert grads[f"position_pointer.{name}.weight"].abs().sum() > 0, name
     assert grads["layout_head.weight"] is None  # the layout is detached in the pointer
+    model.zero_grad(set_to_none=True)
+    parts = model.forward_train(mixed_batch())  # the pointer's own loss: not the gate, not sigma
+    parts["pointer"].backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    for name in ("query", "key", "offset"):
+        assert grads[f"position_pointer.{name}.weight"].abs().sum() > 0, name
+    for name in ("position_pointer.gate", "layout_head", "f_pos.2"):  # f_pos: sigma detached
+        grad = grads[f"{name}.weight"]
+        assert grad is None or not grad.any(), name
+
+
+def test_the_pointers_own_loss_joins_the_position_loss():
+    from loc3r.vlm.losses import total_loss
+
+    weights = LossWeights(situation=0.5, ori=2.0)
+    parts = {"ce": torch.tensor(1.0), "pos": torch.tensor(0.4), "ori": torch.tensor(0.1)}
+    without = total_loss(parts, weights)
+    assert float(total_loss({**parts, "pointer": torch.tensor(0.3)}, weights)) == pytest.approx(
+        float(without) + 0.5 * 0.3
+    )
 
 
 def test_packed_rows_give_the_pointer_each_samples_own_scene(tokenizer_dir):
@@ -77,6 +97,9 @@ def test_cached_localize_equals_the_uncached_trace(tokenizer_dir):
     ).last_hidden_state[0, -2])[:2]  # fmt: skip
     assert (pose.xy - f_pos_only).norm() > 1e-3  # the open gate moved it
     torch.testing.assert_close(trace.head_xy, f_pos_only, atol=1e-5, rtol=1e-5)
+    gate = torch.sigmoid(torch.tensor(1.0))  # the pose mixes the two by the gate
+    mixed = trace.head_xy + gate * (trace.pointer_xy - trace.head_xy)
+    torch.testing.assert_close(pose.xy, mixed, atol=1e-5, rtol=1e-5)
     assert trace.pointer_gate == pytest.approx(torch.sigmoid(torch.tensor(1.0)).item())
     assert trace.pointer_attention.shape == (12,)
     torch.testing.assert_close(trace.pointer_attention.sum(), torch.tensor(1.0))

@@ -6,8 +6,8 @@ Synthetic rooms know which pooled patches show each object and where every patch
 frame, so a situation's position can be read out with the model's parts swapped for the truth
 one at a time (Acc@0.5m / Acc@1.0m, SQA3D's strict thresholds, one read-out per situation):
 - "f_pos": the model's own position (what `loc3r eval` scores);
-- "f_pos head alone": f_pos's own (x, y) before the position pointer mixes in what it points at
-  (the same as "f_pos" for a model without the pointer, loc3r.vlm.position_pointer);
+- "f_pos head alone" and "pointer alone": f_pos's own (x, y) and the position pointer's, before
+  its gate mixes them (loc3r.vlm.position_pointer; both are "f_pos" for a model without it);
 - "attended, model layout": the layout head's (x, y) of the video patches, averaged with the
   attention of <Pos>'s grounding head (head 0 of the grounding layer);
 - "top attended patch, model layout": the layout of the single patch that head attends to most;
@@ -57,6 +57,7 @@ from loc3r.vlm.training_aids import GROUNDING_HEADS, trace_situation
 POSITION_READOUTS = (
     "f_pos",
     "f_pos head alone",
+    "pointer alone",
     "attended, model layout",
     "top attended patch, model layout",
     "attention near its peak, model layout",
@@ -140,6 +141,7 @@ def position_readouts(
     candidates = {
         "f_pos": own,
         "f_pos head alone": getattr(trace, "head_xy", None),
+        "pointer alone": getattr(trace, "pointer_xy", None),
         "attended, model layout": weighted_point(attention, trace.layout),
         "top attended patch, model layout": trace.layout[attention.argmax()].double(),
         "attention near its peak, model layout": weighted_point(
@@ -366,10 +368,12 @@ def _on_cpu(trace):
     """The trace with its tensors on the CPU (the truth lives there)."""
     pose = replace(trace.pose, xy=trace.pose.xy.cpu())
     layout = None if trace.layout is None else trace.layout.cpu()
-    head_xy, pointer = (None if t is None else t.cpu() for t in (trace.head_xy,
-                                                              trace.pointer_attention))  # fmt: skip
+    head_xy, pointer_xy, pointer = (
+        None if t is None else t.cpu()
+        for t in (trace.head_xy, trace.pointer_xy, trace.pointer_attention)
+    )
     return replace(trace, attention=trace.attention.cpu(), layout=layout, pose=pose,
-                   head_xy=head_xy, pointer_attention=pointer)  # fmt: skip
+                   head_xy=head_xy, pointer_xy=pointer_xy, pointer_attention=pointer)  # fmt: skip
 
 
 def _pct(value: float | None) -> str:

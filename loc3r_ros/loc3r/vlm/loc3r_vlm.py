@@ -336,7 +336,7 @@ class Loc3rVLM(nn.Module):
         if self.position_pointer is not None:
             if patch_hidden is None:
                 raise ValueError("the position pointer needs the video's patch states")
-            xy = self.point_positions(pos_hidden[None], out[None, :2], patch_hidden[None])[0]
+            xy = self.point_positions(pos_hidden[None], out[None, :2], patch_hidden[None])[0][0]
         probs = self.f_ori(ori_hidden).float().softmax(-1)
         yaw, spread = heading_from_bins(probs)
         return PosePrediction(
@@ -345,10 +345,11 @@ class Loc3rVLM(nn.Module):
 
     def point_positions(
         self, pos_hidden: torch.Tensor, own_xy: torch.Tensor, patch_hidden: torch.Tensor
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Pointer positions (N, 2) of <Pos> states (N, H), f_pos's xy, patch states (N, P, H)."""
         layout = self.layout_head(patch_hidden)[..., :2]
-        return self.position_pointer(pos_hidden, own_xy, patch_hidden, layout)
+        pointed = self.position_pointer.point(pos_hidden, patch_hidden, layout)
+        return self.position_pointer.mix(pos_hidden, own_xy, pointed), pointed
 
     # --- training ---------------------------------------------------------------------------------
     def forward_train(self, samples: list[TrainSample]) -> dict[str, torch.Tensor]:
@@ -375,11 +376,12 @@ class Loc3rVLM(nn.Module):
             rows = torch.tensor([batch.rows[i] for i in situated], device=self.device)
             cols = torch.tensor([batch.pos_at[i] for i in situated], device=self.device)
             pos_out = self.f_pos(states[rows, cols]).float()
-            xy = pos_out[:, :2]
-            if self.position_pointer is not None:
-                xy = self._pointed_in_rows(states, batch.patch_at, rows, cols, xy)
+            xy, sigma = pos_out[:, :2], self._sigma(pos_out[:, 2:])
             target = torch.stack([samples[i].position.float() for i in situated]).to(self.device)
-            parts["pos"] = gaussian_nll_2d(xy, self._sigma(pos_out[:, 2:]), target)
+            if self.position_pointer is not None:
+                xy, pointed = self._pointed_in_rows(states, batch.patch_at, rows, cols, xy)
+                parts["pointer"] = gaussian_nll_2d(pointed, sigma.detach(), target)
+            parts["pos"] = gaussian_nll_2d(xy, sigma, target)
             ori_logits = self.f_ori(states[rows, cols + 1]).float()
             yaw = torch.tensor([samples[i].yaw for i in situated], device=self.device)
             parts["ori"] = orientation_kl(ori_logits, yaw, self.config.weights.ori_sigma)
@@ -417,19 +419,19 @@ class Loc3rVLM(nn.Module):
         cols: torch.Tensor,
         own_xy: torch.Tensor,
     ) -> torch.Tensor:
-        """point_positions of the <Pos> tokens at (rows, cols) of packed `states` (R, L, H).
+        """point_positions (mixed, pointed) of the <Pos> at (rows, cols) of packed states (R, L, H).
 
         own_xy (N, 2) are f_pos's positions of the same tokens.
         """
-        xy = own_xy.clone()
+        xy, pointed = own_xy.clone(), own_xy.clone()
         for row in rows.unique().tolist():
             chosen = (rows == row).nonzero().flatten()
             patches = states[row, (patch_at[row] >= 0).nonzero().flatten()]
-            xy[chosen] = self.point_positions(
+            xy[chosen], pointed[chosen] = self.point_positions(
                 states[row, cols[chosen]], own_xy[chosen],
                 patches[None].expand(len(chosen), -1, -1),
             )  # fmt: skip
-        return xy
+        return xy, pointed
 
     def forward(self, samples: list[TrainSample]) -> dict[str, torch.Tensor]:
         """Training forward (what DistributedDataParallel wraps): see forward_train."""

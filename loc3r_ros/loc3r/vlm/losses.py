@@ -114,12 +114,15 @@ def egocentric_offset(position, yaw: float, point) -> tuple[float, float]:
 def total_loss(parts: dict[str, torch.Tensor], weights: LossWeights) -> torch.Tensor:
     """L = L_CE + w_bev L_BEV + w_sit (L_pos + w_ori L_ori) + w_ground L_ground + w_ego L_ego.
 
+    With the position pointer (ours), its own position's L_pointer joins L_pos inside w_sit.
+
     Absent parts count 0.
     """
     zero = next(iter(parts.values())) * 0.0
     ce = parts.get("ce", zero)
     bev = parts.get("bev", zero)
     situation = parts.get("pos", zero) + weights.ori * parts.get("ori", zero)
+    situation = situation + parts.get("pointer", zero)  # the position pointer's own (ours)
     ground = parts.get("ground", zero)
     ego = parts.get("ego", zero)
     return (

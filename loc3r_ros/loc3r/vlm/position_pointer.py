@@ -12,10 +12,12 @@ the layout head, plus an offset; a gate from <Pos> mixes it with f_pos's positio
     xy = (1 - g) * f_pos_xy + g * (sum_i a_i layout_i + offset),   g = sigmoid(w . h + b)
 
 The gate starts almost closed (b = -3: the pointer moves a position by 4.7 % of the difference),
-so a continued model starts close to where it was, and AdamW's steps of about the learning rate
-(3e-4 in the shipped recipe) can still open it within a run. The layout is detached: the
-position loss does not move it. f_pos's sigma is kept. It needs the layout head
-(`Loc3rVLMConfig.enable_layout_head`).
+so a continued model starts close to where it was. Through the gate alone the pointer would learn
+at a twentieth of the rate and the gate would stay shut (a 2000-step run moved its bias from -3
+to -2.98), so the pointer's own position (sum_i a_i layout_i + offset) has its own loss, L_pointer
+(the same Gaussian NLL, f_pos's sigma detached), and the gate opens once it points well. The
+layout is detached: the position losses do not move it. f_pos's sigma is kept. It needs the layout
+head (`Loc3rVLMConfig.enable_layout_head`).
 """
 
 from __future__ import annotations
@@ -49,6 +51,25 @@ class PositionPointer(nn.Module):
         keys = self.key(patch_hidden).float()  # (N, P, d)
         return ((query * keys).sum(-1) * self.scale).softmax(-1)
 
+    def point(
+        self, pos_hidden: torch.Tensor, patch_hidden: torch.Tensor, patch_layout: torch.Tensor
+    ) -> torch.Tensor:
+        """(N, 2) the pointer's own positions: the attended layout plus the offset.
+
+        pos_hidden (N, H), patch_hidden (N, P, H) and patch_layout (N, P, 2) metres (detached
+        here): the patches of each sample's own scene.
+        """
+        weights = self.attention(pos_hidden, patch_hidden)
+        pointed = (weights[..., None] * patch_layout.detach().float()).sum(1)
+        return pointed + self.offset(pos_hidden).float()
+
+    def mix(
+        self, pos_hidden: torch.Tensor, own_xy: torch.Tensor, pointed: torch.Tensor
+    ) -> torch.Tensor:
+        """(N, 2) f_pos's `own_xy` moved towards `pointed` by the gate."""
+        gate = torch.sigmoid(self.gate(pos_hidden).float())  # (N, 1)
+        return own_xy.float() + gate * (pointed - own_xy.float())
+
     def forward(
         self,
         pos_hidden: torch.Tensor,
@@ -56,14 +77,5 @@ class PositionPointer(nn.Module):
         patch_hidden: torch.Tensor,
         patch_layout: torch.Tensor,
     ) -> torch.Tensor:
-        """(N, 2) positions: f_pos's `own_xy` (N, 2) mixed with the pointed layout.
-
-        pos_hidden (N, H), patch_hidden (N, P, H) and patch_layout (N, P, 2) metres (detached
-        here); P may include padding only if its layout is finite and its hidden state is a real
-        patch's (callers pass the patches of each sample's own scene).
-        """
-        weights = self.attention(pos_hidden, patch_hidden)
-        pointed = (weights[..., None] * patch_layout.detach().float()).sum(1)
-        pointed = pointed + self.offset(pos_hidden).float()
-        gate = torch.sigmoid(self.gate(pos_hidden).float())  # (N, 1)
-        return own_xy.float() + gate * (pointed - own_xy.float())
+        """(N, 2) positions: f_pos's `own_xy` (N, 2) mixed with the pointed layout (`point`)."""
+        return self.mix(pos_hidden, own_xy, self.point(pos_hidden, patch_hidden, patch_layout))

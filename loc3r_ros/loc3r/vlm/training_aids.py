@@ -204,8 +204,9 @@ class SituationTrace:
     layout: torch.Tensor | None  # (P, 2) the layout head's (x, y), metres; None without the head
     pose: PosePrediction  # what localize() returns for the same situation
     # with the position pointer (loc3r.vlm.position_pointer), else None: f_pos's own (x, y)
-    # before the pointer, the pointer's attention on the patches (P,) and its gate
+    # before the pointer, the pointer's own (x, y), its attention on the patches (P,), its gate
     head_xy: torch.Tensor | None = None
+    pointer_xy: torch.Tensor | None = None
     pointer_attention: torch.Tensor | None = None
     pointer_gate: float | None = None
 
@@ -259,6 +260,9 @@ def trace_situation(
     if pointer is not None:
         pos_hidden = states[pos_at][None]
         trace.head_xy = model.f_pos(states[pos_at])[:2].float()
+        trace.pointer_xy = model.point_positions(
+            pos_hidden, trace.head_xy[None], states[positions][None]
+        )[1][0]
         trace.pointer_attention = pointer.attention(pos_hidden, states[positions][None])[0]
         trace.pointer_gate = float(torch.sigmoid(pointer.gate(pos_hidden).float()))
     return trace
