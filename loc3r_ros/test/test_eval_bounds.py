@@ -20,6 +20,7 @@ from loc3r.eval.bounds import (
     input_point_readouts,
     input_points,
     main,
+    markdown,
     measure,
     near_peak,
     position_readouts,
@@ -263,6 +264,27 @@ def test_measure_reports_the_model_and_the_truth_apart(episodes_and_bundles):
     )
     assert first["position"]["f_pos"] != second["position"]["f_pos"]
     assert set(first["direction"]) == {"questions", "majority", *DIRECTION_READOUTS}
+
+
+def test_measure_reports_the_position_pointer(episodes_and_bundles):
+    from loc3r.vlm.position_pointer import PositionPointer
+
+    episodes, bundles, _ = episodes_and_bundles
+    vlm = bundles[0].model.vlm
+    torch.manual_seed(3)
+    vlm.position_pointer = PositionPointer(vlm.base.config.text["hidden_size"])
+    vlm.config.position_pointer = True
+    try:
+        report = measure(vlm, episodes, 56, progress=False)
+    finally:
+        vlm.position_pointer, vlm.config.position_pointer = None, False
+    grounding = report["grounding"]
+    # a new pointer's gate is sigmoid(-3) everywhere; its attention sums to 1 over the patches
+    assert grounding["pointer_gate"] == pytest.approx(float(torch.sigmoid(torch.tensor(-3.0))))
+    assert 0.0 < grounding["pointer_anchor_mass"] < 1.0
+    position = report["position"]
+    assert position["f_pos head alone"] != position["f_pos"] != position["pointer alone"]
+    assert "Position pointer: " in markdown(report) and "gate 0.05" in markdown(report)
 
 
 def test_command_writes_the_report_and_refuses_bad_seeds(episodes_and_bundles, capsys):

@@ -75,9 +75,20 @@ def test_the_pointers_own_loss_joins_the_position_loss():
 def test_packed_rows_give_the_pointer_each_samples_own_scene(tokenizer_dir):
     model = make_model(tokenizer_dir)
     batch = mixed_batch()
-    packed = model.forward_train(batch)["pos"]
-    torch.testing.assert_close(packed, model.forward_train([alone(s) for s in batch])["pos"],
-                               atol=2e-5, rtol=1e-4)  # fmt: skip
+    packed = model.forward_train(batch)
+    unpacked = model.forward_train([alone(s) for s in batch])
+    for key in ("pos", "pointer"):
+        torch.testing.assert_close(packed[key], unpacked[key], atol=2e-5, rtol=1e-4)
+    # and each sample's own pointed position, as the cached inference reads it
+    for s in batch:
+        if s.situation:
+            prefix = model.encode_scene(s.pixel_values, s.camera_tokens)
+            alone_loss = model.forward_train([alone(s)])["pointer"]
+            trace = trace_situation(model, s.pixel_values, s.camera_tokens, s.situation)
+            sigma = model.localize(prefix, s.situation).sigma
+            expected = 0.5 * (((trace.pointer_xy - s.position) / sigma) ** 2
+                              + 2 * sigma.log()).sum()  # fmt: skip
+            torch.testing.assert_close(alone_loss, expected, atol=2e-5, rtol=1e-4)
 
 
 def test_cached_localize_equals_the_uncached_trace(tokenizer_dir):
@@ -144,9 +155,47 @@ def test_a_continued_model_may_gain_the_pointer_but_not_lose_it(tokenizer_dir, t
         continue_from(str(tmp_path / "pointer"), Loc3rVLMConfig(cam_token_dim=24), sizes)
 
 
-def test_train_seed_offset_keeps_training_rooms_below_the_held_out_ones(tmp_path):
-    from loc3r.train.pipeline import prepare_run
+class _StopError(Exception):
+    pass
 
-    config = TrainConfig(out=str(tmp_path), train_episodes=10, train_seed_offset=999_995)
-    with pytest.raises(ValueError, match="train_seed_offset"):
-        prepare_run(config, progress=False)
+
+def test_train_seed_offset_picks_the_training_rooms_and_never_held_out_ones(tmp_path, monkeypatch):
+    import loc3r.train.pipeline as pipeline
+
+    seen = []
+
+    def corpus(seeds, config):  # the first thing that reads the training seeds: stop there
+        seen.append(list(seeds))
+        raise _StopError
+
+    monkeypatch.setattr(pipeline, "corpus", corpus)
+    for offset in (0, 3000, 999_990):  # the last ends right before the held-out rooms
+        with pytest.raises(_StopError):
+            pipeline.prepare_run(TrainConfig(out=str(tmp_path / str(offset)), train_episodes=10,
+                                             train_seed_offset=offset), progress=False)  # fmt: skip
+        assert seen[-1] == list(range(offset, offset + 10))
+    for offset in (999_995, 1_000_010, -1):  # overlapping the held-out rooms, or negative
+        with pytest.raises(ValueError, match="train_seed_offset"):
+            pipeline.prepare_run(TrainConfig(out=str(tmp_path), train_episodes=10,
+                                             train_seed_offset=offset), progress=False)  # fmt: skip
+    # past the held-out rooms is fine
+    with pytest.raises(_StopError):
+        pipeline.prepare_run(TrainConfig(out=str(tmp_path / "past"), train_episodes=10,
+                                         train_seed_offset=1_000_040), progress=False)  # fmt: skip
+
+
+def test_static_decoding_reads_the_pointer_as_the_dynamic_cache(tokenizer_dir):
+    from loc3r.vlm.static_decoding import StaticDecoding, is_static
+
+    model = make_model(tokenizer_dir)
+    s = scene(6)[0]
+    expected = model.localize(model.encode_scene(s.pixel_values, s.camera_tokens), s.situation)
+    model.use_static_decoding(StaticDecoding(extra_tokens=64, capacity_multiple=64))
+    prefix = model.encode_scene(s.pixel_values, s.camera_tokens)
+    assert is_static(prefix.cache)
+    got = model.localize(prefix, s.situation)
+    torch.testing.assert_close(got.xy, expected.xy, atol=1e-5, rtol=1e-5)
+    broken = type(prefix)(prefix.cache, prefix.length, prefix.num_frames, prefix.last_hidden,
+                          prefix.ticket, None)  # fmt: skip
+    with pytest.raises(ValueError, match="encode_scene"):
+        model.localize(broken, s.situation)

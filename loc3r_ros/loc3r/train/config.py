@@ -53,8 +53,8 @@ class TrainConfig:
     log_every: int = 10
     # data
     train_episodes: int = 400
-    # training rooms are the seeds train_seed_offset .. + train_episodes: an offset gives a
-    # continued model (vlm_init) rooms it has not seen
+    # training rooms are the seeds train_seed_offset .. + train_episodes (none of them a held-out
+    # room's): an offset gives a continued model (vlm_init) rooms it has not seen
     train_seed_offset: int = 0
     eval_episodes: int = 40
     eval_seed_offset: int = 1_000_000  # held-out episodes use seeds from here

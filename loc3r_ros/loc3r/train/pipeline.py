@@ -193,13 +193,14 @@ def prepare_run(config: TrainConfig, progress: bool = True) -> Run:
         raise ValueError("render_within_s: seconds >= 0, for synthetic rooms only")
     out = Path(config.out)
     episodes_cfg = episode_config(config)
-    if config.train_seed_offset < 0 or config.train_seed_offset + config.train_episodes > (
-        config.eval_seed_offset
-    ):
-        raise ValueError("train_seed_offset: training seeds must stay below eval_seed_offset")
     start = config.train_seed_offset
     train_seeds = list(range(start, start + config.train_episodes))
     eval_seeds = [config.eval_seed_offset + i for i in range(config.eval_episodes)]
+    if start < 0 or (set(train_seeds) & set(eval_seeds) and not config.data_root):
+        raise ValueError(
+            f"train_seed_offset={start}: training rooms {start}..{start + len(train_seeds) - 1} "
+            "must be seeds >= 0 that the held-out rooms (eval_seed_offset) do not use"
+        )
     if config.vlm_init and (config.base_model_dir or config.tokenizer_dir or config.vision_init):
         raise ValueError(
             "vlm_init continues a tiny model with its own tokenizer and tower: leave "

@@ -346,7 +346,10 @@ class Loc3rVLM(nn.Module):
     def point_positions(
         self, pos_hidden: torch.Tensor, own_xy: torch.Tensor, patch_hidden: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pointer positions (N, 2) of <Pos> states (N, H), f_pos's xy, patch states (N, P, H)."""
+        """The pointer's (mixed, pointed) positions (N, 2).
+
+        pos_hidden (N, H) are <Pos> states, own_xy f_pos's positions, patch_hidden (N or 1, P, H).
+        """
         layout = self.layout_head(patch_hidden)[..., :2]
         pointed = self.position_pointer.point(pos_hidden, patch_hidden, layout)
         return self.position_pointer.mix(pos_hidden, own_xy, pointed), pointed
@@ -418,7 +421,7 @@ class Loc3rVLM(nn.Module):
         rows: torch.Tensor,
         cols: torch.Tensor,
         own_xy: torch.Tensor,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """point_positions (mixed, pointed) of the <Pos> at (rows, cols) of packed states (R, L, H).
 
         own_xy (N, 2) are f_pos's positions of the same tokens.
@@ -427,10 +430,10 @@ class Loc3rVLM(nn.Module):
         for row in rows.unique().tolist():
             chosen = (rows == row).nonzero().flatten()
             patches = states[row, (patch_at[row] >= 0).nonzero().flatten()]
+            # the row's patches once (1, P, H): keys and layout broadcast over its samples
             xy[chosen], pointed[chosen] = self.point_positions(
-                states[row, cols[chosen]], own_xy[chosen],
-                patches[None].expand(len(chosen), -1, -1),
-            )  # fmt: skip
+                states[row, cols[chosen]], own_xy[chosen], patches[None]
+            )
         return xy, pointed
 
     def forward(self, samples: list[TrainSample]) -> dict[str, torch.Tensor]:
@@ -473,6 +476,8 @@ class Loc3rVLM(nn.Module):
         states = self._continue(prefix, situation_ids, prefix.length).last_hidden_state[0]
         patches = None
         if self.position_pointer is not None:
+            if prefix.patch_positions is None or prefix.last_hidden is None:
+                raise ValueError("the position pointer needs a scene prefix from encode_scene")
             patches = prefix.last_hidden[prefix.patch_positions]
         return self.read_pose(states[-2], states[-1], patches)
 

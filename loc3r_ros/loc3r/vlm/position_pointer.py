@@ -46,7 +46,7 @@ class PositionPointer(nn.Module):
         nn.init.constant_(self.gate.bias, CLOSED_GATE_BIAS)
 
     def attention(self, pos_hidden: torch.Tensor, patch_hidden: torch.Tensor) -> torch.Tensor:
-        """(N, H) and (N, P, H) -> (N, P): where each <Pos> points among its patches."""
+        """(N, H) and (N or 1, P, H) -> (N, P): where each <Pos> points among its patches."""
         query = self.query(pos_hidden).float()[:, None]  # (N, 1, d)
         keys = self.key(patch_hidden).float()  # (N, P, d)
         return ((query * keys).sum(-1) * self.scale).softmax(-1)
@@ -57,7 +57,7 @@ class PositionPointer(nn.Module):
         """(N, 2) the pointer's own positions: the attended layout plus the offset.
 
         pos_hidden (N, H), patch_hidden (N, P, H) and patch_layout (N, P, 2) metres (detached
-        here): the patches of each sample's own scene.
+        here): the patches of each sample's own scene (a leading 1 for one scene's samples).
         """
         weights = self.attention(pos_hidden, patch_hidden)
         pointed = (weights[..., None] * patch_layout.detach().float()).sum(1)
