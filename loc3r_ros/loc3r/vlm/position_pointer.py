@@ -15,12 +15,9 @@ The gate starts almost closed (b = -3: the pointer moves a position by 4.7 % of 
 so a continued model starts close to where it was. Through the gate alone the pointer would learn
 at a twentieth of the rate and the gate would stay shut (a 2000-step run moved its bias from -3
 to -2.98), so the pointer's own position (sum_i a_i layout_i + offset) has its own loss, L_pointer
-(the same Gaussian NLL, f_pos's sigma detached), and the gate opens once it points well. With
-that loss alone its attention spread (26 % on the anchor object, against 75 % for the grounding
-head of <Pos>), so with the grounding weight on (training_aids) it is also told where the anchor
-is: -log of its attention mass on the anchor's patches (`pointer_grounding_nll`). The layout is
-detached: the position losses do not move it. f_pos's sigma is kept. It needs the layout head
-(`Loc3rVLMConfig.enable_layout_head`).
+(the same Gaussian NLL, f_pos's sigma detached), and the gate opens once it points well. The
+layout is detached: the position losses do not move it. f_pos's sigma is kept. It needs the layout
+head (`Loc3rVLMConfig.enable_layout_head`).
 """
 
 from __future__ import annotations

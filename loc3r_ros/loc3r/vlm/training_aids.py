@@ -18,9 +18,6 @@ paper's model (loc3r_vlm) whatever they are set to, and both are off by default.
   that; the loss asks the LM for it densely, where the answer's cross-entropy gives one of four
   words.
 
-With the position pointer (loc3r.vlm.position_pointer), the grounding weight also tells its
-attention where the anchor is (`pointer_grounding_nll`, there).
-
 Options the experiments tried and dropped (reading the position from the attended layout, the
 answer token grounding the situation too, other grounding layers) are in docs/experiments.md.
 """
