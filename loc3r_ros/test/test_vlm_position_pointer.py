@@ -10,15 +10,15 @@ from transformers import AutoTokenizer
 from loc3r.train.config import TrainConfig
 from loc3r.train.pipeline import continue_from
 from loc3r.vlm import Loc3rVLMConfig, LossWeights
-from loc3r.vlm.position_pointer import PositionPointer, pointer_grounding_nll
+from loc3r.vlm.position_pointer import PositionPointer
 from loc3r.vlm.tiny import build_tiny_loc3r
 from loc3r.vlm.training_aids import trace_situation
 
 
-def make_model(tokenizer_dir, pointer: bool = True, open_gate: bool = True, grounding=0.0):
+def make_model(tokenizer_dir, pointer: bool = True, open_gate: bool = True):
     torch.manual_seed(0)
     config = Loc3rVLMConfig(cam_token_dim=24, position_pointer=pointer,
-                            weights=LossWeights(grounding=grounding))  # fmt: skip
+                            weights=LossWeights(grounding=0.0))  # fmt: skip
     model = build_tiny_loc3r(AutoTokenizer.from_pretrained(str(tokenizer_dir)), config)
     if pointer and open_gate:  # a trained gate: the pointer counts
         torch.nn.init.constant_(model.position_pointer.gate.bias, 1.0)
@@ -61,32 +61,6 @@ def test_training_moves_the_pointer_and_never_the_layout_through_it(tokenizer_di
         assert grad is None or not grad.any(), name
 
 
-def test_the_pointer_is_told_where_the_anchor_is(tokenizer_dir):
-    attention = [torch.tensor([0.2, 0.3, 0.5]), torch.tensor([0.6, 0.4]), torch.tensor([1.0])]
-    on_anchor = [torch.tensor([True, False, True]), torch.tensor([False, False]),
-                 torch.tensor([True])]  # fmt: skip
-    expected = -(torch.log(torch.tensor(0.7 + 1e-6)) + torch.log(torch.tensor(1.0 + 1e-6))) / 2
-    torch.testing.assert_close(pointer_grounding_nll(attention, on_anchor), expected)
-    nothing = pointer_grounding_nll(attention[1:2], on_anchor[1:2])
-    assert float(nothing) == 0.0 and nothing.requires_grad is False  # no anchor in view
-    model = make_model(tokenizer_dir, grounding=0.5).train()
-    batch = mixed_batch()
-    parts = model.forward_train(batch)
-    assert "pointer_ground" not in make_model(tokenizer_dir).forward_train(batch)  # weight 0
-    # one situated sample alone: the loss is -log of the trace's pointer attention on its anchor
-    s = batch[0]
-    alone_loss = model.forward_train([alone(s)])["pointer_ground"]
-    trace = trace_situation(model, s.pixel_values, s.camera_tokens, s.situation)
-    mask = s.anchor_cells.reshape(-1)[trace.patch_index]
-    torch.testing.assert_close(alone_loss, -(trace.pointer_attention[mask].sum() + 1e-6).log(),
-                               atol=1e-5, rtol=1e-5)  # fmt: skip
-    parts["pointer_ground"].backward()
-    grads = {n: p.grad for n, p in model.named_parameters()}
-    assert grads["position_pointer.query.weight"].abs().sum() > 0
-    for name in ("position_pointer.offset", "position_pointer.gate"):
-        assert grads[f"{name}.weight"] is None or not grads[f"{name}.weight"].any(), name
-
-
 def test_the_pointers_own_loss_joins_the_position_loss():
     from loc3r.vlm.losses import total_loss
 
@@ -96,9 +70,6 @@ def test_the_pointers_own_loss_joins_the_position_loss():
     assert float(total_loss({**parts, "pointer": torch.tensor(0.3)}, weights)) == pytest.approx(
         float(without) + 0.5 * 0.3
     )
-    grounded = LossWeights(situation=0.5, ori=2.0, grounding=0.25)
-    both = total_loss({**parts, "pointer_ground": torch.tensor(0.8)}, grounded)
-    assert float(both) == pytest.approx(float(total_loss(parts, grounded)) + 0.25 * 0.8)
 
 
 def test_packed_rows_give_the_pointer_each_samples_own_scene(tokenizer_dir):

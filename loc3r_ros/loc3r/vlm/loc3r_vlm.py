@@ -47,7 +47,7 @@ from loc3r.vlm.losses import (
 )
 from loc3r.vlm.packing import pack_samples
 from loc3r.vlm.point_embedding import PointEmbedding
-from loc3r.vlm.position_pointer import PositionPointer, pointer_grounding_nll
+from loc3r.vlm.position_pointer import PositionPointer
 from loc3r.vlm.processor import SYSTEM_PROMPT
 from loc3r.vlm.static_decoding import StaticDecoding, check_room, forward_at, is_static, rewind
 
@@ -345,14 +345,14 @@ class Loc3rVLM(nn.Module):
 
     def point_positions(
         self, pos_hidden: torch.Tensor, own_xy: torch.Tensor, patch_hidden: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The pointer's (mixed, pointed) positions (N, 2) and its attention (N, P).
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pointer's (mixed, pointed) positions (N, 2).
 
         pos_hidden (N, H) are <Pos> states, own_xy f_pos's positions, patch_hidden (N or 1, P, H).
         """
         layout = self.layout_head(patch_hidden)[..., :2]
-        pointed, attention = self.position_pointer.point(pos_hidden, patch_hidden, layout)
-        return self.position_pointer.mix(pos_hidden, own_xy, pointed), pointed, attention
+        pointed = self.position_pointer.point(pos_hidden, patch_hidden, layout)
+        return self.position_pointer.mix(pos_hidden, own_xy, pointed), pointed
 
     # --- training ---------------------------------------------------------------------------------
     def forward_train(self, samples: list[TrainSample]) -> dict[str, torch.Tensor]:
@@ -382,14 +382,8 @@ class Loc3rVLM(nn.Module):
             xy, sigma = pos_out[:, :2], self._sigma(pos_out[:, 2:])
             target = torch.stack([samples[i].position.float() for i in situated]).to(self.device)
             if self.position_pointer is not None:
-                xy, pointed, attention = self._pointed_in_rows(
-                    states, batch.patch_at, rows, cols, xy
-                )
+                xy, pointed = self._pointed_in_rows(states, batch.patch_at, rows, cols, xy)
                 parts["pointer"] = gaussian_nll_2d(pointed, sigma.detach(), target)
-                if self.config.weights.grounding > 0:  # where the anchor is (training aid)
-                    parts["pointer_ground"] = pointer_grounding_nll(
-                        attention, self._anchor_masks(samples, situated, batch)
-                    )
             parts["pos"] = gaussian_nll_2d(xy, sigma, target)
             ori_logits = self.f_ori(states[rows, cols + 1]).float()
             yaw = torch.tensor([samples[i].yaw for i in situated], device=self.device)
@@ -428,41 +422,19 @@ class Loc3rVLM(nn.Module):
         cols: torch.Tensor,
         own_xy: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """point_positions of the <Pos> at (rows, cols) of packed states (R, L, H).
+        """point_positions (mixed, pointed) of the <Pos> at (rows, cols) of packed states (R, L, H).
 
-        own_xy (N, 2) are f_pos's positions of the same tokens. Returns the mixed and pointed
-        positions (N, 2) and each sample's attention over its row's patch tokens (N of (P,)).
+        own_xy (N, 2) are f_pos's positions of the same tokens.
         """
         xy, pointed = own_xy.clone(), own_xy.clone()
-        attention: list[torch.Tensor | None] = [None] * len(rows)
         for row in rows.unique().tolist():
             chosen = (rows == row).nonzero().flatten()
             patches = states[row, (patch_at[row] >= 0).nonzero().flatten()]
             # the row's patches once (1, P, H): keys and layout broadcast over its samples
-            xy[chosen], pointed[chosen], weights = self.point_positions(
+            xy[chosen], pointed[chosen] = self.point_positions(
                 states[row, cols[chosen]], own_xy[chosen], patches[None]
             )
-            for k, n in enumerate(chosen.tolist()):
-                attention[n] = weights[k]
-        return xy, pointed, attention
-
-    def _anchor_masks(
-        self, samples: list[TrainSample], situated: list[int], batch
-    ) -> list[torch.Tensor]:
-        """(P,) bool per situated sample: its row's patch tokens that show the anchor.
-
-        All False for a sample without anchor cells.
-        """
-        masks = []
-        for i in situated:
-            patch_at = batch.patch_at[batch.rows[i]]
-            index = patch_at[patch_at >= 0]
-            cells = samples[i].anchor_cells
-            if cells is None:
-                masks.append(torch.zeros(len(index), dtype=torch.bool, device=self.device))
-            else:
-                masks.append(cells.reshape(-1).to(self.device)[index])
-        return masks
+        return xy, pointed
 
     def forward(self, samples: list[TrainSample]) -> dict[str, torch.Tensor]:
         """Training forward (what DistributedDataParallel wraps): see forward_train."""

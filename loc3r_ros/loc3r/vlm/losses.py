@@ -114,8 +114,7 @@ def egocentric_offset(position, yaw: float, point) -> tuple[float, float]:
 def total_loss(parts: dict[str, torch.Tensor], weights: LossWeights) -> torch.Tensor:
     """L = L_CE + w_bev L_BEV + w_sit (L_pos + w_ori L_ori) + w_ground L_ground + w_ego L_ego.
 
-    With the position pointer (ours), its own position's L_pointer joins L_pos inside w_sit,
-    and its attention's grounding loss (pointer_ground) joins L_ground.
+    With the position pointer (ours), its own position's L_pointer joins L_pos inside w_sit.
 
     Absent parts count 0.
     """
@@ -124,7 +123,7 @@ def total_loss(parts: dict[str, torch.Tensor], weights: LossWeights) -> torch.Te
     bev = parts.get("bev", zero)
     situation = parts.get("pos", zero) + weights.ori * parts.get("ori", zero)
     situation = situation + parts.get("pointer", zero)  # the position pointer's own (ours)
-    ground = parts.get("ground", zero) + parts.get("pointer_ground", zero)  # (ours)
+    ground = parts.get("ground", zero)
     ego = parts.get("ego", zero)
     return (
         ce

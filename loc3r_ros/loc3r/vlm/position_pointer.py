@@ -53,16 +53,15 @@ class PositionPointer(nn.Module):
 
     def point(
         self, pos_hidden: torch.Tensor, patch_hidden: torch.Tensor, patch_layout: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The pointer's own positions (N, 2): the attended layout plus the offset; its attention.
+    ) -> torch.Tensor:
+        """(N, 2) the pointer's own positions: the attended layout plus the offset.
 
-        Returns the positions and the attention (N, P). pos_hidden (N, H), patch_hidden
-        (N, P, H) and patch_layout (N, P, 2) metres (detached here): the patches of each
-        sample's own scene (a leading 1 for one scene's samples).
+        pos_hidden (N, H), patch_hidden (N, P, H) and patch_layout (N, P, 2) metres (detached
+        here): the patches of each sample's own scene (a leading 1 for one scene's samples).
         """
         weights = self.attention(pos_hidden, patch_hidden)
         pointed = (weights[..., None] * patch_layout.detach().float()).sum(1)
-        return pointed + self.offset(pos_hidden).float(), weights
+        return pointed + self.offset(pos_hidden).float()
 
     def mix(
         self, pos_hidden: torch.Tensor, own_xy: torch.Tensor, pointed: torch.Tensor
@@ -79,21 +78,4 @@ class PositionPointer(nn.Module):
         patch_layout: torch.Tensor,
     ) -> torch.Tensor:
         """(N, 2) positions: f_pos's `own_xy` (N, 2) mixed with the pointed layout (`point`)."""
-        return self.mix(pos_hidden, own_xy, self.point(pos_hidden, patch_hidden, patch_layout)[0])
-
-
-def pointer_grounding_nll(
-    attention: list[torch.Tensor], on_anchor: list[torch.Tensor], eps: float = 1e-6
-) -> torch.Tensor:
-    """Mean -log(the pointer's attention mass on the anchor's patches), per sample (P_i,) each.
-
-    Samples whose anchor shows in no patch do not count; with none the loss is 0 (graph kept).
-    The shipped recipe's grounding weight applies (training_aids): the agent stands at the
-    anchor, so that is where the pointer should look (its position loss alone spread its
-    attention: 26 % on the anchor, docs/experiments.md).
-    """
-    masses = [(w * m.to(w.dtype)).sum() for w, m in zip(attention, on_anchor, strict=True)
-              if bool(m.any())]  # fmt: skip
-    if not masses:
-        return sum(w.sum() for w in attention) * 0.0
-    return -(torch.stack(masses) + eps).log().mean()
+        return self.mix(pos_hidden, own_xy, self.point(pos_hidden, patch_hidden, patch_layout))
