@@ -252,6 +252,43 @@ def test_two_process_gloo_matches_one_process(tmp_path, parallel):
     assert worst < 1e-4
 
 
+def test_loss_parts_are_averaged_over_the_micro_batches_that_had_them():
+    from loc3r.train.train_vlm import mean_parts
+
+    cpu = torch.device("cpu")
+    # two micro-batches; only the first had a situated sample (pos)
+    sums, counts = {"loss": 3.0, "ce": 1.0, "pos": 0.5}, {"loss": 2, "ce": 2, "pos": 1}
+    assert mean_parts(sums, counts, cpu, ddp=False) == {"loss": 1.5, "ce": 0.5, "pos": 0.5}
+    with pytest.raises(ValueError, match="not in LOSS_PARTS"):
+        mean_parts({"loss": 1.0, "made_up": 1.0}, {"loss": 1, "made_up": 1}, cpu, ddp=False)
+
+
+def _rank_reports(rank: int, port: int, out: str) -> None:
+    """A gloo rank: rank 0 had a situated sample (pos), rank 1 had none."""
+    import torch.distributed as dist
+
+    from loc3r.train.train_vlm import mean_parts
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        if rank == 0:
+            sums, counts = {"loss": 2.0, "ce": 1.0, "pos": 0.8}, {"loss": 1, "ce": 1, "pos": 1}
+        else:
+            sums, counts = {"loss": 4.0, "ce": 3.0}, {"loss": 1, "ce": 1}
+        means = mean_parts(sums, counts, torch.device("cpu"), ddp=True)
+        Path(out, f"{rank}.json").write_text(json.dumps(means))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_with_different_loss_parts_report_the_same_global_means(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_rank_reports, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    reports = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in (0, 1)]
+    assert reports[0] == reports[1] == {"loss": 3.0, "ce": 2.0, "pos": 0.8}
+
+
 def test_lora_trains_adapters_only_and_merges_into_plain_weights(tmp_path):
     from loc3r.train.train_vlm import merge_lora
     from loc3r.vlm import Loc3rVLM

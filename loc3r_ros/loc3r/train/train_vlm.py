@@ -31,8 +31,35 @@ from loc3r.train.batches import SceneBatches, batch_indices
 from loc3r.train.config import TrainConfig, lr_at, module_summary
 from loc3r.train.pipeline import prepare_run
 from loc3r.vlm import Loc3rVLM, TrainSample
+from loc3r.vlm.losses import LOSS_PARTS
 
 PACE_STEPS = 20  # with a time budget, the steps (and LR schedule) are fitted after these
+
+
+def mean_parts(
+    sums: dict[str, float], counts: dict[str, int], device: torch.device, ddp: bool
+) -> dict[str, float]:
+    """Each loss part's mean over the micro-batches (under DDP: of every rank) that reported it.
+
+    A micro-batch without a situated sample has no pos, ori or pointer part, so ranks can hold
+    different parts: each rank packs (sum, count) of every name in LOSS_PARTS, in that order,
+    and one all-reduce (on `device`: NCCL reduces CUDA tensors only) adds them up.
+    """
+    unknown = set(sums) - set(LOSS_PARTS)
+    if unknown:
+        raise ValueError(f"loss parts not in LOSS_PARTS: {sorted(unknown)}")
+    packed = torch.tensor(
+        [[sums.get(name, 0.0), counts.get(name, 0)] for name in LOSS_PARTS],
+        dtype=torch.float64 if device.type == "cpu" else torch.float32,
+        device=device,
+    )
+    if ddp:
+        dist.all_reduce(packed)
+    return {
+        name: total / count
+        for name, (total, count) in zip(LOSS_PARTS, packed.tolist(), strict=True)
+        if count > 0
+    }
 
 
 def shard_model(model: Loc3rVLM, device: torch.device) -> Loc3rVLM:
@@ -155,7 +182,8 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
-        totals: dict[str, float] = {}
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
         for micro in range(self.accumulation):
             chunk = indices[micro * config.micro_batch : (micro + 1) * config.micro_batch]
             batch = [self.samples[i] for i in chunk]
@@ -171,14 +199,12 @@ class Trainer:
                 parts = self.wrapped(batch)
                 (parts["loss"] / self.accumulation).backward()
             for key, value in parts.items():
-                totals[key] = totals.get(key, 0.0) + float(value.detach()) / self.accumulation
+                sums[key] = sums.get(key, 0.0) + float(value.detach())
+                counts[key] = counts.get(key, 0) + 1
         grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, config.grad_clip)
         self.optimizer.step()
         self.step += 1
-        if self.ddp:  # report the global mean
-            packed = torch.tensor(list(totals.values()))
-            dist.all_reduce(packed)
-            totals = dict(zip(totals, (packed / self.world).tolist(), strict=True))
+        totals = mean_parts(sums, counts, self.device, self.ddp)  # under DDP the global mean
         return {**totals, "lr": lr, "grad_norm": float(grad_norm)}
 
     def _states(self) -> tuple[dict, dict]:

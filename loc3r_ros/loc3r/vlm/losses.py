@@ -111,6 +111,11 @@ def egocentric_offset(position, yaw: float, point) -> tuple[float, float]:
     return cos * dx + sin * dy, -sin * dx + cos * dy
 
 
+# every part forward_train can report ("loss" is their weighted sum); a batch may lack some
+# (no situated sample: no pos, ori, pointer), so the trainer averages each over those that had it
+LOSS_PARTS = ("loss", "ce", "bev", "pos", "ori", "pointer", "ground", "ego")
+
+
 def total_loss(parts: dict[str, torch.Tensor], weights: LossWeights) -> torch.Tensor:
     """L = L_CE + w_bev L_BEV + w_sit (L_pos + w_ori L_ori) + w_ground L_ground + w_ego L_ego.
 
