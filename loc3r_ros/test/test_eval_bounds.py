@@ -247,6 +247,14 @@ def test_measure_reports_the_model_and_the_truth_apart(episodes_and_bundles):
         np.median(errors), abs=1e-4
     )
     assert first["position"]["f_pos"]["acc_1_0m"] == pytest.approx(np.mean(np.array(errors) < 1.0))
+    # f_pos apart on the situations with and without their anchor in view: the two make the whole
+    seen, unseen = (first["f_pos_by_view"][v] for v in ("anchor in view", "anchor out of view"))
+    assert seen["situations"] + unseen["situations"] == first["situations"] == len(errors)
+    assert seen["situations"] == round(first["anchor_in_view"] * first["situations"])
+    assert (
+        seen["acc_1_0m"] * seen["situations"] + unseen["acc_1_0m"] * unseen["situations"]
+    ) == pytest.approx(first["position"]["f_pos"]["acc_1_0m"] * len(errors))
+    assert "f_pos at 1.0 m: " in markdown(first)
     # read-outs from the truth alone do not depend on the model; those from the model do
     second = reports[1]
     assert first["position"]["anchor, true layout"] == second["position"]["anchor, true layout"]
@@ -308,6 +316,9 @@ def test_without_object_cells_the_readouts_fall_back_to_the_model_and_the_majori
     blind = [replace(e, object_cover=None) for e in episodes]  # e.g. a renderer without ids
     report = measure(bundles[0].model.vlm, blind, 56, progress=False)
     assert report["anchor_in_view"] == 0.0 and report["grounding"]["anchor_mass"] is None
+    by_view = report["f_pos_by_view"]
+    assert by_view["anchor in view"]["situations"] == 0
+    assert by_view["anchor out of view"]["acc_1_0m"] == report["position"]["f_pos"]["acc_1_0m"]
     for name in ("anchor, model layout", "anchor, true layout", "anchor first view, model layout"):
         assert report["position"][name] == report["position"]["f_pos"]
     direction = report["direction"]

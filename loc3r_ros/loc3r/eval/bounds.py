@@ -22,7 +22,8 @@ one at a time (Acc@0.5m / Acc@1.0m, SQA3D's strict thresholds, one read-out per 
 - "attended, true layout" and "anchor, true layout": the patches' true (x, y) instead;
 - "anchor's centre, truth": the anchor's true centre, in view or not: the most a read-out that
   finds the anchor but not the side of it the agent stands on can score.
-A read-out that needs the anchor falls back to f_pos when no frame shows it.
+A read-out that needs the anchor falls back to f_pos when no frame shows it; f_pos itself is
+also reported apart on the situations whose anchor some frame shows and on the others.
 
 Also: the grounding (<Pos>'s attention mass on the anchor, how often its most attended patch
 shows it; the answer token's mass on the object a direction question asks about; with the
@@ -325,6 +326,12 @@ def measure(vlm, episodes: list, image_size: int, progress: bool = True) -> dict
         "layout_median_error_m_by_frame": [
             float(np.median(by_frame[f])) if by_frame[f] else None for f in sorted(by_frame)
         ],
+        "f_pos_by_view": {  # does the position come from seeing the anchor?
+            view: _accuracy(
+                [e for e, seen in zip(errors["f_pos"], in_view, strict=True) if seen == wanted]
+            )
+            for view, wanted in (("anchor in view", True), ("anchor out of view", False))
+        },
         "position": {
             name: {
                 **{
@@ -340,6 +347,18 @@ def measure(vlm, episodes: list, image_size: int, progress: bool = True) -> dict
             "majority": directions["majority"] / asked,
             **{name: directions[name] / asked for name in DIRECTION_READOUTS},
         },
+    }
+
+
+def _accuracy(errors: list[float]) -> dict:
+    """Acc@0.5m, Acc@1.0m and the count of some situations' position errors (metres)."""
+    count = max(len(errors), 1)
+    return {
+        **{
+            name: sum(e < t for e in errors) / count
+            for name, t in zip(METRIC_NAMES, POSITION_THRESHOLDS_M, strict=False)
+        },
+        "situations": len(errors),
     }
 
 
@@ -404,6 +423,13 @@ def markdown(report: dict) -> str:
                 f"on the anchor, gate {grounding['pointer_gate']:.2f} on average.",
             ]
         ),
+        "",
+        "f_pos at 1.0 m: "
+        + "; ".join(
+            f"{_pct(row['acc_1_0m'])} with the {view} ({row['situations']} situations)"
+            for view, row in report.get("f_pos_by_view", {}).items()
+        )
+        + ".",
         "",
         f"Layout median error by frame (m): {frames}",
         "",
