@@ -307,8 +307,11 @@ def measure(vlm, episodes: list, image_size: int, progress: bool = True) -> dict
                 directions["majority"] += int(truth == FALLBACK_DIRECTION)
                 for name in DIRECTION_READOUTS:
                     directions[name] += int((said.get(name) or FALLBACK_DIRECTION) == truth)
-    count = max(len(errors["f_pos"]), 1)
     asked = max(directions["questions"], 1)
+    by_view = {  # does the position come from seeing the anchor?
+        view: [e for e, seen in zip(errors["f_pos"], in_view, strict=True) if seen == wanted]
+        for view, wanted in (("anchor in view", True), ("anchor out of view", False))
+    }
     return {
         "situations": len(errors["f_pos"]),
         "anchor_in_view": float(np.mean(in_view)) if in_view else 0.0,
@@ -326,18 +329,13 @@ def measure(vlm, episodes: list, image_size: int, progress: bool = True) -> dict
         "layout_median_error_m_by_frame": [
             float(np.median(by_frame[f])) if by_frame[f] else None for f in sorted(by_frame)
         ],
-        "f_pos_by_view": {  # does the position come from seeing the anchor?
-            view: _accuracy(
-                [e for e, seen in zip(errors["f_pos"], in_view, strict=True) if seen == wanted]
-            )
-            for view, wanted in (("anchor in view", True), ("anchor out of view", False))
+        "f_pos_by_view": {
+            view: {**_accuracy(chosen), "situations": len(chosen)}
+            for view, chosen in by_view.items()
         },
         "position": {
             name: {
-                **{
-                    name: sum(e < t for e in values) / count
-                    for name, t in zip(METRIC_NAMES, POSITION_THRESHOLDS_M, strict=False)
-                },
+                **_accuracy(values),
                 "median_error_m": float(np.median(values)) if values else None,
             }
             for name, values in errors.items()
@@ -350,15 +348,12 @@ def measure(vlm, episodes: list, image_size: int, progress: bool = True) -> dict
     }
 
 
-def _accuracy(errors: list[float]) -> dict:
-    """Acc@0.5m, Acc@1.0m and the count of some situations' position errors (metres)."""
+def _accuracy(errors: list[float]) -> dict[str, float]:
+    """Acc@0.5m and Acc@1.0m of some situations' position errors (metres); 0 without any."""
     count = max(len(errors), 1)
     return {
-        **{
-            name: sum(e < t for e in errors) / count
-            for name, t in zip(METRIC_NAMES, POSITION_THRESHOLDS_M, strict=False)
-        },
-        "situations": len(errors),
+        name: sum(e < t for e in errors) / count
+        for name, t in zip(METRIC_NAMES, POSITION_THRESHOLDS_M, strict=False)
     }
 
 
@@ -427,7 +422,7 @@ def markdown(report: dict) -> str:
         "f_pos at 1.0 m: "
         + "; ".join(
             f"{_pct(row['acc_1_0m'])} with the {view} ({row['situations']} situations)"
-            for view, row in report.get("f_pos_by_view", {}).items()
+            for view, row in report["f_pos_by_view"].items()
         )
         + ".",
         "",

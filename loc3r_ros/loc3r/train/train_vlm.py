@@ -50,7 +50,7 @@ def mean_parts(
         raise ValueError(f"loss parts not in LOSS_PARTS: {sorted(unknown)}")
     packed = torch.tensor(
         [[sums.get(name, 0.0), counts.get(name, 0)] for name in LOSS_PARTS],
-        dtype=torch.float64 if device.type == "cpu" else torch.float32,
+        dtype=torch.float64,
         device=device,
     )
     if ddp:
