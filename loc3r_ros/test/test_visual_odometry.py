@@ -88,6 +88,36 @@ def test_room_scans_see_the_whole_room_and_their_frames_still_overlap():
     assert np.median(errors[:, 0]) <= 0.35 and np.median(errors[:, 1]) <= 5.0
 
 
+def test_room_scans_render_evenly_spaced_steps_of_one_scan_whatever_the_frame_count():
+    """Fewer frames sample the same room scan (they do not see less of the room)."""
+    from loc3r.scenes.episode import ROOM_SCAN_STEPS, camera_walk
+
+    def walk(seed: int, frames: int) -> list[np.ndarray]:
+        room = generate_room(seed)
+        config = EpisodeConfig(frames=frames, walk="room_scan")
+        return camera_walk(room, config, np.random.default_rng(seed))
+
+    for seed in range(5):
+        video = walk(seed, ROOM_SCAN_STEPS)
+        for frames in (1, 2, 16):
+            picked = np.linspace(0, ROOM_SCAN_STEPS - 1, frames).round().astype(int)
+            sampled = walk(seed, frames)
+            assert len(sampled) == frames
+            assert all(np.array_equal(video[i], p) for i, p in zip(picked, sampled, strict=True))
+        longer = walk(seed, ROOM_SCAN_STEPS + 8)  # more frames than steps: every step rendered
+        assert len(longer) == ROOM_SCAN_STEPS + 8
+    # so 16 frames turn as far as the scan does; a plain scan of 16 frames turns less
+    turned = {}
+    for walk_name in ("room_scan", "scan"):
+        totals = []
+        for seed in range(20):
+            episode = make_episode(seed, EpisodeConfig(frames=16, image_size=16, walk=walk_name))
+            headings = [math.atan2(f.pose_c2w[1, 2], f.pose_c2w[0, 2]) for f in episode.frames]
+            totals.append(abs(float(np.degrees(np.angle(np.exp(1j * np.diff(headings))).sum()))))
+        turned[walk_name] = float(np.median(totals))
+    assert turned["room_scan"] >= 200.0 and turned["room_scan"] > turned["scan"] + 50.0
+
+
 def test_textured_surfaces_look_the_same_from_every_view():
     room = generate_room(5)
     look = make_look(room, 5)

@@ -21,6 +21,7 @@ from loc3r.scenes.world import Room, free_floor_points, generate_room
 
 LOOKS = ("flat", "textured")
 WALKS = ("sweep", "scan", "room_scan")
+ROOM_SCAN_STEPS = 24  # a room scan is a video of at least this many steps; frames sample it
 
 
 @dataclass
@@ -36,9 +37,11 @@ class EpisodeConfig:
     situations: int = 4  # situations per episode (each with several questions)
     look: str = "flat"  # "flat": plain colours; "textured": wallpaper, wood, pictures (textures.py)
     walk: str = "sweep"  # "sweep": one turn left over the walk; "scan": a smooth scan (scan_walk)
-    # turning 72-216 degrees; "room_scan": the same scan turning 270-400 degrees, so it sees the
-    # whole room as a ScanNet scan does (with frames >= 24 consecutive frames still overlap)
-    max_turn_deg: float = 15.0  # scan walks: at most this much turning between frames
+    # turning 72-216 degrees; "room_scan": the same scan turning 270-400 degrees over a video of
+    # max(frames, ROOM_SCAN_STEPS) steps, of which `frames` evenly spaced ones are rendered (as
+    # the paper samples 32 frames of a ScanNet scan and the node's keyframes span the stream):
+    # it sees most of the room whatever the frame count
+    max_turn_deg: float = 15.0  # scan walks: at most this much turning between video steps
 
     def __post_init__(self) -> None:
         if self.look not in LOOKS:
@@ -97,11 +100,14 @@ def sweep_walk(room: Room, config: EpisodeConfig, rng: np.random.Generator) -> l
 def scan_walk(room: Room, config: EpisodeConfig, rng: np.random.Generator) -> list[np.ndarray]:
     """A hand-held scan: smooth turns either way, pauses, a step back, a look around.
 
-    Consecutive frames overlap as in a scan video: the heading changes by at most
-    `config.max_turn_deg` between frames, pitch and roll drift smoothly, and the camera moves at
+    Consecutive steps overlap as in a scan video: the heading changes by at most
+    `config.max_turn_deg` between steps, pitch and roll drift smoothly, and the camera moves at
     walking pace between waypoints on free floor (sometimes it stops, sometimes it backs up).
+    A "scan" renders every step; a "room_scan" is a video of at least `ROOM_SCAN_STEPS` steps
+    and renders `config.frames` evenly spaced ones (consecutive frames then differ by up to
+    `max_turn_deg` times the spacing).
     """
-    count = config.frames
+    count = max(config.frames, ROOM_SCAN_STEPS) if config.walk == "room_scan" else config.frames
     waypoints = free_floor_points(room, rng, int(rng.integers(2, 4)), clearance=0.45)
     if len(waypoints) < 2:
         waypoints = np.array([[room.width / 2, room.depth / 2]] * 2)
@@ -131,10 +137,12 @@ def scan_walk(room: Room, config: EpisodeConfig, rng: np.random.Generator) -> li
     pitch = np.clip(np.mean(config.pitch_deg) + drift[:, 0], *config.pitch_deg)
     roll = np.clip(drift[:, 1] * 0.5, -config.roll_deg, config.roll_deg)
     height = rng.uniform(*config.camera_height) + np.cumsum(rng.normal(0.0, 0.005, count))
-    return [
+    poses = [
         camera_pose(np.array([x, y, h]), a, math.radians(p), math.radians(r))
         for (x, y), h, a, p, r in zip(positions, height, yaw, pitch, roll, strict=True)
     ]
+    rendered = np.linspace(0, count - 1, config.frames).round().astype(int)
+    return [poses[i] for i in rendered]
 
 
 def make_episode(seed: int, config: EpisodeConfig | None = None) -> Episode:
