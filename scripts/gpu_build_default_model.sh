@@ -3,8 +3,8 @@
 # scripts/gpu_build_default_model.sh`, timeout_s 600). The recipe: textured rooms, room scans
 # (scan videos of at least 24 steps that see most of the room, 16 evenly spaced frames of them per
 # query: the situation's anchor is in view in 92 % of situations, 97 % at FRAMES=32, the paper's
-# count and what the CPU runs could not afford; docs/experiments.md, b15 and b16), the
-# geometric pose source stated in the camera tokens with each patch's 3D point (--point_embedding: at equal
+# count and what the CPU runs could not afford; docs/experiments.md, b15 and b16), the geometric
+# pose source stated in the camera tokens with each patch's 3D point (--point_embedding: at equal
 # steps on 2 CPU cores it doubled the attention on the situation's anchor, docs/experiments.md;
 # POINT_EMBEDDING=False for the poses alone), data rendered on all cores, the vision
 # tower and the VLM trained on the GPU (bf16 autocast), the shipped tiny CUT3R reused (it only

@@ -37,6 +37,12 @@ def _odometry(frames, order) -> dict[int, np.ndarray]:
     return {i: odometry.add(frames[i].rgb, DepthMap(frames[i].depth)).pose_c2w for i in order}
 
 
+def _heading_steps(episode) -> np.ndarray:
+    """Degrees the camera's heading turns between consecutive frames (signed)."""
+    headings = [math.atan2(f.pose_c2w[1, 2], f.pose_c2w[0, 2]) for f in episode.frames]
+    return np.degrees(np.angle(np.exp(1j * np.diff(headings))))
+
+
 @pytest.fixture(scope="module")
 def scan_episodes():
     return [make_episode(seed, SCAN) for seed in HELD_OUT]
@@ -67,11 +73,9 @@ def test_room_scans_see_the_whole_room_and_their_frames_still_overlap():
         out = []
         for seed in range(20):
             config = EpisodeConfig(frames=24, image_size=16, walk=walk)
-            episode = make_episode(seed, config)
-            headings = [math.atan2(f.pose_c2w[1, 2], f.pose_c2w[0, 2]) for f in episode.frames]
-            steps = np.angle(np.exp(1j * np.diff(headings)))
-            assert np.degrees(np.abs(steps)).max() <= config.max_turn_deg + 1.0
-            out.append(abs(float(np.degrees(steps.sum()))))
+            steps = _heading_steps(make_episode(seed, config))
+            assert np.abs(steps).max() <= config.max_turn_deg + 1.0
+            out.append(abs(float(steps.sum())))
         return out
 
     room, scan = turns("room_scan"), turns("scan")
@@ -112,8 +116,7 @@ def test_room_scans_render_evenly_spaced_steps_of_one_scan_whatever_the_frame_co
         totals = []
         for seed in range(20):
             episode = make_episode(seed, EpisodeConfig(frames=16, image_size=16, walk=walk_name))
-            headings = [math.atan2(f.pose_c2w[1, 2], f.pose_c2w[0, 2]) for f in episode.frames]
-            totals.append(abs(float(np.degrees(np.angle(np.exp(1j * np.diff(headings))).sum()))))
+            totals.append(abs(float(_heading_steps(episode).sum())))
         turned[walk_name] = float(np.median(totals))
     assert turned["room_scan"] >= 200.0 and turned["room_scan"] > turned["scan"] + 50.0
 

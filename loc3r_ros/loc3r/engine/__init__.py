@@ -1,6 +1,12 @@
 """Scene engine: frame intake, perception, scene memory and situated queries."""
 
-from loc3r.engine.frame_buffer import Keyframe, KeyframeBuffer, KeyframeConfig, validate_image
+from loc3r.engine.frame_buffer import (
+    Keyframe,
+    KeyframeBuffer,
+    KeyframeConfig,
+    sample_uniform,
+    validate_image,
+)
 from loc3r.engine.scene_engine import (
     DEFAULT_SITUATION,
     AgentPose,
@@ -8,7 +14,6 @@ from loc3r.engine.scene_engine import (
     QueryResult,
     SceneEngine,
     SituatedModel,
-    sample_uniform,
 )
 
 __all__ = [

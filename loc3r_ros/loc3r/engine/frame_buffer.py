@@ -62,6 +62,16 @@ class Keyframe:
     perception: object | None = None  # filled by the perception worker (CUT3R output)
 
 
+def sample_uniform(count: int, available: int) -> list[int]:
+    """`count` indices spread uniformly over range(available), first and last included.
+
+    How a query picks its frames from the keyframes (and a synthetic room scan its frames).
+    """
+    if available <= count:
+        return list(range(available))
+    return sorted(set(np.linspace(0, available - 1, count).round().astype(int).tolist()))
+
+
 def validate_image(image: np.ndarray, min_side: int = 16) -> np.ndarray:
     """Check an RGB frame: (H, W, 3) uint8 with H, W >= min_side. Returns it contiguous."""
     if not isinstance(image, np.ndarray):

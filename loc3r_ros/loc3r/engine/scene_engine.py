@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from loc3r.engine.domain import DomainVerdict
-from loc3r.engine.frame_buffer import Keyframe, KeyframeBuffer, KeyframeConfig
+from loc3r.engine.frame_buffer import Keyframe, KeyframeBuffer, KeyframeConfig, sample_uniform
 from loc3r.engine.perception import Perception, PerceptionConfig, PerceptionWorker
 from loc3r.engine.scene_frame import SceneView
 from loc3r.engine.scene_geometry import KeyframeGeometry, SceneGeometry
@@ -143,13 +143,6 @@ class SituatedModel(Protocol):
     def domain(self, scene: object) -> DomainVerdict | None:
         """Whether the encoded frames look like the training data (None: no domain model)."""
         ...
-
-
-def sample_uniform(count: int, available: int) -> list[int]:
-    """`count` indices spread uniformly over range(available), first and last included."""
-    if available <= count:
-        return list(range(available))
-    return sorted(set(np.linspace(0, available - 1, count).round().astype(int).tolist()))
 
 
 @dataclass

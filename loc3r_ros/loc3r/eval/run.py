@@ -130,8 +130,8 @@ def predict_dataset(args: argparse.Namespace) -> list[EvalCase]:
     from tqdm import tqdm
 
     from loc3r.datasets.format import read_annotations, read_scene
+    from loc3r.engine.frame_buffer import sample_uniform
     from loc3r.engine.models import load_bundle
-    from loc3r.engine.scene_engine import sample_uniform
 
     annotations = read_annotations(args.data, args.split)
     bundle = load_bundle(args.model or None, args.device)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from loc3r.engine.frame_buffer import sample_uniform
 from loc3r.engine.scene_frame import SceneFrame, bev_frame
 from loc3r.scenes.render import Frame, camera_pose, intrinsics, render
 from loc3r.scenes.situations import QARecord, make_questions, make_situation
@@ -141,8 +142,7 @@ def scan_walk(room: Room, config: EpisodeConfig, rng: np.random.Generator) -> li
         camera_pose(np.array([x, y, h]), a, math.radians(p), math.radians(r))
         for (x, y), h, a, p, r in zip(positions, height, yaw, pitch, roll, strict=True)
     ]
-    rendered = np.linspace(0, count - 1, config.frames).round().astype(int)
-    return [poses[i] for i in rendered]
+    return [poses[i] for i in sample_uniform(config.frames, count)]  # the engine's query rule
 
 
 def make_episode(seed: int, config: EpisodeConfig | None = None) -> Episode:

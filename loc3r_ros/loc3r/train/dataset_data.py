@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from loc3r.datasets.format import DatasetError, read_annotations, read_scene
-from loc3r.engine.scene_engine import sample_uniform
+from loc3r.engine.frame_buffer import sample_uniform
 from loc3r.scenes import bev_targets
 from loc3r.scenes.situations import QARecord
 from loc3r.train.synthetic_data import EpisodeData
