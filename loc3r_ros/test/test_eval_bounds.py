@@ -17,6 +17,7 @@ from loc3r.eval.bounds import (
     POSITION_READOUTS,
     attention_of,
     direction_by_geometry,
+    direction_from_pose,
     input_point_readouts,
     input_points,
     main,
@@ -75,6 +76,26 @@ def test_direction_by_geometry_stands_at_the_anchor_facing_the_target(point, exp
     assert direction_by_geometry(anchor.double(), target.double(), soft, layout) is not None
     assert direction_by_geometry(anchor, target, torch.zeros(4), layout) is None
     assert direction_by_geometry(anchor, anchor, obj, layout) is None
+
+
+@pytest.mark.parametrize(
+    ("point", "expected"),
+    [
+        ((1.0, 3.0), "in front"),
+        ((-1.0, 1.2), "left"),
+        ((3.0, 0.8), "right"),
+        ((1.2, -2.0), "behind"),
+    ],
+)
+def test_direction_from_pose_reads_the_object_in_the_agents_frame(point, expected):
+    # an agent at (1, 1) facing +y (yaw 90°); the object is the weighted mean of its two patches
+    layout = torch.tensor([[9.0, 9.0], list(point), list(point)], dtype=torch.float64)
+    obj = torch.tensor([0.0, 0.3, 0.7])
+    assert direction_from_pose([1.0, 1.0], math.pi / 2, obj, layout) == expected
+    assert direction_from_pose([1.0, 1.0], math.pi / 2, obj.bool(), layout) == expected
+    # out of view (no cells, or no weight): no answer
+    assert direction_from_pose([1.0, 1.0], 0.0, None, layout) is None
+    assert direction_from_pose([1.0, 1.0], 0.0, torch.zeros(3), layout) is None
 
 
 def test_position_readouts_swap_grounding_and_layout_one_at_a_time():
@@ -325,3 +346,5 @@ def test_without_object_cells_the_readouts_fall_back_to_the_model_and_the_majori
     assert direction["majority"] > 0.0  # some answers are "in front": the fallback scores them
     assert direction["true grounding, true layout"] == direction["majority"]
     assert direction["true grounding, model layout"] == direction["majority"]
+    for pose in ("model pose", "true pose"):  # no object cells: the majority's answer
+        assert direction[f"{pose}, true object"] == direction["majority"]

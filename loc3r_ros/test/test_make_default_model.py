@@ -57,15 +57,19 @@ def test_a_lora_run_ships_a_bundle_with_the_adapters_merged(tmp_path):
 
 
 def test_ablation_table(tmp_path, capsys):
-    assert ablation.main([f"--out={tmp_path}", *TOY]) == 0
+    # the shipped recipe's camera prior: geometric poses and points, the point embedding and
+    # the position pointer (which the variants without camera tokens cannot have)
+    recipe = ["--camera_prior=geometric", "--point_embedding=True", "--position_pointer=True"]
+    assert ablation.main([f"--out={tmp_path}", *TOY, *recipe]) == 0
     table = (tmp_path / "ablation.md").read_text()
     for row in ("situation only", "+ layout", "+ camera prior", "random", "majority"):
         assert f"| {row} |" in table
     summary = json.loads((tmp_path / "ablation.json").read_text())
-    assert [r["changes"] for r in summary["rows"]][:2] == [
-        {"use_camera_tokens": False, "layout_weight": 0.0},
-        {"use_camera_tokens": False},
-    ]
+    changes = [r["changes"] for r in summary["rows"]]
+    assert [c["use_camera_tokens"] for c in changes[:2]] == [False, False]
+    assert [c.get("layout_weight") for c in changes] == [0.0, None, None]
+    assert [c["point_embedding"] for c in changes[:2]] == [False, False]
+    assert "point_embedding" not in changes[2] and "use_camera_tokens" not in changes[2]
     assert "steps per variant" in capsys.readouterr().out
 
 

@@ -31,7 +31,10 @@ position pointer, its attention mass on the anchor and its mean gate), the layou
 head's median error per frame, and the direction questions answered by geometry from the
 patches (standing at the anchor, facing the faced object; "in front", the majority answer, when
 one of the three objects is out of view), with the model's grounding and layout, then the true
-ones: what an LM reasoning perfectly over what the model grounds and lays out would score.
+ones: what an LM reasoning perfectly over what the model grounds and lays out would score. And
+from a pose, the model's own (f_pos, f_ori) or the true one, with the object asked about found
+by the answer token's attention or by its true patches, over the model's layout: which of the
+pose and the grounding a direction answer loses.
 """
 
 from __future__ import annotations
@@ -76,6 +79,10 @@ DIRECTION_READOUTS = (
     "model grounding, model layout",
     "true grounding, model layout",
     "true grounding, true layout",
+    "model pose, model grounding",
+    "model pose, true object",
+    "true pose, model grounding",
+    "true pose, true object",
 )
 FALLBACK_DIRECTION = "in front"
 # "attention near its peak": the attended patches whose layout lies this close to the most
@@ -179,6 +186,17 @@ def direction_by_geometry(
         return None
     yaw = math.atan2(facing[1] - at[1], facing[0] - at[0])
     return relative_direction(at, yaw, point)
+
+
+def direction_from_pose(
+    position, yaw: float, obj: torch.Tensor | None, layout: torch.Tensor
+) -> str | None:
+    """Where `obj` (P,) patch weights, over the (P, 2) layout, is for an agent at (position, yaw).
+
+    None when the object has no weight (out of view).
+    """
+    point = None if obj is None else weighted_point(obj.double(), layout)
+    return None if point is None else relative_direction(position, yaw, point.tolist())
 
 
 def input_point_readouts(
@@ -370,6 +388,11 @@ def _directions(vlm, episode, record, pixels: torch.Tensor) -> tuple[dict, float
     attended = [attention_of(trace, name) for name in GROUNDING_OF]
     cells = [_cells(episode, record, key, trace.patch_index) for key in DIRECTION_OBJECTS]
     answers = {"model grounding, model layout": direction_by_geometry(*attended, trace.layout)}
+    poses = {"model pose": (trace.pose.xy.tolist(), trace.pose.yaw),
+             "true pose": (list(record.position), record.yaw)}  # fmt: skip
+    for name, (position, yaw) in poses.items():
+        for grounding, obj in (("model grounding", attended[2]), ("true object", cells[2])):
+            answers[f"{name}, {grounding}"] = direction_from_pose(position, yaw, obj, trace.layout)
     if any(c is None for c in cells):
         return answers, None, 0.0
     answers["true grounding, model layout"] = direction_by_geometry(*cells, trace.layout)
