@@ -2,12 +2,14 @@
 
     python bench/bench_pose_source.py                        # 40 room scans, 16 frames, 224 px
     python bench/bench_pose_source.py --seeds 7800000:7800040 --frames 16 --size 224
+    python bench/bench_pose_source.py --stream-video   # the whole 24-step video, as the node
 
 Streams each room's frames through the bundle's perception (`run_fresh`, as `loc3r eval` does)
 twice: with the focal length it reads off CUT3R's pointmap, and with the renderer's true
 intrinsics given (what a calibrated camera's CameraInfo gives the node). Prints one JSON line:
 the median and 90th-percentile position (m) and rotation (deg) errors of frames 2.. relative to
-the first, for each, measured in this run.
+the first, for each, measured in this run. With `--stream-video` the pose source sees every
+step of each room scan's video (as the node's sees every keyframe) and the frames are scored.
 """
 
 from __future__ import annotations
@@ -35,14 +37,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=224, help="render size, pixels")
     parser.add_argument("--look", default="textured")
     parser.add_argument("--walk", default="room_scan")
+    parser.add_argument("--stream-video", action="store_true", help="stream every video step")
     args = parser.parse_args(argv)
     bundle = load_bundle(args.model or None)
     perception = bundle.perception
-    config = EpisodeConfig(frames=args.frames, image_size=args.size, look=args.look, walk=args.walk)
+    config = EpisodeConfig(frames=args.frames, image_size=args.size, look=args.look,
+                           walk=args.walk, stream_video=args.stream_video)  # fmt: skip
     errors: dict[str, list[np.ndarray]] = {"estimated_focal": [], "true_intrinsics": []}
     for seed in parse_seeds(args.seeds):
         episode = make_episode(seed, config)
-        images = [f.rgb for f in episode.frames]
+        images = [f.rgb for f in episode.frames] if episode.video is None else episode.video
+        steps = episode.query_steps or list(range(len(images)))
         truth = [f.pose_c2w for f in episode.frames]
         K = episode.frames[0].K  # noqa: N806
         for name, intrinsics in (
@@ -51,12 +56,14 @@ def main(argv: list[str] | None = None) -> int:
         ):
             perception.set_intrinsics(intrinsics, None if intrinsics is None else (args.size,) * 2)
             found = perception.run_fresh(images)
-            errors[name].append(relative_pose_errors([p.pose_c2w for p in found], truth))
+            poses = [found[i].pose_c2w for i in steps]
+            errors[name].append(relative_pose_errors(poses, truth))
     report = {
         "pose_source": perception.config.pose_source,
         "rooms": len(errors["estimated_focal"]),
         "frames": args.frames,
         "size": args.size,
+        "stream_video": args.stream_video,
         **{name: pose_error_summary(values) for name, values in errors.items()},
     }
     print(json.dumps(report))

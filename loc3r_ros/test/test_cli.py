@@ -68,7 +68,8 @@ def test_eval_scene_options_default_to_the_models_training_rooms(tmp_path):
     from types import SimpleNamespace
 
     from loc3r.cli import build_parser
-    from loc3r.eval.run import scenes_like_training
+    from loc3r.eval.run import scene_config, scenes_like_training
+    from loc3r.scenes import EpisodeConfig
 
     spec = {
         "format": "loc3r_bundle",
@@ -91,6 +92,11 @@ def test_eval_scene_options_default_to_the_models_training_rooms(tmp_path):
     scenes_like_training(given, bundle)
     assert (given.look, given.walk, given.render_size, given.image_size) == (
         "textured", "scan", 128, 112)  # fmt: skip
+    # the rooms they give; --stream-video streams every step of the video (EpisodeConfig)
+    assert scene_config(args, 16) == EpisodeConfig(
+        frames=16, image_size=224, look="textured", walk="room_scan")  # fmt: skip
+    streamed = build_parser().parse_args(["eval", "--model", str(tmp_path), "--stream-video"])
+    assert scene_config(scenes_like_training(streamed, bundle), 8).stream_video
     del spec["training_scenes"]  # an older bundle: flat sweeps at the model's size
     (tmp_path / "bundle.json").write_text(json.dumps(spec))
     old = scenes_like_training(build_parser().parse_args(["eval", "--model", str(tmp_path)]),

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -455,3 +456,45 @@ def test_oracle_camera_prior_needs_synthetic_rooms(tmp_path):
     config = TrainConfig(out=str(tmp_path), data_root=str(tmp_path), camera_prior="oracle")
     with pytest.raises(ValueError, match="synthetic rooms"):
         prepare_run(config, progress=False)
+
+
+def test_streamed_video_episodes_keep_their_frames_and_perceive_every_step():
+    """stream_video: CUT3R and the pose source see the whole room scan, the VLM its frames."""
+    from types import SimpleNamespace
+
+    from loc3r.engine.frame_buffer import sample_uniform
+    from loc3r.scenes import EpisodeConfig, make_episode
+    from loc3r.scenes.episode import ROOM_SCAN_STEPS
+    from loc3r.train.synthetic_data import build_episodes
+
+    config = EpisodeConfig(frames=4, image_size=32, situations=2, walk="room_scan")
+    streamed = replace(config, stream_video=True)
+    plain, video = make_episode(7, config), make_episode(7, streamed)
+    assert plain.video is None and plain.query_steps is None
+    assert len(video.video) == ROOM_SCAN_STEPS
+    assert video.query_steps == sample_uniform(4, ROOM_SCAN_STEPS) == [0, 8, 15, 23]
+    for a, b, step in zip(plain.frames, video.frames, video.query_steps, strict=True):
+        assert np.array_equal(a.rgb, b.rgb) and np.array_equal(a.pose_c2w, b.pose_c2w)
+        assert np.array_equal(video.video[step], b.rgb)
+    assert [(r.situation, r.question, r.answers, r.position) for r in plain.records] == [
+        (r.situation, r.question, r.answers, r.position) for r in video.records
+    ]
+    # a walk that renders every step streams exactly its frames
+    sweep = make_episode(7, replace(streamed, walk="sweep"))
+    assert sweep.query_steps == [0, 1, 2, 3] and len(sweep.video) == 4
+
+    streams = []
+
+    def run_fresh(images):  # a perception stub: each image's token is its place in the stream
+        streams.append(len(images))
+        return [SimpleNamespace(camera_token=torch.tensor([float(i)]), pose_c2w=np.eye(4))
+                for i in range(len(images))]  # fmt: skip
+
+    stub = SimpleNamespace(run_fresh=run_fresh)
+    (data,) = build_episodes([7], streamed, stub, grid=2, progress=False)
+    (kept,) = build_episodes([7], config, stub, grid=2, progress=False)
+    assert streams == [ROOM_SCAN_STEPS, 4]
+    assert data.camera_tokens.flatten().tolist() == [0.0, 8.0, 15.0, 23.0]
+    assert kept.camera_tokens.flatten().tolist() == [0.0, 1.0, 2.0, 3.0]
+    assert data.frames.shape == kept.frames.shape  # the VLM sees the same four frames
+    np.testing.assert_array_equal(data.frames, kept.frames)

@@ -479,9 +479,9 @@ def main(argv: list[str] | None = None) -> int:
         DEFAULT_HELD_OUT,
         add_scene_arguments,
         parse_seeds,
+        scene_config,
         scenes_like_training,
     )
-    from loc3r.scenes import EpisodeConfig
     from loc3r.train.synthetic_data import CAMERA_PRIORS, build_episodes
 
     parser = argparse.ArgumentParser(
@@ -511,9 +511,7 @@ def main(argv: list[str] | None = None) -> int:
     scenes_like_training(args, bundle)
     vlm = bundle.model.vlm
     grid = math.ceil((bundle.model.image_size // 14) / 2)
-    config = EpisodeConfig(frames=args.frames or bundle.num_query_frames,
-                           image_size=args.render_size or args.image_size, look=args.look,
-                           walk=args.walk)  # fmt: skip
+    config = scene_config(args, args.frames or bundle.num_query_frames)
     episodes = build_episodes(
         seeds, config, bundle.perception, grid, progress=not args.no_progress,
         camera_prior=args.camera_prior, image_size=args.image_size,

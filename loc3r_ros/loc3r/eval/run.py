@@ -57,6 +57,10 @@ def add_scene_arguments(parser: argparse.ArgumentParser) -> None:
                         "model's)")  # fmt: skip
     parser.add_argument("--render-size", type=int, default=0, help="rendered frame size (default: "
                         "the model's training rooms', else --image-size)")  # fmt: skip
+    parser.add_argument("--stream-video", action="store_true", help="stream every step of a "
+                        "room scan's video through CUT3R and the pose source, as the node streams "
+                        "every keyframe; the model sees the sampled frames (default: only "
+                        "those)")  # fmt: skip
 
 
 def scenes_like_training(args: argparse.Namespace, bundle) -> argparse.Namespace:
@@ -74,6 +78,19 @@ def scenes_like_training(args: argparse.Namespace, bundle) -> argparse.Namespace
     args.walk = args.walk or trained.get("walk", "sweep")
     args.render_size = args.render_size or trained.get("render_size", 0)
     return args
+
+
+def scene_config(args: argparse.Namespace, frames: int):
+    """The EpisodeConfig of held-out rooms from the scene options (after scenes_like_training)."""
+    from loc3r.scenes import EpisodeConfig
+
+    return EpisodeConfig(
+        frames=frames,
+        image_size=args.render_size or args.image_size,
+        look=args.look,
+        walk=args.walk,
+        stream_video=args.stream_video,
+    )
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -94,7 +111,6 @@ def parse_seeds(text: str) -> list[int]:
 def predict_synthetic(args: argparse.Namespace) -> list[EvalCase]:
     """Run a model bundle on held-out synthetic episodes."""
     from loc3r.engine.models import load_bundle
-    from loc3r.scenes import EpisodeConfig
     from loc3r.train.pipeline import predict_cases
     from loc3r.train.synthetic_data import build_episodes, pose_error_summary
 
@@ -104,8 +120,7 @@ def predict_synthetic(args: argparse.Namespace) -> list[EvalCase]:
     vlm = bundle.model.vlm
     frames = args.frames or bundle.num_query_frames
     grid = math.ceil((bundle.model.image_size // 14) / 2)
-    config = EpisodeConfig(frames=frames, image_size=args.render_size or args.image_size,
-                           look=args.look, walk=args.walk)  # fmt: skip
+    config = scene_config(args, frames)
     episodes = build_episodes(
         parse_seeds(args.seeds), config, bundle.perception, grid,
         progress=not args.no_progress, image_size=args.image_size,

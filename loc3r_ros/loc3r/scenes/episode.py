@@ -37,12 +37,16 @@ class EpisodeConfig:
     roll_deg: float = 3.0  # max |roll|
     situations: int = 4  # situations per episode (each with several questions)
     look: str = "flat"  # "flat": plain colours; "textured": wallpaper, wood, pictures (textures.py)
-    walk: str = "sweep"  # "sweep": one turn left over the walk; "scan": a smooth scan (scan_walk)
+    walk: str = "sweep"  # "sweep": one turn left over the walk; "scan": a smooth scan (scan_video)
     # turning 72-216 degrees; "room_scan": the same scan turning 270-400 degrees over a video of
     # max(frames, ROOM_SCAN_STEPS) steps, of which `frames` evenly spaced ones are rendered (as
     # the paper samples 32 frames of a ScanNet scan and the node's keyframes span the stream):
     # it sees most of the room whatever the frame count
     max_turn_deg: float = 15.0  # scan walks: at most this much turning between video steps
+    # True: every step of the walk's video is rendered as well (Episode.video), for the camera
+    # poses to come from the whole stream, as the node's pose source sees every keyframe and the
+    # query samples them; the frames, the questions and the room are those of False
+    stream_video: bool = False
 
     def __post_init__(self) -> None:
         if self.look not in LOOKS:
@@ -63,20 +67,35 @@ class Episode:
     frame: SceneFrame  # BEV frame (from the first camera and true gravity)
     records: list[QARecord] = field(default_factory=list)  # positions/yaws in BEV
     look: RoomLook | None = None  # None: flat colours
+    # with EpisodeConfig.stream_video: every step's RGB image, and the step of each frame
+    video: list[np.ndarray] | None = None
+    query_steps: list[int] | None = None
 
 
 def camera_walk(room: Room, config: EpisodeConfig, rng: np.random.Generator) -> list[np.ndarray]:
     """Camera-to-world poses of the configured walk (`config.walk`)."""
+    poses, steps = walk_video(room, config, rng)
+    return [poses[i] for i in steps]
+
+
+def walk_video(
+    room: Room, config: EpisodeConfig, rng: np.random.Generator
+) -> tuple[list[np.ndarray], list[int]]:
+    """Every step of the configured walk's video, and the steps its frames are (increasing).
+
+    A room scan's video has more steps than frames; the other walks render every step.
+    """
     if config.walk in ("scan", "room_scan"):
-        return scan_walk(room, config, rng)
-    return sweep_walk(room, config, rng)
+        return scan_video(room, config, rng)
+    poses = sweep_walk(room, config, rng)
+    return poses, list(range(len(poses)))
 
 
 def sweep_walk(room: Room, config: EpisodeConfig, rng: np.random.Generator) -> list[np.ndarray]:
     """Waypoints on free floor, turning 270-400 degrees left over the walk, a new pitch per frame.
 
     The embedded default model's training walk. Every walk turns the same way, so a model can
-    learn the turning as a prior instead of matching frames; `scan_walk` does not allow that.
+    learn the turning as a prior instead of matching frames; `scan_video` does not allow that.
     """
     waypoints = free_floor_points(room, rng, 4, clearance=0.45)
     if len(waypoints) < 2:
@@ -98,7 +117,9 @@ def sweep_walk(room: Room, config: EpisodeConfig, rng: np.random.Generator) -> l
     return poses
 
 
-def scan_walk(room: Room, config: EpisodeConfig, rng: np.random.Generator) -> list[np.ndarray]:
+def scan_video(
+    room: Room, config: EpisodeConfig, rng: np.random.Generator
+) -> tuple[list[np.ndarray], list[int]]:
     """A hand-held scan: smooth turns either way, pauses, a step back, a look around.
 
     Consecutive steps overlap as in a scan video: the heading changes by at most
@@ -106,7 +127,7 @@ def scan_walk(room: Room, config: EpisodeConfig, rng: np.random.Generator) -> li
     walking pace between waypoints on free floor (sometimes it stops, sometimes it backs up).
     A "scan" renders every step; a "room_scan" is a video of at least `ROOM_SCAN_STEPS` steps
     and renders `config.frames` evenly spaced ones (consecutive frames then differ by up to
-    `max_turn_deg` times the spacing).
+    `max_turn_deg` times the spacing). Returns every step's pose and the rendered steps.
     """
     count = max(config.frames, ROOM_SCAN_STEPS) if config.walk == "room_scan" else config.frames
     waypoints = free_floor_points(room, rng, int(rng.integers(2, 4)), clearance=0.45)
@@ -142,7 +163,7 @@ def scan_walk(room: Room, config: EpisodeConfig, rng: np.random.Generator) -> li
         camera_pose(np.array([x, y, h]), a, math.radians(p), math.radians(r))
         for (x, y), h, a, p, r in zip(positions, height, yaw, pitch, roll, strict=True)
     ]
-    return [poses[i] for i in sample_uniform(config.frames, count)]  # the engine's query rule
+    return poses, sample_uniform(config.frames, count)  # the engine's query rule
 
 
 def make_episode(seed: int, config: EpisodeConfig | None = None) -> Episode:
@@ -153,9 +174,16 @@ def make_episode(seed: int, config: EpisodeConfig | None = None) -> Episode:
     K = intrinsics(config.image_size, config.fov_deg)  # noqa: N806
     size = (config.image_size, config.image_size)
     look = make_look(room, seed) if config.look == "textured" else None
-    frames = [render(room, pose, K, size, look) for pose in camera_walk(room, config, rng)]
+    poses, steps = walk_video(room, config, rng)
+    video = query_steps = None
+    if config.stream_video:
+        rendered = [render(room, pose, K, size, look) for pose in poses]
+        frames = [rendered[i] for i in steps]
+        video, query_steps = [f.rgb for f in rendered], list(steps)
+    else:
+        frames = [render(room, poses[i], K, size, look) for i in steps]
     frame = bev_frame(frames[0].pose_c2w, np.array([0.0, 0.0, 1.0]), "given")
-    episode = Episode(seed, room, frames, frame, look=look)
+    episode = Episode(seed, room, frames, frame, look=look, video=video, query_steps=query_steps)
     # heading of the BEV x axis in the world: yaw_bev = yaw_world - heading0
     heading0 = math.atan2(frame.bev_from_world[0, 1], frame.bev_from_world[0, 0])
     for _ in range(config.situations * 3):

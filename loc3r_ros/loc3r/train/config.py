@@ -71,6 +71,8 @@ class TrainConfig:
     # "room_scan" (a scan that sees most of the room: use 16-32 frames; loc3r.scenes.episode)
     render_size: int = 0  # rendered frame size (the pose source matches features at it);
     # frames are stored at image_size; 0 = image_size
+    stream_video: bool = False  # CUT3R and the pose source see every step of a room scan's
+    # video, the VLM its sampled frames (as the node's pose source sees every keyframe)
     # model (tiny): see loc3r.vlm.tiny
     hidden: int = 128
     layers: int = 4

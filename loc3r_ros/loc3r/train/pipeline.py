@@ -41,6 +41,7 @@ def episode_config(config: TrainConfig) -> EpisodeConfig:
         image_size=config.render_size or config.image_size,
         look=config.look,
         walk=config.walk,
+        stream_video=config.stream_video,
     )
 
 

@@ -111,7 +111,8 @@ def build_episodes(
 ) -> list[EpisodeData]:
     """Render episodes and cache their camera tokens and layout targets.
 
-    camera_prior="cut3r" streams `perception`'s CUT3R over the frames and takes its tokens;
+    camera_prior="cut3r" streams `perception`'s CUT3R over the frames (over every step of the
+    walk's video when the episodes have one: `EpisodeConfig.stream_video`) and takes its tokens;
     "geometric" streams it too and takes the tokens that state its poses (`perception` must have
     camera_tokens="pose", as the bundle's engine will); "oracle" states the true poses
     (`oracle_camera_tokens`, as wide as CUT3R's). Frames rendered larger than `image_size` (for
@@ -141,8 +142,11 @@ def build_episode(seed: int, shared: tuple) -> EpisodeData:
     if camera_prior == "oracle":
         width = perception.token_width
         tokens = oracle_camera_tokens([f.pose_c2w for f in episode.frames], width)
-    elif perception is not None:
-        perceived = perception.run_fresh(list(frames))
+    elif perception is not None:  # streamed over the whole video when the episode has one
+        stream = list(frames) if episode.video is None else episode.video
+        perceived = perception.run_fresh(stream)
+        if episode.query_steps is not None:
+            perceived = [perceived[i] for i in episode.query_steps]
         tokens = torch.stack([p.camera_token for p in perceived])
         pose_errors = relative_pose_errors(
             [p.pose_c2w for p in perceived], [f.pose_c2w for f in episode.frames]
