@@ -9,7 +9,7 @@ import pytest
 from tiny_bundle import make_tiny_bundle
 
 from loc3r.cli import main
-from loc3r.engine.models import DEFAULT_MODEL_DIR
+from loc3r.engine.models import DEFAULT_MODEL_DIR, ModelLoadError
 
 
 @pytest.fixture(scope="module")
@@ -97,11 +97,29 @@ def test_eval_scene_options_default_to_the_models_training_rooms(tmp_path):
         frames=16, image_size=224, look="textured", walk="room_scan")  # fmt: skip
     streamed = build_parser().parse_args(["eval", "--model", str(tmp_path), "--stream-video"])
     assert scene_config(scenes_like_training(streamed, bundle), 8).stream_video
+    # a bundle trained on streamed videos is streamed unless --no-stream-video says otherwise
+    spec["training_scenes"]["stream_video"] = True
+    (tmp_path / "bundle.json").write_text(json.dumps(spec))
+    as_trained = build_parser().parse_args(["eval", "--model", str(tmp_path)])
+    assert scenes_like_training(as_trained, bundle).stream_video is True
+    plain = build_parser().parse_args(["eval", "--model", str(tmp_path), "--no-stream-video"])
+    assert scenes_like_training(plain, bundle).stream_video is False
+    spec["training_scenes"]["stream_video"] = "yes"  # not a bool: the bundle.json is refused
+    (tmp_path / "bundle.json").write_text(json.dumps(spec))
+    with pytest.raises(ModelLoadError, match="stream_video must be true or false"):
+        scenes_like_training(build_parser().parse_args(["eval", "--model", str(tmp_path)]), bundle)
+    del spec["training_scenes"]["stream_video"]
     del spec["training_scenes"]  # an older bundle: flat sweeps at the model's size
     (tmp_path / "bundle.json").write_text(json.dumps(spec))
     old = scenes_like_training(build_parser().parse_args(["eval", "--model", str(tmp_path)]),
                                SimpleNamespace(model=SimpleNamespace(image_size=112)))  # fmt: skip
     assert (old.look, old.walk, old.render_size, old.image_size) == ("flat", "sweep", 0, 112)
+
+
+def test_eval_streams_videos_of_synthetic_rooms_only(tmp_path, capsys):
+    for source in (["--data", str(tmp_path)], ["--predictions", str(tmp_path / "p.jsonl")]):
+        assert main(["eval", *source, "--stream-video"]) == 2
+        assert "--stream-video streams synthetic room scans" in capsys.readouterr().err
 
 
 def run(capsys, *argv) -> tuple[int, dict]:

@@ -34,11 +34,13 @@ def test_make_default_model_from_scratch(tmp_path):
 
     continued = tmp_path / "continued"  # its VLM trained further: no tower or CUT3R stage
     out, init = f"--out={tmp_path / 'run2'}", f"--vlm_init={target / 'vlm'}"  # CUT3R: beside it
-    argv = [out, f"--target={continued}", *TOY, "--steps=1", init]
+    argv = [out, f"--target={continued}", *TOY, "--steps=1", init, "--stream_video=True"]
     assert make_default_model.main(argv) == 0
     report = json.loads((continued / "eval.json").read_text())
     assert not {"vision", "cut3r"} & set(report) and report["train"]["steps_done"] == 1
     spec = json.loads((continued / "bundle.json").read_text())
+    assert spec["training_scenes"]["stream_video"] is True  # loc3r eval streams it the same way
+    assert "stream_video" not in json.loads((target / "bundle.json").read_text())["training_scenes"]
     assert spec["description"].endswith("(1 steps on synthetic rooms, continuing a saved model)")
     assert load_bundle(continued).num_query_frames == 2
     assert report["train"]["config"]["cut3r_dir"] == str(target / "cut3r")
@@ -70,6 +72,7 @@ def test_ablation_table(tmp_path, capsys):
     assert [c.get("layout_weight") for c in changes] == [0.0, None, None]
     assert [c["point_embedding"] for c in changes[:2]] == [False, False]
     assert "point_embedding" not in changes[2] and "use_camera_tokens" not in changes[2]
+    assert [c["position_pointer"] for c in changes] == [False, False, False]
     assert "steps per variant" in capsys.readouterr().out
 
 

@@ -116,13 +116,14 @@ def resolve_device(device: str) -> torch.device:
 
 
 TRAINING_SCENE_KEYS = ("look", "walk", "render_size")
+OPTIONAL_SCENE_KEYS = ("stream_video",)  # bool: CUT3R and the pose source saw every video step
 
 
 def check_training_scenes(scenes) -> dict:
-    """{"look", "walk", "render_size"} of a bundle's training_scenes, checked (ValueError).
+    """{"look", "walk", "render_size"[, "stream_video"]} of a bundle's training_scenes, checked.
 
-    Other keys are left out (a later version may add some); only `loc3r eval` and `loc3r scene`
-    read the field, so a bundle whose field is wrong still loads.
+    Raises ValueError. Other keys are left out (a later version may add some); only `loc3r eval`
+    and `loc3r scene` read the field, so a bundle whose field is wrong still loads.
     """
     from loc3r.scenes.episode import LOOKS, WALKS
 
@@ -133,7 +134,10 @@ def check_training_scenes(scenes) -> dict:
     size = scenes["render_size"]
     if not isinstance(size, int) or isinstance(size, bool) or not 16 <= size <= 4096:
         raise ValueError(f"render_size must be an integer from 16 to 4096, got {size!r}")
-    return {key: scenes[key] for key in TRAINING_SCENE_KEYS}
+    if not isinstance(scenes.get("stream_video", False), bool):
+        raise ValueError(f"stream_video must be true or false, got {scenes['stream_video']!r}")
+    keys = TRAINING_SCENE_KEYS + tuple(k for k in OPTIONAL_SCENE_KEYS if k in scenes)
+    return {key: scenes[key] for key in keys}
 
 
 def training_scenes(root: Path, spec: dict | None = None) -> dict:

@@ -518,6 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     report = measure(vlm, episodes, args.image_size, progress=not args.no_progress)
     report.update(model=args.model or "embedded", seeds=args.seeds, camera_prior=args.camera_prior,
+                  stream_video=config.stream_video,
                   seconds=round(time.perf_counter() - start, 1))  # fmt: skip
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

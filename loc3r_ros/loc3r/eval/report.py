@@ -338,8 +338,10 @@ def markdown_report(report: dict, title: str = "Evaluation") -> str:
     if source := report.get("pose_source"):
         lines += [
             "",
-            f"Camera poses ({source['source']} pose source, {source['frames']} frames, relative "
-            f"to each scene's first frame): median error {source['median_position_error_m']:.2f} "
+            f"Camera poses ({source['source']} pose source, {source['frames']} frames"
+            + (", every video step streamed" if source.get("stream_video") else "")
+            + ", relative to each scene's first frame): median error "
+            f"{source['median_position_error_m']:.2f} "
             f"m / {source['median_rotation_error_deg']:.1f}°, 90th percentile "
             f"{source['p90_position_error_m']:.2f} m / {source['p90_rotation_error_deg']:.1f}°.",
         ]

@@ -57,10 +57,11 @@ def add_scene_arguments(parser: argparse.ArgumentParser) -> None:
                         "model's)")  # fmt: skip
     parser.add_argument("--render-size", type=int, default=0, help="rendered frame size (default: "
                         "the model's training rooms', else --image-size)")  # fmt: skip
-    parser.add_argument("--stream-video", action="store_true", help="stream every step of a "
-                        "room scan's video through CUT3R and the pose source, as the node streams "
-                        "every keyframe; the model sees the sampled frames (default: only "
-                        "those)")  # fmt: skip
+    parser.add_argument("--stream-video", action=argparse.BooleanOptionalAction, default=None,
+                        help="synthetic rooms: stream every step of a room scan's video through "
+                        "CUT3R and the pose source, as the node streams every keyframe, while the "
+                        "model sees the sampled frames (default: as the model was "
+                        "trained)")  # fmt: skip
 
 
 def scenes_like_training(args: argparse.Namespace, bundle) -> argparse.Namespace:
@@ -77,6 +78,8 @@ def scenes_like_training(args: argparse.Namespace, bundle) -> argparse.Namespace
     args.look = args.look or trained.get("look", "flat")
     args.walk = args.walk or trained.get("walk", "sweep")
     args.render_size = args.render_size or trained.get("render_size", 0)
+    if getattr(args, "stream_video", None) is None:
+        args.stream_video = trained.get("stream_video", False)
     return args
 
 
@@ -89,7 +92,7 @@ def scene_config(args: argparse.Namespace, frames: int):
         image_size=args.render_size or args.image_size,
         look=args.look,
         walk=args.walk,
-        stream_video=args.stream_video,
+        stream_video=bool(args.stream_video),
     )
 
 
@@ -131,6 +134,7 @@ def predict_synthetic(args: argparse.Namespace) -> list[EvalCase]:
     if errors:
         pose_source = {
             "source": bundle.perception.config.pose_source,
+            "stream_video": config.stream_video,  # every video step streamed, or the frames only
             **pose_error_summary(errors),
         }
     return cases, pose_source
@@ -179,6 +183,9 @@ def predict_dataset(args: argparse.Namespace) -> list[EvalCase]:
 def run(args: argparse.Namespace) -> dict:
     """Score (running the model first when no predictions are given); write the outputs."""
     start = time.perf_counter()
+    if (args.predictions or args.data) and args.stream_video:
+        raise ValueError("--stream-video streams synthetic room scans; a dataset scene's sampled "
+                         "frames are what its pose source sees")  # fmt: skip
     if args.predictions:
         cases, source = read_cases(args.predictions), str(args.predictions)
     elif args.data:

@@ -29,7 +29,7 @@ ROOM_SCAN_STEPS = 24  # a room scan is a video of at least this many steps; fram
 class EpisodeConfig:
     """How episodes are made."""
 
-    frames: int = 16  # rendered views per episode
+    frames: int = 16  # the views the model sees per episode (Episode.frames)
     image_size: int = 96  # square, pixels
     fov_deg: float = 75.0
     camera_height: tuple[float, float] = (1.2, 1.6)  # metres
@@ -125,9 +125,9 @@ def scan_video(
     Consecutive steps overlap as in a scan video: the heading changes by at most
     `config.max_turn_deg` between steps, pitch and roll drift smoothly, and the camera moves at
     walking pace between waypoints on free floor (sometimes it stops, sometimes it backs up).
-    A "scan" renders every step; a "room_scan" is a video of at least `ROOM_SCAN_STEPS` steps
-    and renders `config.frames` evenly spaced ones (consecutive frames then differ by up to
-    `max_turn_deg` times the spacing). Returns every step's pose and the rendered steps.
+    A "scan" has a frame at every step; a "room_scan" is a video of at least `ROOM_SCAN_STEPS`
+    steps whose `config.frames` frames are evenly spaced steps (consecutive frames then differ by
+    up to `max_turn_deg` times the spacing). Returns every step's pose and the frames' steps.
     """
     count = max(config.frames, ROOM_SCAN_STEPS) if config.walk == "room_scan" else config.frames
     waypoints = free_floor_points(room, rng, int(rng.integers(2, 4)), clearance=0.45)

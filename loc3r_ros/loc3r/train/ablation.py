@@ -10,10 +10,11 @@ tower are random, and the camera prior carries no pose).
 Three tiny Loc3R-VLMs are trained on the same data, steps and seed, and evaluated by the same
 `loc3r eval` code on the same held-out rooms: *situation only* (no layout loss, no camera
 tokens), *+ layout* (the BEV layout loss) and *+ camera prior* (layout loss and CUT3R camera
-tokens: the full method), with the embedded model's recipe. Any TrainConfig key can be given;
-the data (episodes, CUT3R camera tokens, tokenizer) is built once. Writes ``ablation.json`` and
-``ablation.md`` to ``--out`` and prints the table with the random and majority baselines and
-the time each run took.
+tokens: the full method), with the embedded model's recipe. The position pointer (ours) is off in
+all three, and without camera tokens so is the point embedding (it reads their points). Any
+TrainConfig key can be given; the data (episodes, CUT3R camera tokens, tokenizer) is built once.
+Writes ``ablation.json`` and ``ablation.md`` to ``--out`` and prints the table with the random
+and majority baselines and the time each run took.
 
 ``--jobs=N`` (CPU only) trains the variants in N forked processes of one thread each, which
 share the data built once; the numbers are those of ``--jobs=1`` (same seeds, same order of

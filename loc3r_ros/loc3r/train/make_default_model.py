@@ -164,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             training_scenes=None if config.data_root else {
                 "look": config.look, "walk": config.walk,
                 "render_size": config.render_size or config.image_size,
+                **({"stream_video": True} if config.stream_video else {}),
             },  # what `loc3r eval` and `loc3r scene --as-trained` render for it
         )  # fmt: skip
     target.mkdir(parents=True, exist_ok=True)

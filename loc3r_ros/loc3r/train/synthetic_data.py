@@ -7,7 +7,7 @@ byte-level BPE tokenizer of the embedded model on the synthetic corpus (tokenize
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -136,6 +136,8 @@ def build_episodes(
 def build_episode(seed: int, shared: tuple) -> EpisodeData:
     """One episode of `build_episodes` (shared: config, perception, grid, prior, image size)."""
     config, perception, grid, camera_prior, image_size = shared
+    if camera_prior == "oracle" or perception is None:  # nothing streams the video
+        config = replace(config, stream_video=False)
     episode = make_episode(seed, config)
     pose_errors = None
     frames = np.stack([f.rgb for f in episode.frames])
@@ -205,8 +207,9 @@ def relative_pose_errors(estimated: list[np.ndarray], true: list[np.ndarray]) ->
 def corpus(episodes_seeds: list[int], config: EpisodeConfig) -> list[str]:
     """Every situation, question and answer text of some episodes (for the tokenizer)."""
     lines = []
+    text_only = replace(config, frames=2, stream_video=False)  # no video is read here
     for seed in episodes_seeds:
-        for record in make_episode(seed, EpisodeConfig(**{**config.__dict__, "frames": 2})).records:
+        for record in make_episode(seed, text_only).records:
             lines += [record.situation, record.question, *record.answers]
     return lines
 
