@@ -46,8 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     errors: dict[str, list[np.ndarray]] = {"estimated_focal": [], "true_intrinsics": []}
     for seed in parse_seeds(args.seeds):
         episode = make_episode(seed, config)
-        images = [f.rgb for f in episode.frames] if episode.video is None else episode.video
-        steps = episode.query_steps or list(range(len(images)))
+        images, steps = episode.stream()
         truth = [f.pose_c2w for f in episode.frames]
         K = episode.frames[0].K  # noqa: N806
         for name, intrinsics in (

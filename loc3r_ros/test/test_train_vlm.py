@@ -473,6 +473,8 @@ def test_streamed_video_episodes_keep_their_frames_and_perceive_every_step():
     assert plain.video is None and plain.query_steps is None
     assert len(video.video) == ROOM_SCAN_STEPS
     assert video.query_steps == sample_uniform(4, ROOM_SCAN_STEPS) == [0, 8, 15, 23]
+    assert video.stream() == (video.video, [0, 8, 15, 23])  # what a pose source streams
+    assert plain.stream()[1] == [0, 1, 2, 3] and len(plain.stream()[0]) == 4
     for a, b, step in zip(plain.frames, video.frames, video.query_steps, strict=True):
         assert np.array_equal(a.rgb, b.rgb) and np.array_equal(a.pose_c2w, b.pose_c2w)
         assert np.array_equal(video.video[step], b.rgb)

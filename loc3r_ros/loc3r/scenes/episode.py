@@ -71,6 +71,12 @@ class Episode:
     video: list[np.ndarray] | None = None
     query_steps: list[int] | None = None
 
+    def stream(self) -> tuple[list[np.ndarray], list[int]]:
+        """What a pose source streams (the video, else the frames) and each frame's index in it."""
+        if self.video is None or self.query_steps is None:
+            return [f.rgb for f in self.frames], list(range(len(self.frames)))
+        return self.video, list(self.query_steps)
+
 
 def camera_walk(room: Room, config: EpisodeConfig, rng: np.random.Generator) -> list[np.ndarray]:
     """Camera-to-world poses of the configured walk (`config.walk`)."""

@@ -145,10 +145,9 @@ def build_episode(seed: int, shared: tuple) -> EpisodeData:
         width = perception.token_width
         tokens = oracle_camera_tokens([f.pose_c2w for f in episode.frames], width)
     elif perception is not None:  # streamed over the whole video when the episode has one
-        stream = list(frames) if episode.video is None else episode.video
-        perceived = perception.run_fresh(stream)
-        if episode.query_steps is not None:
-            perceived = [perceived[i] for i in episode.query_steps]
+        images, steps = episode.stream()
+        perceived = perception.run_fresh(images)
+        perceived = [perceived[i] for i in steps]
         tokens = torch.stack([p.camera_token for p in perceived])
         pose_errors = relative_pose_errors(
             [p.pose_c2w for p in perceived], [f.pose_c2w for f in episode.frames]
