@@ -8,7 +8,7 @@ from test_vlm_packing import alone, mixed_batch, scene
 from transformers import AutoTokenizer
 
 from loc3r.train.config import TrainConfig
-from loc3r.train.pipeline import continue_from
+from loc3r.train.pipeline import continue_from, patch_grid
 from loc3r.vlm import Loc3rVLMConfig, LossWeights
 from loc3r.vlm.position_pointer import PositionPointer
 from loc3r.vlm.tiny import build_tiny_loc3r
@@ -199,3 +199,45 @@ def test_static_decoding_reads_the_pointer_as_the_dynamic_cache(tokenizer_dir):
                           prefix.ticket, None)  # fmt: skip
     with pytest.raises(ValueError, match="encode_scene"):
         model.localize(broken, s.situation)
+
+
+def test_a_continued_model_may_pool_its_patches_finer(tokenizer_dir, tmp_path):
+    """pool_stride 2 -> 1: four times the cells, f_cam's input widened, every other weight kept."""
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    sizes = {"hidden": 64, "layers": 2, "heads": 4, "kv_heads": 2, "intermediate": 128,
+             "image_size": 56, "vision_hidden": 32, "vision_layers": 2}  # fmt: skip
+    torch.manual_seed(0)  # 56 px: a 4x4 patch grid, 2x2 cells pooled (12 + 3 * 4 = 24 values)
+    coarse = build_tiny_loc3r(tokenizer, Loc3rVLMConfig(cam_token_dim=24, point_embedding=True),
+                              **sizes, pool_stride=2)  # fmt: skip
+    coarse.save_pretrained(tmp_path / "coarse")
+    wanted = Loc3rVLMConfig(cam_token_dim=60, point_embedding=True)  # 12 + 3 * 16
+    fine = continue_from(str(tmp_path / "coarse"), wanted, {**sizes, "pool_stride": 1})
+    assert fine.base.config.pooled_grid == 4 and fine.base.config.tokens_per_frame == 20
+    assert fine.config.cam_token_dim == 60 and fine.f_cam[0].in_features == 60
+    before, after = coarse.state_dict(), fine.state_dict()
+    assert before.keys() == after.keys()
+    for name, value in before.items():
+        if name != "f_cam.0.weight":
+            torch.testing.assert_close(after[name], value, msg=name)
+    widened = after["f_cam.0.weight"]
+    torch.testing.assert_close(widened[:, :12], before["f_cam.0.weight"][:, :12])
+    assert widened[:, 12:].abs().sum() == 0  # the new cells' points start unread
+    pose = torch.randn(3, 12)  # the pose reaches the LLM as it did
+    coarse_token = torch.cat([pose, torch.zeros(3, 12)], dim=1)
+    fine_token = torch.cat([pose, torch.randn(3, 48)], dim=1)
+    torch.testing.assert_close(fine.f_cam(fine_token), coarse.f_cam(coarse_token))
+    pixels = torch.randn(3, 3, 56, 56)
+    video, patch_index = fine.eval().video_embeddings(pixels, fine_token)
+    assert video.shape[0] == 3 * (1 + 20) and int((patch_index >= 0).sum()) == 3 * 16
+    fine.save_pretrained(tmp_path / "fine")  # a bundle keeps its grid
+    loaded = type(fine).from_pretrained(tmp_path / "fine")
+    assert loaded.base.config.pool_stride == 1 and loaded.config.cam_token_dim == 60
+    coarser = Loc3rVLMConfig(cam_token_dim=24, point_embedding=True)
+    with pytest.raises(ValueError, match="cam_token_dim"):  # back to the coarse grid: refused
+        continue_from(str(tmp_path / "fine"), coarser, {**sizes, "pool_stride": 2})
+
+
+def test_the_run_grid_follows_pool_stride():
+    assert patch_grid(TrainConfig(image_size=112)) == 4
+    assert patch_grid(TrainConfig(image_size=112, pool_stride=1)) == 8
+    assert patch_grid(TrainConfig(image_size=224)) == 8

@@ -510,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     bundle = load_bundle(args.model or None)
     scenes_like_training(args, bundle)
     vlm = bundle.model.vlm
-    grid = math.ceil((bundle.model.image_size // 14) / 2)
+    grid = bundle.model.vlm.base.config.pooled_grid
     config = scene_config(args, args.frames or bundle.num_query_frames)
     episodes = build_episodes(
         seeds, config, bundle.perception, grid, progress=not args.no_progress,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
@@ -122,7 +121,7 @@ def predict_synthetic(args: argparse.Namespace) -> list[EvalCase]:
     scenes_like_training(args, bundle)
     vlm = bundle.model.vlm
     frames = args.frames or bundle.num_query_frames
-    grid = math.ceil((bundle.model.image_size // 14) / 2)
+    grid = bundle.model.vlm.base.config.pooled_grid
     config = scene_config(args, frames)
     episodes = build_episodes(
         parse_seeds(args.seeds), config, bundle.perception, grid,

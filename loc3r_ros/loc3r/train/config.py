@@ -81,6 +81,9 @@ class TrainConfig:
     intermediate: int = 384
     vision_hidden: int = 64
     vision_layers: int = 2
+    # 2: each frame's patch grid pooled 2x2 as LLaVA-Video does (4x4 cells at 112 px); 1: every
+    # 14 px patch is a video token (8x8 at 112 px: small objects get cells of their own)
+    pool_stride: int = 2
     vocab_size: int = 600
     # objective / ablations
     use_camera_tokens: bool = True

@@ -46,8 +46,8 @@ def episode_config(config: TrainConfig) -> EpisodeConfig:
 
 
 def patch_grid(config: TrainConfig) -> int:
-    """Pooled patches per side of the tiny VLM's frames (14 px patches, pooled 2x2)."""
-    return math.ceil((config.image_size // 14) / 2)
+    """Pooled patches per side of the tiny VLM's frames (14 px patches, pooled by pool_stride)."""
+    return math.ceil((config.image_size // 14) / config.pool_stride)
 
 
 def camera_tokens_mode(config: TrainConfig) -> str:
@@ -80,7 +80,7 @@ def load_or_make_cut3r(config: TrainConfig) -> Cut3r:
 
 # TrainConfig keys that size the tiny model (loc3r.vlm.tiny.tiny_llava_config's arguments)
 TINY_SIZES = ("hidden", "layers", "heads", "kv_heads", "intermediate", "image_size",
-              "vision_hidden", "vision_layers")  # fmt: skip
+              "vision_hidden", "vision_layers", "pool_stride")  # fmt: skip
 # Loc3RVLMConfig fields a continued model must share with the run (its inputs and heads)
 CONTINUED_HEADS = ("cam_token_dim", "use_camera_tokens", "enable_layout_head",
                    "enable_egocentric_head", "point_embedding")  # fmt: skip
@@ -136,8 +136,11 @@ def build_model(config: TrainConfig, tokenizer, cam_dim: int) -> Loc3rVLM:
 def continue_from(directory: str, vlm_config: Loc3rVLMConfig, sizes: dict) -> Loc3rVLM:
     """A saved tiny Loc3R-VLM to train further, with the run's loss weights.
 
-    ValueError when its sizes or heads are not the run's (a run continues the model it builds);
-    the one head a run may add is the position pointer (it starts with its gate closed).
+    ValueError when its sizes or heads are not the run's (a run continues the model it builds).
+    A run may add the position pointer (it starts with its gate closed), and it may pool the
+    video patches by another `pool_stride`: no weight depends on the number of video tokens
+    except f_cam's input, whose geometry tokens carry a point per cell; that input is widened
+    (`widen_camera_input`).
     """
     from loc3r.vlm.position_pointer import PositionPointer
     from loc3r.vlm.tiny import tiny_llava_config
@@ -147,6 +150,10 @@ def continue_from(directory: str, vlm_config: Loc3rVLMConfig, sizes: dict) -> Lo
     expected = tiny_llava_config(vocab_size=saved.text["vocab_size"], **sizes)
     differ = [f"text.{k}" for k, v in expected.text.items() if saved.text.get(k) != v]
     differ += [f"vision.{k}" for k, v in expected.vision.items() if saved.vision.get(k) != v]
+    if saved.pool_stride != expected.pool_stride:
+        saved.pool_stride = expected.pool_stride
+        if model.config.point_embedding and vlm_config.cam_token_dim > model.config.cam_token_dim:
+            widen_camera_input(model, vlm_config.cam_token_dim)
     differ += [k for k in CONTINUED_HEADS if getattr(model.config, k) != getattr(vlm_config, k)]
     if model.config.position_pointer and not vlm_config.position_pointer:
         differ.append("position_pointer")
@@ -159,6 +166,26 @@ def continue_from(directory: str, vlm_config: Loc3rVLMConfig, sizes: dict) -> Lo
         model.config.position_pointer = True
     model.config.weights = vlm_config.weights
     return model
+
+
+def widen_camera_input(model: Loc3rVLM, width: int) -> None:
+    """f_cam reads geometry tokens of `width` values; the pose's keep their weights.
+
+    A geometry token is the pose (`POSE_VALUES`) and then a point per patch cell, so a finer
+    grid reorders and adds cells: the cells' old weights would read the wrong cells. They start
+    at zero, the pose's are kept, and each patch still gets its own point from the point
+    embedding. Its camera tokens state the pose to the model as they did.
+    """
+    from loc3r.engine.perception import POSE_VALUES
+
+    old = model.f_cam[0]
+    new = torch.nn.Linear(width, old.out_features).to(old.weight.device, old.weight.dtype)
+    with torch.no_grad():
+        new.weight.zero_()
+        new.weight[:, :POSE_VALUES] = old.weight[:, :POSE_VALUES]
+        new.bias.copy_(old.bias)
+    model.f_cam[0] = new
+    model.config.cam_token_dim = width
 
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

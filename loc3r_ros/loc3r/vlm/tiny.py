@@ -18,9 +18,13 @@ def tiny_llava_config(
     patch_size: int = 14,
     vision_hidden: int = 32,
     vision_layers: int = 2,
+    pool_stride: int = 2,
     attn_implementation: str = "sdpa",
 ) -> LlavaVideoConfig:
-    """A LLaVA-Video config with the real structure and tiny sizes (56 px -> 2x2 pooled grid)."""
+    """A LLaVA-Video config with the real structure and tiny sizes (56 px -> 2x2 pooled grid).
+
+    `pool_stride` 2 pools each frame's patch grid 2x2 as LLaVA-Video does; 1 keeps every patch.
+    """
     return LlavaVideoConfig(
         text={
             "vocab_size": vocab_size,
@@ -49,6 +53,7 @@ def tiny_llava_config(
             "layer_norm_eps": 1e-6,
         },
         mm_hidden_size=vision_hidden,
+        pool_stride=pool_stride,
         attn_implementation=attn_implementation,
     )
 
