@@ -8,7 +8,7 @@ from test_vlm_packing import alone, mixed_batch, scene
 from transformers import AutoTokenizer
 
 from loc3r.train.config import TrainConfig
-from loc3r.train.pipeline import continue_from, patch_grid
+from loc3r.train.pipeline import continue_from, patch_grid, prepare_run
 from loc3r.vlm import Loc3rVLMConfig, LossWeights
 from loc3r.vlm.position_pointer import PositionPointer
 from loc3r.vlm.tiny import build_tiny_loc3r
@@ -232,12 +232,41 @@ def test_a_continued_model_may_pool_its_patches_finer(tokenizer_dir, tmp_path):
     fine.save_pretrained(tmp_path / "fine")  # a bundle keeps its grid
     loaded = type(fine).from_pretrained(tmp_path / "fine")
     assert loaded.base.config.pool_stride == 1 and loaded.config.cam_token_dim == 60
-    coarser = Loc3rVLMConfig(cam_token_dim=24, point_embedding=True)
-    with pytest.raises(ValueError, match="cam_token_dim"):  # back to the coarse grid: refused
-        continue_from(str(tmp_path / "fine"), coarser, {**sizes, "pool_stride": 2})
+    too_narrow = Loc3rVLMConfig(cam_token_dim=24, point_embedding=True)
+    with pytest.raises(ValueError, match="4x4 grid needs camera tokens of 60 values"):
+        continue_from(str(tmp_path / "coarse"), too_narrow, {**sizes, "pool_stride": 1})
 
 
-def test_the_run_grid_follows_pool_stride():
+def test_another_grid_rereads_the_camera_tokens_at_any_width(tokenizer_dir, tmp_path):
+    """Tokens as wide as a wide CUT3R's (96) either way: the cells' columns still start at zero."""
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    sizes = {"hidden": 64, "layers": 2, "heads": 4, "kv_heads": 2, "intermediate": 128,
+             "image_size": 56, "vision_hidden": 32, "vision_layers": 2}  # fmt: skip
+    wide = Loc3rVLMConfig(cam_token_dim=96, point_embedding=True)
+    torch.manual_seed(0)
+    fine = build_tiny_loc3r(tokenizer, wide, **sizes, pool_stride=1)
+    fine.save_pretrained(tmp_path / "fine")
+    coarse = continue_from(str(tmp_path / "fine"), wide, {**sizes, "pool_stride": 2})
+    assert coarse.base.config.pooled_grid == 2 and coarse.f_cam[0].in_features == 96
+    weight = coarse.f_cam[0].weight
+    torch.testing.assert_close(weight[:, :12], fine.f_cam[0].weight[:, :12])
+    assert weight[:, 12:].abs().sum() == 0 and fine.f_cam[0].weight[:, 12:].abs().sum() > 0
+    torch.manual_seed(3)
+    expected = torch.rand(5)
+    torch.manual_seed(3)
+    continue_from(str(tmp_path / "fine"), wide, {**sizes, "pool_stride": 2})
+    torch.testing.assert_close(torch.rand(5), expected)  # no random draws taken
+    plain = Loc3rVLMConfig(cam_token_dim=96)  # without the point embedding nothing is rebuilt
+    build_tiny_loc3r(tokenizer, plain, **sizes).save_pretrained(tmp_path / "plain")
+    kept = continue_from(str(tmp_path / "plain"), plain, {**sizes, "pool_stride": 1})
+    assert kept.base.config.pooled_grid == 4 and kept.f_cam[0].weight[:, 12:].abs().sum() > 0
+
+
+def test_the_run_grid_follows_pool_stride(tmp_path):
     assert patch_grid(TrainConfig(image_size=112)) == 4
     assert patch_grid(TrainConfig(image_size=112, pool_stride=1)) == 8
     assert patch_grid(TrainConfig(image_size=224)) == 8
+    with pytest.raises(ValueError, match="pool_stride"):
+        patch_grid(TrainConfig(pool_stride=0))
+    with pytest.raises(ValueError, match="LLaVA-Video pools its patches 2x2"):
+        prepare_run(TrainConfig(out=str(tmp_path), base_model_dir="x", pool_stride=1))

@@ -47,6 +47,8 @@ def episode_config(config: TrainConfig) -> EpisodeConfig:
 
 def patch_grid(config: TrainConfig) -> int:
     """Pooled patches per side of the tiny VLM's frames (14 px patches, pooled by pool_stride)."""
+    if config.pool_stride < 1:
+        raise ValueError(f"pool_stride: 1 (every patch) or more, not {config.pool_stride}")
     return math.ceil((config.image_size // 14) / config.pool_stride)
 
 
@@ -139,8 +141,8 @@ def continue_from(directory: str, vlm_config: Loc3rVLMConfig, sizes: dict) -> Lo
     ValueError when its sizes or heads are not the run's (a run continues the model it builds).
     A run may add the position pointer (it starts with its gate closed), and it may pool the
     video patches by another `pool_stride`: no weight depends on the number of video tokens
-    except f_cam's input, whose geometry tokens carry a point per cell; that input is widened
-    (`widen_camera_input`).
+    except f_cam's input, whose geometry tokens carry a point per cell; that input is rebuilt
+    for the new grid (`regrid_camera_input`).
     """
     from loc3r.vlm.position_pointer import PositionPointer
     from loc3r.vlm.tiny import tiny_llava_config
@@ -152,8 +154,8 @@ def continue_from(directory: str, vlm_config: Loc3rVLMConfig, sizes: dict) -> Lo
     differ += [f"vision.{k}" for k, v in expected.vision.items() if saved.vision.get(k) != v]
     if saved.pool_stride != expected.pool_stride:
         saved.pool_stride = expected.pool_stride
-        if model.config.point_embedding and vlm_config.cam_token_dim > model.config.cam_token_dim:
-            widen_camera_input(model, vlm_config.cam_token_dim)
+        if model.config.point_embedding:
+            regrid_camera_input(model, vlm_config.cam_token_dim)
     differ += [k for k in CONTINUED_HEADS if getattr(model.config, k) != getattr(vlm_config, k)]
     if model.config.position_pointer and not vlm_config.position_pointer:
         differ.append("position_pointer")
@@ -168,18 +170,25 @@ def continue_from(directory: str, vlm_config: Loc3rVLMConfig, sizes: dict) -> Lo
     return model
 
 
-def widen_camera_input(model: Loc3rVLM, width: int) -> None:
-    """f_cam reads geometry tokens of `width` values; the pose's keep their weights.
+def regrid_camera_input(model: Loc3rVLM, width: int) -> None:
+    """f_cam rebuilt for geometry tokens of the model's (new) grid, `width` values wide.
 
-    A geometry token is the pose (`POSE_VALUES`) and then a point per patch cell, so a finer
-    grid reorders and adds cells: the cells' old weights would read the wrong cells. They start
-    at zero, the pose's are kept, and each patch still gets its own point from the point
-    embedding. Its camera tokens state the pose to the model as they did.
+    A geometry token is the pose (`POSE_VALUES`) and then a point per patch cell, so another
+    grid moves, adds or drops cells: the cells' old weights would read the wrong ones. They
+    start at zero, the pose's are kept, and each patch still gets its own point from the point
+    embedding: the camera tokens state the pose to the model as they did. Takes no random draws.
+    ValueError when `width` cannot hold the grid's geometry token.
     """
-    from loc3r.engine.perception import POSE_VALUES
+    from loc3r.engine.perception import POSE_VALUES, geometry_token_width
 
+    grid = model.base.config.pooled_grid
+    if width < (needed := geometry_token_width(grid)):
+        raise ValueError(
+            f"a {grid}x{grid} grid needs camera tokens of {needed} values, not {width}"
+        )
     old = model.f_cam[0]
-    new = torch.nn.Linear(width, old.out_features).to(old.weight.device, old.weight.dtype)
+    new = torch.nn.Linear(width, old.out_features, device="meta")
+    new = new.to_empty(device=old.weight.device).to(old.weight.dtype)
     with torch.no_grad():
         new.weight.zero_()
         new.weight[:, :POSE_VALUES] = old.weight[:, :POSE_VALUES]
@@ -219,6 +228,8 @@ def prepare_run(config: TrainConfig, progress: bool = True) -> Run:
         raise ValueError("camera_prior='oracle' needs synthetic rooms (their true poses)")
     if config.render_within_s < 0 or (config.render_within_s > 0 and config.data_root):
         raise ValueError("render_within_s: seconds >= 0, for synthetic rooms only")
+    if config.base_model_dir and config.pool_stride != 2:
+        raise ValueError("pool_stride is the tiny VLM's; LLaVA-Video pools its patches 2x2")
     out = Path(config.out)
     episodes_cfg = episode_config(config)
     start = config.train_seed_offset
