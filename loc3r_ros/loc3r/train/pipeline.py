@@ -131,6 +131,8 @@ def build_model(config: TrainConfig, tokenizer, cam_dim: int) -> Loc3rVLM:
         from loc3r.vlm.checkpoint import load_state_strict
 
         load_state_strict(model.base.vision_tower, load_file(config.vision_init))
+    if config.semantic_init:
+        add_semantic_embedding(model, config.semantic_init)
     model.base.vision_tower.requires_grad_(config.train_vision_tower)
     return add_lora(model, config)
 
@@ -168,6 +170,37 @@ def continue_from(directory: str, vlm_config: Loc3rVLMConfig, sizes: dict) -> Lo
         model.config.position_pointer = True
     model.config.weights = vlm_config.weights
     return model
+
+
+def add_semantic_embedding(model: Loc3rVLM, probe_dir: str | Path) -> None:
+    """Give `model` the semantic embedding: a probe's tower and heads, frozen, a projection at 0.
+
+    `probe_dir` is a pretrain_vision output (vision_tower and patch_heads). The model answers as
+    before until training moves the projection. ValueError when the model has one already (its
+    projection reads its own heads) or the probe is not of the model's tower shape.
+    """
+    from safetensors.torch import load_file
+
+    from loc3r.vlm.semantic_embedding import (
+        SemanticEmbedding,
+        head_classes,
+        semantic_tower_config,
+    )
+
+    if model.semantic_embedding is not None:
+        raise ValueError("the model has a semantic embedding already: continue it without one")
+    heads = Path(probe_dir) / "patch_heads.safetensors"
+    if not heads.is_file():
+        raise ValueError(f"{probe_dir} has no patch_heads.safetensors (a pretrain_vision output?)")
+    classes, probe_hidden = head_classes(load_file(str(heads)))
+    hidden = model.base.config.text["hidden_size"]
+    tower = semantic_tower_config(model.base.config)
+    embedding = SemanticEmbedding(tower, hidden, classes, probe_hidden)
+    embedding.load_probe(probe_dir)
+    model.semantic_embedding = embedding.to(device=model.device, dtype=model.f_cam[0].weight.dtype)
+    model.config = replace(  # not the caller's config
+        model.config, semantic_classes=classes, semantic_probe_hidden=probe_hidden
+    )
 
 
 def regrid_camera_input(model: Loc3rVLM, width: int) -> None:
@@ -230,6 +263,8 @@ def prepare_run(config: TrainConfig, progress: bool = True) -> Run:
         raise ValueError("render_within_s: seconds >= 0, for synthetic rooms only")
     if config.base_model_dir and config.pool_stride != 2:
         raise ValueError("pool_stride is the tiny VLM's; LLaVA-Video pools its patches 2x2")
+    if config.base_model_dir and config.semantic_init:
+        raise ValueError("semantic_init is a tiny tower's probe; LLaVA-Video has SigLIP")
     out = Path(config.out)
     episodes_cfg = episode_config(config)
     start = config.train_seed_offset

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from loc3r.scenes import EpisodeConfig, make_episode
@@ -29,7 +29,9 @@ from loc3r.scenes.world import CATALOGUE, COLOURS
 from loc3r.train.config import config_from_args, lr_at, resolve_training_device
 from loc3r.train.parallel import parallel_map
 from loc3r.vlm import frames_to_pixel_values
+from loc3r.vlm.checkpoint import load_state_strict
 from loc3r.vlm.llava_video import LlavaVideoModel
+from loc3r.vlm.semantic_embedding import probe_head
 from loc3r.vlm.tiny import tiny_llava_config
 
 KINDS = ("surface", *CATALOGUE)  # class 0: wall, floor or ceiling
@@ -53,12 +55,19 @@ class VisionPretrainConfig:
     eval_seed_offset: int = 1_000_000
     frames: int = 8
     image_size: int = 112
+    render_size: int = 0  # rendered frame size, resized to image_size as the VLM does (0: equal)
     look: str = "flat"  # rooms: "flat" or "textured" (loc3r.scenes.textures)
     walk: str = "sweep"  # walks: "sweep", "scan" or "room_scan" (loc3r.scenes.episode)
     vision_hidden: int = 64
     vision_layers: int = 2
     device: str = "auto"  # "auto" (CUDA when there is one), "cpu" or "cuda"
     workers: int = 1  # processes that render the frames
+    # start from this tower: a vision_tower.safetensors of this script, or a Loc3R-VLM directory
+    # (its model.safetensors); with train_tower=False only the heads learn, a probe of the frozen
+    # tower the VLM reads (what loc3r.vlm.semantic_embedding loads: <out>/patch_heads.safetensors)
+    tower_init: str = ""
+    train_tower: bool = True
+    probe_hidden: int = 0  # the heads' hidden width (0: linear heads, as for pretraining)
     # > 0: training stops after this many seconds of steps (a guard for a timed GPU build;
     # the learning-rate schedule still assumes `steps`)
     time_budget_s: float = 0.0
@@ -91,7 +100,10 @@ def episode_data(seed: int, shared: tuple) -> tuple:
     """Pixel values and patch labels of one episode's frames (shared: config, grid)."""
     config, grid = shared
     episode_config = EpisodeConfig(
-        frames=config.frames, image_size=config.image_size, look=config.look, walk=config.walk
+        frames=config.frames,
+        image_size=config.render_size or config.image_size,
+        look=config.look,
+        walk=config.walk,
     )
     episode = make_episode(seed, episode_config)
     pixels = frames_to_pixel_values([f.rgb for f in episode.frames], config.image_size)
@@ -109,13 +121,13 @@ def make_data(seeds, config: VisionPretrainConfig, grid: int, progress: bool):
 
 
 class PatchHeads(torch.nn.Module):
-    """Linear read-outs of kind, colour and log depth per patch."""
+    """Read-outs of kind, colour and log depth per patch: linear, or with one hidden layer."""
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, probe_hidden: int = 0) -> None:
         super().__init__()
-        self.kind = torch.nn.Linear(dim, len(KINDS))
-        self.colour = torch.nn.Linear(dim, len(COLOUR_NAMES))
-        self.depth = torch.nn.Linear(dim, 1)
+        self.kind = probe_head(dim, len(KINDS), probe_hidden)
+        self.colour = probe_head(dim, len(COLOUR_NAMES), probe_hidden)
+        self.depth = probe_head(dim, 1, probe_hidden)
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(B, N, C) features -> kind logits, colour logits, log depth."""
@@ -155,6 +167,23 @@ def build_vision_model(config: VisionPretrainConfig) -> LlavaVideoModel:
     return LlavaVideoModel(llava)
 
 
+def tower_weights(path: str) -> dict[str, torch.Tensor]:
+    """The tower of a vision_tower.safetensors or of a Loc3R-VLM directory's model.safetensors.
+
+    ValueError when the file holds no tower.
+    """
+    source = Path(path)
+    if source.is_dir():
+        source = source / "model.safetensors"
+    tensors = load_file(str(source))
+    prefix = "base.vision_tower."
+    if any(name.startswith(prefix) for name in tensors):
+        tensors = {n[len(prefix) :]: t for n, t in tensors.items() if n.startswith(prefix)}
+    if not any(name.startswith("embeddings.") for name in tensors):
+        raise ValueError(f"{source} holds no vision tower (a model without one, or heads?)")
+    return tensors
+
+
 def pretrain(config: VisionPretrainConfig, progress: bool = True) -> dict:
     """Train tower + heads, report held-out patch accuracies, save the tower."""
     torch.manual_seed(config.seed)
@@ -167,9 +196,14 @@ def pretrain(config: VisionPretrainConfig, progress: bool = True) -> dict:
                      config, grid, progress)  # fmt: skip
     train = tuple(t.to(device) for t in train)
     held = tuple(t.to(device) for t in held)
-    heads = PatchHeads(config.vision_hidden)
+    if config.tower_init:
+        load_state_strict(model.vision_tower, tower_weights(config.tower_init))
+    model.vision_tower.requires_grad_(config.train_tower)
+    heads = PatchHeads(config.vision_hidden, config.probe_hidden)
     model, heads = model.to(device), heads.to(device)
-    params = [*model.vision_tower.parameters(), *heads.parameters()]
+    params = [*heads.parameters()]
+    if config.train_tower:
+        params += [*model.vision_tower.parameters()]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     rng = np.random.default_rng(config.seed)
     out = Path(config.out)
@@ -200,6 +234,8 @@ def pretrain(config: VisionPretrainConfig, progress: bool = True) -> dict:
     majority_kind = float((held[1] == torch.mode(train[1].flatten()).values).float().mean())
     tower = {k: v.detach().cpu().contiguous() for k, v in model.vision_tower.state_dict().items()}
     save_file(tower, str(out / "vision_tower.safetensors"))
+    head_weights = {k: v.detach().cpu().contiguous() for k, v in heads.state_dict().items()}
+    save_file(head_weights, str(out / "patch_heads.safetensors"))
     report = {
         "config": asdict(config),
         "held_out": evaluation,

@@ -14,7 +14,8 @@ Positions are metres in the first frame's gravity-aligned BEV frame; yaw is radi
 The shipped recipe's training aids (ours: grounding loss, egocentric head) are in training_aids;
 the GPU recipe's input aid (ours: patches told their 3D point) is in point_embedding, and the
 position pointer (ours: <Pos> reads its position off the layout of the patches it points at) in
-position_pointer.
+position_pointer, and the semantic embedding (ours: a second tiny tower tells each video token
+which object kinds and colours its patches show) in semantic_embedding.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from loc3r.vlm.packing import pack_samples
 from loc3r.vlm.point_embedding import PointEmbedding
 from loc3r.vlm.position_pointer import PositionPointer
 from loc3r.vlm.processor import SYSTEM_PROMPT
+from loc3r.vlm.semantic_embedding import SemanticEmbedding, semantic_tower_config
 from loc3r.vlm.static_decoding import StaticDecoding, check_room, forward_at, is_static, rewind
 
 POS_TOKEN = "<Pos>"
@@ -79,6 +81,9 @@ class Loc3rVLMConfig:
     enable_egocentric_head: bool = False  # training aid (ours): see training_aids
     point_embedding: bool = False  # input aid (ours): geometry camera tokens, see point_embedding
     position_pointer: bool = False  # read-out aid (ours): see position_pointer (needs the layout)
+    # input aid (ours): (kinds, colours) of the semantic embedding's patch heads; () = none
+    semantic_classes: tuple[int, ...] = ()
+    semantic_probe_hidden: int = 0  # its heads' hidden width (0: linear)
     system_prompt: str = SYSTEM_PROMPT
     max_new_tokens: int = 32
     stop_repeats: int = 3  # loop guard: stop when one n-gram ends the answer 3 times; 0 = off
@@ -103,6 +108,7 @@ class Loc3rVLMConfig:
                     "its code is in git commit 7295583"
                 )
         weights = LossWeights(**data.pop("weights", {}))
+        data["semantic_classes"] = tuple(data.get("semantic_classes", ()))
         return cls(**data, weights=weights)
 
 
@@ -189,6 +195,16 @@ class Loc3rVLM(nn.Module):
         if config.position_pointer and not config.enable_layout_head:
             raise ValueError("position_pointer reads the layout: it needs enable_layout_head")
         self.position_pointer = PositionPointer(hidden) if config.position_pointer else None
+        self.semantic_embedding = None
+        if config.semantic_classes:
+            if len(config.semantic_classes) != 2:
+                raise ValueError(
+                    f"semantic_classes is (kinds, colours), not {config.semantic_classes}"
+                )
+            self.semantic_embedding = SemanticEmbedding(
+                semantic_tower_config(base.config), hidden, tuple(config.semantic_classes),
+                config.semantic_probe_hidden,
+            )  # fmt: skip
         if config.point_embedding:
             from loc3r.engine.perception import geometry_token_width
 
@@ -264,7 +280,8 @@ class Loc3rVLM(nn.Module):
         Index value p >= 0 marks the p-th pooled patch (frame-major, row-major); -1 marks the
         camera and newline tokens.
         """
-        frames = self.base.frame_tokens(pixel_values.to(self.device))  # (T, 210, H)
+        pixel_values = pixel_values.to(self.device)
+        frames = self.base.frame_tokens(pixel_values)  # (T, 210, H)
         count, per_frame, hidden = frames.shape
         side = self.base.config.pooled_grid
         newline = 1 if per_frame == side * (side + 1) else 0
@@ -274,6 +291,10 @@ class Loc3rVLM(nn.Module):
             row.reshape(1, -1) + (torch.arange(count, device=self.device) * side * side)[:, None]
         )
         index = torch.where(row.reshape(1, -1) < 0, -1, index)  # (T, 210)
+        keep = (row.reshape(-1) >= 0).nonzero().flatten()  # the patch tokens of a frame
+        if self.semantic_embedding is not None:  # input aid (ours): what each cell shows
+            meaning = self.semantic_embedding(pixel_values, side)  # (T, g*g, H)
+            frames = frames.index_add(1, keep, meaning.to(frames.dtype))
         if self.config.use_camera_tokens:
             if camera_tokens is None or camera_tokens.shape != (count, self.config.cam_token_dim):
                 shape = None if camera_tokens is None else tuple(camera_tokens.shape)
@@ -286,7 +307,6 @@ class Loc3rVLM(nn.Module):
                 from loc3r.engine.perception import token_points
 
                 points = self.point_embedding(token_points(camera_tokens, side))  # (T, g*g, H)
-                keep = (row.reshape(-1) >= 0).nonzero().flatten()
                 frames = frames.index_add(1, keep, points.to(frames.dtype))
             cam = self.f_cam(camera_tokens.to(frames.dtype))[:, None]  # (T, 1, H)
             frames = torch.cat([cam, frames], dim=1)
@@ -720,4 +740,6 @@ class Loc3rVLM(nn.Module):
         model = model.to_empty(device="cpu").to(dtype)
         load_state_strict(model, {k: v.to(dtype) for k, v in tensors.items()})
         materialise_buffers(model.base)
+        if model.semantic_embedding is not None:
+            model.semantic_embedding.materialise_buffers()
         return model.to(device=device).eval()
