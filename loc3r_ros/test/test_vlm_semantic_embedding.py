@@ -8,7 +8,13 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer
 
 from loc3r.train.config import TrainConfig
-from loc3r.train.pipeline import add_semantic_embedding, build_model, prepare_run
+from loc3r.train.pipeline import (
+    add_semantic_embedding,
+    build_model,
+    check_semantic_init,
+    continue_from,
+    prepare_run,
+)
 from loc3r.train.pretrain_vision import PatchHeads, VisionPretrainConfig, pretrain, tower_weights
 from loc3r.vlm import Loc3rVLMConfig
 from loc3r.vlm.semantic_embedding import SemanticEmbedding, head_classes
@@ -40,15 +46,15 @@ def test_a_cell_says_what_any_of_its_patches_shows():
         embedding.colour.bias.zero_()
     features = torch.zeros(1, 16, 3)  # a 4x4 patch grid of surface (kind 0) ...
     features[..., 0] = 1.0
-    features[0, 5] = torch.tensor([0.0, 0.0, 1.0])  # ... but one patch of cell (0, 0) shows kind 2
-    probs = embedding.probabilities(features, pooled_grid=2)  # 2x2 cells
+    features[0, 6] = torch.tensor([0.0, 0.0, 1.0])  # ... but patch (1, 2), in cell (0, 1), shows 2
+    probs = embedding.probabilities(features, pooled_grid=2)  # 2x2 cells, row-major
     assert probs.shape == (1, 4, 5)
     sure = torch.softmax(torch.tensor([0.0, 0.0, 10.0]), 0)[2]
-    torch.testing.assert_close(probs[0, 0, 2], sure)  # one patch in four, and the cell is sure
-    assert (probs[0, 1:, 2] < 1e-3).all()  # the other cells show no kind 2
+    torch.testing.assert_close(probs[0, 1, 2], sure)  # one patch in four, and the cell is sure
+    assert (probs[0, [0, 2, 3], 2] < 1e-3).all()  # the other cells show no kind 2
     torch.testing.assert_close(probs[0, :, 3:], torch.full((4, 2), 0.5))  # colours: undecided
     mean_pooled = torch.softmax(10 * features, -1).view(1, 2, 2, 2, 2, 3).mean((2, 4))
-    assert mean_pooled[0, 0, 0, 2] < 0.3  # averaging would have lost it
+    assert mean_pooled[0, 0, 1, 2] < 0.3  # averaging would have lost it
     pixels = torch.randn(2, 3, 56, 56)
     assert embedding(pixels, 2).shape == (2, 4, 8)
     assert embedding(pixels, 2).abs().sum() == 0  # the projection starts at zero
@@ -116,6 +122,8 @@ def test_a_model_given_the_embedding_answers_as_before_and_keeps_it(tokenizer_di
     moved, _ = model.video_embeddings(pixels, tokens)
     changed = (moved - before).abs().sum(-1) > 0
     assert torch.equal(changed, index >= 0)
+    meaning = model.semantic_embedding(pixels, 2)  # (frames, cells, hidden), row-major cells
+    torch.testing.assert_close((moved - before)[index >= 0], meaning.reshape(-1, 64))
     with pytest.raises(ValueError, match="has a semantic embedding already"):
         add_semantic_embedding(model, probe)
     model.save_pretrained(tmp_path / "semantic")
@@ -123,10 +131,19 @@ def test_a_model_given_the_embedding_answers_as_before_and_keeps_it(tokenizer_di
     assert loaded.config.semantic_classes == (3, 2)
     torch.testing.assert_close(loaded.video_embeddings(pixels, tokens)[0], moved)
     assert not loaded.semantic_embedding.kind.weight.requires_grad  # the probe stays frozen
+    half = type(model).from_pretrained(tmp_path / "semantic", dtype=torch.bfloat16).eval()
+    assert half.semantic_embedding.proj.weight.dtype == torch.bfloat16
+    half_video = half.video_embeddings(pixels.bfloat16(), tokens.bfloat16())[0].float()
+    torch.testing.assert_close(half_video, moved, atol=0.15, rtol=0.05)
+    continued = continue_from(str(tmp_path / "semantic"), config, SIZES)  # kept when continued
+    assert continued.config.semantic_classes == (3, 2)
+    torch.testing.assert_close(continued.eval().video_embeddings(pixels, tokens)[0], moved)
+    with pytest.raises(ValueError, match="has a semantic embedding already"):
+        check_semantic_init(probe, vlm_init=str(tmp_path / "semantic"))
     narrow = {**SIZES, "vision_hidden": 16}
     with pytest.raises(ValueError, match="does not match"):
         add_semantic_embedding(build_tiny_loc3r(tokenizer, config, **narrow), probe)
-    with pytest.raises(ValueError, match="has no patch_heads"):
+    with pytest.raises(ValueError, match="has no vision_tower"):
         add_semantic_embedding(build_tiny_loc3r(tokenizer, config, **SIZES), tmp_path)
 
 
@@ -163,8 +180,11 @@ def test_a_probe_of_a_frozen_tower_leaves_it_and_feeds_a_run(tokenizer_dir, tmp_
     assert not trainable & {id(p) for p in built.semantic_embedding.tower.parameters()}
 
 
-def test_a_run_refuses_a_probe_for_llava_video(tmp_path):
+def test_a_run_refuses_a_probe_it_cannot_use_before_rendering(tmp_path):
     config = TrainConfig(out=str(tmp_path), base_model_dir=str(tmp_path / "llava"),
                          semantic_init=str(tmp_path / "probe"))  # fmt: skip
     with pytest.raises(ValueError, match="semantic_init is a tiny tower"):
         prepare_run(config, progress=False)
+    nothing = TrainConfig(out=str(tmp_path), semantic_init=str(tmp_path), train_episodes=10_000)
+    with pytest.raises(ValueError, match="has no vision_tower.safetensors"):
+        prepare_run(nothing, progress=False)  # refused before 10000 rooms are rendered

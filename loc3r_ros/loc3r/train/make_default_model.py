@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     if not config.vision_init and not config.vlm_init:  # a continued model has its tower
         vision_config = VisionPretrainConfig.from_args([
             f"--out={Path(config.out) / 'vision_run'}", f"--frames={config.frames}",
-            f"--image_size={config.image_size}", f"--vision_hidden={config.vision_hidden}",
+            f"--image_size={config.image_size}", f"--render_size={config.render_size}",
+            f"--vision_hidden={config.vision_hidden}",
             f"--vision_layers={config.vision_layers}", f"--look={config.look}",
             f"--walk={config.walk}", f"--workers={config.workers}", *stage_args["vision"],
         ])  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -172,6 +173,25 @@ def continue_from(directory: str, vlm_config: Loc3rVLMConfig, sizes: dict) -> Lo
     return model
 
 
+def check_semantic_init(probe_dir: str | Path, vlm_init: str = "") -> None:
+    """ValueError when `probe_dir` is no probe or `vlm_init` has a semantic embedding already."""
+    from safetensors.torch import load_file
+
+    from loc3r.vlm.semantic_embedding import head_classes
+
+    for name in ("vision_tower.safetensors", "patch_heads.safetensors"):
+        if not (Path(probe_dir) / name).is_file():
+            raise ValueError(f"{probe_dir} has no {name} (a pretrain_vision output?)")
+    head_classes(load_file(str(Path(probe_dir) / "patch_heads.safetensors")))  # a few KB
+    if vlm_init:
+        saved = json.loads((Path(vlm_init) / "config.json").read_text())
+        if saved.get("loc3r", {}).get("semantic_classes"):
+            raise ValueError(
+                f"vlm_init={vlm_init} has a semantic embedding already: continue it without "
+                "semantic_init"
+            )
+
+
 def add_semantic_embedding(model: Loc3rVLM, probe_dir: str | Path) -> None:
     """Give `model` the semantic embedding: a probe's tower and heads, frozen, a projection at 0.
 
@@ -189,13 +209,14 @@ def add_semantic_embedding(model: Loc3rVLM, probe_dir: str | Path) -> None:
 
     if model.semantic_embedding is not None:
         raise ValueError("the model has a semantic embedding already: continue it without one")
-    heads = Path(probe_dir) / "patch_heads.safetensors"
-    if not heads.is_file():
-        raise ValueError(f"{probe_dir} has no patch_heads.safetensors (a pretrain_vision output?)")
-    classes, probe_hidden = head_classes(load_file(str(heads)))
+    check_semantic_init(probe_dir)
+    classes, probe_hidden = head_classes(
+        load_file(str(Path(probe_dir) / "patch_heads.safetensors"))
+    )
     hidden = model.base.config.text["hidden_size"]
     tower = semantic_tower_config(model.base.config)
-    embedding = SemanticEmbedding(tower, hidden, classes, probe_hidden)
+    attention = model.base.config.attn_implementation
+    embedding = SemanticEmbedding(tower, hidden, classes, probe_hidden, attention)
     embedding.load_probe(probe_dir)
     model.semantic_embedding = embedding.to(device=model.device, dtype=model.f_cam[0].weight.dtype)
     model.config = replace(  # not the caller's config
@@ -265,6 +286,8 @@ def prepare_run(config: TrainConfig, progress: bool = True) -> Run:
         raise ValueError("pool_stride is the tiny VLM's; LLaVA-Video pools its patches 2x2")
     if config.base_model_dir and config.semantic_init:
         raise ValueError("semantic_init is a tiny tower's probe; LLaVA-Video has SigLIP")
+    if config.semantic_init:  # before the rendering: a probe that cannot load fails at once
+        check_semantic_init(config.semantic_init, config.vlm_init)
     out = Path(config.out)
     episodes_cfg = episode_config(config)
     start = config.train_seed_offset

@@ -5,9 +5,16 @@
 In the paper the vision tower (SigLIP so400m) is pretrained and stays frozen. The embedded model's
 tower is tiny and built from scratch, so it is given the same status by a short supervised
 pretraining on rendered frames: from the features the VLM reads (the tower's last kept layer),
-linear heads predict, for every patch, the kind of object it shows (or a room surface), the
-object's colour, and the log depth; the labels come from the renderer's object ids and depth.
-The tower is then loaded (TrainConfig.vision_init) and frozen while Loc3R-VLM trains.
+heads (linear, or with one hidden layer: --probe_hidden) predict, for every patch, the kind of
+object it shows (or a room surface), the object's colour, and the log depth; the labels come from
+the renderer's object ids and depth. The tower is then loaded (TrainConfig.vision_init) and
+frozen while Loc3R-VLM trains.
+
+The same script trains the semantic embedding's tower and heads (TrainConfig.semantic_init takes
+its <out>/: vision_tower.safetensors and patch_heads.safetensors): pass the VLM's --image_size,
+--vision_hidden and --vision_layers, its scenes (--look, --walk, --frames, --render_size), and
+--tower_init=<a tower or a VLM directory> to start from a trained tower; --train_tower=False
+trains the heads alone, a probe of that tower.
 """
 
 from __future__ import annotations
@@ -185,19 +192,22 @@ def tower_weights(path: str) -> dict[str, torch.Tensor]:
 
 
 def pretrain(config: VisionPretrainConfig, progress: bool = True) -> dict:
-    """Train tower + heads, report held-out patch accuracies, save the tower."""
+    """Train the heads (and the tower unless train_tower=False), save both, report accuracies.
+
+    The accuracies are the held-out rooms' patch accuracies (eval_seed_offset).
+    """
     torch.manual_seed(config.seed)
     start = time.perf_counter()
     device = resolve_training_device(config.device)
     model = build_vision_model(config)
+    if config.tower_init:  # before the rendering: a tower that does not fit fails at once
+        load_state_strict(model.vision_tower, tower_weights(config.tower_init))
     grid = model.config.grid
     train = make_data(range(config.episodes), config, grid, progress)
     held = make_data(range(config.eval_seed_offset, config.eval_seed_offset + config.eval_episodes),
                      config, grid, progress)  # fmt: skip
     train = tuple(t.to(device) for t in train)
     held = tuple(t.to(device) for t in held)
-    if config.tower_init:
-        load_state_strict(model.vision_tower, tower_weights(config.tower_init))
     model.vision_tower.requires_grad_(config.train_tower)
     heads = PatchHeads(config.vision_hidden, config.probe_hidden)
     model, heads = model.to(device), heads.to(device)

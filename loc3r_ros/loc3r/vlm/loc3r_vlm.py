@@ -201,9 +201,14 @@ class Loc3rVLM(nn.Module):
                 raise ValueError(
                     f"semantic_classes is (kinds, colours), not {config.semantic_classes}"
                 )
+            if base.config.grid % base.config.pool_stride:  # its cells must be the tokens'
+                raise ValueError(
+                    f"the semantic embedding pools whole cells: a {base.config.grid}-patch grid "
+                    f"does not divide by pool_stride {base.config.pool_stride}"
+                )
             self.semantic_embedding = SemanticEmbedding(
                 semantic_tower_config(base.config), hidden, tuple(config.semantic_classes),
-                config.semantic_probe_hidden,
+                config.semantic_probe_hidden, base.config.attn_implementation,
             )  # fmt: skip
         if config.point_embedding:
             from loc3r.engine.perception import geometry_token_width

@@ -6,12 +6,12 @@ by averaging their features, so a chair that fills one patch is a quarter of its
 with the floor around it. The semantic embedding is a second tiny tower of the same shape with
 heads that say, for each 14 px patch, which object kind it shows and in what colour; it is
 trained on the renderer's labels (`python -m loc3r.train.pretrain_vision --probe_hidden=128`,
-whose <out>/ holds vision_tower.safetensors and patch_heads.safetensors) and frozen, as the tower
-is. Max-pooling the heads' probabilities over a cell keeps what any of its patches shows: the cell
-says "chair" however little of it the chair fills. A projection that starts at zero adds them to
-the video token, as the point embedding adds the patch's point, so a model continued with it
-starts as it was, and a word of the situation ("the lamp") can find its patches through one
-direction of the token.
+whose <out>/ holds vision_tower.safetensors and patch_heads.safetensors; its docstring says
+which of the VLM's sizes and scenes to pass) and frozen, as the tower is. Max-pooling the heads'
+probabilities over a cell keeps what any of its patches shows: the cell says "chair" however
+little of it the chair fills. A projection that starts at zero adds them to the video token, as
+the point embedding adds the patch's point, so a model continued with it starts as it was, and a
+word of the situation ("the lamp") can find its patches through one direction of the token.
 """
 
 from __future__ import annotations
@@ -52,11 +52,17 @@ class SemanticEmbedding(nn.Module):
     """
 
     def __init__(
-        self, vision: dict, hidden: int, classes: tuple[int, int], probe_hidden: int = 0
+        self,
+        vision: dict,
+        hidden: int,
+        classes: tuple[int, int],
+        probe_hidden: int = 0,
+        attn_implementation: str = "sdpa",
     ) -> None:
         super().__init__()
         config = SiglipVisionConfig(**vision)
         config.vision_use_head = False
+        config._attn_implementation = attn_implementation  # as LlavaVideoModel's tower
         self.tower = SiglipVisionModel(config)
         vision_dim = config.hidden_size
         kinds, colours = classes
