@@ -18,6 +18,7 @@ from loc3r.eval.bounds import (
     attention_of,
     direction_by_geometry,
     direction_from_pose,
+    egocentric_direction,
     input_point_readouts,
     input_points,
     main,
@@ -96,6 +97,14 @@ def test_direction_from_pose_reads_the_object_in_the_agents_frame(point, expecte
     # out of view (no cells, or no weight): no answer
     assert direction_from_pose([1.0, 1.0], 0.0, None, layout) is None
     assert direction_from_pose([1.0, 1.0], 0.0, torch.zeros(3), layout) is None
+
+
+def test_the_egocentric_heads_offset_reads_as_a_direction():
+    """(ahead, left) metres in the agent's frame: ahead is in front, a positive left is left."""
+    for offset, expected in (((2.0, 0.3), "in front"), ((0.2, 1.5), "left"),
+                             ((-2.0, -0.4), "behind"), ((0.5, -3.0), "right")):  # fmt: skip
+        assert egocentric_direction(torch.tensor(offset)) == expected
+    assert egocentric_direction(None) is None
 
 
 def test_position_readouts_swap_grounding_and_layout_one_at_a_time():

@@ -168,6 +168,22 @@ def test_egocentric_loss_regresses_the_object_offset_at_the_answer_start(tokeniz
     assert "ego" not in build_tiny_loc3r(model.tokenizer).forward_train([batch[0]])  # off: absent
 
 
+def test_the_trace_reads_the_egocentric_head_at_the_answer_start(tokenizer_dir):
+    torch.manual_seed(0)
+    config = Loc3rVLMConfig(cam_token_dim=24, enable_egocentric_head=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    model = build_tiny_loc3r(tokenizer, config, attn_implementation="eager").eval()
+    s = sample()
+    asked = trace_situation(model, s.pixel_values, s.camera_tokens, s.situation, s.question)
+    states, _, _ = eager_forward(model, s, model.question_ids(s.question))
+    torch.testing.assert_close(asked.egocentric, model.egocentric_head(states[-1]))
+    assert asked.egocentric.shape == (2,)
+    assert trace_situation(model, s.pixel_values, s.camera_tokens, s.situation).egocentric is None
+    model.egocentric_head = None
+    alone = trace_situation(model, s.pixel_values, s.camera_tokens, s.situation, s.question)
+    assert alone.egocentric is None
+
+
 def test_the_egocentric_head_survives_a_checkpoint_round_trip(tokenizer_dir, tmp_path):
     torch.manual_seed(0)
     config = Loc3rVLMConfig(cam_token_dim=24, enable_egocentric_head=True)

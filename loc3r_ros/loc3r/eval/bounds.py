@@ -34,7 +34,9 @@ one of the three objects is out of view), with the model's grounding and layout,
 ones: what an LM reasoning perfectly over what the model grounds and lays out would score. And
 from a pose, the model's own (f_pos, f_ori) or the true one, with the object asked about found
 by the answer token's attention or by its true patches, over the model's layout: which of the
-pose and the grounding a direction answer loses.
+pose and the grounding a direction answer loses. And the egocentric head's own answer (where it
+puts the object asked about, ahead and to the left, read as a direction; "in front" for a model
+without the head): whether the answer token's state carries the object's place.
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ DIRECTION_READOUTS = (
     "model pose, true object",
     "true pose, model grounding",
     "true pose, true object",
+    "egocentric head",
 )
 FALLBACK_DIRECTION = "in front"
 # "attention near its peak": the attended patches whose layout lies this close to the most
@@ -186,6 +189,13 @@ def direction_by_geometry(
         return None
     yaw = math.atan2(facing[1] - at[1], facing[0] - at[0])
     return relative_direction(at, yaw, point)
+
+
+def egocentric_direction(offset: torch.Tensor | None) -> str | None:
+    """The direction of an (ahead, left) offset in the agent's frame; None without one."""
+    if offset is None:
+        return None
+    return relative_direction((0.0, 0.0), 0.0, offset.tolist())
 
 
 def direction_from_pose(
@@ -387,7 +397,10 @@ def _directions(vlm, episode, record, pixels: torch.Tensor) -> tuple[dict, float
     true_xy, valid, _ = _patch_truth(episode, trace.patch_index)
     attended = [attention_of(trace, name) for name in GROUNDING_OF]
     cells = [_cells(episode, record, key, trace.patch_index) for key in DIRECTION_OBJECTS]
-    answers = {"model grounding, model layout": direction_by_geometry(*attended, trace.layout)}
+    answers = {
+        "model grounding, model layout": direction_by_geometry(*attended, trace.layout),
+        "egocentric head": egocentric_direction(trace.egocentric),
+    }
     poses = {"model pose": (trace.pose.xy.tolist(), trace.pose.yaw),
              "true pose": (list(record.position), record.yaw)}  # fmt: skip
     for name, (position, yaw) in poses.items():
@@ -405,12 +418,13 @@ def _on_cpu(trace):
     """The trace with its tensors on the CPU (the truth lives there)."""
     pose = replace(trace.pose, xy=trace.pose.xy.cpu())
     layout = None if trace.layout is None else trace.layout.cpu()
-    head_xy, pointer_xy, pointer = (
+    head_xy, pointer_xy, pointer, egocentric = (
         None if t is None else t.cpu()
-        for t in (trace.head_xy, trace.pointer_xy, trace.pointer_attention)
+        for t in (trace.head_xy, trace.pointer_xy, trace.pointer_attention, trace.egocentric)
     )
     return replace(trace, attention=trace.attention.cpu(), layout=layout, pose=pose,
-                   head_xy=head_xy, pointer_xy=pointer_xy, pointer_attention=pointer)  # fmt: skip
+                   head_xy=head_xy, pointer_xy=pointer_xy, pointer_attention=pointer,
+                   egocentric=egocentric)  # fmt: skip
 
 
 def _pct(value: float | None) -> str:

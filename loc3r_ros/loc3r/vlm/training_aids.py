@@ -209,6 +209,9 @@ class SituationTrace:
     pointer_xy: torch.Tensor | None = None
     pointer_attention: torch.Tensor | None = None
     pointer_gate: float | None = None
+    # with a question and the egocentric head: its (ahead, left) metres at the token that
+    # predicts the answer's first word (what L_ego trains), else None
+    egocentric: torch.Tensor | None = None
 
 
 @torch.inference_mode()
@@ -256,6 +259,8 @@ def trace_situation(
         layout = model.layout_head(states[positions])[:, :2].float()
     pose = model.read_pose(states[pos_at], states[pos_at + 1], states[positions])
     trace = SituationTrace(patch_index[patches], probs[:, :, positions], layout, pose)
+    if question_ids and model.egocentric_head is not None:
+        trace.egocentric = model.egocentric_head(states[-1]).float()
     pointer = model.position_pointer
     if pointer is not None:
         pos_hidden = states[pos_at][None]
