@@ -17,16 +17,17 @@ from loc3r.train.pipeline import (
 )
 from loc3r.train.pretrain_vision import PatchHeads, VisionPretrainConfig, pretrain, tower_weights
 from loc3r.vlm import Loc3rVLMConfig
+from loc3r.vlm.llava_video import LlavaVideoConfig
 from loc3r.vlm.semantic_embedding import SemanticEmbedding, head_classes
-from loc3r.vlm.tiny import build_tiny_loc3r
+from loc3r.vlm.tiny import build_tiny_loc3r, tiny_llava_config
 
 SIZES = {"hidden": 64, "layers": 2, "heads": 4, "kv_heads": 2, "intermediate": 128,
          "image_size": 56, "vision_hidden": 32, "vision_layers": 2}  # fmt: skip
 
 
-def tower(width: int) -> dict:
-    return {"hidden_size": width, "intermediate_size": 8, "num_hidden_layers": 1,
-            "num_attention_heads": 1, "image_size": 56, "patch_size": 14}  # fmt: skip
+def tower(width: int) -> LlavaVideoConfig:
+    """A VLM config whose tower is `width` wide (one layer kept, 56 px: a 4x4 patch grid)."""
+    return tiny_llava_config(vocab_size=16, vision_hidden=width, vision_layers=1)
 
 
 def probe_heads(vision_dim: int, classes=(3, 2)) -> dict[str, torch.Tensor]:
@@ -38,28 +39,30 @@ def probe_heads(vision_dim: int, classes=(3, 2)) -> dict[str, torch.Tensor]:
 
 
 def test_a_cell_says_what_any_of_its_patches_shows():
-    embedding = SemanticEmbedding(tower(3), hidden=8, classes=(3, 2))
+    embedding = SemanticEmbedding(tower(4), hidden=8, classes=(3, 2))
     with torch.no_grad():  # kind logits = 10 x the feature: a one-hot feature is one sure kind
-        embedding.kind.weight.copy_(10 * torch.eye(3))
+        embedding.kind.weight.copy_(10 * torch.eye(3, 4))
         embedding.kind.bias.zero_()
         embedding.colour.weight.zero_()
         embedding.colour.bias.zero_()
-    features = torch.zeros(1, 16, 3)  # a 4x4 patch grid of surface (kind 0) ...
+    features = torch.zeros(1, 16, 4)  # a 4x4 patch grid of surface (kind 0) ...
     features[..., 0] = 1.0
-    features[0, 6] = torch.tensor([0.0, 0.0, 1.0])  # ... but patch (1, 2), in cell (0, 1), shows 2
+    features[0, 6] = torch.tensor(
+        [0.0, 0.0, 1.0, 0.0]
+    )  # ... but patch (1, 2), in cell (0, 1), shows 2
     probs = embedding.probabilities(features, pooled_grid=2)  # 2x2 cells, row-major
     assert probs.shape == (1, 4, 5)
     sure = torch.softmax(torch.tensor([0.0, 0.0, 10.0]), 0)[2]
     torch.testing.assert_close(probs[0, 1, 2], sure)  # one patch in four, and the cell is sure
     assert (probs[0, [0, 2, 3], 2] < 1e-3).all()  # the other cells show no kind 2
     torch.testing.assert_close(probs[0, :, 3:], torch.full((4, 2), 0.5))  # colours: undecided
-    mean_pooled = torch.softmax(10 * features, -1).view(1, 2, 2, 2, 2, 3).mean((2, 4))
+    mean_pooled = torch.softmax(10 * features[..., :3], -1).view(1, 2, 2, 2, 2, 3).mean((2, 4))
     assert mean_pooled[0, 0, 1, 2] < 0.3  # averaging would have lost it
     pixels = torch.randn(2, 3, 56, 56)
     assert embedding(pixels, 2).shape == (2, 4, 8)
     assert embedding(pixels, 2).abs().sum() == 0  # the projection starts at zero
     with pytest.raises(ValueError, match="square grid"):
-        embedding.probabilities(torch.zeros(1, 15, 3), 2)
+        embedding.probabilities(torch.zeros(1, 15, 4), 2)
 
 
 def test_the_heads_load_from_a_probe_and_refuse_what_does_not_fit():
@@ -74,7 +77,7 @@ def test_the_heads_load_from_a_probe_and_refuse_what_does_not_fit():
     assert not any(p.requires_grad for p in frozen)
     assert all(p.requires_grad for p in embedding.proj.parameters())
     with pytest.raises(ValueError, match="another tower width"):
-        SemanticEmbedding(tower(5), 8, (3, 2)).load_heads(heads)
+        SemanticEmbedding(tower(6), 8, (3, 2)).load_heads(heads)
     with pytest.raises(ValueError, match="no colour.bias"):
         embedding.load_heads({k: v for k, v in heads.items() if k != "colour.bias"})
     with pytest.raises(ValueError, match="no colour head"):

@@ -173,8 +173,11 @@ def continue_from(directory: str, vlm_config: Loc3rVLMConfig, sizes: dict) -> Lo
     return model
 
 
-def check_semantic_init(probe_dir: str | Path, vlm_init: str = "") -> None:
-    """ValueError when `probe_dir` is no probe or `vlm_init` has a semantic embedding already."""
+def check_semantic_init(probe_dir: str | Path, vlm_init: str = "") -> tuple[tuple[int, int], int]:
+    """The probe's ((kinds, colours), probe_hidden) (`head_classes`).
+
+    ValueError when `probe_dir` is no probe or `vlm_init` has a semantic embedding already.
+    """
     from safetensors.torch import load_file
 
     from loc3r.vlm.semantic_embedding import head_classes
@@ -182,7 +185,7 @@ def check_semantic_init(probe_dir: str | Path, vlm_init: str = "") -> None:
     for name in ("vision_tower.safetensors", "patch_heads.safetensors"):
         if not (Path(probe_dir) / name).is_file():
             raise ValueError(f"{probe_dir} has no {name} (a pretrain_vision output?)")
-    head_classes(load_file(str(Path(probe_dir) / "patch_heads.safetensors")))  # a few KB
+    shape = head_classes(load_file(str(Path(probe_dir) / "patch_heads.safetensors")))  # a few KB
     if vlm_init:
         saved = json.loads((Path(vlm_init) / "config.json").read_text())
         if saved.get("loc3r", {}).get("semantic_classes"):
@@ -190,6 +193,7 @@ def check_semantic_init(probe_dir: str | Path, vlm_init: str = "") -> None:
                 f"vlm_init={vlm_init} has a semantic embedding already: continue it without "
                 "semantic_init"
             )
+    return shape
 
 
 def add_semantic_embedding(model: Loc3rVLM, probe_dir: str | Path) -> None:
@@ -199,24 +203,13 @@ def add_semantic_embedding(model: Loc3rVLM, probe_dir: str | Path) -> None:
     before until training moves the projection. ValueError when the model has one already (its
     projection reads its own heads) or the probe is not of the model's tower shape.
     """
-    from safetensors.torch import load_file
-
-    from loc3r.vlm.semantic_embedding import (
-        SemanticEmbedding,
-        head_classes,
-        semantic_tower_config,
-    )
+    from loc3r.vlm.semantic_embedding import SemanticEmbedding
 
     if model.semantic_embedding is not None:
         raise ValueError("the model has a semantic embedding already: continue it without one")
-    check_semantic_init(probe_dir)
-    classes, probe_hidden = head_classes(
-        load_file(str(Path(probe_dir) / "patch_heads.safetensors"))
-    )
+    classes, probe_hidden = check_semantic_init(probe_dir)
     hidden = model.base.config.text["hidden_size"]
-    tower = semantic_tower_config(model.base.config)
-    attention = model.base.config.attn_implementation
-    embedding = SemanticEmbedding(tower, hidden, classes, probe_hidden, attention)
+    embedding = SemanticEmbedding(model.base.config, hidden, classes, probe_hidden)
     embedding.load_probe(probe_dir)
     model.semantic_embedding = embedding.to(device=model.device, dtype=model.f_cam[0].weight.dtype)
     model.config = replace(  # not the caller's config

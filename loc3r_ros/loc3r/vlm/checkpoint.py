@@ -21,7 +21,12 @@ from safetensors import safe_open
 from transformers import AutoTokenizer
 
 from loc3r.state_dict import state_dict_mismatch
-from loc3r.vlm.llava_video import LlavaCheckpointError, LlavaVideoConfig, LlavaVideoModel
+from loc3r.vlm.llava_video import (
+    LlavaCheckpointError,
+    LlavaVideoConfig,
+    LlavaVideoModel,
+    vision_body,
+)
 
 _PREFIXES = (  # checkpoint prefix -> our module prefix, first match wins
     ("model.vision_tower.vision_tower.vision_model.", "vision_tower.{vision_body}"),
@@ -83,14 +88,19 @@ def load_state_strict(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) 
     model.load_state_dict(tensors, strict=True)
 
 
+def materialise_position_ids(tower: torch.nn.Module) -> None:
+    """A SigLIP tower's position ids, which a meta-device build leaves empty."""
+    embeddings = vision_body(tower).embeddings
+    embeddings.position_ids = torch.arange(embeddings.num_positions).expand((1, -1))
+
+
 def materialise_buffers(model: LlavaVideoModel) -> None:
     """Recompute the non-persistent buffers that a meta-device build leaves empty.
 
     RoPE tables are built in float32 whatever the weights' dtype (the original code rounds them
     to the load dtype, which costs up to 2e-3 in bfloat16).
     """
-    embeddings = model.vision_body.embeddings
-    embeddings.position_ids = torch.arange(embeddings.num_positions).expand((1, -1))
+    materialise_position_ids(model.vision_tower)
     text_model = model.language_model.model
     text_model.rotary_emb = type(text_model.rotary_emb)(config=model.language_model.config)
 

@@ -179,18 +179,32 @@ class SamplingConfig:
         return int(torch.multinomial(probs / probs.sum(), 1, generator=self._generator))
 
 
+def build_vision_tower(config: LlavaVideoConfig) -> SiglipVisionModel:
+    """SigLIP as LLaVA-Video keeps it: the layers up to `mm_vision_select_layer`, no head."""
+    vision = SiglipVisionConfig(**{**config.vision, "num_hidden_layers": config.vision_layers_kept})
+    vision.vision_use_head = False
+    vision._attn_implementation = config.attn_implementation
+    return SiglipVisionModel(vision)
+
+
+def vision_body(tower: nn.Module) -> nn.Module:
+    """The module holding SigLIP's embeddings/encoder (transformers 4.x nests it)."""
+    return getattr(tower, "vision_model", tower)
+
+
+def tower_features(tower: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+    """The tower's last kept layer, before post_layernorm: (T, 3, S, S) -> (T, patches, C)."""
+    body = vision_body(tower)
+    return body.encoder(inputs_embeds=body.embeddings(pixel_values)).last_hidden_state
+
+
 class LlavaVideoModel(nn.Module):
     """SigLIP + projector + pooled grid tokens + Qwen2, the LLaVA-Video video path."""
 
     def __init__(self, config: LlavaVideoConfig) -> None:
         super().__init__()
         self.config = config
-        vision = SiglipVisionConfig(
-            **{**config.vision, "num_hidden_layers": config.vision_layers_kept}
-        )
-        vision.vision_use_head = False
-        vision._attn_implementation = config.attn_implementation
-        self.vision_tower = SiglipVisionModel(vision)
+        self.vision_tower = build_vision_tower(config)
         hidden = config.text["hidden_size"]
         self.mm_projector = nn.Sequential(
             nn.Linear(config.mm_hidden_size, hidden), nn.GELU(), nn.Linear(hidden, hidden)
@@ -204,7 +218,7 @@ class LlavaVideoModel(nn.Module):
     @property
     def vision_body(self) -> nn.Module:
         """The module holding SigLIP's embeddings/encoder (transformers 4.x nests it)."""
-        return getattr(self.vision_tower, "vision_model", self.vision_tower)
+        return vision_body(self.vision_tower)
 
     @property
     def vision_body_prefix(self) -> str:
@@ -216,8 +230,7 @@ class LlavaVideoModel(nn.Module):
 
         The truncated tower's last layer, before post_layernorm.
         """
-        embedded = self.vision_body.embeddings(pixel_values.to(self.dtype))
-        return self.vision_body.encoder(inputs_embeds=embedded).last_hidden_state
+        return tower_features(self.vision_tower, pixel_values.to(self.dtype))
 
     def pool(self, features: torch.Tensor) -> torch.Tensor:
         """(T, 729, D) projected tokens -> (T, 196, D) pooled per frame (get_2dPool)."""

@@ -50,7 +50,7 @@ from loc3r.vlm.packing import pack_samples
 from loc3r.vlm.point_embedding import PointEmbedding
 from loc3r.vlm.position_pointer import PositionPointer
 from loc3r.vlm.processor import SYSTEM_PROMPT
-from loc3r.vlm.semantic_embedding import SemanticEmbedding, semantic_tower_config
+from loc3r.vlm.semantic_embedding import SemanticEmbedding
 from loc3r.vlm.static_decoding import StaticDecoding, check_room, forward_at, is_static, rewind
 
 POS_TOKEN = "<Pos>"
@@ -207,9 +207,8 @@ class Loc3rVLM(nn.Module):
                     f"does not divide by pool_stride {base.config.pool_stride}"
                 )
             self.semantic_embedding = SemanticEmbedding(
-                semantic_tower_config(base.config), hidden, tuple(config.semantic_classes),
-                config.semantic_probe_hidden, base.config.attn_implementation,
-            )  # fmt: skip
+                base.config, hidden, tuple(config.semantic_classes), config.semantic_probe_hidden
+            )
         if config.point_embedding:
             from loc3r.engine.perception import geometry_token_width
 

@@ -22,17 +22,11 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from safetensors.torch import load_file
 from torch import nn
-from transformers import SiglipVisionConfig, SiglipVisionModel
 
-from loc3r.vlm.checkpoint import load_state_strict
-from loc3r.vlm.llava_video import LlavaVideoConfig
+from loc3r.vlm.checkpoint import load_state_strict, materialise_position_ids
+from loc3r.vlm.llava_video import LlavaVideoConfig, build_vision_tower, tower_features
 
 HEADS = ("kind", "colour")  # the probe's heads the embedding reads (its depth head is not read)
-
-
-def semantic_tower_config(llava: LlavaVideoConfig) -> dict:
-    """The semantic tower's SiglipVisionConfig keywords: the VLM tower's, as many layers kept."""
-    return {**llava.vision, "num_hidden_layers": llava.vision_layers_kept}
 
 
 def probe_head(vision_dim: int, classes: int, probe_hidden: int = 0) -> nn.Module:
@@ -47,25 +41,18 @@ def probe_head(vision_dim: int, classes: int, probe_hidden: int = 0) -> nn.Modul
 class SemanticEmbedding(nn.Module):
     """(T, 3, S, S) pixels -> (T, p*p, hidden): max-pooled kind and colour probabilities.
 
-    `vision` is the tower's SiglipVisionConfig keywords (layers as kept); the tower and the heads
-    are frozen, the projection learns.
+    The tower has the shape (and attention kernel) of the VLM's (`llava`); the tower and the
+    heads are frozen, the projection learns.
     """
 
     def __init__(
-        self,
-        vision: dict,
-        hidden: int,
-        classes: tuple[int, int],
-        probe_hidden: int = 0,
-        attn_implementation: str = "sdpa",
+        self, llava: LlavaVideoConfig, hidden: int, classes: tuple[int, int], probe_hidden: int = 0
     ) -> None:
         super().__init__()
-        config = SiglipVisionConfig(**vision)
-        config.vision_use_head = False
-        config._attn_implementation = attn_implementation  # as LlavaVideoModel's tower
-        self.tower = SiglipVisionModel(config)
-        vision_dim = config.hidden_size
+        self.tower = build_vision_tower(llava)
+        vision_dim = llava.mm_hidden_size
         kinds, colours = classes
+        self.classes = (kinds, colours)  # what the heads tell apart
         self.kind = probe_head(vision_dim, kinds, probe_hidden)
         self.colour = probe_head(vision_dim, colours, probe_hidden)
         for frozen in (self.tower, self.kind, self.colour):
@@ -74,21 +61,13 @@ class SemanticEmbedding(nn.Module):
         nn.init.zeros_(self.proj.weight)  # the tokens start as they were
         nn.init.zeros_(self.proj.bias)
 
-    @property
-    def classes(self) -> tuple[int, int]:
-        """(kinds, colours) the heads tell apart."""
-        return tuple(head_classes(self.state_dict())[0])
-
     def materialise_buffers(self) -> None:
         """The tower's position ids, which a meta-device build (from_pretrained) leaves empty."""
-        embeddings = getattr(self.tower, "vision_model", self.tower).embeddings
-        embeddings.position_ids = torch.arange(embeddings.num_positions).expand((1, -1))
+        materialise_position_ids(self.tower)
 
     def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(T, 3, S, S) -> (T, g*g, C): the tower's last layer (as LlavaVideoModel's)."""
-        body = getattr(self.tower, "vision_model", self.tower)
-        embedded = body.embeddings(pixel_values.to(self.proj.weight.dtype))
-        return body.encoder(inputs_embeds=embedded).last_hidden_state
+        return tower_features(self.tower, pixel_values.to(self.proj.weight.dtype))
 
     def probabilities(self, features: torch.Tensor, pooled_grid: int) -> torch.Tensor:
         """(T, g*g, C) -> (T, p*p, kinds + colours): each head's softmax, max over a cell."""
