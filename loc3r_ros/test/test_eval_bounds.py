@@ -304,6 +304,28 @@ def test_measure_reports_the_model_and_the_truth_apart(episodes_and_bundles):
     assert set(first["direction"]) == {"questions", "majority", *DIRECTION_READOUTS}
 
 
+def test_measure_reports_the_input_points_error_by_frame(episodes_and_bundles, monkeypatch):
+    from loc3r.eval import bounds
+
+    episodes, bundles, _ = episodes_and_bundles
+    vlm = bundles[0].model.vlm
+    assert measure(vlm, episodes, 56, progress=False)["input_points_median_error_m_by_frame"] == []
+
+    def stated(vlm, episode, patch_index):  # the true layout, 0.5 m off; frame 0's first unknown
+        xy = bounds._patch_truth(episode, patch_index)[0] + torch.tensor([0.3, 0.4]).double()
+        xy[0] = float("nan")
+        return xy
+
+    monkeypatch.setattr(bounds, "input_points", stated)
+    report = measure(vlm, episodes, 56, progress=False)
+    assert report["input_points_median_error_m_by_frame"] == pytest.approx([0.5] * 4)
+    assert "Input points' median error by frame (m): 0.50, 0.50, 0.50, 0.50" in markdown(report)
+    # read through points 0.5 m off, the anchor is at most 0.5 m further than through the truth
+    anchor = report["position"]["anchor, input points"]["median_error_m"]
+    assert anchor == pytest.approx(report["position"]["anchor, true layout"]["median_error_m"],
+                                   abs=0.5 + 1e-6)  # fmt: skip
+
+
 def test_measure_reports_the_position_pointer(episodes_and_bundles):
     from loc3r.vlm.position_pointer import PositionPointer
 

@@ -11,6 +11,7 @@ from loc3r.cut3r.checkpoint import save_pretrained
 from loc3r.cut3r.heads import pose_encoding_to_c2w
 from loc3r.train.train_cut3r import (
     Cut3rTrainConfig,
+    depth_errors,
     evaluate,
     initial_model,
     make_sequence,
@@ -24,6 +25,21 @@ from loc3r.train.train_cut3r import (
 )
 
 CONFIG = Cut3rTrainConfig(frames=3, train_episodes=2, eval_episodes=1)
+
+
+class _Scaled:
+    """A stand-in CUT3R whose pointmaps are the truth times each frame's factor."""
+
+    def __init__(self, sequence, factors) -> None:
+        self.sequence, self.factors = sequence, factors
+
+    def run(self, images):
+        from types import SimpleNamespace
+
+        return [
+            SimpleNamespace(pts3d_self=self.sequence.pts_self[t][None] * f)
+            for t, f in enumerate(self.factors[: len(images)])
+        ]
 
 
 @pytest.fixture(scope="module")
@@ -166,3 +182,34 @@ def test_pose_errors_and_the_backwards_check(sequence):
     assert report["frames"] == 2  # frames after the first
     for key in ("backwards_median_translation_error_m", "backwards_median_rotation_error_deg"):
         assert np.isfinite(report[key]) and report[key] > 0
+
+
+def test_depth_errors_are_relative_and_per_frame(sequence):
+    assert bool(sequence.valid.any())
+    report = depth_errors(_Scaled(sequence, [1.0, 1.0, 1.0]), [sequence])
+    assert report["median_depth_abs_rel"] == pytest.approx(0.0, abs=1e-6)
+    report = depth_errors(_Scaled(sequence, [0.5, 2.0, 2.0]), [sequence])
+    assert report["median_depth_abs_rel"] == pytest.approx(1.0, abs=1e-5)  # two frames of three
+    assert report["frame_scale_p10"] == pytest.approx(0.5 + 0.2 * 1.5, abs=1e-5)
+    assert report["frame_scale_p90"] == pytest.approx(2.0, abs=1e-5)
+    torch.manual_seed(0)
+    assert "median_depth_abs_rel" in evaluate(Cut3r(Cut3rConfig.tiny()), [sequence], [sequence])
+
+
+def test_a_tuning_run_takes_the_rooms_it_is_told(monkeypatch):
+    from loc3r.train import train_cut3r
+
+    seeds = []
+
+    def stop(config):
+        raise InterruptedError  # the rooms are all this test reads
+
+    monkeypatch.setattr(train_cut3r, "make_sequence", lambda seed, config: seeds.append(seed))
+    monkeypatch.setattr(train_cut3r, "initial_model", stop)
+    for offset in (30000, 0):
+        seeds.clear()
+        config = Cut3rTrainConfig(train_episodes=3, train_seed_offset=offset, eval_episodes=2,
+                                  eval_seed_offset=9610000)  # fmt: skip
+        with pytest.raises(InterruptedError):
+            train_cut3r.train(config, False)
+        assert seeds == [offset, offset + 1, offset + 2, 9610000, 9610001]

@@ -446,10 +446,33 @@ def test_oracle_camera_tokens_state_the_true_relative_poses():
         oracle_camera_tokens(poses, 8)
     with pytest.raises(ValueError, match="camera_prior='gps'"):
         build_episodes([7], config, no_cut3r, grid=2, progress=False, camera_prior="gps")
-    points = SimpleNamespace(camera_tokens="geometry")
-    geometry = SimpleNamespace(model=no_cut3r.model, config=points)
-    with pytest.raises(ValueError, match="states poses only"):  # no points for a point embedding
-        build_episodes([7], config, geometry, grid=2, progress=False, camera_prior="oracle")
+
+
+def test_oracle_geometry_tokens_state_the_true_points_of_every_cell():
+    from types import SimpleNamespace
+
+    from loc3r.engine.perception import geometry_token_width, token_points
+    from loc3r.scenes import EpisodeConfig, bev_targets, make_episode
+    from loc3r.train.synthetic_data import build_episodes
+
+    config = EpisodeConfig(frames=3, image_size=56, situations=1)
+    width = geometry_token_width(2) + 4  # wider than the token needs: zero-padded
+    geometry = SimpleNamespace(token_width=width, config=SimpleNamespace(camera_tokens="geometry"))
+    (data,) = build_episodes([7], config, geometry, grid=2, progress=False, camera_prior="oracle")
+    (poses,) = build_episodes([7], config, SimpleNamespace(token_width=width), grid=2,
+                              progress=False, camera_prior="oracle")  # fmt: skip
+    assert data.camera_tokens.shape == (3, width) and data.pose_errors is None
+    torch.testing.assert_close(data.camera_tokens[:, :12], poses.camera_tokens[:, :12])
+    assert not data.camera_tokens[:, geometry_token_width(2) :].any()
+    episode = make_episode(7, config)
+    first = episode.frames[0].pose_c2w
+    for t, frame in enumerate(episode.frames):  # the cells' points, in the BEV: the true layout
+        points = token_points(data.camera_tokens[t], 2).double().numpy()
+        world = points @ first[:3, :3].T + first[:3, 3]
+        xy, valid = bev_targets(frame, episode.frame, 2, mode="mean")
+        assert valid.any()
+        np.testing.assert_allclose(episode.frame.points(world)[:, :2].reshape(2, 2, 2)[valid],
+                                   xy[valid], atol=1e-4)  # fmt: skip
 
 
 def test_oracle_camera_prior_needs_synthetic_rooms(tmp_path):

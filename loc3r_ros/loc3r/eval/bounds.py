@@ -280,7 +280,7 @@ def measure(vlm, episodes: list, image_size: int, progress: bool = True) -> dict
         raise ValueError("the model has no layout head: its layout cannot be measured")
     vlm.eval()
     errors = {name: [] for name in POSITION_READOUTS}
-    mass, top_on_anchor, in_view, by_frame = [], [], [], {}
+    mass, top_on_anchor, in_view, by_frame, input_by_frame = [], [], [], {}, {}
     question_mass, anchor_share, question_share = [], [], []
     pointer_mass, pointer_gate = [], []
     directions = {"questions": 0, "majority": 0, **{name: 0 for name in DIRECTION_READOUTS}}
@@ -322,9 +322,17 @@ def measure(vlm, episodes: list, image_size: int, progress: bool = True) -> dict
                     errors[name].append(position_error(record.position, xy.tolist()))
                 if len(situations) == 1:  # the layout does not depend on the situation
                     error = (trace.layout.double() - true_xy).norm(dim=-1)
+                    stated = None
+                    if input_xy is not None:  # NaN where a cell has no point: left out
+                        stated = (input_xy.double() - true_xy).norm(dim=-1)
                     for frame in frames.unique().tolist():
                         chosen = valid & (frames == frame)
                         by_frame.setdefault(frame, []).extend(error[chosen].tolist())
+                        if stated is not None:
+                            known = stated[chosen]
+                            input_by_frame.setdefault(frame, []).extend(
+                                known[torch.isfinite(known)].tolist()
+                            )
             if record.question_type == "direction":
                 said, object_mass, share = _directions(vlm, episode, record, pixels)
                 if object_mass is not None:
@@ -356,6 +364,11 @@ def measure(vlm, episodes: list, image_size: int, progress: bool = True) -> dict
         },
         "layout_median_error_m_by_frame": [
             float(np.median(by_frame[f])) if by_frame[f] else None for f in sorted(by_frame)
+        ],
+        # the points the camera tokens state (the pose source and CUT3R's depth); [] without
+        "input_points_median_error_m_by_frame": [
+            float(np.median(input_by_frame[f])) if input_by_frame[f] else None
+            for f in sorted(input_by_frame)
         ],
         "f_pos_by_view": {
             view: {**_accuracy(chosen), "situations": len(chosen)}
@@ -434,9 +447,10 @@ def _pct(value: float | None) -> str:
 def markdown(report: dict) -> str:
     """The report as Markdown tables."""
     grounding = report["grounding"]
-    frames = ", ".join(
-        "n/a" if e is None else f"{e:.2f}" for e in report["layout_median_error_m_by_frame"]
-    )
+
+    def by_frame(key: str) -> str:
+        return ", ".join("n/a" if e is None else f"{e:.2f}" for e in report.get(key, []))
+
     lines = [
         f"{report['situations']} situations; the anchor is in view in "
         f"{_pct(report['anchor_in_view'])} of them.",
@@ -463,7 +477,15 @@ def markdown(report: dict) -> str:
         )
         + ".",
         "",
-        f"Layout median error by frame (m): {frames}",
+        f"Layout median error by frame (m): {by_frame('layout_median_error_m_by_frame')}",
+        *(
+            [
+                f"Input points' median error by frame (m): "
+                f"{by_frame('input_points_median_error_m_by_frame')}"
+            ]
+            if report.get("input_points_median_error_m_by_frame")
+            else []
+        ),
         "",
         "| position read-out | Acc@0.5m | Acc@1.0m | median error |",
         "|---|---|---|---|",
@@ -511,7 +533,8 @@ def main(argv: list[str] | None = None) -> int:
         "--camera-prior",
         choices=CAMERA_PRIORS,
         default="cut3r",
-        help="'oracle': the true poses in the camera tokens (for a model trained with them)",
+        help="'oracle': the true poses in the camera tokens, with the true point of every cell "
+        "for a model with geometry tokens (what a perfect pose source and depth would state)",
     )
     parser.add_argument("--out", type=Path, help="JSON report to write")
     parser.add_argument("--no-progress", action="store_true")

@@ -14,8 +14,9 @@ import cv2
 import numpy as np
 import torch
 
-from loc3r.engine.perception import pose_token
+from loc3r.engine.perception import geometry_token, pose_token
 from loc3r.scenes import EpisodeConfig, bev_targets, make_episode, object_cover
+from loc3r.scenes.render import Frame
 from loc3r.scenes.situations import QARecord
 from loc3r.train.parallel import parallel_map
 from loc3r.vlm import TrainSample, frames_to_pixel_values
@@ -98,6 +99,28 @@ def oracle_camera_tokens(poses_c2w: list[np.ndarray], width: int) -> torch.Tenso
     return torch.stack([pose_token(first_inverse @ pose, width) for pose in poses_c2w])
 
 
+def oracle_geometry_tokens(frames: list[Frame], grid: int, width: int) -> torch.Tensor:
+    """(T, width) geometry tokens that state each true pose and the true point of every cell.
+
+    The pose as `oracle_camera_tokens`, then the renderer's depth unprojected into the first
+    camera's frame and pooled over the whole frame (`geometry_token`): what the geometric pose
+    source and CUT3R's depth would state if both were exact (a diagnostic upper bound).
+    """
+    first_inverse = np.linalg.inv(frames[0].pose_c2w)
+    tokens = []
+    for frame in frames:
+        height, width_px = frame.depth.shape
+        v, u = np.mgrid[0:height, 0:width_px] + 0.5
+        z = frame.depth.astype(np.float64)
+        K = frame.K  # noqa: N806
+        camera = np.stack([(u - K[0, 2]) / K[0, 0] * z, (v - K[1, 2]) / K[1, 1] * z, z], axis=-1)
+        relative = first_inverse @ frame.pose_c2w
+        points = camera @ relative[:3, :3].T + relative[:3, 3]
+        points[~(np.isfinite(z) & (z > 0))] = np.nan  # no surface: left out of the cell's mean
+        tokens.append(geometry_token(relative, points, grid, width))
+    return torch.stack(tokens)
+
+
 def build_episodes(
     seeds: list[int],
     config: EpisodeConfig,
@@ -115,10 +138,12 @@ def build_episodes(
     walk's video when the episodes have one: `EpisodeConfig.stream_video`) and takes its tokens;
     "geometric" streams it too and takes the tokens that state its poses (`perception` must have
     camera_tokens="pose", as the bundle's engine will); "oracle" states the true poses
-    (`oracle_camera_tokens`, as wide as CUT3R's). Frames rendered larger than `image_size` (for
-    the geometric pose source's feature matching) are stored shrunk to it. `workers` > 1
-    builds them on that many forked processes (the same episodes, in order). `deadline` (a
-    `time.monotonic()` value) keeps the episodes finished by then: the first of `seeds`.
+    (`oracle_camera_tokens`, as wide as CUT3R's), and for a perception with geometry tokens the
+    true points of every cell too (`oracle_geometry_tokens`). Frames rendered larger than
+    `image_size` (for the geometric pose source's feature matching) are stored shrunk to it.
+    `workers` > 1 builds them on that many forked processes (the same episodes, in order).
+    `deadline` (a `time.monotonic()` value) keeps the episodes finished by then: the first of
+    `seeds`.
     """
     if camera_prior not in CAMERA_PRIORS:
         raise ValueError(f"camera_prior={camera_prior!r}: expected one of {CAMERA_PRIORS}")
@@ -127,8 +152,6 @@ def build_episodes(
         raise ValueError(
             "camera_prior='geometric' needs a perception with camera_tokens='pose' or 'geometry'"
         )
-    if camera_prior == "oracle" and tokens == "geometry":  # the oracle needs only CUT3R's width
-        raise ValueError("camera_prior='oracle' states poses only, not a geometry token's points")
     shared = (config, perception, grid, camera_prior, image_size)
     return parallel_map(build_episode, seeds, shared, workers, "episodes", progress, deadline)
 
@@ -143,7 +166,10 @@ def build_episode(seed: int, shared: tuple) -> EpisodeData:
     frames = np.stack([f.rgb for f in episode.frames])
     if camera_prior == "oracle":
         width = perception.token_width
-        tokens = oracle_camera_tokens([f.pose_c2w for f in episode.frames], width)
+        if getattr(getattr(perception, "config", None), "camera_tokens", None) == "geometry":
+            tokens = oracle_geometry_tokens(episode.frames, grid, width)
+        else:
+            tokens = oracle_camera_tokens([f.pose_c2w for f in episode.frames], width)
     elif perception is not None:  # streamed over the whole video when the episode has one
         images, steps = episode.stream()
         perceived = perception.run_fresh(images)

@@ -60,6 +60,9 @@ class Cut3rTrainConfig:
     conf_alpha: float = 0.2
     pose_weight: float = 1.0
     train_episodes: int = 300
+    # training rooms are the seeds train_seed_offset .. + train_episodes (a tuning run on top of
+    # `init` takes rooms its first run did not see)
+    train_seed_offset: int = 0
     eval_episodes: int = 20
     eval_seed_offset: int = 1_000_000
     log_every: int = 10
@@ -204,6 +207,34 @@ def sequence_loss(model: Cut3r, batch: Sequence, config: Cut3rTrainConfig) -> di
 
 
 @torch.no_grad()
+def depth_errors(model: Cut3r, sequences: list[Sequence]) -> dict[str, float]:
+    """How far the pointmaps' depth (z in each frame's own camera) is from the truth.
+
+    The per-pixel absolute relative error (|z / z_true - 1|, valid pixels) and the spread of
+    each frame's scale (its median z / z_true): the geometric pose source takes metric scale and
+    every patch's point from this depth.
+    """
+    relative, ratios = [], []
+    for seq in sequences:
+        outputs = model.run([seq.images[t : t + 1] for t in range(len(seq.images))])
+        for t, out in enumerate(outputs):
+            valid = seq.valid[t] & (seq.pts_self[t, ..., 2] > 0)
+            if not bool(valid.any()):
+                continue
+            ratio = (out.pts3d_self[0, ..., 2] / seq.pts_self[t, ..., 2])[valid]
+            relative.append((ratio - 1).abs().numpy())
+            ratios.append(float(ratio.median()))
+    if not ratios:
+        return {}
+    p10, p90 = np.percentile(ratios, [10, 90])
+    return {
+        "median_depth_abs_rel": float(np.median(np.concatenate(relative))),
+        "frame_scale_p10": float(p10),
+        "frame_scale_p90": float(p90),
+    }
+
+
+@torch.no_grad()
 def camera_tokens_and_poses(model: Cut3r, sequences: list[Sequence]) -> tuple[np.ndarray, ...]:
     """Camera tokens, predicted and true poses of every frame (frames 1.. of each sequence)."""
     tokens, predicted, truth = [], [], []
@@ -265,6 +296,7 @@ def evaluate(model: Cut3r, train: list[Sequence], held_out: list[Sequence]) -> d
         "probe_r2": probe_r2(
             tokens_tr, pose_features(truth_tr), tokens_te, pose_features(truth_te)
         ),
+        **depth_errors(model, held_out),
     }
 
 
@@ -300,7 +332,7 @@ def train(config: Cut3rTrainConfig, progress: bool = True) -> dict:
 def _train(config: Cut3rTrainConfig, progress: bool) -> dict:
     torch.manual_seed(config.seed)
     start = time.perf_counter()
-    seeds = range(config.train_episodes)
+    seeds = range(config.train_seed_offset, config.train_seed_offset + config.train_episodes)
     held_seeds = range(config.eval_seed_offset, config.eval_seed_offset + config.eval_episodes)
     train_data = [make_sequence(s, config) for s in tqdm(seeds, "sequences", disable=not progress)]
     held_out = [make_sequence(s, config) for s in held_seeds]
