@@ -8,6 +8,8 @@ import pytest
 
 from loc3r.engine.models import ModelLoadError, load_bundle
 from loc3r.train import ablation, make_default_model
+from loc3r.train.config import TrainConfig
+from loc3r.train.pipeline import camera_tokens_mode
 
 TOY = [
     "--train_episodes=3", "--eval_episodes=1", "--frames=2", "--image_size=56", "--hidden=32",
@@ -94,15 +96,19 @@ def test_ablation_refuses_a_bad_jobs_value(tmp_path):
             ablation.main([f"--out={tmp_path}", bad, *TOY])
 
 
-def test_an_oracle_camera_prior_run_writes_its_report_but_no_bundle(tmp_path):
+@pytest.mark.parametrize("points", [False, True], ids=["poses", "poses_and_points"])
+def test_an_oracle_camera_prior_run_writes_its_report_but_no_bundle(tmp_path, points):
     target = tmp_path / "oracle"
     argv = [f"--out={tmp_path / 'run'}", f"--target={target}", "--camera_prior=oracle", *TOY,
-            *STAGES]  # fmt: skip
+            *STAGES, f"--point_embedding={points}"]  # fmt: skip
     assert make_default_model.main(argv) == 0
     report = json.loads((target / "eval.json").read_text())
     assert report["train"]["config"]["camera_prior"] == "oracle"
     assert report["model"]["localization"]["n"] > 0
     assert not (target / "bundle.json").exists()  # the node could not stream CUT3R for it
+    assert (target / "vlm" / "model.safetensors").is_file()  # for the bounds, in a bundle
+    config = json.loads((target / "vlm" / "config.json").read_text())
+    assert config["loc3r"]["point_embedding"] == points
 
 
 @pytest.mark.parametrize("points", [False, True], ids=["poses", "poses_and_points"])
@@ -150,7 +156,11 @@ def test_a_point_embedding_needs_the_geometric_prior(tmp_path):
     argv = [f"--out={tmp_path / 'run'}", f"--target={tmp_path / 'b'}", *TOY, "--cut3r_dir=x",
             "--vision_init=x", "--point_embedding=True"]  # fmt: skip
     with pytest.raises(ValueError, match="point_embedding needs camera_prior='geometric'"):
-        make_default_model.main(argv)
+        make_default_model.main(argv)  # CUT3R's own tokens state no points
+    oracle = TrainConfig(point_embedding=True, camera_prior="oracle")
+    assert camera_tokens_mode(oracle) == "geometry"  # the true poses and points
+    assert camera_tokens_mode(TrainConfig(camera_prior="oracle")) == "cut3r"  # CUT3R's width
+    assert camera_tokens_mode(TrainConfig(camera_prior="geometric")) == "pose"
 
 
 def test_geometry_tokens_wider_than_cut3rs_widen_the_camera_tokens(tmp_path):

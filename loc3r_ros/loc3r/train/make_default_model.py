@@ -168,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
                 **({"stream_video": True} if config.stream_video else {}),
             },  # what `loc3r eval` and `loc3r scene --as-trained` render for it
         )  # fmt: skip
+    else:  # its VLM alone, for `python -m loc3r.eval.bounds --camera-prior oracle` in a bundle
+        run.model.save_pretrained(target / "vlm", merge_lora(trainer.final_state_dict(), config))
     target.mkdir(parents=True, exist_ok=True)
     (target / "eval.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))

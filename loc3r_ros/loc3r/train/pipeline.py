@@ -54,12 +54,18 @@ def patch_grid(config: TrainConfig) -> int:
 
 
 def camera_tokens_mode(config: TrainConfig) -> str:
-    """What the camera tokens state: CUT3R's z'_t, the geometric poses, or poses and points."""
-    if config.point_embedding and config.camera_prior != "geometric":
-        raise ValueError("point_embedding needs camera_prior='geometric' (its posed pointmaps)")
-    if config.camera_prior != "geometric":
-        return "cut3r"
-    return "geometry" if config.point_embedding else "pose"
+    """What the camera tokens state: CUT3R's z'_t, the geometric poses, or poses and points.
+
+    The oracle prior states the true poses in CUT3R's width, or with the point embedding the
+    true poses and points (a diagnostic upper bound: `oracle_geometry_tokens`).
+    """
+    if config.point_embedding and config.camera_prior not in ("geometric", "oracle"):
+        raise ValueError(
+            "point_embedding needs camera_prior='geometric' (its posed pointmaps) or 'oracle'"
+        )
+    if config.point_embedding:
+        return "geometry"
+    return "pose" if config.camera_prior == "geometric" else "cut3r"
 
 
 def perception_config(config: TrainConfig) -> PerceptionConfig:
