@@ -28,8 +28,10 @@ also reported apart on the situations whose anchor some frame shows and on the o
 Also: the grounding (<Pos>'s attention mass on the anchor, how often its most attended patch
 shows it; the answer token's mass on the object a direction question asks about; with the
 position pointer, its attention mass on the anchor and its mean gate), the layout
-head's median error per frame, and the direction questions answered by geometry from the
-patches (standing at the anchor, facing the faced object; "in front", the majority answer, when
+head's median error per frame and that of the points the camera tokens state (geometry tokens;
+with `--camera-prior oracle` the true points, pooled over the whole frame), and the direction
+questions answered by geometry from the patches (standing at the anchor, facing the faced
+object; "in front", the majority answer, when
 one of the three objects is out of view), with the model's grounding and layout, then the true
 ones: what an LM reasoning perfectly over what the model grounds and lays out would score. And
 from a pose, the model's own (f_pos, f_ori) or the true one, with the object asked about found
