@@ -361,6 +361,37 @@ def test_command_writes_the_report_and_refuses_bad_seeds(episodes_and_bundles, c
     assert "selects no scene" in capsys.readouterr().err
 
 
+def test_another_vlm_is_traced_with_the_bundles_perception(episodes_and_bundles, capsys, tmp_path):
+    from loc3r.eval.bounds import swap_vlm
+
+    episodes, bundles, root = episodes_and_bundles
+    swapped = swap_vlm(bundles[0], root / "b1" / "vlm")  # b1's VLM, b0's CUT3R
+    for name, tensor in bundles[1].model.vlm.state_dict().items():
+        assert torch.equal(swapped.state_dict()[name], tensor), name
+    assert swapped.answer_vocabulary == bundles[0].model.vlm.answer_vocabulary
+    assert measure(swapped, episodes, 56, progress=False) == measure(
+        bundles[1].model.vlm, episodes, 56, progress=False
+    )
+    out = tmp_path / "swapped.json"
+    args = ["--model", str(root / "b0"), "--seeds", "1000000:1000001", "--image-size", "56"]
+    assert main([*args, "--vlm", str(root / "b1" / "vlm"), "--out", str(out), "--no-progress"]) == 0
+    assert json.loads(out.read_text())["vlm"] == str(root / "b1" / "vlm")
+    capsys.readouterr()
+    perception = bundles[0].perception  # a bundle whose tokens the VLM cannot read is refused
+    for config, width, refusal in (
+        (perception.config, perception.token_width + 1, "-d camera tokens"),
+        (replace(perception.config, camera_tokens="geometry"), perception.token_width, "point"),
+    ):
+        other = SimpleNamespace(
+            model=bundles[0].model, perception=SimpleNamespace(config=config, token_width=width)
+        )
+        with pytest.raises(ValueError, match=refusal):
+            swap_vlm(other, root / "b1" / "vlm")
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--vlm", str(tmp_path / "missing")])
+    assert exit_info.value.code == 2 and "--vlm" in capsys.readouterr().err
+
+
 def test_without_object_cells_the_readouts_fall_back_to_the_model_and_the_majority(
     episodes_and_bundles,
 ):

@@ -96,6 +96,16 @@ def test_ablation_refuses_a_bad_jobs_value(tmp_path):
             ablation.main([f"--out={tmp_path}", bad, *TOY])
 
 
+def test_an_oracle_run_never_writes_into_a_bundle(tmp_path):
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "bundle.json").write_text("{}")
+    for target in ([], [f"--target={tmp_path / 'b'}"]):  # the embedded one, another bundle
+        argv = [f"--out={tmp_path / 'run'}", *target, "--camera_prior=oracle", *TOY, *STAGES]
+        with pytest.raises(SystemExit, match="holds a bundle"):
+            make_default_model.main(argv)
+    assert not (tmp_path / "run").exists()  # refused before any stage ran
+
+
 @pytest.mark.parametrize("points", [False, True], ids=["poses", "poses_and_points"])
 def test_an_oracle_camera_prior_run_writes_its_report_but_no_bundle(tmp_path, points):
     target = tmp_path / "oracle"
@@ -152,7 +162,7 @@ def test_a_geometric_prior_run_on_textured_scans_ships_a_bundle_that_states_its_
             load_bundle(target)
 
 
-def test_a_point_embedding_needs_the_geometric_prior(tmp_path):
+def test_a_point_embedding_needs_geometric_or_oracle_points(tmp_path):
     argv = [f"--out={tmp_path / 'run'}", f"--target={tmp_path / 'b'}", *TOY, "--cut3r_dir=x",
             "--vision_init=x", "--point_embedding=True"]  # fmt: skip
     with pytest.raises(ValueError, match="point_embedding needs camera_prior='geometric'"):

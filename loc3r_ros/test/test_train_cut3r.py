@@ -213,3 +213,9 @@ def test_a_tuning_run_takes_the_rooms_it_is_told(monkeypatch):
         with pytest.raises(InterruptedError):
             train_cut3r.train(config, False)
         assert seeds == [offset, offset + 1, offset + 2, 9610000, 9610001]
+    seeds.clear()
+    overlapping = Cut3rTrainConfig(train_episodes=3, train_seed_offset=9609999,
+                                   eval_seed_offset=9610000)  # fmt: skip
+    with pytest.raises(ValueError, match="overlap the held-out rooms 9610000-9610019"):
+        train_cut3r.train(overlapping, False)
+    assert seeds == []  # refused before rendering

@@ -475,6 +475,27 @@ def test_oracle_geometry_tokens_state_the_true_points_of_every_cell():
                                    xy[valid], atol=1e-4)  # fmt: skip
 
 
+def test_oracle_geometry_leaves_out_pixels_without_a_surface():
+    from loc3r.engine.perception import geometry_token_width, token_points
+    from loc3r.scenes.render import Frame
+    from loc3r.train.synthetic_data import oracle_geometry_tokens
+
+    depth = np.full((4, 4), 2.0, np.float32)
+    depth[:2, :2] = 0.0  # the top-left cell sees nothing
+    depth[2:, 2:] = np.inf  # the bottom-right cell sees nothing either
+    depth[3, 0] = 4.0  # one pixel of the bottom-left cell twice as far
+    K = np.array([[2.0, 0, 2], [0, 2.0, 2], [0, 0, 1]])  # noqa: N806
+    frame = Frame(np.zeros((4, 4, 3), np.uint8), depth, np.full((4, 4), -1, np.int16),
+                  np.eye(4), K)  # fmt: skip
+    (token,) = oracle_geometry_tokens([frame], 2, geometry_token_width(2))
+    points = token_points(token, 2).numpy()
+    assert np.isfinite(points).all()
+    np.testing.assert_array_equal(points[0], 0.0)  # no point: zero, as pool_pointmap writes
+    np.testing.assert_array_equal(points[3], 0.0)
+    np.testing.assert_allclose(points[1][2], 2.0)  # the top-right cell: all at 2 m
+    np.testing.assert_allclose(points[2][2], (3 * 2.0 + 4.0) / 4)  # the mean of its pixels
+
+
 def test_oracle_camera_prior_needs_synthetic_rooms(tmp_path):
     config = TrainConfig(out=str(tmp_path), data_root=str(tmp_path), camera_prior="oracle")
     with pytest.raises(ValueError, match="synthetic rooms"):

@@ -1,6 +1,7 @@
 """Where a trained Loc3R-VLM loses the situation: grounding and layout, measured apart.
 
     python -m loc3r.eval.bounds [--model DIR] [--seeds 1000000:1000040] [--out bounds.json]
+    python -m loc3r.eval.bounds --vlm RUN/vlm --camera-prior oracle  # an oracle run's VLM
 
 Synthetic rooms know which pooled patches show each object and where every patch lies in the BEV
 frame, so a situation's position can be read out with the model's parts swapped for the truth
@@ -510,6 +511,30 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def swap_vlm(bundle, directory: str | Path):
+    """The Loc3R-VLM saved in `directory`, to be traced with `bundle`'s CUT3R and pose source.
+
+    For a VLM trained without a bundle of its own (an oracle run of make_default_model saves
+    only its `vlm/`). Raises ValueError when its camera tokens are not the bundle's.
+    """
+    from loc3r.vlm import Loc3rVLM
+
+    vlm = Loc3rVLM.from_pretrained(directory)
+    geometry = bundle.perception.config.camera_tokens == "geometry"
+    if vlm.config.point_embedding != geometry:
+        raise ValueError(
+            f"{directory}: the VLM {'has' if vlm.config.point_embedding else 'has no'} point "
+            f"embedding, the bundle's camera tokens are {bundle.perception.config.camera_tokens!r}"
+        )
+    if vlm.config.cam_token_dim != bundle.perception.token_width:
+        raise ValueError(
+            f"{directory}: the VLM expects {vlm.config.cam_token_dim}-d camera tokens, the "
+            f"bundle's are {bundle.perception.token_width}-d"
+        )
+    vlm.set_answer_vocabulary(bundle.model.vlm.answer_vocabulary)
+    return vlm
+
+
 def main(argv: list[str] | None = None) -> int:
     """Render the held-out rooms, trace the model on every situation, print (and save) it."""
     from loc3r.engine.models import load_bundle
@@ -528,6 +553,12 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--model", default="", help="model directory (default: embedded)")
+    parser.add_argument(
+        "--vlm",
+        default="",
+        help="trace this saved VLM (a directory with config.json) instead of the bundle's, with "
+        "the bundle's CUT3R and pose source (e.g. the vlm/ of an oracle run)",
+    )
     parser.add_argument("--seeds", default=DEFAULT_HELD_OUT, help="synthetic scenes A:B (B excl.)")
     parser.add_argument("--frames", type=int, default=0, help="frames per scene (default: model)")
     add_scene_arguments(parser)
@@ -549,15 +580,20 @@ def main(argv: list[str] | None = None) -> int:
     bundle = load_bundle(args.model or None)
     scenes_like_training(args, bundle)
     vlm = bundle.model.vlm
-    grid = bundle.model.vlm.base.config.pooled_grid
+    if args.vlm:
+        try:
+            vlm = swap_vlm(bundle, args.vlm)
+        except (OSError, ValueError) as error:
+            parser.error(f"--vlm: {error}")
+    grid = vlm.base.config.pooled_grid
     config = scene_config(args, args.frames or bundle.num_query_frames)
     episodes = build_episodes(
         seeds, config, bundle.perception, grid, progress=not args.no_progress,
         camera_prior=args.camera_prior, image_size=args.image_size,
     )  # fmt: skip
     report = measure(vlm, episodes, args.image_size, progress=not args.no_progress)
-    report.update(model=args.model or "embedded", seeds=args.seeds, camera_prior=args.camera_prior,
-                  stream_video=config.stream_video,
+    report.update(model=args.model or "embedded", vlm=args.vlm or None, seeds=args.seeds,
+                  camera_prior=args.camera_prior, stream_video=config.stream_video,
                   seconds=round(time.perf_counter() - start, 1))  # fmt: skip
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -88,6 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     config = TrainConfig.from_args([*EMBEDDED_RECIPE, *argv], module_summary(__doc__))
     camera_tokens_mode(config)  # an impossible combination fails now, not after the stages
+    if config.camera_prior == "oracle" and (
+        target.resolve() == DEFAULT_MODEL_DIR.resolve() or (target / "bundle.json").exists()
+    ):  # its vlm/ would replace the bundle's, which the node would then pair with its CUT3R
+        raise SystemExit(
+            f"--target={target} holds a bundle: an oracle run writes its vlm/ and eval.json to a "
+            "directory of its own (--target=DIR)"
+        )
     start = time.perf_counter()
     cut3r_report = vision_report = None
     if config.vlm_init and not config.cut3r_dir:  # the CUT3R its camera tokens came from
@@ -168,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
                 **({"stream_video": True} if config.stream_video else {}),
             },  # what `loc3r eval` and `loc3r scene --as-trained` render for it
         )  # fmt: skip
-    else:  # its VLM alone, for `python -m loc3r.eval.bounds --camera-prior oracle` in a bundle
+    else:  # its VLM alone: `python -m loc3r.eval.bounds --vlm=<target>/vlm --camera-prior oracle`
         run.model.save_pretrained(target / "vlm", merge_lora(trainer.final_state_dict(), config))
     target.mkdir(parents=True, exist_ok=True)
     (target / "eval.json").write_text(json.dumps(report, indent=2))

@@ -334,6 +334,11 @@ def _train(config: Cut3rTrainConfig, progress: bool) -> dict:
     start = time.perf_counter()
     seeds = range(config.train_seed_offset, config.train_seed_offset + config.train_episodes)
     held_seeds = range(config.eval_seed_offset, config.eval_seed_offset + config.eval_episodes)
+    if set(seeds) & set(held_seeds):
+        raise ValueError(
+            f"training rooms {seeds.start}-{seeds.stop - 1} overlap the held-out rooms "
+            f"{held_seeds.start}-{held_seeds.stop - 1}"
+        )
     train_data = [make_sequence(s, config) for s in tqdm(seeds, "sequences", disable=not progress)]
     held_out = [make_sequence(s, config) for s in held_seeds]
     model = initial_model(config)
