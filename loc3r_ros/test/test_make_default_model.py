@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from loc3r.engine.models import ModelLoadError, load_bundle
 from loc3r.train import ablation, make_default_model
@@ -30,6 +31,7 @@ def test_make_default_model_from_scratch(tmp_path):
     assert make_default_model.main(argv) == 0
     report = json.loads((target / "eval.json").read_text())
     assert {"vision", "cut3r", "model", "random", "majority", "train"} <= set(report)
+    assert report["cut3r"]["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
     assert report["train"]["config"]["vision_init"].endswith("vision_tower.safetensors")
     bundle = load_bundle(target)  # the node and the CLI load what was written
     assert bundle.num_query_frames == 2

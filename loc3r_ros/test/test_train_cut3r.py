@@ -219,3 +219,7 @@ def test_a_tuning_run_takes_the_rooms_it_is_told(monkeypatch):
     with pytest.raises(ValueError, match="overlap the held-out rooms 9610000-9610019"):
         train_cut3r.train(overlapping, False)
     assert seeds == []  # refused before rendering
+    for device in ["tpu"] + ([] if torch.cuda.is_available() else ["cuda"]):
+        with pytest.raises(ValueError, match="device"):
+            train_cut3r.train(Cut3rTrainConfig(device=device), False)
+    assert seeds == []

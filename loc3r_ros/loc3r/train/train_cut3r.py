@@ -36,7 +36,7 @@ from loc3r.cut3r.heads import pose_encoding_to_c2w
 from loc3r.cut3r.preprocess import preprocess_frame
 from loc3r.scenes import EpisodeConfig, make_episode
 from loc3r.scenes.render import render
-from loc3r.train.config import config_from_args, lr_at
+from loc3r.train.config import config_from_args, lr_at, resolve_training_device
 
 
 @dataclass
@@ -80,6 +80,7 @@ class Cut3rTrainConfig:
     # other way: the synthetic walks all turn left, which a model can learn as a prior instead
     # of matching frames)
     threads: int = 1  # CPU threads of the training steps (the command sets them)
+    device: str = "auto"  # "auto" (CUDA when there is one), "cpu" or "cuda"; fp32 either way
 
     @classmethod
     def from_args(cls, argv: list[str] | None = None) -> Cut3rTrainConfig:
@@ -163,6 +164,17 @@ def window(sequence: Sequence, start: int, length: int, backwards: bool = False)
     )  # fmt: skip
 
 
+def to_device(sequence: Sequence, device: torch.device) -> Sequence:
+    """The sequence (or batch) with every field on `device`."""
+    return Sequence(*(getattr(sequence, f).to(device) for f in Sequence.__annotations__))
+
+
+def _device_of(model) -> torch.device:
+    """Where a model's parameters live (the CPU for one without any)."""
+    first = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+    return torch.device("cpu") if first is None else first.device
+
+
 def stack(sequences: list[Sequence]) -> Sequence:
     """Batch sequences: every field gains a leading batch dimension."""
     return Sequence(
@@ -215,13 +227,14 @@ def depth_errors(model: Cut3r, sequences: list[Sequence]) -> dict[str, float]:
     every patch's point from this depth.
     """
     relative, ratios = [], []
+    device = _device_of(model)
     for seq in sequences:
-        outputs = model.run([seq.images[t : t + 1] for t in range(len(seq.images))])
+        outputs = model.run([seq.images[t : t + 1].to(device) for t in range(len(seq.images))])
         for t, out in enumerate(outputs):
             valid = seq.valid[t] & (seq.pts_self[t, ..., 2] > 0)
             if not bool(valid.any()):
                 continue
-            ratio = (out.pts3d_self[0, ..., 2] / seq.pts_self[t, ..., 2])[valid]
+            ratio = (out.pts3d_self[0, ..., 2].float().cpu() / seq.pts_self[t, ..., 2])[valid]
             relative.append((ratio - 1).abs().numpy())
             ratios.append(float(ratio.median()))
     if not ratios:
@@ -238,11 +251,12 @@ def depth_errors(model: Cut3r, sequences: list[Sequence]) -> dict[str, float]:
 def camera_tokens_and_poses(model: Cut3r, sequences: list[Sequence]) -> tuple[np.ndarray, ...]:
     """Camera tokens, predicted and true poses of every frame (frames 1.. of each sequence)."""
     tokens, predicted, truth = [], [], []
+    device = _device_of(model)
     for seq in sequences:
-        outputs = model.run([seq.images[t : t + 1] for t in range(len(seq.images))])
+        outputs = model.run([seq.images[t : t + 1].to(device) for t in range(len(seq.images))])
         for t, out in enumerate(outputs[1:], 1):
-            tokens.append(out.camera_token[0].numpy())
-            predicted.append(out.pose_encoding[0].numpy())
+            tokens.append(out.camera_token[0].float().cpu().numpy())
+            predicted.append(out.pose_encoding[0].float().cpu().numpy())
             truth.append(seq.pose[t].numpy())
     return np.array(tokens), np.array(predicted), np.array(truth)
 
@@ -332,6 +346,7 @@ def train(config: Cut3rTrainConfig, progress: bool = True) -> dict:
 def _train(config: Cut3rTrainConfig, progress: bool) -> dict:
     torch.manual_seed(config.seed)
     start = time.perf_counter()
+    device = resolve_training_device(config.device)  # before any rendering
     seeds = range(config.train_seed_offset, config.train_seed_offset + config.train_episodes)
     held_seeds = range(config.eval_seed_offset, config.eval_seed_offset + config.eval_episodes)
     if set(seeds) & set(held_seeds):
@@ -341,7 +356,7 @@ def _train(config: Cut3rTrainConfig, progress: bool) -> dict:
         )
     train_data = [make_sequence(s, config) for s in tqdm(seeds, "sequences", disable=not progress)]
     held_out = [make_sequence(s, config) for s in held_seeds]
-    model = initial_model(config)
+    model = initial_model(config).to(device)
     probe_train = train_data[: config.eval_episodes * 4]
     before = evaluate(model, probe_train, held_out)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.95),
@@ -363,7 +378,7 @@ def _train(config: Cut3rTrainConfig, progress: bool) -> dict:
                 backwards = rng.random(len(chosen)) < config.reverse_prob
                 picks = zip(chosen, starts, backwards, strict=True)
                 chosen = [window(seq, int(s), length, bool(b)) for seq, s, b in picks]
-            batch = stack(chosen)
+            batch = to_device(stack(chosen), device)
             parts = sequence_loss(model, batch, config)
             optimizer.zero_grad(set_to_none=True)
             parts["loss"].backward()
@@ -377,9 +392,10 @@ def _train(config: Cut3rTrainConfig, progress: bool) -> dict:
                 log.flush()
     model.eval()
     after = evaluate(model, probe_train, held_out)
-    save_pretrained(model, out / "cut3r")
+    save_pretrained(model.cpu(), out / "cut3r")
     report = {
         "config": asdict(config),
+        "device": str(device),
         "random_init": before,
         "trained": after,
         "first_loss": history[0]["loss"] if history else None,
