@@ -328,3 +328,16 @@ def test_floor_points_near_an_object_are_within_reach_and_free():
     ]
     assert np.mean(found) > 0.9
     assert len(free_floor_points(generate_room(0), np.random.default_rng(0), 4)) == 4
+
+
+def test_camera_points_unproject_each_pixel_centre():
+    from loc3r.scenes.render import camera_points
+
+    depth = np.array([[2.0, 2.0], [4.0, np.inf]], np.float32)
+    K = np.array([[1.0, 0, 1.0], [0, 2.0, 1.0], [0, 0, 1]])  # noqa: N806
+    points = camera_points(depth, K)
+    assert points.dtype == np.float64 and points.shape == (2, 2, 3)
+    np.testing.assert_allclose(points[0, 0], [-1.0, -0.5, 2.0])  # centre (0.5, 0.5)
+    np.testing.assert_allclose(points[0, 1], [1.0, -0.5, 2.0])  # centre (1.5, 0.5)
+    np.testing.assert_allclose(points[1, 0], [-2.0, 1.0, 4.0])  # centre (0.5, 1.5)
+    assert np.isinf(points[1, 1, 2])  # no surface: left for the caller to mask

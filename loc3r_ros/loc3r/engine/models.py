@@ -210,6 +210,23 @@ def compile_decoding(vlm: Loc3rVLM, frames: int) -> None:
         vlm.stop_ids, vlm.config.stop_repeats, vlm.config.max_new_tokens = saved
 
 
+def camera_token_mismatch(vlm: Loc3rVLM, perception: Perception) -> str | None:
+    """Why `vlm` cannot read `perception`'s camera tokens, or None when it can."""
+    tokens = perception.config.camera_tokens
+    if vlm.config.point_embedding != (tokens == "geometry"):
+        has = "has" if vlm.config.point_embedding else "has no"
+        return (
+            f"camera_tokens={tokens!r}, but the VLM {has} point embedding (geometry tokens and "
+            "the point embedding go together)"
+        )
+    if vlm.config.cam_token_dim != perception.token_width:
+        return (
+            f"the VLM expects {vlm.config.cam_token_dim}-d camera tokens, CUT3R's {tokens!r} "
+            f"tokens are {perception.token_width}-d"
+        )
+    return None
+
+
 def load_bundle(
     model_dir: str | Path | None = None, device: str = "cpu", decoding: str = "dynamic"
 ) -> Bundle:
@@ -239,18 +256,9 @@ def load_bundle(
         )
     except (TypeError, ValueError) as exc:
         raise ModelLoadError(f"{root}/bundle.json: {exc}") from exc
-    if vlm.config.point_embedding != (perception_config.camera_tokens == "geometry"):
-        raise ModelLoadError(
-            f"{root}: camera_tokens={perception_config.camera_tokens!r} in bundle.json, but the "
-            f"VLM {'has' if vlm.config.point_embedding else 'has no'} point embedding (geometry "
-            "tokens and the point embedding go together)"
-        )
     perception = Perception(cut3r, perception_config)
-    if vlm.config.cam_token_dim != perception.token_width:
-        raise ModelLoadError(
-            f"{root}: the VLM expects {vlm.config.cam_token_dim}-d camera tokens, CUT3R's "
-            f"{perception_config.camera_tokens!r} tokens are {perception.token_width}-d"
-        )
+    if (mismatch := camera_token_mismatch(vlm, perception)) is not None:
+        raise ModelLoadError(f"{root}: {mismatch} (bundle.json)")
     vlm.set_answer_vocabulary(spec.get("answer_vocabulary"))  # None: free decoding
     frames = int(spec.get("num_query_frames", 32))
     try:

@@ -517,20 +517,12 @@ def swap_vlm(bundle, directory: str | Path):
     For a VLM trained without a bundle of its own (an oracle run of make_default_model saves
     only its `vlm/`). Raises ValueError when its camera tokens are not the bundle's.
     """
+    from loc3r.engine.models import camera_token_mismatch
     from loc3r.vlm import Loc3rVLM
 
     vlm = Loc3rVLM.from_pretrained(directory)
-    geometry = bundle.perception.config.camera_tokens == "geometry"
-    if vlm.config.point_embedding != geometry:
-        raise ValueError(
-            f"{directory}: the VLM {'has' if vlm.config.point_embedding else 'has no'} point "
-            f"embedding, the bundle's camera tokens are {bundle.perception.config.camera_tokens!r}"
-        )
-    if vlm.config.cam_token_dim != bundle.perception.token_width:
-        raise ValueError(
-            f"{directory}: the VLM expects {vlm.config.cam_token_dim}-d camera tokens, the "
-            f"bundle's are {bundle.perception.token_width}-d"
-        )
+    if (mismatch := camera_token_mismatch(vlm, bundle.perception)) is not None:
+        raise ValueError(f"{directory}: {mismatch}")
     vlm.set_answer_vocabulary(bundle.model.vlm.answer_vocabulary)
     return vlm
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from loc3r.engine.frame_buffer import sample_uniform
 from loc3r.engine.scene_frame import SceneFrame, bev_frame
-from loc3r.scenes.render import Frame, camera_pose, intrinsics, render
+from loc3r.scenes.render import Frame, camera_points, camera_pose, intrinsics, render
 from loc3r.scenes.situations import QARecord, make_questions, make_situation
 from loc3r.scenes.textures import RoomLook, make_look
 from loc3r.scenes.world import Room, free_floor_points, generate_room
@@ -234,11 +234,8 @@ def bev_targets(
     if mode not in ("centre", "mean"):
         raise ValueError(f"mode must be 'centre' or 'mean', got {mode!r}")
     height, width = frame.depth.shape
-    v, u = np.mgrid[0:height, 0:width] + 0.5
-    K = frame.K  # noqa: N806
     z = frame.depth.astype(np.float64)
-    cam = np.stack([(u - K[0, 2]) / K[0, 0] * z, (v - K[1, 2]) / K[1, 1] * z, z], axis=-1)
-    world = cam @ frame.pose_c2w[:3, :3].T + frame.pose_c2w[:3, 3]
+    world = camera_points(frame.depth, frame.K) @ frame.pose_c2w[:3, :3].T + frame.pose_c2w[:3, 3]
     bev = scene.points(world.reshape(-1, 3))[:, :2].reshape(height, width, 2)
     valid = np.isfinite(z) & (z > 0) & (z < max_range)
     rows, cols = cell_edges(height, width, grid)

@@ -51,6 +51,18 @@ class Frame:
     K: np.ndarray  # (3, 3) float64  # noqa: N815
 
 
+def camera_points(depth: np.ndarray, K: np.ndarray) -> np.ndarray:  # noqa: N803
+    """(H, W) z-depth and (3, 3) intrinsics -> (H, W, 3) float64 points in the camera's frame.
+
+    Each pixel centre unprojected (OpenCV axes); pixels without a surface keep their depth's
+    value (0 or inf), so callers mask them.
+    """
+    height, width = depth.shape
+    v, u = np.mgrid[0:height, 0:width] + 0.5
+    rays = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], -1)
+    return rays * depth.astype(np.float64)[..., None]
+
+
 def _texture(points: np.ndarray, normals: np.ndarray, kind: np.ndarray) -> np.ndarray:
     """A multiplicative texture in [0.75, 1.15] from position (kind 0 floor, 1 wall, 2 object)."""
     x, y, z = points.T

@@ -16,7 +16,7 @@ import torch
 
 from loc3r.engine.perception import geometry_token, pose_token
 from loc3r.scenes import EpisodeConfig, bev_targets, make_episode, object_cover
-from loc3r.scenes.render import Frame
+from loc3r.scenes.render import Frame, camera_points
 from loc3r.scenes.situations import QARecord
 from loc3r.train.parallel import parallel_map
 from loc3r.vlm import TrainSample, frames_to_pixel_values
@@ -109,14 +109,10 @@ def oracle_geometry_tokens(frames: list[Frame], grid: int, width: int) -> torch.
     first_inverse = np.linalg.inv(frames[0].pose_c2w)
     tokens = []
     for frame in frames:
-        height, width_px = frame.depth.shape
-        v, u = np.mgrid[0:height, 0:width_px] + 0.5
-        z = frame.depth.astype(np.float64)
-        K = frame.K  # noqa: N806
-        camera = np.stack([(u - K[0, 2]) / K[0, 0] * z, (v - K[1, 2]) / K[1, 1] * z, z], axis=-1)
         relative = first_inverse @ frame.pose_c2w
-        points = camera @ relative[:3, :3].T + relative[:3, 3]
-        points[~(np.isfinite(z) & (z > 0))] = np.nan  # no surface: left out of the cell's mean
+        points = camera_points(frame.depth, frame.K) @ relative[:3, :3].T + relative[:3, 3]
+        surface = np.isfinite(frame.depth) & (frame.depth > 0)
+        points[~surface] = np.nan  # no surface: left out of the cell's mean
         tokens.append(geometry_token(relative, points, grid, width))
     return torch.stack(tokens)
 

@@ -35,7 +35,7 @@ from loc3r.cut3r.checkpoint import load_pretrained, save_pretrained
 from loc3r.cut3r.heads import pose_encoding_to_c2w
 from loc3r.cut3r.preprocess import preprocess_frame
 from loc3r.scenes import EpisodeConfig, make_episode
-from loc3r.scenes.render import render
+from loc3r.scenes.render import camera_points, render
 from loc3r.train.config import config_from_args, lr_at, resolve_training_device
 
 
@@ -127,9 +127,7 @@ def make_sequence(seed: int, config: Cut3rTrainConfig) -> Sequence:
         K[0, 2] -= x0
         K[1, 2] -= y0
         target = render(episode.room, frame.pose_c2w, K, (height, width))
-        u, v = np.meshgrid(np.arange(width) + 0.5, np.arange(height) + 0.5)
-        rays = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], -1)
-        local = rays * target.depth[..., None]
+        local = camera_points(target.depth, K)
         rel = first_inv @ frame.pose_c2w
         images.append(pre.image[0])
         pts_self.append(local)
@@ -167,12 +165,6 @@ def window(sequence: Sequence, start: int, length: int, backwards: bool = False)
 def to_device(sequence: Sequence, device: torch.device) -> Sequence:
     """The sequence (or batch) with every field on `device`."""
     return Sequence(*(getattr(sequence, f).to(device) for f in Sequence.__annotations__))
-
-
-def _device_of(model) -> torch.device:
-    """Where a model's parameters live (the CPU for one without any)."""
-    first = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
-    return torch.device("cpu") if first is None else first.device
 
 
 def stack(sequences: list[Sequence]) -> Sequence:
@@ -227,7 +219,7 @@ def depth_errors(model: Cut3r, sequences: list[Sequence]) -> dict[str, float]:
     every patch's point from this depth.
     """
     relative, ratios = [], []
-    device = _device_of(model)
+    device = getattr(model, "device", torch.device("cpu"))
     for seq in sequences:
         outputs = model.run([seq.images[t : t + 1].to(device) for t in range(len(seq.images))])
         for t, out in enumerate(outputs):
@@ -251,7 +243,7 @@ def depth_errors(model: Cut3r, sequences: list[Sequence]) -> dict[str, float]:
 def camera_tokens_and_poses(model: Cut3r, sequences: list[Sequence]) -> tuple[np.ndarray, ...]:
     """Camera tokens, predicted and true poses of every frame (frames 1.. of each sequence)."""
     tokens, predicted, truth = [], [], []
-    device = _device_of(model)
+    device = model.device
     for seq in sequences:
         outputs = model.run([seq.images[t : t + 1].to(device) for t in range(len(seq.images))])
         for t, out in enumerate(outputs[1:], 1):
@@ -349,7 +341,7 @@ def _train(config: Cut3rTrainConfig, progress: bool) -> dict:
     device = resolve_training_device(config.device)  # before any rendering
     seeds = range(config.train_seed_offset, config.train_seed_offset + config.train_episodes)
     held_seeds = range(config.eval_seed_offset, config.eval_seed_offset + config.eval_episodes)
-    if set(seeds) & set(held_seeds):
+    if seeds and held_seeds and seeds.start < held_seeds.stop and held_seeds.start < seeds.stop:
         raise ValueError(
             f"training rooms {seeds.start}-{seeds.stop - 1} overlap the held-out rooms "
             f"{held_seeds.start}-{held_seeds.stop - 1}"
