@@ -7,8 +7,11 @@
 # pose source stated in the camera tokens with each patch's 3D point (--point_embedding: at equal
 # steps on 2 CPU cores it doubled the attention on the situation's anchor, docs/experiments.md;
 # POINT_EMBEDDING=False for the poses alone), data rendered on all cores, the vision
-# tower and the VLM trained on the GPU (bf16 autocast), the shipped tiny CUT3R reused (it only
-# gives depth and focal length to the geometric source). The VLM sees 224 px frames (IMAGE_SIZE):
+# tower and the VLM trained on the GPU (bf16 autocast), a tiny CUT3R for the geometric source's
+# depth and focal length: the shipped one at 64 px, or CUT3R_DIR at CUT3R_SIZE px (the output of
+# scripts/gpu_train_cut3r.sh, an earlier GPU run), or with CUT3R_STAGE=1 the shipped one tuned
+# here first at CUT3R_SIZE (CUT3R_RENDER_S of rooms, CUT3R_BUDGET_S of steps; the VLM's time
+# shrinks by as much). The VLM sees 224 px frames (IMAGE_SIZE):
 # an 8x8 grid of pooled patches per frame instead of 112 px's 4x4, since on 4x4 cells the
 # grounding finds small anchors (chairs, plants, lamps) far less often than beds and windows
 # (docs/experiments.md, "small objects in coarse cells"); the tower's pretraining stops after
@@ -21,8 +24,9 @@
 # over the room's video (loc3r.vlm.packing; bench/bench_vlm_training.py on a 2-core CPU: 4.1x the
 # samples per second of one row per question on one thread, 3.7x on two).
 # Training stops at its time budget, so the script ends within ~9 minutes. What comes back
-# ($OUT, at most 8 files of 16 MiB): the bundle's vlm/ (4 files), bundle.json, eval.json
-# (timings per stage), metrics.jsonl, build.log.
+# ($OUT, at most 8 files of 16 MiB): the bundle as a tar in parts of 15 MiB (bundle.tar.part-aa,
+# ...: `mkdir B && cat bundle.tar.part-* | tar -x -C B`), eval.json (timings per stage),
+# metrics.jsonl, build.log.
 # The same command runs on a CPU machine (slowly): every stage picks CUDA when there is one.
 set -u
 cd "$(dirname "$0")/.."
@@ -32,18 +36,29 @@ mkdir -p "$OUT"
 WORKERS=${WORKERS:-$(( $(nproc --all) - 1 ))}
 export PYTHONPATH=loc3r_ros PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1
 PY=${PYTHON:-python3}
-RUN=/tmp/loc3r_gpu_run
+RUN=${RUN:-/tmp/loc3r_gpu_run}
 exec > >(tail -c 4000000 > "$OUT/build.log") 2>&1
 date -u; nvidia-smi --query-gpu=name,memory.total --format=csv || true
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 echo "workers: $WORKERS"
+SHIPPED_CUT3R=loc3r_ros/loc3r/assets/default_model/cut3r
+if [ "${CUT3R_STAGE:-0}" = 1 ]; then  # make_default_model's CUT3R stage, tuning the shipped one
+  CUT3R_ARGS="--cut3r_image_size=${CUT3R_SIZE:-128} --cut3r.init=$SHIPPED_CUT3R
+    --cut3r.train_episodes=20000 --cut3r.render_within_s=${CUT3R_RENDER_S:-40}
+    --cut3r.steps=20000 --cut3r.time_budget_s=${CUT3R_BUDGET_S:-90} --cut3r.batch_size=32
+    --cut3r.lr=3e-4 --cut3r.warmup_steps=50 --cut3r.pose_weight=0.2
+    --cut3r.train_seed_offset=40000 --cut3r.eval_seed_offset=9610000 --cut3r.eval_episodes=20"
+else
+  CUT3R_ARGS="--cut3r_dir=${CUT3R_DIR:-$SHIPPED_CUT3R} --cut3r_image_size=${CUT3R_SIZE:-64}"
+fi
+echo "CUT3R: $CUT3R_ARGS"
 timeout -k 10 ${BUILD_TIMEOUT_S:-540} $PY -m loc3r.train.make_default_model \
   --out=$RUN --target=$RUN/bundle \
   --look=textured --walk=${WALK:-room_scan} --frames=${FRAMES:-16} --render_size=224 \
   --image_size=${IMAGE_SIZE:-224} \
   --camera_prior=geometric --point_embedding=${POINT_EMBEDDING:-True} \
   --eval_episodes=${EVAL_EPISODES:-30} \
-  --cut3r_dir=loc3r_ros/loc3r/assets/default_model/cut3r \
+  $CUT3R_ARGS \
   --tokenizer_dir=loc3r_ros/loc3r/assets/default_model/vlm \
   --workers=$WORKERS --train_episodes=${TRAIN_EPISODES:-20000} --steps=${STEPS:-5000} \
   --render_within_s=${RENDER_WITHIN_S:-200} \
@@ -54,6 +69,9 @@ timeout -k 10 ${BUILD_TIMEOUT_S:-540} $PY -m loc3r.train.make_default_model \
   --vision.time_budget_s=${VISION_BUDGET_S:-90} "$@"
 status=$?
 echo; echo "make_default_model exit $status"
-cp $RUN/bundle/vlm/* $RUN/bundle/bundle.json $RUN/bundle/eval.json $RUN/metrics.jsonl "$OUT"/ \
-  2>/dev/null
+if [ -f $RUN/bundle/bundle.json ]; then
+  tar -C $RUN/bundle -cf - . | split -b 15M - "$OUT/bundle.tar.part-"
+fi
+cp $RUN/bundle/eval.json $RUN/metrics.jsonl "$OUT"/ 2>/dev/null
 ls -la "$OUT"; date -u
+exit $status

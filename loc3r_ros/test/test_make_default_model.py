@@ -27,11 +27,21 @@ STAGES = [
 
 def test_make_default_model_from_scratch(tmp_path):
     target = tmp_path / "bundle"
-    argv = [f"--out={tmp_path / 'run'}", f"--target={target}", *TOY, *STAGES]
+    argv = [f"--out={tmp_path / 'run'}", f"--target={target}", *TOY, *STAGES,
+            "--cut3r_image_size=96", "--workers=2"]  # fmt: skip
     assert make_default_model.main(argv) == 0
     report = json.loads((target / "eval.json").read_text())
     assert {"vision", "cut3r", "model", "random", "majority", "train"} <= set(report)
     assert report["cut3r"]["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert report["cut3r"]["rooms"] == 2
+    # the CUT3R stage trains at the size the bundle runs it at, on the run's render size
+    cut3r_run = json.loads((tmp_path / "run" / "cut3r_run" / "report.json").read_text())
+    assert (cut3r_run["config"]["cut3r_size"], cut3r_run["config"]["workers"]) == (96, 2)
+    assert cut3r_run["config"]["render_size"] == 56
+    assert json.loads((target / "bundle.json").read_text())["cut3r_image_size"] == 96
+    assert json.loads((target / "cut3r" / "config.json").read_text())["config"]["img_size"] == [
+        96, 96
+    ]  # fmt: skip
     assert report["train"]["config"]["vision_init"].endswith("vision_tower.safetensors")
     bundle = load_bundle(target)  # the node and the CLI load what was written
     assert bundle.num_query_frames == 2
@@ -50,6 +60,14 @@ def test_make_default_model_from_scratch(tmp_path):
     assert report["train"]["config"]["cut3r_dir"] == str(target / "cut3r")
     with pytest.raises(SystemExit, match="name its CUT3R with --cut3r_dir"):
         make_default_model.main([*argv[:-1], f"--vlm_init={tmp_path / 'run2' / 'final'}"])
+
+
+def test_the_cut3r_stage_runs_at_the_bundles_cut3r_size(tmp_path):
+    argv = [f"--out={tmp_path / 'run'}", f"--target={tmp_path / 'b'}", *TOY, *STAGES,
+            "--cut3r.cut3r_size=128"]  # fmt: skip
+    with pytest.raises(SystemExit, match="--cut3r_image_size=64; set that instead"):
+        make_default_model.main(argv)
+    assert not (tmp_path / "run").exists()  # refused before any stage ran
 
 
 def test_a_lora_run_ships_a_bundle_with_the_adapters_merged(tmp_path):

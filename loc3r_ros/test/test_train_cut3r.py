@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -15,6 +17,7 @@ from loc3r.train.train_cut3r import (
     evaluate,
     initial_model,
     make_sequence,
+    make_sequences,
     model_config,
     pose_errors,
     probe_r2,
@@ -113,6 +116,15 @@ def test_model_sizes_are_run_keys_and_set_the_camera_token_width(sequence):
     assert [tuple(o.camera_token.shape) for o in outputs] == [(1, 48)] * 3
 
 
+def test_patch_size_and_encoder_depth_are_run_keys_and_the_input_size_is_nominal(sequence):
+    config = Cut3rTrainConfig.from_args(["--patch_size=16", "--enc_depth=3", "--cut3r_size=120"])
+    model_cfg = model_config(config)
+    assert (model_cfg.patch_size, model_cfg.enc_depth, model_cfg.img_size) == (16, 3, (112, 112))
+    assert len(Cut3r(model_cfg).enc_blocks) == 3
+    with pytest.raises(ValueError, match="patch_size=32"):
+        model_config(Cut3rTrainConfig(patch_size=32))
+
+
 def test_init_continues_from_a_saved_model_of_the_same_sizes(tmp_path):
     sizes = ["--dec_embed_dim=48", "--dec_num_heads=4", "--state_size=8"]
     saved = Cut3r(model_config(Cut3rTrainConfig.from_args(sizes)))
@@ -120,7 +132,8 @@ def test_init_continues_from_a_saved_model_of_the_same_sizes(tmp_path):
     with torch.no_grad():
         marked.fill_(0.125)  # not what a fresh init draws
     save_pretrained(saved, tmp_path / "cut3r")
-    config = Cut3rTrainConfig.from_args([*sizes, f"--init={tmp_path / 'cut3r'}"])
+    config_init = [f"--init={tmp_path / 'cut3r'}"]
+    config = Cut3rTrainConfig.from_args([*sizes, *config_init])
     model = initial_model(config)
     assert model.training
     for name, tensor in saved.state_dict().items():
@@ -129,6 +142,8 @@ def test_init_continues_from_a_saved_model_of_the_same_sizes(tmp_path):
     assert not torch.equal(next(fresh.parameters()), marked)
     with pytest.raises(ValueError, match=r"dec_embed_dim=48 \(run: 24\)"):
         initial_model(Cut3rTrainConfig(init=str(tmp_path / "cut3r")))
+    larger = initial_model(Cut3rTrainConfig.from_args([*sizes, "--cut3r_size=96", *config_init]))
+    assert larger.config.img_size == (96, 96)  # tuned at another input size: saved with it
 
 
 def test_training_runs_on_the_threads_it_is_given(monkeypatch):
@@ -223,3 +238,44 @@ def test_a_tuning_run_takes_the_rooms_it_is_told(monkeypatch):
         with pytest.raises(ValueError, match="device"):
             train_cut3r.train(Cut3rTrainConfig(device=device), False)
     assert seeds == []
+
+
+def _fields_equal(a, b) -> bool:
+    return all(torch.equal(getattr(a, f), getattr(b, f)) for f in a.__annotations__)
+
+
+def test_rooms_render_on_worker_processes_in_seed_order_and_within_a_deadline():
+    config = Cut3rTrainConfig(frames=2, render_size=56, cut3r_size=32)
+    one = make_sequences(range(7, 10), config, progress=False)
+    two = make_sequences(range(7, 10), replace(config, workers=2), progress=False)
+    assert len(one) == len(two) == 3
+    assert all(_fields_equal(a, b) for a, b in zip(one, two, strict=True))
+    assert _fields_equal(one[0], make_sequence(7, config))
+    first = make_sequences(range(7, 10), replace(config, workers=2), 1e-6, progress=False)
+    assert 1 <= len(first) < 3 and _fields_equal(first[0], one[0])  # a prefix, never empty
+
+
+def test_a_time_budget_fits_the_steps_and_still_evaluates_and_saves(tmp_path):
+    from loc3r.train.config import PACE_STEPS
+    from loc3r.train.train_cut3r import train
+
+    config = Cut3rTrainConfig(
+        out=str(tmp_path), frames=2, render_size=56, cut3r_size=32, train_episodes=2,
+        eval_episodes=1, batch_size=1, steps=100_000, warmup_steps=1, time_budget_s=4.0,
+    )  # fmt: skip
+    report = train(config, progress=False)
+    assert PACE_STEPS < report["steps_done"] < 100_000
+    assert report["paced"].endswith(f": {report['config']['steps']} steps")
+    assert report["steps_done"] <= report["config"]["steps"]  # the schedule it was fitted to
+    assert report["rooms"] == 2 and report["trained"]["frames"] == 1
+    assert (tmp_path / "cut3r" / "model.safetensors").exists()
+    with pytest.raises(ValueError, match="workers >= 1"):
+        train(replace(config, workers=0), progress=False)
+
+
+def test_steps_within_a_budget():
+    from loc3r.train.config import PACE_STEPS, steps_within
+
+    assert steps_within(10.0, 0.1, 1000) == 95  # 95 % of the budget
+    assert steps_within(10.0, 0.1, 50) == 50  # never more than planned
+    assert steps_within(1.0, 1.0, 1000) == PACE_STEPS + 1  # more than those already taken

@@ -188,6 +188,18 @@ def config_from_args(
     return cls(**values)
 
 
+PACE_STEPS = 20  # with a time budget, the steps (and LR schedule) are fitted after these
+
+
+def steps_within(budget_s: float, seconds_per_step: float, planned: int) -> int:
+    """The steps that fit 95 % of `budget_s` at `seconds_per_step`.
+
+    At most `planned`, and more than the PACE_STEPS already taken.
+    """
+    reachable = int(0.95 * budget_s / max(seconds_per_step, 1e-9))
+    return min(planned, max(reachable, PACE_STEPS + 1))
+
+
 def lr_at(step: int, config: TrainConfig) -> float:
     """Linear warm-up then cosine decay to min_lr_ratio * lr (a pure function of the step)."""
     if step < config.warmup_steps:

@@ -102,6 +102,20 @@ def main(argv: list[str] | None = None) -> int:
         if not beside.is_dir():
             raise SystemExit(f"--vlm_init={config.vlm_init}: name its CUT3R with --cut3r_dir")
         config = replace(config, cut3r_dir=str(beside))
+    cut3r_config = None  # the CUT3R stage's, checked before any stage runs
+    if not config.cut3r_dir:
+        cut3r_config = Cut3rTrainConfig.from_args([
+            f"--out={Path(config.out) / 'cut3r_run'}", f"--frames={config.frames}",
+            f"--render_size={config.render_size or config.image_size}",
+            f"--cut3r_size={config.cut3r_image_size}", f"--look={config.look}",
+            f"--walk={config.walk}", f"--workers={config.workers}",
+            *EMBEDDED_CUT3R_RECIPE, *stage_args["cut3r"],
+        ])  # fmt: skip
+        if cut3r_config.cut3r_size != config.cut3r_image_size:  # the bundle runs it at that size
+            raise SystemExit(
+                f"--cut3r.cut3r_size={cut3r_config.cut3r_size}: the VLM's camera tokens come "
+                f"from CUT3R at --cut3r_image_size={config.cut3r_image_size}; set that instead"
+            )
     if not config.vision_init and not config.vlm_init:  # a continued model has its tower
         vision_config = VisionPretrainConfig.from_args([
             f"--out={Path(config.out) / 'vision_run'}", f"--frames={config.frames}",
@@ -114,12 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         config = replace(
             config, vision_init=str(Path(vision_config.out) / "vision_tower.safetensors")
         )
-    if not config.cut3r_dir:
-        cut3r_config = Cut3rTrainConfig.from_args([
-            f"--out={Path(config.out) / 'cut3r_run'}", f"--frames={config.frames}",
-            f"--render_size={config.image_size}", f"--look={config.look}", f"--walk={config.walk}",
-            *EMBEDDED_CUT3R_RECIPE, *stage_args["cut3r"],
-        ])  # fmt: skip
+    if cut3r_config is not None:
         cut3r_report = train_cut3r(cut3r_config)
         config = replace(config, cut3r_dir=str(Path(cut3r_config.out) / "cut3r"))
     stages = {"before_data": round(time.perf_counter() - start, 1)}

@@ -36,7 +36,14 @@ from loc3r.cut3r.heads import pose_encoding_to_c2w
 from loc3r.cut3r.preprocess import preprocess_frame
 from loc3r.scenes import EpisodeConfig, make_episode
 from loc3r.scenes.render import camera_points, render
-from loc3r.train.config import config_from_args, lr_at, resolve_training_device
+from loc3r.train.config import (
+    PACE_STEPS,
+    config_from_args,
+    lr_at,
+    resolve_training_device,
+    steps_within,
+)
+from loc3r.train.parallel import parallel_map
 
 
 @dataclass
@@ -67,7 +74,9 @@ class Cut3rTrainConfig:
     eval_seed_offset: int = 1_000_000
     log_every: int = 10
     # model sizes (the rest as Cut3rConfig.tiny)
+    patch_size: int = 8  # 8 or 16 (pre-processing crops to multiples of 16)
     enc_embed_dim: int = 64
+    enc_depth: int = 2
     dec_embed_dim: int = 24  # also the camera token's width, unless a geometry token is wider
     dec_depth: int = 3
     dec_num_heads: int = 2
@@ -81,6 +90,13 @@ class Cut3rTrainConfig:
     # of matching frames)
     threads: int = 1  # CPU threads of the training steps (the command sets them)
     device: str = "auto"  # "auto" (CUDA when there is one), "cpu" or "cuda"; fp32 either way
+    workers: int = 1  # processes that render the rooms (a GPU machine's cores)
+    # > 0: the training rooms render for at most this long (the first of the seeds that finish
+    # in time, at least one): as many rooms as the cores give, for a GPU build
+    render_within_s: float = 0.0
+    # > 0: training stops after this long; after PACE_STEPS steps the number of steps (and so
+    # the LR schedule) is fitted to it
+    time_budget_s: float = 0.0
 
     @classmethod
     def from_args(cls, argv: list[str] | None = None) -> Cut3rTrainConfig:
@@ -139,6 +155,24 @@ def make_sequence(seed: int, config: Cut3rTrainConfig) -> Sequence:
         torch.stack(images), as_tensor(pts_self), as_tensor(pts_world),
         torch.from_numpy(np.stack(valid)), as_tensor(poses),
     )  # fmt: skip
+
+
+def _rendered(seed: int, config: Cut3rTrainConfig) -> Sequence:
+    """make_sequence for parallel_map (looked up when called, so a test may replace it)."""
+    return make_sequence(seed, config)
+
+
+def make_sequences(
+    seeds: range, config: Cut3rTrainConfig, within_s: float = 0.0, progress: bool = True
+) -> list[Sequence]:
+    """The rooms' sequences in seed order, rendered on `config.workers` processes.
+
+    With `within_s` > 0: the first of them that finish within that many seconds (at least one).
+    """
+    deadline = time.monotonic() + within_s if within_s > 0 else None
+    return parallel_map(
+        _rendered, list(seeds), config, config.workers, "sequences", progress, deadline
+    )
 
 
 def window(sequence: Sequence, start: int, length: int, backwards: bool = False) -> Sequence:
@@ -306,10 +340,22 @@ def evaluate(model: Cut3r, train: list[Sequence], held_out: list[Sequence]) -> d
     }
 
 
+MODEL_SIZES = (
+    "patch_size", "enc_embed_dim", "enc_depth", "dec_embed_dim", "dec_depth", "dec_num_heads",
+    "state_size",
+)  # fmt: skip
+
+
 def model_config(config: Cut3rTrainConfig) -> Cut3rConfig:
-    """Cut3rConfig.tiny() with the run's sizes."""
-    sizes = ("enc_embed_dim", "dec_embed_dim", "dec_depth", "dec_num_heads", "state_size")
-    return replace(Cut3rConfig.tiny(), **{name: getattr(config, name) for name in sizes})
+    """Cut3rConfig.tiny() with the run's sizes, its nominal image size the run's input size."""
+    if config.patch_size not in (8, 16):
+        raise ValueError(f"patch_size={config.patch_size}: 8 or 16 (crops are multiples of 16)")
+    side = config.cut3r_size // config.patch_size * config.patch_size
+    return replace(
+        Cut3rConfig.tiny(),
+        img_size=(side, side),
+        **{name: getattr(config, name) for name in MODEL_SIZES},
+    )
 
 
 def initial_model(config: Cut3rTrainConfig) -> Cut3r:
@@ -317,11 +363,16 @@ def initial_model(config: Cut3rTrainConfig) -> Cut3r:
     if not config.init:
         return Cut3r(model_config(config))
     model = load_pretrained(config.init)
-    expected = model_config(config).to_dict()
-    differ = {k: (v, expected[k]) for k, v in model.config.to_dict().items() if v != expected[k]}
+    expected = model_config(config)
+    differ = {
+        k: (v, expected.to_dict()[k])
+        for k, v in model.config.to_dict().items()
+        if v != expected.to_dict()[k] and k != "img_size"  # nominal: a tuning run may change it
+    }
     if differ:
         detail = ", ".join(f"{k}={a} (run: {b})" for k, (a, b) in sorted(differ.items()))
         raise ValueError(f"--init={config.init} does not match the run's model sizes: {detail}")
+    model.config.img_size = expected.img_size
     return model.train()
 
 
@@ -346,8 +397,13 @@ def _train(config: Cut3rTrainConfig, progress: bool) -> dict:
             f"training rooms {seeds.start}-{seeds.stop - 1} overlap the held-out rooms "
             f"{held_seeds.start}-{held_seeds.stop - 1}"
         )
-    train_data = [make_sequence(s, config) for s in tqdm(seeds, "sequences", disable=not progress)]
-    held_out = [make_sequence(s, config) for s in held_seeds]
+    if config.workers < 1 or config.render_within_s < 0 or config.time_budget_s < 0:
+        raise ValueError("workers >= 1; render_within_s and time_budget_s: seconds >= 0")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 weights, TF32 matmuls
+    train_data = make_sequences(seeds, config, config.render_within_s, progress)
+    held_out = make_sequences(held_seeds, config, progress=False)
+    render_s = time.perf_counter() - start
     model = initial_model(config).to(device)
     probe_train = train_data[: config.eval_episodes * 4]
     before = evaluate(model, probe_train, held_out)
@@ -356,10 +412,22 @@ def _train(config: Cut3rTrainConfig, progress: bool) -> dict:
     rng = np.random.default_rng(config.seed)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    history = []
+    history, paced = [], ""
+    bar = tqdm(total=config.steps, desc="cut3r", disable=not progress)
+    train_start = time.perf_counter()
     with open(out / "metrics.jsonl", "w") as log:
         model.train()
-        for step in tqdm(range(config.steps), "cut3r", disable=not progress):
+        step = 0
+        while step < config.steps:
+            elapsed = time.perf_counter() - train_start
+            if config.time_budget_s > 0 and step == PACE_STEPS:  # fit the schedule to the budget
+                fitted = steps_within(config.time_budget_s, elapsed / step, config.steps)
+                if fitted < config.steps:
+                    config = replace(config, steps=fitted)
+                    bar.total = fitted
+                    paced = f"{elapsed / step * 1000:.0f} ms/step: {fitted} steps"
+            if config.time_budget_s > 0 and elapsed > config.time_budget_s:
+                break
             lr = lr_at(step, config)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -382,12 +450,19 @@ def _train(config: Cut3rTrainConfig, progress: bool) -> dict:
             if (step + 1) % config.log_every == 0 or step == 0:
                 log.write(json.dumps(metrics) + "\n")
                 log.flush()
+            step += 1
+            bar.update(1)
+    bar.close()
     model.eval()
     after = evaluate(model, probe_train, held_out)
     save_pretrained(model.cpu(), out / "cut3r")
     report = {
         "config": asdict(config),
         "device": str(device),
+        "rooms": len(train_data),
+        "steps_done": len(history),
+        "paced": paced,
+        "render_seconds": round(render_s, 1),
         "random_init": before,
         "trained": after,
         "first_loss": history[0]["loss"] if history else None,

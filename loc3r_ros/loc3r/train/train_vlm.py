@@ -28,12 +28,10 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from loc3r.train.batches import SceneBatches, batch_indices
-from loc3r.train.config import TrainConfig, lr_at, module_summary
+from loc3r.train.config import PACE_STEPS, TrainConfig, lr_at, module_summary, steps_within
 from loc3r.train.pipeline import prepare_run
 from loc3r.vlm import Loc3rVLM, TrainSample
 from loc3r.vlm.losses import LOSS_PARTS
-
-PACE_STEPS = 20  # with a time budget, the steps (and LR schedule) are fitted after these
 
 
 def mean_parts(
@@ -279,9 +277,9 @@ class Trainer:
                 metrics = self.train_step()
                 if budget > 0 and self.step == PACE_STEPS:  # fit the schedule to the budget
                     per_step = (time.perf_counter() - start) / PACE_STEPS
-                    reachable = int(0.95 * budget / per_step)
-                    if reachable < self.config.steps:
-                        self.config = replace(self.config, steps=max(reachable, PACE_STEPS + 1))
+                    fitted = steps_within(budget, per_step, self.config.steps)
+                    if fitted < self.config.steps:
+                        self.config = replace(self.config, steps=fitted)
                         bar.total = self.config.steps
                         self.paced = f"{per_step * 1000:.0f} ms/step: {self.config.steps} steps"
                 metrics["step"] = self.step
