@@ -9,9 +9,10 @@
 # POINT_EMBEDDING=False for the poses alone), data rendered on all cores, the vision
 # tower and the VLM trained on the GPU (bf16 autocast), a tiny CUT3R for the geometric source's
 # depth and focal length: the shipped one at 64 px, or CUT3R_DIR at CUT3R_SIZE px (the output of
-# scripts/gpu_train_cut3r.sh, an earlier GPU run), or with CUT3R_STAGE=1 the shipped one tuned
-# here first at CUT3R_SIZE (CUT3R_RENDER_S of rooms, CUT3R_BUDGET_S of steps; the VLM's time
-# shrinks by as much). The VLM sees 224 px frames (IMAGE_SIZE):
+# scripts/gpu_train_cut3r.sh, an earlier GPU run; CUT3R_SIZE defaults to the size its config
+# says it was trained at), or with CUT3R_STAGE=1 the shipped one tuned here first at CUT3R_SIZE
+# (128; CUT3R_RENDER_S = 30 s of rooms, CUT3R_BUDGET_S = 60 s of steps, taken from the VLM's
+# RENDER_WITHIN_S, 200 s otherwise). The VLM sees 224 px frames (IMAGE_SIZE):
 # an 8x8 grid of pooled patches per frame instead of 112 px's 4x4, since on 4x4 cells the
 # grounding finds small anchors (chairs, plants, lamps) far less often than beds and windows
 # (docs/experiments.md, "small objects in coarse cells"); the tower's pretraining stops after
@@ -33,23 +34,35 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/loc3r_gpu_build}
 mkdir -p "$OUT"
 # before OMP_NUM_THREADS=1: GNU nproc honours it (the first H200 run built its data on 1 core)
-WORKERS=${WORKERS:-$(( $(nproc --all) - 1 ))}
+WORKERS=${WORKERS:-$(( $(nproc --all) > 1 ? $(nproc --all) - 1 : 1 ))}
 export PYTHONPATH=loc3r_ros PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1
 PY=${PYTHON:-python3}
 RUN=${RUN:-/tmp/loc3r_gpu_run}
+rm -rf "$RUN"  # a warm machine keeps /tmp: never return an earlier run's files
 exec > >(tail -c 4000000 > "$OUT/build.log") 2>&1
+LOG_PID=$!
 date -u; nvidia-smi --query-gpu=name,memory.total --format=csv || true
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 echo "workers: $WORKERS"
 SHIPPED_CUT3R=loc3r_ros/loc3r/assets/default_model/cut3r
+RENDER_DEFAULT_S=200
 if [ "${CUT3R_STAGE:-0}" = 1 ]; then  # make_default_model's CUT3R stage, tuning the shipped one
+  CUT3R_RENDER_S=${CUT3R_RENDER_S:-30}; CUT3R_BUDGET_S=${CUT3R_BUDGET_S:-60}
   CUT3R_ARGS="--cut3r_image_size=${CUT3R_SIZE:-128} --cut3r.init=$SHIPPED_CUT3R
-    --cut3r.train_episodes=20000 --cut3r.render_within_s=${CUT3R_RENDER_S:-40}
-    --cut3r.steps=20000 --cut3r.time_budget_s=${CUT3R_BUDGET_S:-90} --cut3r.batch_size=32
+    --cut3r.train_episodes=20000 --cut3r.render_within_s=$CUT3R_RENDER_S
+    --cut3r.steps=20000 --cut3r.time_budget_s=$CUT3R_BUDGET_S --cut3r.batch_size=32
     --cut3r.lr=3e-4 --cut3r.warmup_steps=50 --cut3r.pose_weight=0.2
     --cut3r.train_seed_offset=40000 --cut3r.eval_seed_offset=9610000 --cut3r.eval_episodes=20"
+  # the stage's time comes out of the VLM's rooms, so that the run still ends in time
+  RENDER_DEFAULT_S=$(( RENDER_DEFAULT_S - CUT3R_RENDER_S - CUT3R_BUDGET_S > 30 ?
+                       RENDER_DEFAULT_S - CUT3R_RENDER_S - CUT3R_BUDGET_S : 30 ))
 else
-  CUT3R_ARGS="--cut3r_dir=${CUT3R_DIR:-$SHIPPED_CUT3R} --cut3r_image_size=${CUT3R_SIZE:-64}"
+  CUT3R_DIR=${CUT3R_DIR:-$SHIPPED_CUT3R}
+  if [ -z "${CUT3R_SIZE:-}" ]; then  # the size it was trained at (its config's img_size)
+    CUT3R_SIZE=$($PY -c "import json, sys; print(max(json.load(open(sys.argv[1]))['config']
+      ['img_size']))" "$CUT3R_DIR/config.json") || exit 2
+  fi
+  CUT3R_ARGS="--cut3r_dir=$CUT3R_DIR --cut3r_image_size=$CUT3R_SIZE"
 fi
 echo "CUT3R: $CUT3R_ARGS"
 timeout -k 10 ${BUILD_TIMEOUT_S:-540} $PY -m loc3r.train.make_default_model \
@@ -61,7 +74,7 @@ timeout -k 10 ${BUILD_TIMEOUT_S:-540} $PY -m loc3r.train.make_default_model \
   $CUT3R_ARGS \
   --tokenizer_dir=loc3r_ros/loc3r/assets/default_model/vlm \
   --workers=$WORKERS --train_episodes=${TRAIN_EPISODES:-20000} --steps=${STEPS:-5000} \
-  --render_within_s=${RENDER_WITHIN_S:-200} \
+  --render_within_s=${RENDER_WITHIN_S:-$RENDER_DEFAULT_S} \
   --train_situations=${TRAIN_SITUATIONS:-8} --questions_per_scene=${QUESTIONS_PER_SCENE:-8} \
   --batch_size=${BATCH_SIZE:-64} --micro_batch=${MICRO_BATCH:-64} \
   --time_budget_s=${TRAIN_BUDGET_S:-240} --finish_within_s=${FINISH_WITHIN_S:-520} \
@@ -74,4 +87,5 @@ if [ -f $RUN/bundle/bundle.json ]; then
 fi
 cp $RUN/bundle/eval.json $RUN/metrics.jsonl "$OUT"/ 2>/dev/null
 ls -la "$OUT"; date -u
+exec >&- 2>&-; wait $LOG_PID  # build.log complete before the tool collects $OUT
 exit $status

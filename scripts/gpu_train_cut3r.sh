@@ -26,11 +26,13 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/loc3r_gpu_cut3r}
 mkdir -p "$OUT"
 # before OMP_NUM_THREADS=1: GNU nproc honours it
-WORKERS=${WORKERS:-$(( $(nproc --all) - 1 ))}
+WORKERS=${WORKERS:-$(( $(nproc --all) > 1 ? $(nproc --all) - 1 : 1 ))}
 export PYTHONPATH=loc3r_ros PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
 PY=${PYTHON:-python3}
 RUN=${RUN:-/tmp/loc3r_gpu_cut3r_run}
+rm -rf "$RUN"  # a warm machine keeps /tmp: never return an earlier run's files
 exec > >(tail -c 4000000 > "$OUT/build.log") 2>&1
+LOG_PID=$!
 date -u; nvidia-smi --query-gpu=name,memory.total --format=csv || true
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 echo "workers: $WORKERS"
@@ -52,4 +54,5 @@ if [ -f "$RUN/cut3r/model.safetensors" ]; then
 fi
 cp "$RUN/report.json" "$RUN/metrics.jsonl" "$OUT/" 2>/dev/null
 ls -la "$OUT"; date -u
+exec >&- 2>&-; wait $LOG_PID  # build.log complete before the tool collects $OUT
 exit $status

@@ -85,3 +85,19 @@ def test_the_build_script_with_its_cut3r_stage_returns_a_bundle_in_parts(tmp_pat
     cut3r_run = json.loads((run / "cut3r_run" / "report.json").read_text())
     assert cut3r_run["config"]["init"].endswith("default_model/cut3r")
     assert cut3r_run["config"]["cut3r_size"] == 32 and cut3r_run["steps_done"] == 2
+
+
+def test_the_build_script_runs_another_cut3r_at_the_size_it_was_trained_at(tmp_path):
+    tuned = tmp_path / "tuned"  # as gpu_train_cut3r.sh's model: its config says 32 px
+    tuned.mkdir()
+    shipped = REPO / "loc3r_ros" / "loc3r" / "assets" / "default_model" / "cut3r"
+    (tuned / "model.safetensors").write_bytes((shipped / "model.safetensors").read_bytes())
+    config = json.loads((shipped / "config.json").read_text())
+    config["config"]["img_size"] = [32, 32]
+    (tuned / "config.json").write_text(json.dumps(config))
+    out, run = tmp_path / "out", tmp_path / "run"
+    run_script("gpu_build_default_model.sh", out, run, TOY_VLM, CUT3R_DIR=str(tuned))
+    spec = json.loads((run / "bundle" / "bundle.json").read_text())
+    assert spec["cut3r_image_size"] == 32
+    report = json.loads((out / "eval.json").read_text())
+    assert report["train"]["config"]["cut3r_dir"] == str(tuned) and "cut3r" not in report

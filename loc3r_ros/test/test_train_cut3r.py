@@ -256,26 +256,64 @@ def test_rooms_render_on_worker_processes_in_seed_order_and_within_a_deadline():
 
 
 def test_a_time_budget_fits_the_steps_and_still_evaluates_and_saves(tmp_path):
-    from loc3r.train.config import PACE_STEPS
+    import json
+
+    from loc3r.train.config import PACE_STEPS, lr_at
     from loc3r.train.train_cut3r import train
 
     config = Cut3rTrainConfig(
         out=str(tmp_path), frames=2, render_size=56, cut3r_size=32, train_episodes=2,
-        eval_episodes=1, batch_size=1, steps=100_000, warmup_steps=1, time_budget_s=4.0,
+        eval_episodes=1, batch_size=1, steps=100_000, warmup_steps=1, time_budget_s=5.0,
+        log_every=1,
     )  # fmt: skip
     report = train(config, progress=False)
-    assert PACE_STEPS < report["steps_done"] < 100_000
-    assert report["paced"].endswith(f": {report['config']['steps']} steps")
-    assert report["steps_done"] <= report["config"]["steps"]  # the schedule it was fitted to
+    fitted = report["config"]["steps"]
+    assert PACE_STEPS < fitted < 100_000 and report["paced"].endswith(f": {fitted} steps")
+    assert 0.8 * fitted <= report["steps_done"] <= fitted  # the budget's 5 % margin for them
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    schedule = replace(config, steps=fitted)  # the LR follows the fitted steps to their end
+    after = [r for r in rows if r["step"] > PACE_STEPS]  # the first ones ran before the fitting
+    assert [r["lr"] for r in after] == [lr_at(r["step"] - 1, schedule) for r in after]
+    assert lr_at(fitted - 1, schedule) < config.lr * (config.min_lr_ratio + 0.01)
+    assert rows[-1]["step"] == report["steps_done"]
     assert report["rooms"] == 2 and report["trained"]["frames"] == 1
     assert (tmp_path / "cut3r" / "model.safetensors").exists()
     with pytest.raises(ValueError, match="workers >= 1"):
         train(replace(config, workers=0), progress=False)
 
 
-def test_steps_within_a_budget():
-    from loc3r.train.config import PACE_STEPS, steps_within
+def test_the_pacer_times_the_steps_after_the_warm_up():
+    from loc3r.train.config import PACE_FROM, PACE_STEPS, Pacer
 
-    assert steps_within(10.0, 0.1, 1000) == 95  # 95 % of the budget
-    assert steps_within(10.0, 0.1, 50) == 50  # never more than planned
-    assert steps_within(1.0, 1.0, 1000) == PACE_STEPS + 1  # more than those already taken
+    now = [0.0]
+    pacer = Pacer(20.0, clock=lambda: now[0])
+    planned = []
+    for done in range(1, PACE_STEPS + 1):
+        now[0] += 3.0 if done == 1 else 0.1  # the first step warms up, the rest take 0.1 s
+        planned.append(pacer.fitted(done, 100_000))
+    assert planned[:-1] == [100_000] * (PACE_STEPS - 1) and PACE_FROM < PACE_STEPS
+    # 4.9 s spent; 0.95 * 20 - 4.9 = 14.1 s left at 0.1 s a step (timing from step 1: 0.245 s)
+    assert planned[-1] == PACE_STEPS + 141 and pacer.note == "100 ms/step: 161 steps"
+    assert not pacer.spent()
+    now[0] = 20.5
+    assert pacer.spent()
+    slow = Pacer(1.0, clock=lambda: now[0])
+    for done in range(1, PACE_STEPS + 1):
+        now[0] += 1.0
+        fitted = slow.fitted(done, 500)
+    assert fitted == PACE_STEPS + 1  # past the budget already: one more step, then it stops
+    assert Pacer(0.0).fitted(PACE_STEPS, 500) == 500 and not Pacer(0.0).spent()  # no budget
+
+
+def test_training_rooms_stay_on_the_cpu_unless_they_fit_the_gpu(monkeypatch, sequence):
+    from loc3r.train import train_cut3r
+
+    moved = []
+    monkeypatch.setattr(train_cut3r, "to_device", lambda s, d: moved.append(d) or s)
+    rooms = [sequence, sequence]
+    assert train_cut3r.resident(rooms, torch.device("cpu")) is rooms and not moved
+    size = 2 * sum(getattr(sequence, f).nbytes for f in sequence.__annotations__)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (2 * size - 1, 10 * size))
+    assert train_cut3r.resident(rooms, torch.device("cuda")) is rooms and not moved
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (2 * size, 10 * size))
+    assert len(train_cut3r.resident(rooms, torch.device("cuda"))) == 2 and len(moved) == 2

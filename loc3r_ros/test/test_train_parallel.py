@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
+import torch
 
 from loc3r.train.config import TrainConfig
 from loc3r.train.parallel import parallel_map
@@ -21,6 +23,19 @@ def slow_square(item: int, shared: float) -> int:
     """A task that takes `shared` seconds (module level: workers receive it by name)."""
     time.sleep(shared)
     return item * item
+
+
+def tensors(item: int, shared: None) -> list[torch.Tensor]:
+    """Five tensors, as a rendered room has (module level: workers receive it by name)."""
+    return [torch.full((100,), float(item)) for _ in range(5)]
+
+
+def test_tensors_from_workers_hold_no_file_descriptors():
+    before = len(os.listdir("/proc/self/fd"))
+    results = parallel_map(tensors, list(range(300)), None, 2, progress=False)
+    assert [float(r[4][0]) for r in results] == list(range(300))
+    # sent as shared memory they would keep 1500 descriptors open (the usual limit is 1024)
+    assert len(os.listdir("/proc/self/fd")) < before + 20
 
 
 @pytest.mark.parametrize("workers", [1, 2])

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TypeVar
@@ -188,16 +190,42 @@ def config_from_args(
     return cls(**values)
 
 
+PACE_FROM = 5  # steps before this one are not timed (CUDA, allocator and cache warm-up)
 PACE_STEPS = 20  # with a time budget, the steps (and LR schedule) are fitted after these
 
 
-def steps_within(budget_s: float, seconds_per_step: float, planned: int) -> int:
-    """The steps that fit 95 % of `budget_s` at `seconds_per_step`.
+class Pacer:
+    """Fits a run's steps to a time budget.
 
-    At most `planned`, and more than the PACE_STEPS already taken.
+    The pace of steps PACE_FROM..PACE_STEPS, then 95 % of the budget that is left at that pace
+    (the LR schedule follows the fitted steps).
     """
-    reachable = int(0.95 * budget_s / max(seconds_per_step, 1e-9))
-    return min(planned, max(reachable, PACE_STEPS + 1))
+
+    def __init__(self, budget_s: float, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.budget_s, self.clock = budget_s, clock
+        self.start = clock()
+        self._paced_from: float | None = None
+        self.note = ""  # how the steps were fitted ("" when they were not)
+
+    def spent(self) -> bool:
+        """The budget (if any) is used up."""
+        return self.budget_s > 0 and self.clock() - self.start > self.budget_s
+
+    def fitted(self, done: int, planned: int) -> int:
+        """Called after each step (`done` steps so far in this run): the steps to plan for."""
+        if self.budget_s <= 0 or done not in (PACE_FROM, PACE_STEPS):
+            return planned
+        now = self.clock()
+        if done == PACE_FROM:
+            self._paced_from = now
+            return planned
+        paced_from = self.start if self._paced_from is None else self._paced_from
+        per_step = (now - paced_from) / (PACE_STEPS - PACE_FROM)
+        left = 0.95 * self.budget_s - (now - self.start)
+        steps = min(planned, PACE_STEPS + max(1, int(left / max(per_step, 1e-9))))
+        if steps < planned:
+            self.note = f"{per_step * 1000:.0f} ms/step: {steps} steps"
+        return steps
 
 
 def lr_at(step: int, config: TrainConfig) -> float:

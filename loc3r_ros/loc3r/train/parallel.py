@@ -2,12 +2,16 @@
 
 Rendering a room and matching its frames is plain CPU work per episode; a GPU machine's cores
 build thousands of episodes in the time one core builds a few hundred. Workers are forked, so
-what they share (a CUT3R model, configs) is inherited, not pickled per task.
+what they share (a CUT3R model, configs) is inherited, not pickled per task. Results come back
+as plain pickles: sent the multiprocessing way, every tensor in them would arrive as a shared-
+memory segment that keeps a file descriptor open for as long as it lives (five tensors a room,
+thousands of rooms: past the usual limit of 1024 open files, and into /dev/shm).
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
+import pickle
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -22,9 +26,9 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
-def _call(job: tuple[Callable[[Any, Any], Any], Any]) -> Any:
+def _call(job: tuple[Callable[[Any, Any], Any], Any]) -> bytes:
     fn, item = job
-    return fn(item, _SHARED)
+    return pickle.dumps(fn(item, _SHARED), protocol=pickle.HIGHEST_PROTOCOL)  # tensors as bytes
 
 
 def parallel_map(
@@ -53,7 +57,8 @@ def parallel_map(
         chunk = 1 if deadline is not None else max(1, len(items) // (workers * 8))
         with context.Pool(min(workers, len(items)), initializer=_one_thread) as pool:
             jobs = pool.imap(_call, [(fn, item) for item in items], chunksize=chunk)
-            return _until(jobs, len(items), deadline, desc, progress)  # the pool then terminates
+            results = (pickle.loads(job) for job in jobs)
+            return _until(results, len(items), deadline, desc, progress)  # the pool then ends
     finally:
         _SHARED = None
 

@@ -36,13 +36,7 @@ from loc3r.cut3r.heads import pose_encoding_to_c2w
 from loc3r.cut3r.preprocess import preprocess_frame
 from loc3r.scenes import EpisodeConfig, make_episode
 from loc3r.scenes.render import camera_points, render
-from loc3r.train.config import (
-    PACE_STEPS,
-    config_from_args,
-    lr_at,
-    resolve_training_device,
-    steps_within,
-)
+from loc3r.train.config import Pacer, config_from_args, lr_at, resolve_training_device
 from loc3r.train.parallel import parallel_map
 
 
@@ -189,16 +183,28 @@ def window(sequence: Sequence, start: int, length: int, backwards: bool = False)
     pts_self = sequence.pts_self[frames]
     pts_world = pts_self.double() @ rebased[:, None, :3, :3].transpose(-1, -2)
     pts_world = pts_world + rebased[:, None, None, :3, 3]
-    poses = np.stack([pose_encoding(m) for m in rebased.numpy()])
+    poses = np.stack([pose_encoding(m) for m in rebased.cpu().numpy()])
     return Sequence(
         sequence.images[frames], pts_self, pts_world.float(), sequence.valid[frames],
-        torch.from_numpy(poses).float(),
+        torch.from_numpy(poses).float().to(sequence.pose.device),
     )  # fmt: skip
 
 
 def to_device(sequence: Sequence, device: torch.device) -> Sequence:
     """The sequence (or batch) with every field on `device`."""
     return Sequence(*(getattr(sequence, f).to(device) for f in Sequence.__annotations__))
+
+
+def resident(sequences: list[Sequence], device: torch.device) -> list[Sequence]:
+    """The training rooms on the GPU when they take at most half its free memory; else as they are.
+
+    On the GPU a step stacks its batch there instead of copying it from the CPU.
+    """
+    if device.type != "cuda" or not sequences:
+        return sequences
+    size = sum(getattr(s, f).nbytes for s in sequences for f in Sequence.__annotations__)
+    free, _ = torch.cuda.mem_get_info(device)
+    return [to_device(s, device) for s in sequences] if size <= free / 2 else sequences
 
 
 def stack(sequences: list[Sequence]) -> Sequence:
@@ -378,12 +384,13 @@ def initial_model(config: Cut3rTrainConfig) -> Cut3r:
 
 def train(config: Cut3rTrainConfig, progress: bool = True) -> dict:
     """Build data, train, evaluate against the random initialisation, save; returns the report."""
-    threads = torch.get_num_threads()
+    threads, tf32 = torch.get_num_threads(), torch.backends.cuda.matmul.allow_tf32
     torch.set_num_threads(config.threads)
     try:
         return _train(config, progress)
-    finally:
+    finally:  # as they were, for the stages that follow in make_default_model
         torch.set_num_threads(threads)
+        torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
 def _train(config: Cut3rTrainConfig, progress: bool) -> dict:
@@ -405,29 +412,21 @@ def _train(config: Cut3rTrainConfig, progress: bool) -> dict:
     held_out = make_sequences(held_seeds, config, progress=False)
     render_s = time.perf_counter() - start
     model = initial_model(config).to(device)
-    probe_train = train_data[: config.eval_episodes * 4]
+    probe_train = train_data[: config.eval_episodes * 4]  # evaluated from the CPU
+    train_data = resident(train_data, device)
     before = evaluate(model, probe_train, held_out)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.95),
                                   weight_decay=config.weight_decay)  # fmt: skip
     rng = np.random.default_rng(config.seed)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    history, paced = [], ""
+    history = []
     bar = tqdm(total=config.steps, desc="cut3r", disable=not progress)
-    train_start = time.perf_counter()
+    pacer = Pacer(config.time_budget_s)
     with open(out / "metrics.jsonl", "w") as log:
         model.train()
         step = 0
-        while step < config.steps:
-            elapsed = time.perf_counter() - train_start
-            if config.time_budget_s > 0 and step == PACE_STEPS:  # fit the schedule to the budget
-                fitted = steps_within(config.time_budget_s, elapsed / step, config.steps)
-                if fitted < config.steps:
-                    config = replace(config, steps=fitted)
-                    bar.total = fitted
-                    paced = f"{elapsed / step * 1000:.0f} ms/step: {fitted} steps"
-            if config.time_budget_s > 0 and elapsed > config.time_budget_s:
-                break
+        while step < config.steps and not pacer.spent():
             lr = lr_at(step, config)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -452,6 +451,9 @@ def _train(config: Cut3rTrainConfig, progress: bool) -> dict:
                 log.flush()
             step += 1
             bar.update(1)
+            if (fitted := pacer.fitted(step, config.steps)) < config.steps:
+                config = replace(config, steps=fitted)  # the schedule fitted to the budget
+                bar.total = fitted
     bar.close()
     model.eval()
     after = evaluate(model, probe_train, held_out)
@@ -461,7 +463,7 @@ def _train(config: Cut3rTrainConfig, progress: bool) -> dict:
         "device": str(device),
         "rooms": len(train_data),
         "steps_done": len(history),
-        "paced": paced,
+        "paced": pacer.note,
         "render_seconds": round(render_s, 1),
         "random_init": before,
         "trained": after,

@@ -28,7 +28,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from loc3r.train.batches import SceneBatches, batch_indices
-from loc3r.train.config import PACE_STEPS, TrainConfig, lr_at, module_summary, steps_within
+from loc3r.train.config import Pacer, TrainConfig, lr_at, module_summary
 from loc3r.train.pipeline import prepare_run
 from loc3r.vlm import Loc3rVLM, TrainSample
 from loc3r.vlm.losses import LOSS_PARTS
@@ -270,18 +270,17 @@ class Trainer:
         try:
             self.model.train()
             budget = self.config.time_budget_s
+            pacer, first = Pacer(budget), self.step
             while self.step < self.config.steps:
-                if budget > 0 and time.perf_counter() - start > budget:
+                if pacer.spent():
                     self.stopped_early = f"time budget {budget:.0f} s spent at step {self.step}"
                     break
                 metrics = self.train_step()
-                if budget > 0 and self.step == PACE_STEPS:  # fit the schedule to the budget
-                    per_step = (time.perf_counter() - start) / PACE_STEPS
-                    fitted = steps_within(budget, per_step, self.config.steps)
-                    if fitted < self.config.steps:
-                        self.config = replace(self.config, steps=fitted)
-                        bar.total = self.config.steps
-                        self.paced = f"{per_step * 1000:.0f} ms/step: {self.config.steps} steps"
+                fitted = pacer.fitted(self.step - first, self.config.steps - first) + first
+                if fitted < self.config.steps:  # the schedule fitted to the budget
+                    self.config = replace(self.config, steps=fitted)
+                    bar.total = self.config.steps
+                    self.paced = pacer.note
                 metrics["step"] = self.step
                 metrics["elapsed_s"] = round(time.perf_counter() - start, 2)
                 history.append(metrics)
