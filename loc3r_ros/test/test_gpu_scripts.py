@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from loc3r.cut3r.checkpoint import load_pretrained
@@ -45,15 +46,16 @@ def returned(out: Path) -> list[Path]:
     return files
 
 
-def test_the_cut3r_script_returns_a_tuned_cut3r_in_parts(tmp_path):
+@pytest.mark.parametrize("start", ["scratch", "shipped"])
+def test_the_cut3r_script_returns_its_cut3r_in_parts(tmp_path, start):
     out, run = tmp_path / "out", tmp_path / "run"
     toy = ["--frames=2", "--render_size=56", "--cut3r_size=32", "--train_episodes=2",
            "--eval_episodes=1", "--steps=2", "--batch_size=1", "--render_within_s=0",
            "--time_budget_s=0"]  # fmt: skip
-    run_script("gpu_train_cut3r.sh", out, run, toy)
+    run_script("gpu_train_cut3r.sh", out, run, toy, CUT3R_FROM=start)
     names = [p.name for p in returned(out)]
     parts = [out / n for n in names if n.startswith("model.safetensors.part-")]
-    assert len(parts) == 2  # the tiny CUT3R is 16.1 MiB: two parts of at most 15 MiB
+    assert len(parts) == 2  # 16.1 MiB (shipped sizes), 27.8 MiB (the larger encoder)
     assert {"config.json", "report.json", "metrics.jsonl", "build.log"} <= set(names)
     restored = tmp_path / "cut3r"
     restored.mkdir()
@@ -64,8 +66,22 @@ def test_the_cut3r_script_returns_a_tuned_cut3r_in_parts(tmp_path):
         assert torch.equal(model.state_dict()[key], value), key
     assert model.config.img_size == (32, 32)  # tuned at 32 px: saved with it
     report = json.loads((out / "report.json").read_text())
-    assert report["config"]["init"].endswith("default_model/cut3r")  # the shipped one, tuned
     assert report["config"]["eval_seed_offset"] == 9610000 and report["steps_done"] == 2
+    if start == "shipped":  # the shipped one, tuned
+        assert report["config"]["init"].endswith("default_model/cut3r")
+        assert (model.config.enc_embed_dim, model.config.enc_depth) == (64, 2)
+    else:  # a larger encoder from scratch, with the shipped one's camera-token width
+        assert report["config"]["init"] == "" and model.config.dec_embed_dim == 96
+        assert (model.config.enc_embed_dim, model.config.enc_depth) == (192, 6)
+
+
+def test_the_cut3r_script_refuses_an_unknown_start(tmp_path):
+    out = tmp_path / "out"
+    environ = {**os.environ, "OUT": str(out), "RUN": str(tmp_path / "run"),
+               "PYTHON": sys.executable, "CUT3R_FROM": "elsewhere"}  # fmt: skip
+    done = subprocess.run(["bash", str(REPO / "scripts" / "gpu_train_cut3r.sh")], env=environ,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 2 and "scratch or shipped" in (out / "build.log").read_text()
 
 
 def test_the_build_script_with_its_cut3r_stage_returns_a_bundle_in_parts(tmp_path):
