@@ -32,18 +32,8 @@
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/loc3r_gpu_build}
-mkdir -p "$OUT"
-# before OMP_NUM_THREADS=1: GNU nproc honours it (the first H200 run built its data on 1 core)
-WORKERS=${WORKERS:-$(( $(nproc --all) > 1 ? $(nproc --all) - 1 : 1 ))}
-export PYTHONPATH=loc3r_ros PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1
-PY=${PYTHON:-python3}
 RUN=${RUN:-/tmp/loc3r_gpu_run}
-rm -rf "$RUN"  # a warm machine keeps /tmp: never return an earlier run's files
-exec > >(tail -c 4000000 > "$OUT/build.log") 2>&1
-LOG_PID=$!
-date -u; nvidia-smi --query-gpu=name,memory.total --format=csv || true
-$PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
-echo "workers: $WORKERS"
+source scripts/gpu_session.sh  # WORKERS, PY, the log in $OUT/build.log
 SHIPPED_CUT3R=loc3r_ros/loc3r/assets/default_model/cut3r
 RENDER_DEFAULT_S=200
 if [ "${CUT3R_STAGE:-0}" = 1 ]; then  # make_default_model's CUT3R stage, tuning the shipped one
@@ -60,7 +50,7 @@ else
   CUT3R_DIR=${CUT3R_DIR:-$SHIPPED_CUT3R}
   if [ -z "${CUT3R_SIZE:-}" ]; then  # the size it was trained at (its config's img_size)
     CUT3R_SIZE=$($PY -c "import json, sys; print(max(json.load(open(sys.argv[1]))['config']
-      ['img_size']))" "$CUT3R_DIR/config.json") || exit 2
+      ['img_size']))" "$CUT3R_DIR/config.json") || end_session 2
   fi
   CUT3R_ARGS="--cut3r_dir=$CUT3R_DIR --cut3r_image_size=$CUT3R_SIZE"
 fi
@@ -87,5 +77,4 @@ if [ -f $RUN/bundle/bundle.json ]; then
 fi
 cp $RUN/bundle/eval.json $RUN/metrics.jsonl "$OUT"/ 2>/dev/null
 ls -la "$OUT"; date -u
-exec >&- 2>&-; wait $LOG_PID  # build.log complete before the tool collects $OUT
-exit $status
+end_session $status

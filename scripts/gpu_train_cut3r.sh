@@ -28,23 +28,13 @@
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/loc3r_gpu_cut3r}
-mkdir -p "$OUT"
-# before OMP_NUM_THREADS=1: GNU nproc honours it
-WORKERS=${WORKERS:-$(( $(nproc --all) > 1 ? $(nproc --all) - 1 : 1 ))}
-export PYTHONPATH=loc3r_ros PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
-PY=${PYTHON:-python3}
 RUN=${RUN:-/tmp/loc3r_gpu_cut3r_run}
-rm -rf "$RUN"  # a warm machine keeps /tmp: never return an earlier run's files
-exec > >(tail -c 4000000 > "$OUT/build.log") 2>&1
-LOG_PID=$!
-date -u; nvidia-smi --query-gpu=name,memory.total --format=csv || true
-$PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
-echo "workers: $WORKERS"
+source scripts/gpu_session.sh  # WORKERS, PY, the log in $OUT/build.log
 case ${CUT3R_FROM:-scratch} in
   scratch) START="--enc_embed_dim=${ENC_DIM:-192} --enc_depth=${ENC_DEPTH:-6} --lr=5e-4
              --warmup_steps=100" ;;
   shipped) START="--init=loc3r_ros/loc3r/assets/default_model/cut3r --lr=3e-4 --warmup_steps=50" ;;
-  *) echo "CUT3R_FROM=$CUT3R_FROM: scratch or shipped"; exec >&- 2>&-; wait $LOG_PID; exit 2 ;;
+  *) echo "CUT3R_FROM=$CUT3R_FROM: scratch or shipped"; end_session 2 ;;
 esac
 echo "start: $START"
 timeout -k 10 ${BUILD_TIMEOUT_S:-540} $PY -m loc3r.train.train_cut3r --out="$RUN" $START \
@@ -64,5 +54,4 @@ if [ -f "$RUN/cut3r/model.safetensors" ]; then
 fi
 cp "$RUN/report.json" "$RUN/metrics.jsonl" "$OUT/" 2>/dev/null
 ls -la "$OUT"; date -u
-exec >&- 2>&-; wait $LOG_PID  # build.log complete before the tool collects $OUT
-exit $status
+end_session $status
