@@ -6,9 +6,10 @@
 # of Acc@1.0m (docs/experiments.md, "Exact geometry as an upper bound"). On two CPU cores the
 # depth (held-out median |z/z_true - 1| on rooms 9610000-9610019) stays where it is: the shipped
 # one 0.205 at 64 px, 0.191 after 1300 more steps, 0.192 tuned 1000 steps at 128 px; from scratch
-# at 500 steps a 3x wider, 3x deeper encoder reads 0.273 where the shipped sizes read 0.267
-# (docs/experiments.md, "The CUT3R's depth on two cores"). What the GPU can try that the CPU
-# cannot: a larger model trained for thousands of steps on thousands of rooms.
+# a 3x wider, 3x deeper encoder reads 0.273 after 500 steps (the shipped sizes 0.267) and 0.217
+# after 1200 (0.227), both still improving (docs/experiments.md, "The CUT3R's depth on two
+# cores"). What the GPU can try that the CPU cannot: that model for thousands of steps on
+# thousands of rooms.
 #
 # The recipe (CUT3R_FROM=scratch): a CUT3R with a 192-wide, 6-layer encoder (ENC_DIM,
 # ENC_DEPTH) and the shipped one's decoder, state and camera-token width (96: a CPU session can
