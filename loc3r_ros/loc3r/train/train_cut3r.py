@@ -151,11 +151,6 @@ def make_sequence(seed: int, config: Cut3rTrainConfig) -> Sequence:
     )  # fmt: skip
 
 
-def _rendered(seed: int, config: Cut3rTrainConfig) -> Sequence:
-    """make_sequence for parallel_map (looked up when called, so a test may replace it)."""
-    return make_sequence(seed, config)
-
-
 def make_sequences(
     seeds: range, config: Cut3rTrainConfig, within_s: float = 0.0, progress: bool = True
 ) -> list[Sequence]:
@@ -165,7 +160,7 @@ def make_sequences(
     """
     deadline = time.monotonic() + within_s if within_s > 0 else None
     return parallel_map(
-        _rendered, list(seeds), config, config.workers, "sequences", progress, deadline
+        make_sequence, list(seeds), config, config.workers, "sequences", progress, deadline
     )
 
 
@@ -370,10 +365,11 @@ def initial_model(config: Cut3rTrainConfig) -> Cut3r:
         return Cut3r(model_config(config))
     model = load_pretrained(config.init)
     expected = model_config(config)
+    sizes = expected.to_dict()
     differ = {
-        k: (v, expected.to_dict()[k])
+        k: (v, sizes[k])
         for k, v in model.config.to_dict().items()
-        if v != expected.to_dict()[k] and k != "img_size"  # nominal: a tuning run may change it
+        if v != sizes[k] and k != "img_size"  # nominal: a tuning run may change it
     }
     if differ:
         detail = ", ".join(f"{k}={a} (run: {b})" for k, (a, b) in sorted(differ.items()))
