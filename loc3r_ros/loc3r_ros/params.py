@@ -111,9 +111,9 @@ PARAMS: tuple[ParamSpec, ...] = (
         "decoding",
         "dynamic",
         "How answers are decoded: dynamic (a KV cache that grows), static (one of fixed size), "
-        "graphs (static, the one-token step compiled at load: CUDA graphs on CUDA; loading "
-        "takes longer). static and graphs are for models that write free answers (not the "
-        "embedded one)",
+        "graphs (static, the one-token step and the text passes compiled at load: CUDA graphs "
+        "on CUDA; loading takes longer). static and graphs are for models that write free "
+        "answers (not the embedded one)",
         choices=("dynamic", "static", "graphs"),
         read_only=True,
     ),

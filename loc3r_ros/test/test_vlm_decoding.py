@@ -243,7 +243,7 @@ def test_free_answer_probability_is_its_token_sequence_probability(model):
         offset = prefix.length + len(situation_ids)
         states = model._continue(prefix, model.question_ids(question), offset)
         head = model.base.language_model.lm_head
-        first = head(states.last_hidden_state[0, -1]).float().softmax(-1)
+        first = head(states[0, -1]).float().softmax(-1)
     rewind(prefix.cache, prefix.length)
     assert probability == pytest.approx(float(first.max()), rel=1e-4)
     assert 0.0 < probability < 1.0

@@ -101,8 +101,11 @@ def test_no_static_decoding_with_an_answer_vocabulary(model):
 
 
 @pytest.mark.parametrize("backend", ["eager", "aot_eager", "inductor"])
-def test_the_compiled_one_token_step_traces_whole_and_answers_the_same(model, backend):
-    """fullgraph=True fails on any graph break: the step CUDA graphs would capture is one graph.
+def test_the_compiled_step_and_text_passes_trace_whole_and_answer_the_same(model, backend):
+    """fullgraph=True fails on any graph break: what CUDA graphs would capture is one graph.
+
+    Two modules are compiled: the one-token step (the LM with its head) and the text passes
+    (the situation, the question: the decoder, its input padded to `text_bucket` tokens).
 
     eager checks the trace, aot_eager the functionalised in-place cache writes, inductor the
     generated kernels (C++ here, about 25 s to compile; on CUDA the bench adds
@@ -118,7 +121,7 @@ def test_the_compiled_one_token_step_traces_whole_and_answers_the_same(model, ba
     model.use_static_decoding(settings)
     assert_same(replies(model), expected)
     assert_same(replies(model), expected)  # the compiled step again, on a new scene
-    assert len(settings._compiled) == 1
+    assert len(settings._compiled) == 2
 
 
 def test_the_step_compiles_once_for_every_scene_of_one_shape(model):
@@ -130,9 +133,52 @@ def test_the_step_compiles_once_for_every_scene_of_one_shape(model):
         StaticDecoding(extra_tokens=256, capacity_multiple=128, compile={"backend": counter})
     )
     replies(model, seed=0)
-    assert counter.frame_count == 1 and counter.op_count > 0
+    # the one-token step and the text pass: every situation and question is padded to 64 tokens
+    assert counter.frame_count == 2 and counter.op_count > 0
     replies(model, seed=1)  # another scene, a new cache object of the same shape
-    assert counter.frame_count == 1  # reused, not recompiled
+    assert counter.frame_count == 2  # reused, not recompiled
+
+
+def test_texts_are_padded_to_their_bucket_and_compile_once_per_bucket(model):
+    """Texts of 1-8 tokens share one compiled shape, 9-16 the next; answers stay exact."""
+    from torch._dynamo.testing import CompileCounter
+
+    expected = replies(model)
+    lengths = {
+        len(ids)
+        for situation, question in QUESTIONS
+        for ids in (model.situation_ids(situation), model.question_ids(question))
+    }
+    buckets = {-(-n // 8) for n in lengths}
+    assert len(buckets) >= 3  # the questions span several buckets
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    model.use_static_decoding(
+        StaticDecoding(
+            extra_tokens=256, capacity_multiple=128, compile={"backend": counter}, text_bucket=8
+        )  # fmt: skip
+    )
+    assert_same(replies(model), expected)
+    assert counter.frame_count == 1 + len(buckets)  # the step, and one text pass per bucket
+    prefix = scene(model, 0)
+    model.answer(prefix, *reversed(QUESTIONS[0]))  # padded passes leave the scene prefix
+    assert int(prefix.cache.get_seq_length()) == prefix.length
+
+
+def test_a_text_whose_padding_passes_the_cache_end_is_padded_less(model):
+    situation = QUESTIONS[0][0]
+    expected = model.localize(scene(model, 0), situation)
+    room = len(model.situation_ids(situation)) + 2  # the text fits; 64 padded tokens would not
+    model.use_static_decoding(
+        StaticDecoding(extra_tokens=room, capacity_multiple=1, compile={"backend": "eager"})
+    )
+    prefix = scene(model, 0)
+    assert capacity(prefix.cache) == prefix.length + room
+    located = model.localize(prefix, situation)
+    assert located.xy.tolist() == pytest.approx(expected.xy.tolist(), abs=1e-5)
+    assert located.yaw == pytest.approx(expected.yaw, abs=1e-5)
+    with pytest.raises(ValueError, match="static KV cache holds"):
+        model.localize(prefix, situation + " And the lamp.")
 
 
 def test_after_each_question_the_cache_holds_the_scene_again(model):

@@ -36,7 +36,8 @@ from loc3r.vlm.static_decoding import StaticDecoding
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "default_model"
 # How answers are decoded (loc3r.vlm.static_decoding): "dynamic" a growing KV cache; "static" a
-# fixed-size one; "graphs" that, with the one-token step compiled at load (CUDA graphs on CUDA)
+# fixed-size one; "graphs" that, with the one-token step and the text passes compiled at load
+# (CUDA graphs on CUDA)
 DECODING_MODES = ("dynamic", "static", "graphs")
 
 
@@ -188,10 +189,11 @@ def decoding_settings(mode: str, device: torch.device) -> StaticDecoding | None:
 
 
 def compile_decoding(vlm: Loc3rVLM, frames: int) -> None:
-    """Compile (and on CUDA record) the one-token step now, not at the first question.
+    """Compile (and on CUDA record) the one-token step and the text pass now, not at a question.
 
+    Texts longer than `StaticDecoding.text_bucket` tokens compile another shape when first met.
     A blank scene of `frames` frames (the bundle's query length) fixes the cache capacity every
-    scene of up to that many frames gets (`min_capacity`), so they all reuse this step. Its
+    scene of up to that many frames gets (`min_capacity`), so they all reuse these graphs. Its
     answers run a fixed number of tokens (no end token, no loop guard): the first calls of a
     reduce-overhead step warm up, the next record the CUDA graph.
     """

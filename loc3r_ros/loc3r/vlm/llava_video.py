@@ -303,6 +303,7 @@ class LlavaVideoModel(nn.Module):
         stop_repeats: int = 0,
         logits_processor=None,
         step=None,
+        prefill=None,
     ) -> tuple[list[int], list[torch.Tensor]]:
         """Greedy decoding with the KV cache; returns new token ids and each step's raw logits.
 
@@ -316,7 +317,9 @@ class LlavaVideoModel(nn.Module):
         `repeating_period`), decoding stops and the copies after the first are dropped (with
         their logits). `past_key_values` / `position_offset` continue from a cached prefix (the
         prefix's length); a StaticCache is written at those positions (static_decoding), and
-        `step`, a compiled copy of the language model, then runs the one-token steps.
+        `step`, a compiled copy of the language model, then runs the one-token steps, and
+        `prefill(inputs_embeds, position_offset)`, when given, the multi-token first pass: it
+        writes the inputs to the cache and returns the logits after their last token.
         """
         from transformers import DynamicCache
 
@@ -328,9 +331,12 @@ class LlavaVideoModel(nn.Module):
         embeds = inputs_embeds
         offset = position_offset
         for _ in range(max_new_tokens):
-            out = forward_at(self.language_model, past_key_values, embeds, offset, step)
+            if prefill is not None and embeds.shape[1] > 1:
+                logits = prefill(embeds, offset)
+            else:
+                out = forward_at(self.language_model, past_key_values, embeds, offset, step)
+                logits = out.logits[0, -1].to(torch.float32, copy=True)  # a replay reuses out
             offset += embeds.shape[1]
-            logits = out.logits[0, -1].to(torch.float32, copy=True)  # a graph replay reuses out
             step_logits.append(logits)
             scores = logits.clone()
             if repetition_penalty != 1.0 and tokens:

@@ -51,7 +51,14 @@ from loc3r.vlm.point_embedding import PointEmbedding
 from loc3r.vlm.position_pointer import PositionPointer
 from loc3r.vlm.processor import SYSTEM_PROMPT
 from loc3r.vlm.semantic_embedding import SemanticEmbedding
-from loc3r.vlm.static_decoding import StaticDecoding, check_room, forward_at, is_static, rewind
+from loc3r.vlm.static_decoding import (
+    StaticDecoding,
+    check_room,
+    forward_at,
+    forward_text,
+    is_static,
+    rewind,
+)
 
 POS_TOKEN = "<Pos>"
 ORI_TOKEN = "<Ori>"
@@ -490,14 +497,27 @@ class Loc3rVLM(nn.Module):
         if is_static(prefix.cache) and self.static_decoding is not None:
             self.static_decoding.check_owner(prefix.cache, prefix.ticket)
 
-    def _continue(self, prefix: ScenePrefix, ids: list[int], offset: int):
-        check_room(prefix.cache, offset, len(ids))
+    def _continue(self, prefix: ScenePrefix, ids: list[int], offset: int) -> torch.Tensor:
+        """(1, len(ids), H) last hidden states of `ids` forwarded at `offset` after the prefix.
+
+        With compiled static decoding the text runs padded through the compiled decoder
+        (`forward_text`), else eagerly.
+        """
+        return self._forward_text(prefix, self.embed(ids)[None], offset)
+
+    def _forward_text(self, prefix: ScenePrefix, embeds: torch.Tensor, offset: int) -> torch.Tensor:
+        """`_continue` of (1, L, H) embeddings."""
+        check_room(prefix.cache, offset, embeds.shape[1])
         decoder = self.base.language_model.model
-        return forward_at(decoder, prefix.cache, self.embed(ids)[None], offset)
+        static = self.static_decoding if is_static(prefix.cache) else None
+        text_step = None if static is None else static.text_step(decoder)
+        if text_step is None:
+            return forward_at(decoder, prefix.cache, embeds, offset).last_hidden_state
+        return forward_text(decoder, text_step, prefix.cache, embeds, offset, static.text_bucket)
 
     def _situate(self, prefix: ScenePrefix, situation_ids: list[int]) -> PosePrediction:
         """Forward [situation] <Pos> <Ori> after the prefix (left in the cache); read the pose."""
-        states = self._continue(prefix, situation_ids, prefix.length).last_hidden_state[0]
+        states = self._continue(prefix, situation_ids, prefix.length)[0]
         patches = None
         if self.position_pointer is not None:
             if prefix.patch_positions is None or prefix.last_hidden is None:
@@ -559,6 +579,13 @@ class Loc3rVLM(nn.Module):
                 return self.answer_vocabulary[best], pose, probability
             check_room(prefix.cache, offset, len(question_ids) + self.config.max_new_tokens)
             static = self.static_decoding if is_static(prefix.cache) else None
+            prefill = None
+            if static is not None and static.compile is not None:  # the compiled text pass
+
+                def prefill(embeds: torch.Tensor, at: int) -> torch.Tensor:
+                    last = self._forward_text(prefix, embeds, at)[0, -1]
+                    return self.base.language_model.lm_head(last).float()
+
             tokens, logits = self.base.generate_greedy(
                 self.embed(question_ids)[None],
                 max_new_tokens=self.config.max_new_tokens,
@@ -568,6 +595,7 @@ class Loc3rVLM(nn.Module):
                 sampling=self._sampling(),
                 stop_repeats=self.config.stop_repeats,
                 step=None if static is None else static.step(self.base.language_model),
+                prefill=prefill,
             )
             log_p = sum(
                 float(step.float().reshape(-1).log_softmax(-1)[token])
@@ -607,7 +635,7 @@ class Loc3rVLM(nn.Module):
         attention no answer token sees a pad, and the pads' outputs are not read.
         """
         decoder, head = self.base.language_model.model, self.base.language_model.lm_head
-        last = self._continue(prefix, question_ids, offset).last_hidden_state[0, -1]
+        last = self._continue(prefix, question_ids, offset)[0, -1]
         first = head(last).float().log_softmax(-1)  # the answer's first token
         offset += len(question_ids)
         scores = []

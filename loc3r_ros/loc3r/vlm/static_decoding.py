@@ -6,7 +6,11 @@ captured once cannot replay. A StaticCache holds the scene prefix plus `extra_to
 place. After a question the cache is rewound to the scene prefix, as a dynamic one is cropped
 (`rewind`; the stale slots are overwritten by the next text and masked until then).
 With `compile` set, the one-token step goes through `torch.compile` (on CUDA, mode
-"reduce-overhead" records it as a CUDA graph: one launch per token instead of hundreds).
+"reduce-overhead" records it as a CUDA graph: one launch per token instead of hundreds), and so
+do the text passes before it (the situation, then the question; `forward_text`): each is padded
+to a multiple of `text_bucket` tokens, so that texts of most lengths share one compiled shape.
+The pads' keys and values land in the slots after the text, which the cache is then rewound
+past; the next text overwrites them, and until then causal attention never reads them.
 
 Shapes and addresses stay fixed, so that a compiled and recorded step replays rather than being
 compiled or recorded again:
@@ -45,15 +49,19 @@ class StaticDecoding:
     capacity_multiple: int = 1024  # cache length rounded up to this (stable compiled shapes)
     min_capacity: int = 0  # at least this many slots (a full scene's: one shape for all)
     pool_size: int = 4  # caches kept per capacity (the model process keeps 4 scenes)
-    compile: dict | None = None  # torch.compile options of the one-token step; None: eager
+    compile: dict | None = None  # torch.compile options of the one-token step and the text
+    # passes; None: eager
+    text_bucket: int = 64  # compiled text passes are padded to a multiple of this many tokens
     _compiled: dict[int, Callable] = field(default_factory=dict, init=False, repr=False)
     _pools: dict[int, list] = field(default_factory=dict, init=False, repr=False)
     _owner: dict[int, int] = field(default_factory=dict, init=False, repr=False)
     _tickets: itertools.count = field(default_factory=itertools.count, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.extra_tokens < 1 or self.capacity_multiple < 1 or self.pool_size < 1:
-            raise ValueError("extra_tokens, capacity_multiple and pool_size must be positive")
+        if min(self.extra_tokens, self.capacity_multiple, self.pool_size, self.text_bucket) < 1:
+            raise ValueError(
+                "extra_tokens, capacity_multiple, pool_size and text_bucket must be positive"
+            )
 
     def capacity_for(self, prefix_length: int) -> int:
         """Slots of the cache for a prefix of `prefix_length` tokens."""
@@ -84,11 +92,18 @@ class StaticDecoding:
 
     def step(self, language_model: nn.Module) -> Callable:
         """The one-token forward of `language_model`: compiled once per model when asked."""
+        return self._compiled_or_eager(language_model)
+
+    def text_step(self, decoder: nn.Module) -> Callable | None:
+        """The compiled text pass of `decoder` (the LM without its head); None: not compiled."""
+        return None if self.compile is None else self._compiled_or_eager(decoder)
+
+    def _compiled_or_eager(self, module: nn.Module) -> Callable:
         if self.compile is None:
-            return language_model
-        key = id(language_model)
+            return module
+        key = id(module)
         if key not in self._compiled:
-            self._compiled[key] = torch.compile(language_model, dynamic=False, **self.compile)
+            self._compiled[key] = torch.compile(module, dynamic=False, **self.compile)
         return self._compiled[key]
 
 
@@ -143,13 +158,45 @@ def forward_at(model: nn.Module, cache, embeds: torch.Tensor, offset: int, step=
     by). `step`, a compiled version of `model`, runs instead for one-token inputs.
     """
     length = embeds.shape[1]
-    positions = torch.arange(offset, offset + length, device=embeds.device)
+    kwargs = _forward_kwargs(model, cache, offset, length, embeds.device)
+    if step is not None and length == 1:
+        _new_replay(embeds)
+        return step(inputs_embeds=embeds, **kwargs)
+    return model(inputs_embeds=embeds, **kwargs)
+
+
+def forward_text(
+    decoder: nn.Module, text_step: Callable, cache, embeds: torch.Tensor, offset: int, bucket: int
+) -> torch.Tensor:
+    """(1, L, H) last hidden states of `embeds` (1, L, H) at positions offset.. of a static cache.
+
+    `text_step`, a compiled copy of `decoder`, runs the text padded with zeros to a multiple of
+    `bucket` tokens (fewer where the cache ends first); the cache is then rewound to the text's
+    end (`rewind`), so the pads' slots count as free again.
+    """
+    length = embeds.shape[1]
+    padded = min(math.ceil(length / bucket) * bucket, capacity(cache) - offset)
+    check_room(cache, offset, max(padded, length))
+    pads = embeds.new_zeros(1, padded - length, embeds.shape[2])
+    kwargs = _forward_kwargs(decoder, cache, offset, padded, embeds.device)
+    _new_replay(embeds)
+    out = text_step(inputs_embeds=torch.cat([embeds, pads], dim=1), **kwargs)
+    hidden = out.last_hidden_state[:, :length].clone()  # a replay reuses its output's memory
+    rewind(cache, offset + length)
+    return hidden
+
+
+def _forward_kwargs(model: nn.Module, cache, offset: int, length: int, device) -> dict:
+    """The keywords of a forward of `length` tokens at positions offset.. in `cache`."""
+    positions = torch.arange(offset, offset + length, device=device)
     kwargs = {"position_ids": positions[None], "use_cache": True, **cache_kwargs(model, cache)}
     if is_static(cache):
         kwargs["cache_position"] = positions
-    if step is not None and length == 1:
-        mark_step = getattr(torch.compiler, "cudagraph_mark_step_begin", None)
-        if mark_step is not None and embeds.is_cuda:
-            mark_step()  # a new replay: the previous step's outputs may be overwritten
-        return step(inputs_embeds=embeds, **kwargs)
-    return model(inputs_embeds=embeds, **kwargs)
+    return kwargs
+
+
+def _new_replay(embeds: torch.Tensor) -> None:
+    """Before each call of a compiled module on CUDA: its previous outputs may be overwritten."""
+    mark_step = getattr(torch.compiler, "cudagraph_mark_step_begin", None)
+    if mark_step is not None and embeds.is_cuda:
+        mark_step()
