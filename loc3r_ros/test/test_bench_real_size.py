@@ -213,7 +213,7 @@ def test_gpu_session_script_is_valid_bash_and_names_real_phases(bench):
     assert named <= set(bench.PHASES)
     assert {"graphs", "cut3r_graphs", "cold", "train", "profile"} <= named
     timeouts = [int(t) for t in re.findall(r"timeout -k \d+ (\d+) ", text)]
-    assert len(timeouts) == 4 and sum(timeouts) <= 520  # inside the device call's 540 s
+    assert len(timeouts) == 4 and sum(timeouts) <= 520  # + kill graces: inside a 570 s call
 
 
 def test_phases_selects_what_runs(bench, tmp_path):

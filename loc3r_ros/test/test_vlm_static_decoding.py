@@ -165,20 +165,42 @@ def test_texts_are_padded_to_their_bucket_and_compile_once_per_bucket(model):
     assert int(prefix.cache.get_seq_length()) == prefix.length
 
 
-def test_a_text_whose_padding_passes_the_cache_end_is_padded_less(model):
+def test_a_text_whose_padding_passes_the_cache_end_runs_eagerly(model):
+    """No new compiled shape for the room left at the cache's end; still exact."""
+    from torch._dynamo.testing import CompileCounter
+
     situation = QUESTIONS[0][0]
     expected = model.localize(scene(model, 0), situation)
     room = len(model.situation_ids(situation)) + 2  # the text fits; 64 padded tokens would not
+    torch._dynamo.reset()
+    counter = CompileCounter()
     model.use_static_decoding(
-        StaticDecoding(extra_tokens=room, capacity_multiple=1, compile={"backend": "eager"})
+        StaticDecoding(extra_tokens=room, capacity_multiple=1, compile={"backend": counter})
     )
     prefix = scene(model, 0)
     assert capacity(prefix.cache) == prefix.length + room
     located = model.localize(prefix, situation)
+    assert counter.frame_count == 0
     assert located.xy.tolist() == pytest.approx(expected.xy.tolist(), abs=1e-5)
     assert located.yaw == pytest.approx(expected.yaw, abs=1e-5)
     with pytest.raises(ValueError, match="static KV cache holds"):
         model.localize(prefix, situation + " And the lamp.")
+
+
+def test_texts_past_the_compiled_length_run_eagerly(model):
+    """compiled_text_tokens caps the compiled shapes (torch stops recompiling after 8)."""
+    from torch._dynamo.testing import CompileCounter
+
+    expected = replies(model)
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    settings = StaticDecoding(
+        extra_tokens=256, capacity_multiple=128, compile={"backend": counter}, text_bucket=8,
+        compiled_text_tokens=8,
+    )  # fmt: skip
+    model.use_static_decoding(settings)
+    assert_same(replies(model), expected)  # QUESTIONS[2]'s texts fit 8 tokens, the others not
+    assert counter.frame_count == 2  # the one-token step and the 8-token text pass
 
 
 def test_after_each_question_the_cache_holds_the_scene_again(model):

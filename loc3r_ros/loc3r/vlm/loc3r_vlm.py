@@ -507,13 +507,11 @@ class Loc3rVLM(nn.Module):
 
     def _forward_text(self, prefix: ScenePrefix, embeds: torch.Tensor, offset: int) -> torch.Tensor:
         """`_continue` of (1, L, H) embeddings."""
-        check_room(prefix.cache, offset, embeds.shape[1])
         decoder = self.base.language_model.model
-        static = self.static_decoding if is_static(prefix.cache) else None
-        text_step = None if static is None else static.text_step(decoder)
-        if text_step is None:
-            return forward_at(decoder, prefix.cache, embeds, offset).last_hidden_state
-        return forward_text(decoder, text_step, prefix.cache, embeds, offset, static.text_bucket)
+        if is_static(prefix.cache) and self.static_decoding is not None:
+            return forward_text(decoder, self.static_decoding, prefix.cache, embeds, offset)
+        check_room(prefix.cache, offset, embeds.shape[1])
+        return forward_at(decoder, prefix.cache, embeds, offset).last_hidden_state
 
     def _situate(self, prefix: ScenePrefix, situation_ids: list[int]) -> PosePrediction:
         """Forward [situation] <Pos> <Ori> after the prefix (left in the cache); read the pose."""

@@ -8,7 +8,8 @@ place. After a question the cache is rewound to the scene prefix, as a dynamic o
 With `compile` set, the one-token step goes through `torch.compile` (on CUDA, mode
 "reduce-overhead" records it as a CUDA graph: one launch per token instead of hundreds), and so
 do the text passes before it (the situation, then the question; `forward_text`): each is padded
-to a multiple of `text_bucket` tokens, so that texts of most lengths share one compiled shape.
+to a multiple of `text_bucket` tokens, so that texts of most lengths share one compiled shape
+(a text whose padding passes `compiled_text_tokens` or the cache's end runs eagerly).
 The pads' keys and values land in the slots after the text, which the cache is then rewound
 past; the next text overwrites them, and until then causal attention never reads them.
 
@@ -52,15 +53,19 @@ class StaticDecoding:
     compile: dict | None = None  # torch.compile options of the one-token step and the text
     # passes; None: eager
     text_bucket: int = 64  # compiled text passes are padded to a multiple of this many tokens
+    compiled_text_tokens: int = 256  # longer padded texts run eagerly: each bucket is a compiled
+    # shape, and torch stops recompiling a function after 8 (`recompile_limit`)
     _compiled: dict[int, Callable] = field(default_factory=dict, init=False, repr=False)
     _pools: dict[int, list] = field(default_factory=dict, init=False, repr=False)
     _owner: dict[int, int] = field(default_factory=dict, init=False, repr=False)
     _tickets: itertools.count = field(default_factory=itertools.count, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if min(self.extra_tokens, self.capacity_multiple, self.pool_size, self.text_bucket) < 1:
+        sizes = (self.extra_tokens, self.capacity_multiple, self.pool_size, self.text_bucket)
+        if min(sizes) < 1 or self.compiled_text_tokens < 0:
             raise ValueError(
-                "extra_tokens, capacity_multiple, pool_size and text_bucket must be positive"
+                "extra_tokens, capacity_multiple, pool_size and text_bucket must be positive, "
+                "compiled_text_tokens >= 0"
             )
 
     def capacity_for(self, prefix_length: int) -> int:
@@ -97,6 +102,10 @@ class StaticDecoding:
     def text_step(self, decoder: nn.Module) -> Callable | None:
         """The compiled text pass of `decoder` (the LM without its head); None: not compiled."""
         return None if self.compile is None else self._compiled_or_eager(decoder)
+
+    def padded_length(self, length: int) -> int:
+        """Tokens a compiled text pass of `length` tokens runs: the next multiple of the bucket."""
+        return math.ceil(length / self.text_bucket) * self.text_bucket
 
     def _compiled_or_eager(self, module: nn.Module) -> Callable:
         if self.compile is None:
@@ -166,17 +175,29 @@ def forward_at(model: nn.Module, cache, embeds: torch.Tensor, offset: int, step=
 
 
 def forward_text(
-    decoder: nn.Module, text_step: Callable, cache, embeds: torch.Tensor, offset: int, bucket: int
+    decoder: nn.Module,
+    settings: StaticDecoding,
+    cache,
+    embeds: torch.Tensor,
+    offset: int,
 ) -> torch.Tensor:
     """(1, L, H) last hidden states of `embeds` (1, L, H) at positions offset.. of a static cache.
 
-    `text_step`, a compiled copy of `decoder`, runs the text padded with zeros to a multiple of
-    `bucket` tokens (fewer where the cache ends first); the cache is then rewound to the text's
-    end (`rewind`), so the pads' slots count as free again.
+    With compilation (`settings.compile`) the compiled copy of `decoder` runs the text padded
+    with zeros to `settings.padded_length` tokens, and the cache is then rewound to the text's
+    end (`rewind`), so the pads' slots count as free again. A text whose padded length passes
+    `compiled_text_tokens` or the cache's end runs eagerly instead (no new compiled shape).
     """
     length = embeds.shape[1]
-    padded = min(math.ceil(length / bucket) * bucket, capacity(cache) - offset)
-    check_room(cache, offset, max(padded, length))
+    check_room(cache, offset, length)
+    padded = settings.padded_length(length)
+    text_step = settings.text_step(decoder)
+    if (
+        text_step is None
+        or padded > settings.compiled_text_tokens
+        or offset + padded > capacity(cache)
+    ):
+        return forward_at(decoder, cache, embeds, offset).last_hidden_state
     pads = embeds.new_zeros(1, padded - length, embeds.shape[2])
     kwargs = _forward_kwargs(decoder, cache, offset, padded, embeds.device)
     _new_replay(embeds)
