@@ -39,7 +39,8 @@ from loc3r.errors import Loc3rError
 
 SCENES_KEPT = 4  # encoded scenes the child keeps (the engine uses the newest one)
 START_TIMEOUT_S = 300.0  # loading a 7B model from a slow disk takes a while
-COMPILE_TIMEOUT_S = 300.0  # and more with decoding "graphs": the decoding step compiles at load
+COMPILE_TIMEOUT_S = 600.0  # and more with decoding "graphs": two graphs compile at load (the
+# one-token step and the text pass; not yet timed for a 7B model on a GPU)
 
 
 class ModelProcessError(Loc3rError):
