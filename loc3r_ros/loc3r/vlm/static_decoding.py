@@ -70,8 +70,8 @@ class StaticDecoding:
 
     def capacity_for(self, prefix_length: int) -> int:
         """Slots of the cache for a prefix of `prefix_length` tokens."""
-        needed = max(prefix_length + self.extra_tokens, self.min_capacity)
-        return math.ceil(needed / self.capacity_multiple) * self.capacity_multiple
+        return _round_up(max(prefix_length + self.extra_tokens, self.min_capacity),
+                         self.capacity_multiple)  # fmt: skip
 
     def take_cache(self, language_model: nn.Module, prefix_length: int) -> tuple[object, int]:
         """An empty StaticCache for the prefix, from the pool, and the ticket that owns it."""
@@ -105,7 +105,7 @@ class StaticDecoding:
 
     def padded_length(self, length: int) -> int:
         """Tokens a compiled text pass of `length` tokens runs: the next multiple of the bucket."""
-        return math.ceil(length / self.text_bucket) * self.text_bucket
+        return _round_up(length, self.text_bucket)
 
     def _compiled_or_eager(self, module: nn.Module) -> Callable:
         if self.compile is None:
@@ -114,6 +114,11 @@ class StaticDecoding:
         if key not in self._compiled:
             self._compiled[key] = torch.compile(module, dynamic=False, **self.compile)
         return self._compiled[key]
+
+
+def _round_up(count: int, multiple: int) -> int:
+    """The smallest multiple of `multiple` that is at least `count`."""
+    return math.ceil(count / multiple) * multiple
 
 
 def is_static(cache) -> bool:
