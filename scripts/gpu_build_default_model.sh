@@ -12,7 +12,8 @@
 # scripts/gpu_train_cut3r.sh, an earlier GPU run; CUT3R_SIZE defaults to the size its config
 # says it was trained at), or with CUT3R_STAGE=1 the shipped one tuned here first at CUT3R_SIZE
 # (128; CUT3R_RENDER_S = 30 s of rooms, CUT3R_BUDGET_S = 60 s of steps, taken from the VLM's
-# RENDER_WITHIN_S, 200 s otherwise). The VLM sees 224 px frames (IMAGE_SIZE):
+# RENDER_WITHIN_S, 200 s otherwise), and the depth network that replaces CUT3R's depth in the
+# pose source, trained here first (90 s, DEPTH_STAGE below) or DEPTH_DIR. The VLM sees 224 px frames (IMAGE_SIZE):
 # an 8x8 grid of pooled patches per frame instead of 112 px's 4x4, since on 4x4 cells the
 # grounding finds small anchors (chairs, plants, lamps) far less often than beds and windows
 # (docs/experiments.md, "small objects in coarse cells"); the tower's pretraining stops after
@@ -54,14 +55,30 @@ else
   fi
   CUT3R_ARGS="--cut3r_dir=$CUT3R_DIR --cut3r_image_size=$CUT3R_SIZE"
 fi
+# the geometric pose source's depth network (loc3r.engine.mono_depth): DEPTH_DIR (a trained one),
+# else trained here first (DEPTH_STAGE=1, the default: DEPTH_RENDER_S = 30 s of rooms and
+# DEPTH_BUDGET_S = 60 s of steps, taken from the VLM's rooms); DEPTH_STAGE=0: CUT3R's depth
+if [ -n "${DEPTH_DIR:-}" ]; then
+  DEPTH_ARGS="--depth_dir=$DEPTH_DIR"
+elif [ "${DEPTH_STAGE:-1}" = 1 ]; then
+  DEPTH_RENDER_S=${DEPTH_RENDER_S:-30}; DEPTH_BUDGET_S=${DEPTH_BUDGET_S:-60}
+  DEPTH_ARGS="--depth_stage=true --depth.train_episodes=20000
+    --depth.render_within_s=$DEPTH_RENDER_S --depth.time_budget_s=$DEPTH_BUDGET_S
+    --depth.steps=100000 --depth.batch_size=64 --depth.train_seed_offset=60000"
+  RENDER_DEFAULT_S=$(( RENDER_DEFAULT_S - DEPTH_RENDER_S - DEPTH_BUDGET_S > 30 ?
+                       RENDER_DEFAULT_S - DEPTH_RENDER_S - DEPTH_BUDGET_S : 30 ))
+else
+  DEPTH_ARGS=""
+fi
 echo "CUT3R: $CUT3R_ARGS"
+echo "depth: ${DEPTH_ARGS:-from CUT3R}"
 timeout -k 10 ${BUILD_TIMEOUT_S:-540} $PY -m loc3r.train.make_default_model \
   --out=$RUN --target=$RUN/bundle \
   --look=textured --walk=${WALK:-room_scan} --frames=${FRAMES:-16} --render_size=224 \
   --image_size=${IMAGE_SIZE:-224} \
   --camera_prior=geometric --point_embedding=${POINT_EMBEDDING:-True} \
   --eval_episodes=${EVAL_EPISODES:-30} \
-  $CUT3R_ARGS \
+  $CUT3R_ARGS $DEPTH_ARGS \
   --tokenizer_dir=loc3r_ros/loc3r/assets/default_model/vlm \
   --workers=$WORKERS --train_episodes=${TRAIN_EPISODES:-20000} --steps=${STEPS:-5000} \
   --render_within_s=${RENDER_WITHIN_S:-$RENDER_DEFAULT_S} \

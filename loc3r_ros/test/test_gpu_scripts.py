@@ -30,6 +30,12 @@ TOY_CUT3R_STAGE = [
     "--cut3r.batch_size=1", "--cut3r.render_within_s=0", "--cut3r.time_budget_s=0",
 ]  # fmt: skip
 
+TOY_DEPTH_STAGE = [
+    "--depth.steps=2", "--depth.train_episodes=2", "--depth.eval_episodes=1",
+    "--depth.batch_size=2", "--depth.render_within_s=0", "--depth.time_budget_s=0",
+    "--depth.image_size=32", "--depth.widths=4,8",
+]  # fmt: skip
+
 
 def run_script(name: str, out: Path, run: Path, args: list[str], **env: str) -> None:
     environ = {**os.environ, "OUT": str(out), "RUN": str(run), "PYTHON": sys.executable,
@@ -86,8 +92,9 @@ def test_the_cut3r_script_refuses_an_unknown_start(tmp_path):
 
 def test_the_build_script_with_its_cut3r_stage_returns_a_bundle_in_parts(tmp_path):
     out, run = tmp_path / "out", tmp_path / "run"
-    run_script("gpu_build_default_model.sh", out, run, [*TOY_VLM, *TOY_CUT3R_STAGE],
-               CUT3R_STAGE="1", CUT3R_SIZE="32")  # fmt: skip
+    run_script("gpu_build_default_model.sh", out, run,
+               [*TOY_VLM, *TOY_CUT3R_STAGE, *TOY_DEPTH_STAGE], CUT3R_STAGE="1",
+               CUT3R_SIZE="32")  # fmt: skip
     parts = [p for p in returned(out) if p.name.startswith("bundle.tar.part-")]
     assert len(parts) == 2 and (out / "eval.json").exists() and (out / "metrics.jsonl").exists()
     restored = tmp_path / "bundle"
@@ -101,6 +108,11 @@ def test_the_build_script_with_its_cut3r_stage_returns_a_bundle_in_parts(tmp_pat
     cut3r_run = json.loads((run / "cut3r_run" / "report.json").read_text())
     assert cut3r_run["config"]["init"].endswith("default_model/cut3r")
     assert cut3r_run["config"]["cut3r_size"] == 32 and cut3r_run["steps_done"] == 2
+    # the depth stage (on by default) trained the pose source's depth network, which it ships
+    assert spec["depth_source"] == "mono_depth" and bundle.perception.depth is not None
+    depth_run = json.loads((run / "depth_run" / "report.json").read_text())
+    assert depth_run["steps_done"] == 2 and depth_run["config"]["train_seed_offset"] == 60000
+    assert json.loads((out / "eval.json").read_text())["depth"]["steps_done"] == 2
 
 
 def test_the_build_script_runs_another_cut3r_at_the_size_it_was_trained_at(tmp_path):
@@ -112,8 +124,9 @@ def test_the_build_script_runs_another_cut3r_at_the_size_it_was_trained_at(tmp_p
     config["config"]["img_size"] = [32, 32]
     (tuned / "config.json").write_text(json.dumps(config))
     out, run = tmp_path / "out", tmp_path / "run"
-    run_script("gpu_build_default_model.sh", out, run, TOY_VLM, CUT3R_DIR=str(tuned))
+    run_script("gpu_build_default_model.sh", out, run, TOY_VLM, CUT3R_DIR=str(tuned),
+               DEPTH_STAGE="0")  # fmt: skip
     spec = json.loads((run / "bundle" / "bundle.json").read_text())
-    assert spec["cut3r_image_size"] == 32
+    assert spec["cut3r_image_size"] == 32 and spec["depth_source"] == "cut3r"
     report = json.loads((out / "eval.json").read_text())
     assert report["train"]["config"]["cut3r_dir"] == str(tuned) and "cut3r" not in report

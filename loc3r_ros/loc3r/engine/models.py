@@ -10,6 +10,9 @@ Layout of a model directory (what `save_bundle` writes and `load_bundle` reads):
                      answers are then always one of its entries (Loc3rVLM.set_answer_vocabulary)
     vlm/            Loc3rVLM.save_pretrained (config.json, model.safetensors, tokenizer files)
     cut3r/          our CUT3R format (config.json, model.safetensors), or cut3r.pth (official)
+    depth/          optional, with "depth_source": "mono_depth" and geometric poses: a monocular
+                    depth network whose depth the pose source takes instead of CUT3R's
+                    (loc3r.engine.mono_depth; the embedded default's)
     domain.safetensors  optional: the domain check of the model's input (loc3r.engine.domain)
 The embedded default lives in loc3r/assets/default_model (see README); users point the node's
 `model_dir` at their own bundle, e.g. a Loc3R-VLM fine-tuned from LLaVA-Video-7B with the official
@@ -27,6 +30,7 @@ import torch
 
 from loc3r.cut3r import load_cut3r
 from loc3r.engine.domain import DomainModel, DomainVerdict, frame_features
+from loc3r.engine.mono_depth import MonoDepth, load_mono_depth, save_mono_depth
 from loc3r.engine.perception import Perception, PerceptionConfig
 from loc3r.engine.scene_engine import AgentPose
 from loc3r.errors import Loc3rError
@@ -39,6 +43,7 @@ DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "default_mo
 # fixed-size one; "graphs" that, with the one-token step and the text passes compiled at load
 # (CUDA graphs on CUDA)
 DECODING_MODES = ("dynamic", "static", "graphs")
+DEPTH_SOURCES = ("cut3r", "mono_depth")  # bundle.json "depth_source" (see the layout above)
 
 
 class ModelLoadError(Loc3rError):
@@ -242,9 +247,17 @@ def load_bundle(
     torch_device = resolve_device(device)
     dtype = torch.bfloat16 if torch_device.type == "cuda" else torch.float32
     cut3r_path = root / "cut3r" if (root / "cut3r").is_dir() else root / "cut3r.pth"
+    depth_source = spec.get("depth_source", "cut3r")
+    if depth_source not in DEPTH_SOURCES:
+        raise ModelLoadError(
+            f"{root}/bundle.json: depth_source={depth_source!r}, expected one of {DEPTH_SOURCES}"
+        )
     try:
         cut3r = load_cut3r(cut3r_path, device=torch_device, dtype=dtype)
         vlm = Loc3rVLM.from_pretrained(root / "vlm", device=torch_device)
+        depth = None
+        if depth_source == "mono_depth":
+            depth = load_mono_depth(root / "depth", device=torch_device)
     except (OSError, ValueError, Loc3rError) as exc:
         raise ModelLoadError(f"cannot load {root}: {exc}") from exc
     except Exception as exc:  # any other loader failure is still a load failure
@@ -258,7 +271,10 @@ def load_bundle(
         )
     except (TypeError, ValueError) as exc:
         raise ModelLoadError(f"{root}/bundle.json: {exc}") from exc
-    perception = Perception(cut3r, perception_config)
+    try:
+        perception = Perception(cut3r, perception_config, depth)
+    except ValueError as exc:
+        raise ModelLoadError(f"{root}/bundle.json: {exc}") from exc
     if (mismatch := camera_token_mismatch(vlm, perception)) is not None:
         raise ModelLoadError(f"{root}: {mismatch} (bundle.json)")
     vlm.set_answer_vocabulary(spec.get("answer_vocabulary"))  # None: free decoding
@@ -307,13 +323,17 @@ def save_bundle(
     answer_vocabulary: list[str] | None = None,
     training_scenes: dict | None = None,
     vlm_state: dict | None = None,
+    depth: MonoDepth | None = None,
 ) -> Path:
     """Write a model directory that load_bundle reads (answer_vocabulary: see the layout).
 
     training_scenes: the synthetic rooms it was trained on ({"look", "walk", "render_size"}),
     so `loc3r scene --as-trained` (and `make demo`) show it rooms like them. vlm_state: the
-    VLM's weights when they are not its own state_dict (LoRA adapters merged).
+    VLM's weights when they are not its own state_dict (LoRA adapters merged). depth: a
+    monocular depth network for the geometric pose source (saved in depth/).
     """
+    if depth is not None and pose_source != "geometric":
+        raise ValueError("a depth network serves the geometric pose source only")
     from loc3r.cut3r import save_pretrained
 
     vocabulary = answer_vocabulary  # checked before anything is written
@@ -325,12 +345,15 @@ def save_bundle(
     directory.mkdir(parents=True, exist_ok=True)
     vlm.save_pretrained(directory / "vlm", vlm_state)
     save_pretrained(cut3r, directory / "cut3r")
+    if depth is not None:
+        save_mono_depth(depth, directory / "depth")
     spec = {
         "format": "loc3r_bundle",
         "cut3r_image_size": cut3r_image_size,
         "num_query_frames": num_query_frames,
         "pose_source": pose_source,
         "camera_tokens": camera_tokens,
+        "depth_source": "cut3r" if depth is None else "mono_depth",
         "description": description,
     }
     if vocabulary is not None:

@@ -10,7 +10,8 @@ engine's "faithful" mode (what the paper trains with: CUT3R over the frames the 
 
 Pose source: "cut3r" (the official path) takes CUT3R's camera poses; "geometric" takes them from
 two-view geometry on the full-resolution frames (`VisualOdometry`), with CUT3R's depth for scale
-and CUT3R's relative motion where no earlier frame registers. A small CUT3R that has not learned
+(or a monocular depth network's, `loc3r.engine.mono_depth`) and CUT3R's relative motion where no
+earlier frame registers. A small CUT3R that has not learned
 geometry (the embedded default) then still reports a still camera as still.
 
 Camera tokens: "cut3r" (the official path) gives CUT3R's z'_t; "pose" a token that states the
@@ -32,6 +33,7 @@ import torch
 from loc3r.cut3r import Cut3r, Cut3rState, preprocess_frame
 from loc3r.cut3r.preprocess import PreprocessedFrame, to_rgb_uint8
 from loc3r.engine.frame_buffer import Keyframe
+from loc3r.engine.mono_depth import MonoDepth
 from loc3r.engine.visual_odometry import DepthMap, VisualOdometry
 
 POSE_SOURCES = ("cut3r", "geometric")
@@ -196,11 +198,23 @@ class FramePerception:
 
 
 class Perception:
-    """Runs a CUT3R model over frames, keeping one streaming state."""
+    """Runs a CUT3R model over frames, keeping one streaming state.
 
-    def __init__(self, model: Cut3r, config: PerceptionConfig | None = None) -> None:
+    `depth`: a monocular depth network whose depth replaces CUT3R's in the geometric pose
+    source (along CUT3R's rays; loc3r.engine.mono_depth), as the embedded default ships one.
+    """
+
+    def __init__(
+        self,
+        model: Cut3r,
+        config: PerceptionConfig | None = None,
+        depth: MonoDepth | None = None,
+    ) -> None:
         self.model = model.eval()
         self.config = config or PerceptionConfig()
+        if depth is not None and self.config.pose_source != "geometric":
+            raise ValueError("a depth network serves the geometric pose source only")
+        self.depth = depth
         self.state: Cut3rState = model.init_state()
         self.odometry = GeometricPoses(self.config)
 
@@ -249,6 +263,8 @@ class Perception:
         if self.config.pose_source == "geometric":
             odometry = self.odometry if odometry is None else odometry
             self_points = out.pts3d_self[0].double().cpu().numpy()
+            if self.depth is not None:
+                self_points = self.depth.rescale_pointmap(image, self_points, frame)
             pose, registered = odometry.add(image, frame, self_points, pose)
             world_map = (self_points @ pose[:3, :3].T + pose[:3, 3]).astype(np.float32)
             conf = out.conf_self[0].float().reshape(-1).cpu().numpy()

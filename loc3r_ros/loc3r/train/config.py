@@ -103,6 +103,9 @@ class TrainConfig:
     egocentric_weight: float = 0.0
     cut3r_dir: str = ""  # our CUT3R directory or an official .pth; "" = a seeded random tiny one
     cut3r_image_size: int = 64  # CUT3R input long edge (512 for the official DPT checkpoint)
+    # a monocular depth network (loc3r.train.train_depth's <out>/depth) whose depth the geometric
+    # pose source takes instead of CUT3R's; "" = CUT3R's (a continued model: the one beside it)
+    depth_dir: str = ""
     # "oracle": camera tokens state the true poses instead of CUT3R's (synthetic rooms only;
     # geometry tokens also get each cell's true point: synthetic_data.oracle_geometry_tokens):
     # what the VLM reaches with a perfect camera prior, an upper bound, never a bundle;

@@ -7,20 +7,23 @@
                                                              # B/cut3r unless --cut3r_dir)
     python -m loc3r.train.make_default_model --cut3r.steps=500 --vision.steps=500  # stage keys
     python -m loc3r.train.make_default_model --finish_within_s=540  # training fits the time
+    python -m loc3r.train.make_default_model --depth_stage=true --depth.time_budget_s=300
+                                   # train the pose source's depth network first (--depth.KEY=V)
 
-First pretrains the tiny vision tower (loc3r.train.pretrain_vision; skipped with --vision_init)
-and trains the tiny CUT3R on synthetic rooms (loc3r.train.train_cut3r; skipped with
---cut3r_dir), then a tokenizer on the synthetic corpus, renders the training and
-held-out episodes, trains a tiny Loc3R-VLM on the joint objective with that CUT3R frozen,
-evaluates it with `loc3r eval`'s code against the random and majority baselines on held-out
-rooms, and writes the bundle to loc3r/assets/default_model (bundle.json, vlm/, cut3r/) with
-eval.json beside it. The embedded recipe differs from the paper's where the tiny scale asks for
-it: the vision tower's pretraining is our own (SigLIP's is not available at this size), the
-situation losses weigh 0.3 instead of 0.075 (a model trained from scratch, not fine-tuned), and
-the grounding loss (attention of <Pos>, <Ori> and the answer on the objects named; see
-loc3r.vlm.training_aids) stands in for the vision-language alignment a pretrained LLaVA-Video has,
-and the egocentric loss (the question's object in the agent's frame, regressed at the answer)
-pushes the LM towards the geometry that direction questions need.
+First pretrains the tiny vision tower (loc3r.train.pretrain_vision; skipped with --vision_init) and
+trains the tiny CUT3R on synthetic rooms (loc3r.train.train_cut3r; skipped with --cut3r_dir), with
+--depth_stage=true the geometric pose source's depth network (loc3r.train.train_depth; or
+--depth_dir=DIR, a trained one), then a tokenizer on the synthetic corpus, renders the training and
+held-out episodes, trains a tiny Loc3R-VLM on the joint objective with that CUT3R frozen, evaluates
+it with `loc3r eval`'s code against the random and majority baselines on held-out rooms, and writes
+the bundle to loc3r/assets/default_model (bundle.json, vlm/, cut3r/) with eval.json beside it. The
+embedded recipe differs from the paper's where the tiny scale asks for it: the vision tower's
+pretraining is our own (SigLIP's is not available at this size), the situation losses weigh 0.3
+instead of 0.075 (a model trained from scratch, not fine-tuned), and the grounding loss (attention
+of <Pos>, <Ori> and the answer on the objects named; see loc3r.vlm.training_aids) stands in for the
+vision-language alignment a pretrained LLaVA-Video has, and the egocentric loss (the question's
+object in the agent's frame, regressed at the answer) pushes the LM towards the geometry that
+direction questions need.
 It trains on 3000 rooms, each question seen about once (about 5 GB of RAM): on 800 rooms, each
 question seen four times, the training position loss went to zero and the positions of held-out
 rooms stayed near chance.
@@ -46,6 +49,8 @@ from loc3r.train.pretrain_vision import VisionPretrainConfig
 from loc3r.train.pretrain_vision import pretrain as pretrain_vision
 from loc3r.train.train_cut3r import Cut3rTrainConfig
 from loc3r.train.train_cut3r import train as train_cut3r
+from loc3r.train.train_depth import DepthTrainConfig
+from loc3r.train.train_depth import train as train_depth
 from loc3r.train.train_vlm import Trainer, merge_lora
 
 EMBEDDED_RECIPE = (
@@ -81,10 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     target = Path(pop_option(argv, "target", str(DEFAULT_MODEL_DIR)))
     # --finish_within_s=N: training gets what is left of N s minus the eval
     finish_within = float(pop_option(argv, "finish_within_s", "0"))
-    stage_args = {"vision": [], "cut3r": []}  # --vision.KEY=V / --cut3r.KEY=V go to those stages
+    depth_stage = pop_option(argv, "depth_stage", "false").lower() in ("true", "1")
+    # --vision.KEY=V / --cut3r.KEY=V / --depth.KEY=V go to those stages
+    stage_args: dict[str, list[str]] = {"vision": [], "cut3r": [], "depth": []}
     for prefix, items in stage_args.items():
         items += ["--" + a[len(prefix) + 3 :] for a in argv if a.startswith(f"--{prefix}.")]
-    argv = [a for a in argv if not a.startswith(("--vision.", "--cut3r."))]
+    argv = [a for a in argv if not a.startswith(("--vision.", "--cut3r.", "--depth."))]
     torch.set_num_threads(1)
     config = TrainConfig.from_args([*EMBEDDED_RECIPE, *argv], module_summary(__doc__))
     camera_tokens_mode(config)  # an impossible combination fails now, not after the stages
@@ -102,6 +109,23 @@ def main(argv: list[str] | None = None) -> int:
         if not beside.is_dir():
             raise SystemExit(f"--vlm_init={config.vlm_init}: name its CUT3R with --cut3r_dir")
         config = replace(config, cut3r_dir=str(beside))
+    if config.vlm_init and not config.depth_dir:  # the depth its camera tokens came from
+        beside = Path(config.vlm_init).parent / "depth"
+        if beside.is_dir():
+            config = replace(config, depth_dir=str(beside))
+    depth_config = None  # the depth stage's, checked before any stage runs
+    if depth_stage:
+        if config.depth_dir or config.camera_prior != "geometric":
+            raise SystemExit(
+                "--depth_stage=true trains a depth network for --camera_prior=geometric; "
+                f"this run has depth_dir={config.depth_dir!r}, camera_prior={config.camera_prior!r}"
+            )
+        depth_config = DepthTrainConfig.from_args([
+            f"--out={Path(config.out) / 'depth_run'}", f"--frames={config.frames}",
+            f"--render_size={config.render_size or config.image_size}", f"--look={config.look}",
+            f"--walk={config.walk}", f"--workers={config.workers}", *stage_args["depth"],
+        ])  # fmt: skip
+        depth_config.network()  # bad sizes fail now
     cut3r_config = None  # the CUT3R stage's, checked before any stage runs
     if not config.cut3r_dir:
         cut3r_config = Cut3rTrainConfig.from_args([
@@ -131,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     if cut3r_config is not None:
         cut3r_report = train_cut3r(cut3r_config)
         config = replace(config, cut3r_dir=str(Path(cut3r_config.out) / "cut3r"))
+    depth_report = None
+    if depth_config is not None:
+        depth_report = train_depth(depth_config)
+        config = replace(config, depth_dir=str(Path(depth_config.out) / "depth"))
     stages = {"before_data": round(time.perf_counter() - start, 1)}
     run = prepare_run(config)
     stages["data"] = round(time.perf_counter() - start - sum(stages.values()), 1)
@@ -162,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     if cut3r_report is not None:
         report["cut3r"] = {k: v for k, v in cut3r_report.items() if k != "config"}
+    if depth_report is not None:
+        report["depth"] = {k: v for k, v in depth_report.items() if k != "config"}
     if vision_report is not None:
         report["vision"] = {k: v for k, v in vision_report.items() if k != "config"}
     continued = ", continuing a saved model" if config.vlm_init else ""
@@ -178,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             description=description,
             answer_vocabulary=vocabulary,
             vlm_state=merge_lora(trainer.final_state_dict(), config),  # plain weights
+            depth=run.depth,
             training_scenes=None if config.data_root else {
                 "look": config.look, "walk": config.walk,
                 "render_size": config.render_size or config.image_size,

@@ -14,6 +14,7 @@ from tqdm import tqdm
 from transformers import AutoTokenizer
 
 from loc3r.cut3r import Cut3r, Cut3rConfig, load_cut3r
+from loc3r.engine.mono_depth import MonoDepth, load_mono_depth
 from loc3r.engine.perception import Perception, PerceptionConfig
 from loc3r.eval.report import EvalCase, evaluate_cases
 from loc3r.scenes import EpisodeConfig
@@ -33,6 +34,7 @@ class Run:
     train_episodes: list[EpisodeData]
     eval_episodes: list[EpisodeData]
     train_samples: list[TrainSample]
+    depth: MonoDepth | None = None  # the geometric pose source's depth network, if any
 
 
 def episode_config(config: TrainConfig) -> EpisodeConfig:
@@ -77,6 +79,15 @@ def perception_config(config: TrainConfig) -> PerceptionConfig:
         camera_tokens=camera_tokens_mode(config),
         token_grid=patch_grid(config),
     )
+
+
+def load_depth(config: TrainConfig) -> MonoDepth | None:
+    """The run's depth network for the geometric pose source (`depth_dir`), if it names one."""
+    if not config.depth_dir:
+        return None
+    if config.camera_prior != "geometric":
+        raise ValueError(f"depth_dir serves camera_prior='geometric', not {config.camera_prior!r}")
+    return load_mono_depth(config.depth_dir)
 
 
 def load_or_make_cut3r(config: TrainConfig) -> Cut3r:
@@ -316,7 +327,8 @@ def prepare_run(config: TrainConfig, progress: bool = True) -> Run:
                 lines, tokenizer_dir if main_rank else None, config.vocab_size
             )
     cut3r = load_or_make_cut3r(config)
-    perception = Perception(cut3r, perception_config(config))
+    depth = load_depth(config)
+    perception = Perception(cut3r, perception_config(config), depth)
     grid = patch_grid(config)
     if config.data_root:
         from loc3r.train.dataset_data import build_dataset_episodes
@@ -337,7 +349,7 @@ def prepare_run(config: TrainConfig, progress: bool = True) -> Run:
                                   size, workers)  # fmt: skip
     samples = [s for e in train for s in e.samples(config.image_size)]
     model = build_model(config, tokenizer, perception.token_width)
-    return Run(model, cut3r, train, held_out, samples)
+    return Run(model, cut3r, train, held_out, samples, depth)
 
 
 @torch.inference_mode()

@@ -1,0 +1,89 @@
+"""Training the monocular depth network: a tiny run end to end, its checks and its pieces."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from loc3r.engine.mono_depth import MonoDepth, MonoDepthConfig, load_mono_depth, save_mono_depth
+from loc3r.train.train_depth import (
+    DepthTrainConfig,
+    augment,
+    log_depth_loss,
+    main,
+    room_frames,
+    train,
+)
+
+TINY = ["--image_size=64", "--widths=4,8", "--frames=4", "--render_size=112"]
+
+
+def tiny(tmp_path, **overrides) -> DepthTrainConfig:
+    argv = [f"--out={tmp_path / 'run'}", "--train_episodes=2", "--eval_episodes=1", "--steps=6",
+            "--batch_size=4", "--log_every=2", *TINY]  # fmt: skip
+    argv += [f"--{key}={value}" for key, value in overrides.items()]
+    return DepthTrainConfig.from_args(argv)
+
+
+def test_a_room_gives_frames_and_their_true_depth():
+    frames = room_frames(5, tiny(Path("/tmp")))
+    assert frames.images.shape == (4, 3, 48, 64) and frames.images.dtype == torch.float16
+    assert frames.depth.shape == (4, 48, 64)
+    valid = frames.depth > 0
+    assert valid.float().mean() > 0.9  # a closed room: almost every pixel hits something
+    assert 0.1 < float(frames.depth[valid].float().median()) < 10.0  # metres
+
+
+def test_a_tiny_run_trains_evaluates_and_saves(tmp_path):
+    report = train(tiny(tmp_path), progress=False)
+    assert report["rooms"] == 2 and report["frames"] == 8 and report["steps_done"] == 6
+    for key in ("random_init", "trained"):
+        assert 0 < report[key]["median_depth_abs_rel"] < 10
+        assert report[key]["frame_scale_p10"] <= report[key]["frame_scale_p90"]
+    model = load_mono_depth(tmp_path / "run" / "depth")
+    assert model.config == MonoDepthConfig(image_size=64, widths=(4, 8))
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2, 4, 6]
+    assert json.loads((tmp_path / "run" / "report.json").read_text())["steps_done"] == 6
+    # a continued run starts from the saved weights
+    again = train(tiny(tmp_path, init=tmp_path / "run" / "depth", out=tmp_path / "b"), False)
+    assert again["random_init"] == report["trained"]
+
+
+def test_bad_runs_fail_before_rendering(tmp_path):
+    with pytest.raises(ValueError, match="overlap the held-out rooms"):
+        train(tiny(tmp_path, train_seed_offset=1_000_000, eval_seed_offset=1_000_001), False)
+    with pytest.raises(ValueError, match="widths='4,x'"):
+        train(tiny(tmp_path, widths="4,x"), False)
+    with pytest.raises(ValueError, match=">= 1"):
+        train(tiny(tmp_path, batch_size=0), False)
+    other = save_mono_depth(MonoDepth(MonoDepthConfig(image_size=64, widths=(4, 16))),
+                            tmp_path / "other")  # fmt: skip
+    with pytest.raises(ValueError, match="has sizes"):
+        train(tiny(tmp_path, init=other), False)
+    with pytest.raises(SystemExit, match="threads"):
+        main([*TINY, "--threads=0"])
+
+
+def test_flips_move_image_and_depth_together_and_the_loss_ignores_holes():
+    generator = torch.Generator().manual_seed(0)
+    images = torch.linspace(-1, 1, 8)[None, None, None].expand(64, 3, 2, 8).clone()
+    depth = torch.linspace(1, 8, 8)[None, None].expand(64, 2, 8).clone()
+    out_images, out_depth = augment(images, depth, 0.0, generator)
+    flipped = out_depth[:, 0, 0] == 8
+    assert 0 < int(flipped.sum()) < 64  # some flipped, some not
+    assert torch.equal(out_images[flipped], images[flipped].flip(-1))
+    assert torch.equal(out_images[~flipped], images[~flipped])
+    jittered, _ = augment(images, depth, 0.4, generator)
+    assert float(jittered.min()) >= -1 and float(jittered.max()) <= 1
+    assert not torch.equal(jittered, images)
+    model = MonoDepth(MonoDepthConfig(image_size=64, widths=(4, 8)))
+    x = torch.zeros(1, 3, 16, 16)
+    holes = torch.zeros(1, 16, 16)
+    assert float(log_depth_loss(model, x, holes).detach()) == 0.0  # nothing valid: no loss, no NaN
+    target = model(x).detach()
+    target[0, 0, 0] = 0  # a hole in an exact target
+    assert float(log_depth_loss(model, x, target).detach()) < 1e-5
