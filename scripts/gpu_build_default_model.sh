@@ -13,8 +13,8 @@
 # says it was trained at), or with CUT3R_STAGE=1 the shipped one tuned here first at CUT3R_SIZE
 # (128; CUT3R_RENDER_S = 30 s of rooms, CUT3R_BUDGET_S = 60 s of steps, taken from the VLM's
 # RENDER_WITHIN_S, 200 s otherwise), and the depth network that replaces CUT3R's depth in the
-# pose source, trained here first (90 s, DEPTH_STAGE below) or DEPTH_DIR. The VLM sees 224 px frames (IMAGE_SIZE):
-# an 8x8 grid of pooled patches per frame instead of 112 px's 4x4, since on 4x4 cells the
+# pose source, trained here first (90 s, DEPTH_STAGE below) or DEPTH_DIR. The VLM sees 224 px
+# frames (IMAGE_SIZE): an 8x8 grid of pooled patches per frame instead of 112 px's 4x4, since on 4x4 cells the
 # grounding finds small anchors (chairs, plants, lamps) far less often than beds and windows
 # (docs/experiments.md, "small objects in coarse cells"); the tower's pretraining stops after
 # VISION_BUDGET_S (90 s) of steps whatever VISION_STEPS says, so the VLM keeps its time.

@@ -87,3 +87,19 @@ def test_flips_move_image_and_depth_together_and_the_loss_ignores_holes():
     target = model(x).detach()
     target[0, 0, 0] = 0  # a hole in an exact target
     assert float(log_depth_loss(model, x, target).detach()) < 1e-5
+
+
+def test_make_default_model_checks_its_depth_stage_before_any_stage(tmp_path):
+    from loc3r.train.make_default_model import main as make_default_model
+
+    target = f"--target={tmp_path / 'bundle'}"
+    with pytest.raises(SystemExit, match="needs --depth_stage=true"):
+        make_default_model(["--depth.steps=3", target])
+    with pytest.raises(SystemExit, match="takes true/false"):
+        make_default_model(["--depth_stage=yes", target])
+    with pytest.raises(SystemExit, match="camera_prior=geometric"):
+        make_default_model(["--depth_stage=true", "--camera_prior=oracle", target])
+    with pytest.raises(SystemExit, match="depth stage: training rooms .* overlap"):
+        make_default_model(["--depth_stage=true", "--camera_prior=geometric",
+                            "--depth.train_seed_offset=9610000", target])  # fmt: skip
+    assert not (tmp_path / "bundle").exists()

@@ -86,12 +86,17 @@ def main(argv: list[str] | None = None) -> int:
     target = Path(pop_option(argv, "target", str(DEFAULT_MODEL_DIR)))
     # --finish_within_s=N: training gets what is left of N s minus the eval
     finish_within = float(pop_option(argv, "finish_within_s", "0"))
-    depth_stage = pop_option(argv, "depth_stage", "false").lower() in ("true", "1")
+    depth_stage = pop_option(argv, "depth_stage", "false").lower()
+    if depth_stage not in ("true", "false", "1", "0"):
+        raise SystemExit(f"--depth_stage takes true/false, got {depth_stage!r}")
+    depth_stage = depth_stage in ("true", "1")
     # --vision.KEY=V / --cut3r.KEY=V / --depth.KEY=V go to those stages
     stage_args: dict[str, list[str]] = {"vision": [], "cut3r": [], "depth": []}
     for prefix, items in stage_args.items():
         items += ["--" + a[len(prefix) + 3 :] for a in argv if a.startswith(f"--{prefix}.")]
     argv = [a for a in argv if not a.startswith(("--vision.", "--cut3r.", "--depth."))]
+    if stage_args["depth"] and not depth_stage:
+        raise SystemExit(f"{stage_args['depth'][0]}: --depth.KEY=V needs --depth_stage=true")
     torch.set_num_threads(1)
     config = TrainConfig.from_args([*EMBEDDED_RECIPE, *argv], module_summary(__doc__))
     camera_tokens_mode(config)  # an impossible combination fails now, not after the stages
@@ -109,9 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         if not beside.is_dir():
             raise SystemExit(f"--vlm_init={config.vlm_init}: name its CUT3R with --cut3r_dir")
         config = replace(config, cut3r_dir=str(beside))
-    if config.vlm_init and not config.depth_dir:  # the depth its camera tokens came from
+    if config.vlm_init and not config.depth_dir and not depth_stage:  # its tokens' depth
         beside = Path(config.vlm_init).parent / "depth"
-        if beside.is_dir():
+        if beside.is_dir() and config.camera_prior == "geometric":
             config = replace(config, depth_dir=str(beside))
     depth_config = None  # the depth stage's, checked before any stage runs
     if depth_stage:
@@ -125,7 +130,10 @@ def main(argv: list[str] | None = None) -> int:
             f"--render_size={config.render_size or config.image_size}", f"--look={config.look}",
             f"--walk={config.walk}", f"--workers={config.workers}", *stage_args["depth"],
         ])  # fmt: skip
-        depth_config.network()  # bad sizes fail now
+        try:
+            depth_config.check()  # a run that cannot work fails now, before any stage
+        except ValueError as exc:
+            raise SystemExit(f"depth stage: {exc}") from None
     cut3r_config = None  # the CUT3R stage's, checked before any stage runs
     if not config.cut3r_dir:
         cut3r_config = Cut3rTrainConfig.from_args([

@@ -74,6 +74,28 @@ class DepthTrainConfig:
             raise ValueError(f"widths={self.widths!r}: expected comma-separated integers") from None
         return MonoDepthConfig(image_size=self.image_size, widths=widths)
 
+    def check(self) -> MonoDepthConfig:
+        """ValueError for a run that cannot work (before anything renders); the network's sizes."""
+        network = self.network()
+        seeds = range(self.train_seed_offset, self.train_seed_offset + self.train_episodes)
+        held = range(self.eval_seed_offset, self.eval_seed_offset + self.eval_episodes)
+        if min(self.train_episodes, self.eval_episodes, self.batch_size, self.workers) < 1:
+            raise ValueError("train_episodes, eval_episodes, batch_size and workers must be >= 1")
+        if self.threads < 1:
+            raise ValueError(f"threads={self.threads}: expected >= 1")
+        if self.render_within_s < 0 or self.time_budget_s < 0 or self.jitter < 0:
+            raise ValueError("render_within_s, time_budget_s and jitter must be >= 0")
+        if seeds.start < held.stop and held.start < seeds.stop:
+            raise ValueError(
+                f"training rooms {seeds.start}-{seeds.stop - 1} overlap the held-out rooms "
+                f"{held.start}-{held.stop - 1}"
+            )
+        if self.init:
+            saved = load_mono_depth(self.init).config
+            if saved != network:
+                raise ValueError(f"--init={self.init} has sizes {saved}, the run {network}")
+        return network
+
 
 @dataclass
 class DepthFrames:
@@ -110,6 +132,16 @@ def render_frames(
     return DepthFrames(
         torch.cat([r.images for r in rooms]), torch.cat([r.depth for r in rooms])
     )  # fmt: skip
+
+
+def resident(frames: DepthFrames, device: torch.device) -> DepthFrames:
+    """The frames on the GPU when they take at most half its free memory; else as they are."""
+    if device.type != "cuda":
+        return frames
+    free, _ = torch.cuda.mem_get_info(device)
+    if frames.images.nbytes + frames.depth.nbytes > free / 2:
+        return frames
+    return DepthFrames(frames.images.to(device), frames.depth.to(device))
 
 
 def augment(
@@ -164,6 +196,7 @@ def depth_errors(model: MonoDepth, frames: DepthFrames, chunk: int = 64) -> dict
 
 def train(config: DepthTrainConfig, progress: bool = True) -> dict:
     """Render, train, evaluate on held-out rooms, save; returns the report."""
+    config.check()  # before any rendering
     threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
     try:
@@ -175,32 +208,16 @@ def train(config: DepthTrainConfig, progress: bool = True) -> dict:
 def _train(config: DepthTrainConfig, progress: bool) -> dict:
     torch.manual_seed(config.seed)
     start = time.perf_counter()
-    network = config.network()  # ValueError for bad sizes, before any rendering
+    network = config.network()
     device = resolve_training_device(config.device)
     seeds = range(config.train_seed_offset, config.train_seed_offset + config.train_episodes)
     held_seeds = range(config.eval_seed_offset, config.eval_seed_offset + config.eval_episodes)
-    if seeds.start < held_seeds.stop and held_seeds.start < seeds.stop:
-        raise ValueError(
-            f"training rooms {seeds.start}-{seeds.stop - 1} overlap the held-out rooms "
-            f"{held_seeds.start}-{held_seeds.stop - 1}"
-        )
-    if min(config.train_episodes, config.eval_episodes, config.batch_size, config.workers) < 1:
-        raise ValueError("train_episodes, eval_episodes, batch_size and workers must be >= 1")
-    if config.render_within_s < 0 or config.time_budget_s < 0 or config.jitter < 0:
-        raise ValueError("render_within_s, time_budget_s and jitter must be >= 0")
-    if config.init:
-        model = load_mono_depth(config.init)
-        if model.config != network:
-            raise ValueError(f"--init={config.init} has sizes {model.config}, the run {network}")
-        model.requires_grad_(True)
-    else:
-        model = MonoDepth(network)
+    model = load_mono_depth(config.init).requires_grad_(True) if config.init else MonoDepth(network)
     model = model.to(device).train()
     train_frames = render_frames(seeds, config, config.render_within_s, progress)
     held_out = render_frames(held_seeds, config, progress=False)
     render_s = time.perf_counter() - start
-    if device.type == "cuda":  # the frames fit: 40 k frames at 128 px are 2.5 GB in fp16
-        train_frames = DepthFrames(train_frames.images.to(device), train_frames.depth.to(device))
+    train_frames = resident(train_frames, device)
     before = depth_errors(model, held_out)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
@@ -219,7 +236,7 @@ def _train(config: DepthTrainConfig, progress: bool) -> dict:
                 group["lr"] = lr
             index = torch.randint(
                 0, len(train_frames), (config.batch_size,), generator=generator, device=device
-            )
+            ).to(train_frames.images.device)
             images, depth = augment(
                 train_frames.images[index].to(device).float(),
                 train_frames.depth[index].to(device).float(), config.jitter, generator,
@@ -262,8 +279,10 @@ def _train(config: DepthTrainConfig, progress: bool) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """Train and print the report."""
     config = DepthTrainConfig.from_args(argv)
-    if config.threads < 1:
-        raise SystemExit(f"threads={config.threads}: expected >= 1")
+    try:
+        config.check()
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
     report = train(config)
     print(json.dumps({k: v for k, v in report.items() if k != "config"}, indent=2))
     return 0 if math.isfinite(report["final_loss"] or 0.0) else 1
