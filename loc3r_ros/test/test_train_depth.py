@@ -103,3 +103,15 @@ def test_make_default_model_checks_its_depth_stage_before_any_stage(tmp_path):
         make_default_model(["--depth_stage=true", "--camera_prior=geometric",
                             "--depth.train_seed_offset=9610000", target])  # fmt: skip
     assert not (tmp_path / "bundle").exists()
+
+
+def test_the_depth_error_summary_reads_only_valid_pixels():
+    from loc3r.train.train_cut3r import depth_error_summary
+
+    truth = torch.tensor([[1.0, 2.0], [0.0, 4.0]])  # 0: nothing was hit there
+    predicted = torch.tensor([[1.5, 2.0], [9.0, 2.0]])  # ratios 1.5, 1.0, (ignored), 0.5
+    summary = depth_error_summary([(predicted, truth), (predicted * 2, truth)])
+    assert summary["median_depth_abs_rel"] == pytest.approx(0.5)  # 0.5, 0, 0.5, 2, 1, 0
+    assert summary["frame_scale_p10"] == pytest.approx(1.1)  # frame scales 1.0 and 2.0
+    assert summary["frame_scale_p90"] == pytest.approx(1.9)
+    assert depth_error_summary([(predicted, torch.zeros(2, 2))]) == {}

@@ -22,6 +22,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -249,19 +250,33 @@ def sequence_loss(model: Cut3r, batch: Sequence, config: Cut3rTrainConfig) -> di
 def depth_errors(model: Cut3r, sequences: list[Sequence]) -> dict[str, float]:
     """How far the pointmaps' depth (z in each frame's own camera) is from the truth.
 
-    The per-pixel absolute relative error (|z / z_true - 1|, valid pixels) and the spread of
-    each frame's scale (its median z / z_true): the geometric pose source takes metric scale and
+    `depth_error_summary` of every frame: the geometric pose source takes metric scale and
     every patch's point from this depth.
     """
-    relative, ratios = [], []
     device = getattr(model, "device", torch.device("cpu"))
-    for seq in sequences:
-        outputs = model.run([seq.images[t : t + 1].to(device) for t in range(len(seq.images))])
-        for t, out in enumerate(outputs):
-            valid = seq.valid[t] & (seq.pts_self[t, ..., 2] > 0)
-            if not bool(valid.any()):
-                continue
-            ratio = (out.pts3d_self[0, ..., 2].float().cpu() / seq.pts_self[t, ..., 2])[valid]
+
+    def frames():
+        for seq in sequences:
+            outputs = model.run([seq.images[t : t + 1].to(device) for t in range(len(seq.images))])
+            for t, out in enumerate(outputs):
+                truth = torch.where(seq.valid[t], seq.pts_self[t, ..., 2], torch.zeros(()))
+                yield out.pts3d_self[0, ..., 2].float().cpu(), truth
+
+    return depth_error_summary(frames())
+
+
+def depth_error_summary(frames: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
+    """Predicted and true z-depth maps -> the error figures the trainers report.
+
+    The per-pixel absolute relative error (|z / z_true - 1|, median over the pixels with
+    z_true > 0) and the spread of each frame's scale (the 10th and 90th percentile of its median
+    z / z_true); {} when no pixel is valid.
+    """
+    relative, ratios = [], []
+    for predicted, truth in frames:
+        valid = truth > 0
+        if bool(valid.any()):
+            ratio = predicted[valid] / truth[valid]
             relative.append((ratio - 1).abs().numpy())
             ratios.append(float(ratio.median()))
     if not ratios:

@@ -26,14 +26,24 @@ from tqdm import tqdm
 from loc3r.engine.mono_depth import MonoDepth, MonoDepthConfig, load_mono_depth, save_mono_depth
 from loc3r.train.config import Pacer, config_from_args, lr_at, resolve_training_device
 from loc3r.train.parallel import parallel_map
-from loc3r.train.train_cut3r import Cut3rTrainConfig, make_sequence
+from loc3r.train.train_cut3r import Cut3rTrainConfig, depth_error_summary, make_sequence
 
 
 @dataclass
 class DepthTrainConfig:
     """Every knob of a depth network training run (CLI keys)."""
 
+    # the network: its input's long side and its widths (MonoDepthConfig), comma-separated
+    image_size: int = 128
+    widths: str = "24,48,64,96,128"
+    init: str = ""  # a saved depth network to continue (its sizes must equal the run's)
     out: str = "runs/mono_depth"
+    # rooms (loc3r.scenes): the embedded default's textured room scans
+    look: str = "textured"
+    walk: str = "room_scan"
+    frames: int = 16
+    render_size: int = 224
+    # the steps: AdamW, linear warm-up then cosine decay (config.lr_at)
     seed: int = 0
     steps: int = 2000
     batch_size: int = 24  # frames per step
@@ -41,19 +51,11 @@ class DepthTrainConfig:
     min_lr_ratio: float = 0.05
     warmup_steps: int = 50
     weight_decay: float = 1e-4
-    # rooms (loc3r.scenes): the embedded default's textured room scans
-    look: str = "textured"
-    walk: str = "room_scan"
-    frames: int = 16
-    render_size: int = 224
-    image_size: int = 128  # the network's input, long side (MonoDepthConfig.image_size)
-    widths: str = "24,48,64,96,128"  # MonoDepthConfig.widths, comma-separated
     train_episodes: int = 1200
     train_seed_offset: int = 34000
     eval_episodes: int = 20
     eval_seed_offset: int = 9610000  # the rooms train_cut3r's depth figures are measured on
     jitter: float = 0.4  # brightness gain in 1 +- jitter / 2, offset in +- jitter / 4
-    init: str = ""  # a saved depth network to continue (its sizes must equal the run's)
     log_every: int = 10
     threads: int = 1
     device: str = "auto"  # "auto" (CUDA when there is one), "cpu" or "cuda"
@@ -173,25 +175,16 @@ def depth_errors(model: MonoDepth, frames: DepthFrames, chunk: int = 64) -> dict
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    relative, ratios = [], []
-    for i in range(0, len(frames), chunk):
-        predicted = model(frames.images[i : i + chunk].to(device).float()).cpu()
-        truth = frames.depth[i : i + chunk].float()
-        for z, z_true in zip(predicted, truth, strict=True):
-            valid = z_true > 0
-            if bool(valid.any()):
-                ratio = z[valid] / z_true[valid]
-                relative.append((ratio - 1).abs().numpy())
-                ratios.append(float(ratio.median()))
-    model.train(was_training)
-    if not ratios:
-        return {}
-    p10, p90 = np.percentile(ratios, [10, 90])
-    return {
-        "median_depth_abs_rel": float(np.median(np.concatenate(relative))),
-        "frame_scale_p10": float(p10),
-        "frame_scale_p90": float(p90),
-    }
+
+    def pairs():
+        for i in range(0, len(frames), chunk):
+            predicted = model(frames.images[i : i + chunk].to(device).float()).cpu()
+            yield from zip(predicted, frames.depth[i : i + chunk].float(), strict=True)
+
+    try:
+        return depth_error_summary(pairs())
+    finally:
+        model.train(was_training)
 
 
 def train(config: DepthTrainConfig, progress: bool = True) -> dict:
