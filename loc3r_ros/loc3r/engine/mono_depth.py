@@ -183,19 +183,29 @@ def save_mono_depth(model: MonoDepth, directory: str | Path) -> Path:
     return directory
 
 
-def load_mono_depth(directory: str | Path, device: str | torch.device = "cpu") -> MonoDepth:
-    """A saved network, in eval mode without gradients. ValueError for a missing or bad one."""
+def read_mono_depth_config(directory: str | Path) -> MonoDepthConfig:
+    """The sizes of a saved network (its config.json alone). ValueError for a missing or bad one."""
     directory = Path(directory)
     try:
         values = json.loads((directory / "config.json").read_text())
-        state = load_file(directory / "model.safetensors")
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read the depth network in {directory}: {exc}") from exc
+    if not isinstance(values, dict):
+        raise ValueError(f"{directory}/config.json is not a JSON object")
+    return MonoDepthConfig.from_dict(values)
+
+
+def load_mono_depth(directory: str | Path, device: str | torch.device = "cpu") -> MonoDepth:
+    """A saved network, in eval mode without gradients. ValueError for a missing or bad one."""
+    directory = Path(directory)
+    config = read_mono_depth_config(directory)
+    try:
+        state = load_file(directory / "model.safetensors")
+    except OSError as exc:
         raise ValueError(f"cannot read the depth network in {directory}: {exc}") from exc
     except Exception as exc:  # safetensors raises its own error for a corrupt file
         raise ValueError(f"corrupt depth network weights in {directory}: {exc}") from exc
-    if not isinstance(values, dict):
-        raise ValueError(f"{directory}/config.json is not a JSON object")
-    model = MonoDepth(MonoDepthConfig.from_dict(values))
+    model = MonoDepth(config)
     expected = model.state_dict()
     for name, tensor in expected.items():
         if name not in state:

@@ -23,7 +23,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from loc3r.engine.mono_depth import MonoDepth, MonoDepthConfig, load_mono_depth, save_mono_depth
+from loc3r.engine.mono_depth import (
+    MonoDepth,
+    MonoDepthConfig,
+    load_mono_depth,
+    read_mono_depth_config,
+    save_mono_depth,
+)
 from loc3r.train.config import Pacer, config_from_args, lr_at, resolve_training_device
 from loc3r.train.parallel import parallel_map
 from loc3r.train.train_cut3r import Cut3rTrainConfig, depth_error_summary, make_sequence
@@ -76,11 +82,20 @@ class DepthTrainConfig:
             raise ValueError(f"widths={self.widths!r}: expected comma-separated integers") from None
         return MonoDepthConfig(image_size=self.image_size, widths=widths)
 
+    @property
+    def train_seeds(self) -> range:
+        """The training rooms' seeds."""
+        return range(self.train_seed_offset, self.train_seed_offset + self.train_episodes)
+
+    @property
+    def held_out_seeds(self) -> range:
+        """The held-out rooms' seeds."""
+        return range(self.eval_seed_offset, self.eval_seed_offset + self.eval_episodes)
+
     def check(self) -> MonoDepthConfig:
         """ValueError for a run that cannot work (before anything renders); the network's sizes."""
         network = self.network()
-        seeds = range(self.train_seed_offset, self.train_seed_offset + self.train_episodes)
-        held = range(self.eval_seed_offset, self.eval_seed_offset + self.eval_episodes)
+        seeds, held = self.train_seeds, self.held_out_seeds
         if min(self.train_episodes, self.eval_episodes, self.batch_size, self.workers) < 1:
             raise ValueError("train_episodes, eval_episodes, batch_size and workers must be >= 1")
         if self.threads < 1:
@@ -93,7 +108,7 @@ class DepthTrainConfig:
                 f"{held.start}-{held.stop - 1}"
             )
         if self.init:
-            saved = load_mono_depth(self.init).config
+            saved = read_mono_depth_config(self.init)
             if saved != network:
                 raise ValueError(f"--init={self.init} has sizes {saved}, the run {network}")
         return network
@@ -203,12 +218,10 @@ def _train(config: DepthTrainConfig, progress: bool) -> dict:
     start = time.perf_counter()
     network = config.network()
     device = resolve_training_device(config.device)
-    seeds = range(config.train_seed_offset, config.train_seed_offset + config.train_episodes)
-    held_seeds = range(config.eval_seed_offset, config.eval_seed_offset + config.eval_episodes)
     model = load_mono_depth(config.init).requires_grad_(True) if config.init else MonoDepth(network)
     model = model.to(device).train()
-    train_frames = render_frames(seeds, config, config.render_within_s, progress)
-    held_out = render_frames(held_seeds, config, progress=False)
+    train_frames = render_frames(config.train_seeds, config, config.render_within_s, progress)
+    held_out = render_frames(config.held_out_seeds, config, progress=False)
     render_s = time.perf_counter() - start
     train_frames = resident(train_frames, device)
     before = depth_errors(model, held_out)
