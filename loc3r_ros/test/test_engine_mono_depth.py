@@ -75,6 +75,15 @@ def test_broken_files_are_clear_errors(tmp_path):
     (path / "model.safetensors").write_bytes(b"\x00" * 64)
     with pytest.raises(ValueError, match="corrupt"):
         load_mono_depth(path)
+    (path / "model.safetensors").unlink()  # a config without its weights
+    with pytest.raises(ValueError, match=r"depth network in .*depth"):
+        load_mono_depth(path)
+    diverged = MonoDepth(SMALL)
+    with torch.no_grad():
+        next(diverged.parameters()).fill_(float("nan"))
+    save_mono_depth(diverged, path)
+    with pytest.raises(ValueError, match="non-finite depth network weights"):
+        load_mono_depth(path)
 
 
 def test_resampling_maps_through_the_image():
@@ -104,6 +113,32 @@ def test_resampling_maps_through_the_image():
             np.testing.assert_allclose(resampled[inner], depth_at(target, hw)[inner], atol=1e-3)
         same = resample_depth(source_depth, source, source, source.true_shape)
         np.testing.assert_allclose(same, source_depth, atol=1e-5)
+
+
+def test_a_wider_crop_gets_no_depth_where_the_network_saw_nothing():
+    """CUT3R at 512 on a 16:9 frame keeps rows that the network's 128 px crop cuts off."""
+    rgb = image(720, 1280)
+    source = preprocess_frame(rgb, size=128)  # 128 x 64 of a 128 x 72 resize: 4 rows cut
+    target = preprocess_frame(rgb, size=512)  # 512 x 288: every row
+    assert source.crop_xy[1] > 0 and target.crop_xy == (0, 0)
+    depth = np.full(source.true_shape, 2.0, np.float32)
+    resampled = resample_depth(depth, source, target, target.true_shape)
+    seen = np.isfinite(resampled)
+    rows = np.flatnonzero(seen.all(axis=1))  # the width is not cropped: whole rows or none
+    assert seen.sum() == len(rows) * seen.shape[1] and np.all(np.diff(rows) == 1)
+    # 64 of the resize's 72 rows, 4 target rows each, and half a source pixel (2 rows) each side
+    assert 256 <= len(rows) <= 260 and rows[0] == 288 - 1 - rows[-1]
+    np.testing.assert_allclose(resampled[seen], 2.0)
+    torch.manual_seed(5)
+    model = MonoDepth(SMALL).eval()  # 64 px: a 64 x 32 crop of a 64 x 36 resize
+    small = preprocess_frame(rgb, size=64)
+    cut3r_points = np.ones((*target.true_shape, 3))
+    moved = model.rescale_pointmap(rgb, cut3r_points, target)
+    unseen = ~np.isfinite(resample_depth(model.frame_depth(rgb)[0], small, target,
+                                         target.true_shape))  # fmt: skip
+    assert unseen[0].all() and unseen.any(axis=1).sum() < len(unseen) // 4
+    np.testing.assert_array_equal(moved[unseen], cut3r_points[unseen])  # CUT3R's points kept
+    assert np.isfinite(moved).all() and not np.allclose(moved[~unseen], 1.0)
 
 
 def test_the_pointmap_moves_along_its_rays_to_the_network_depth():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -48,9 +49,12 @@ def test_a_tiny_run_trains_evaluates_and_saves(tmp_path):
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [1, 2, 4, 6]
     assert json.loads((tmp_path / "run" / "report.json").read_text())["steps_done"] == 6
-    # a continued run starts from the saved weights
-    again = train(tiny(tmp_path, init=tmp_path / "run" / "depth", out=tmp_path / "b"), False)
+    # a continued run starts from the saved weights, and its steps fit the rooms' depth
+    again = train(tiny(tmp_path, init=tmp_path / "run" / "depth", out=tmp_path / "b", steps=40,
+                       lr=5e-3, warmup_steps=0), False)  # fmt: skip
     assert again["random_init"] == report["trained"]
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "b" / "metrics.jsonl").open()]
+    assert len(losses) == 21 and sum(losses[-5:]) / 5 < 0.7 * losses[0]
 
 
 def test_bad_runs_fail_before_rendering(tmp_path):
@@ -60,12 +64,30 @@ def test_bad_runs_fail_before_rendering(tmp_path):
         train(tiny(tmp_path, widths="4,x"), False)
     with pytest.raises(ValueError, match=">= 1"):
         train(tiny(tmp_path, batch_size=0), False)
+    for key, value, message in (
+        ("log_every", 0, "log_every=0"), ("steps", 0, "steps=0"), ("frames", 0, "frames=0"),
+        ("jitter", 2.0, "jitter=2.0"), ("lr", 0.0, "lr > 0"), ("warmup_steps", -1, "warmup"),
+        ("train_seed_offset", -5, "seed_offset"),
+    ):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            train(tiny(tmp_path, **{key: value}), False)
     other = save_mono_depth(MonoDepth(MonoDepthConfig(image_size=64, widths=(4, 16))),
                             tmp_path / "other")  # fmt: skip
     with pytest.raises(ValueError, match="has sizes"):
         train(tiny(tmp_path, init=other), False)
     with pytest.raises(SystemExit, match="threads"):
         main([*TINY, "--threads=0"])
+
+
+def test_a_diverged_run_saves_nothing(tmp_path, monkeypatch):
+    import loc3r.train.train_depth as train_depth
+
+    monkeypatch.setattr(
+        train_depth, "log_depth_loss", lambda model, images, depth: model(images).sum() * np.nan
+    )
+    with pytest.raises(FloatingPointError, match="loss nan at step 0"):
+        train(tiny(tmp_path), progress=False)
+    assert not (tmp_path / "run" / "depth").exists()
 
 
 def test_flips_move_image_and_depth_together_and_the_loss_ignores_holes():
@@ -102,6 +124,13 @@ def test_make_default_model_checks_its_depth_stage_before_any_stage(tmp_path):
     with pytest.raises(SystemExit, match="depth stage: training rooms .* overlap"):
         make_default_model(["--depth_stage=true", "--camera_prior=geometric",
                             "--depth.train_seed_offset=9610000", target])  # fmt: skip
+    # a trained network named with --depth_dir: readable, and for the geometric prior
+    with pytest.raises(SystemExit, match="--depth_dir: cannot read the depth network"):
+        make_default_model(["--camera_prior=geometric", f"--depth_dir={tmp_path}", target])
+    saved = save_mono_depth(MonoDepth(MonoDepthConfig(image_size=64, widths=(4, 8))),
+                            tmp_path / "depth")  # fmt: skip
+    with pytest.raises(SystemExit, match="set --camera_prior=geometric"):
+        make_default_model(["--camera_prior=oracle", f"--depth_dir={saved}", target])
     assert not (tmp_path / "bundle").exists()
 
 

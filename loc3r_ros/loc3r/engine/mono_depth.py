@@ -39,7 +39,9 @@ MAX_DEPTH_M = 50.0
 class MonoDepthConfig:
     """Sizes of the network; its input is a frame pre-processed as CUT3R's (long side)."""
 
-    image_size: int = 128  # long side of the pre-processed input (a multiple of 16)
+    # long side of the pre-processed input (a multiple of 16); 224 is CUT3R's square crop instead
+    # (short side 224, centre-cropped: loc3r.cut3r.preprocess), the same at training and inference
+    image_size: int = 128
     widths: tuple[int, ...] = (24, 48, 64, 96, 128)  # channels at 1/2, 1/4, ... of the input
 
     def __post_init__(self) -> None:
@@ -153,6 +155,8 @@ def resample_depth(
     """A depth map on `source`'s crop, sampled at the pixel centres of a (h, w) map on `target`'s.
 
     Both crops come from the same image; the map goes through the image's pixel coordinates.
+    Pixels of `target` more than half a depth pixel outside `source`'s crop are NaN: the network
+    never saw them (a wider CUT3R crop keeps its own points there).
     """
     height, width = target_hw
     rows, cols = np.mgrid[0:height, 0:width].astype(np.float64) + 0.5
@@ -165,10 +169,13 @@ def resample_depth(
     scale_y = depth.shape[0] / source.true_shape[0]
     u = (x * source.resized_hw[1] / source.original_hw[1] - source.crop_xy[0]) * scale_x - 0.5
     v = (y * source.resized_hw[0] / source.original_hw[0] - source.crop_xy[1]) * scale_y - 0.5
-    return cv2.remap(
+    sampled = cv2.remap(
         depth.astype(np.float32), u.astype(np.float32), v.astype(np.float32),
         cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE,
     )  # fmt: skip
+    # replicate only within half a pixel of the map's edge (its outer pixel centres), else unseen
+    inside = (u >= -0.5) & (u <= depth.shape[1] - 0.5) & (v >= -0.5) & (v <= depth.shape[0] - 0.5)
+    return np.where(inside, sampled, np.float32(np.nan))
 
 
 def save_mono_depth(model: MonoDepth, directory: str | Path) -> Path:
@@ -216,6 +223,8 @@ def load_mono_depth(directory: str | Path, device: str | torch.device = "cpu") -
             )
     if unexpected := sorted(set(state) - set(expected)):
         raise ValueError(f"{directory}: unexpected depth network weights {unexpected[:3]}")
+    if broken := [name for name, tensor in state.items() if not torch.isfinite(tensor).all()]:
+        raise ValueError(f"{directory}: non-finite depth network weights in {broken[:3]}")
     state = {k: v.to(expected[k].dtype) for k, v in state.items()}
     model.load_state_dict(state)
     return model.to(device).eval().requires_grad_(False)

@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 
 from loc3r.engine.models import DEFAULT_MODEL_DIR, save_bundle
+from loc3r.engine.mono_depth import read_mono_depth_config
 from loc3r.scenes import answer_vocabulary
 from loc3r.train.config import TrainConfig, module_summary
 from loc3r.train.pipeline import camera_tokens_mode, evaluate, prepare_run
@@ -134,6 +135,16 @@ def main(argv: list[str] | None = None) -> int:
             depth_config.check()  # a run that cannot work fails now, before any stage
         except ValueError as exc:
             raise SystemExit(f"depth stage: {exc}") from None
+    elif config.depth_dir:  # a trained one: readable and usable now, not after the stages
+        if config.camera_prior != "geometric":
+            raise SystemExit(
+                f"--depth_dir={config.depth_dir} feeds the geometric pose source; this run has "
+                f"camera_prior={config.camera_prior!r} (set --camera_prior=geometric)"
+            )
+        try:
+            read_mono_depth_config(config.depth_dir)
+        except ValueError as exc:
+            raise SystemExit(f"--depth_dir: {exc}") from None
     cut3r_config = None  # the CUT3R stage's, checked before any stage runs
     if not config.cut3r_dir:
         cut3r_config = Cut3rTrainConfig.from_args([
@@ -165,7 +176,10 @@ def main(argv: list[str] | None = None) -> int:
         config = replace(config, cut3r_dir=str(Path(cut3r_config.out) / "cut3r"))
     depth_report = None
     if depth_config is not None:
-        depth_report = train_depth(depth_config)
+        try:
+            depth_report = train_depth(depth_config)
+        except FloatingPointError as exc:  # diverged: no bundle claims a broken network
+            raise SystemExit(f"depth stage: {exc}") from None
         config = replace(config, depth_dir=str(Path(depth_config.out) / "depth"))
     stages = {"before_data": round(time.perf_counter() - start, 1)}
     run = prepare_run(config)

@@ -96,12 +96,21 @@ class DepthTrainConfig:
         """ValueError for a run that cannot work (before anything renders); the network's sizes."""
         network = self.network()
         seeds, held = self.train_seeds, self.held_out_seeds
-        if min(self.train_episodes, self.eval_episodes, self.batch_size, self.workers) < 1:
-            raise ValueError("train_episodes, eval_episodes, batch_size and workers must be >= 1")
-        if self.threads < 1:
-            raise ValueError(f"threads={self.threads}: expected >= 1")
-        if self.render_within_s < 0 or self.time_budget_s < 0 or self.jitter < 0:
-            raise ValueError("render_within_s, time_budget_s and jitter must be >= 0")
+        counts = {
+            "train_episodes": self.train_episodes, "eval_episodes": self.eval_episodes,
+            "batch_size": self.batch_size, "workers": self.workers, "threads": self.threads,
+            "steps": self.steps, "frames": self.frames, "log_every": self.log_every,
+        }  # fmt: skip
+        if small := [f"{key}={value}" for key, value in counts.items() if value < 1]:
+            raise ValueError(f"{', '.join(small)}: expected >= 1")
+        if min(self.train_seed_offset, self.eval_seed_offset, self.warmup_steps) < 0:
+            raise ValueError("train_seed_offset, eval_seed_offset and warmup_steps must be >= 0")
+        if self.render_within_s < 0 or self.time_budget_s < 0:
+            raise ValueError("render_within_s and time_budget_s must be >= 0")
+        if not 0 <= self.jitter < 2:  # a brightness gain of 1 - jitter / 2 stays positive
+            raise ValueError(f"jitter={self.jitter}: expected 0 <= jitter < 2")
+        if not (self.lr > 0 and 0 <= self.min_lr_ratio <= 1 and self.weight_decay >= 0):
+            raise ValueError("expected lr > 0, 0 <= min_lr_ratio <= 1 and weight_decay >= 0")
         if seeds.start < held.stop and held.start < seeds.stop:
             raise ValueError(
                 f"training rooms {seeds.start}-{seeds.stop - 1} overlap the held-out rooms "
@@ -248,6 +257,10 @@ def _train(config: DepthTrainConfig, progress: bool) -> dict:
                 train_frames.depth[index].to(device).float(), config.jitter, generator,
             )  # fmt: skip
             loss = log_depth_loss(model, images, depth)
+            if not torch.isfinite(loss):  # diverged: stop before NaN weights are saved
+                raise FloatingPointError(
+                    f"depth network loss {float(loss.detach())} at step {step}"
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
