@@ -161,8 +161,10 @@ def test_resume_continues_the_exact_loss_curve(tmp_path):
     assert part1 + part2 == pytest.approx(straight, rel=1e-6, abs=1e-7)
 
 
-def test_vlm_init_continues_from_a_saved_model_and_refuses_another_size(tmp_path):
-    config = TrainConfig.from_args([f"--out={tmp_path / 'a'}", "--steps=3", *TINY])
+def test_vlm_init_continues_from_a_saved_model_and_refuses_another_size(tmp_path, monkeypatch):
+    config = TrainConfig.from_args(
+        [f"--out={tmp_path / 'a'}", "--steps=3", "--egocentric_weight=0.5", *TINY]
+    )
     run = prepare_run(config, progress=False)
     history = Trainer(config, run.model, run.train_samples).fit(progress=False)
     saved = tmp_path / "a" / "final"
@@ -173,11 +175,23 @@ def test_vlm_init_continues_from_a_saved_model_and_refuses_another_size(tmp_path
     for name, value in run.model.state_dict().items():  # its weights, not the seed's
         torch.testing.assert_close(resumed.model.state_dict()[name], value, msg=name)
     assert resumed.model.config.weights.situation == 0.9  # the run's loss weights
+    # without the egocentric loss (the run's default weight, 0) its head stays, untrained
+    assert resumed.model.egocentric_head is not None
+    assert resumed.model.config.weights.egocentric == 0.0
+    before = resumed.model.egocentric_head.weight.detach().clone()
+    Trainer(TrainConfig.from_args(args), resumed.model, resumed.train_samples).fit(progress=False)
+    torch.testing.assert_close(resumed.model.egocentric_head.weight, before)
     assert not any(p.requires_grad for p in resumed.model.base.vision_tower.parameters())
     assert resumed.model.tokenizer.convert_tokens_to_ids("<Pos>") < len(resumed.model.tokenizer)
     assert history  # (the saved model was trained)
 
     wider = [a for a in args if not a.startswith("--hidden=")] + ["--hidden=48"]
+    import loc3r.train.pipeline as pipeline
+
+    def no_rooms(*args, **kwargs):
+        raise AssertionError("rendered rooms for a run whose model cannot be built")
+
+    monkeypatch.setattr(pipeline, "build_episodes", no_rooms)  # it fails before any room
     with pytest.raises(
         ValueError, match=r"vlm_init=.*differs from the run's in \['text.hidden_size'"
     ):

@@ -159,7 +159,8 @@ def continue_from(directory: str, vlm_config: Loc3rVLMConfig, sizes: dict) -> Lo
     """A saved tiny Loc3R-VLM to train further, with the run's loss weights.
 
     ValueError when its sizes or heads are not the run's (a run continues the model it builds).
-    A run may add the position pointer (it starts with its gate closed), and it may pool the
+    A run may add the position pointer (it starts with its gate closed), drop the egocentric
+    loss (--egocentric_weight=0: the head stays, frozen; inference never reads it), and pool the
     video patches by another `pool_stride`: no weight depends on the number of video tokens
     except f_cam's input, whose geometry tokens carry a point per cell; that input is rebuilt
     for the new grid (`regrid_camera_input`).
@@ -177,6 +178,8 @@ def continue_from(directory: str, vlm_config: Loc3rVLMConfig, sizes: dict) -> Lo
         if model.config.point_embedding:
             regrid_camera_input(model, vlm_config.cam_token_dim)
     differ += [k for k in CONTINUED_HEADS if getattr(model.config, k) != getattr(vlm_config, k)]
+    if model.config.enable_egocentric_head and not vlm_config.enable_egocentric_head:
+        differ.remove("enable_egocentric_head")  # kept, untrained: its loss weight is 0
     if model.config.position_pointer and not vlm_config.position_pointer:
         differ.append("position_pointer")
     if differ:
@@ -187,6 +190,8 @@ def continue_from(directory: str, vlm_config: Loc3rVLMConfig, sizes: dict) -> Lo
         model.position_pointer = PositionPointer(saved.text["hidden_size"]).to(model.device)
         model.config.position_pointer = True
     model.config.weights = vlm_config.weights
+    if model.egocentric_head is not None and vlm_config.weights.egocentric <= 0:
+        model.egocentric_head.requires_grad_(False)  # no loss: kept as it was (no weight decay)
     return model
 
 
@@ -329,6 +334,9 @@ def prepare_run(config: TrainConfig, progress: bool = True) -> Run:
     cut3r = load_or_make_cut3r(config)
     depth = load_depth(config)
     perception = Perception(cut3r, perception_config(config), depth)
+    # the model before the rooms: a --vlm_init that does not fit the run fails now, not after
+    # the rendering
+    model = build_model(config, tokenizer, perception.token_width)
     grid = patch_grid(config)
     if config.data_root:
         from loc3r.train.dataset_data import build_dataset_episodes
@@ -348,7 +356,6 @@ def prepare_run(config: TrainConfig, progress: bool = True) -> Run:
         held_out = build_episodes(eval_seeds, episodes_cfg, perception, grid, progress, prior,
                                   size, workers)  # fmt: skip
     samples = [s for e in train for s in e.samples(config.image_size)]
-    model = build_model(config, tokenizer, perception.token_width)
     return Run(model, cut3r, train, held_out, samples, depth)
 
 
