@@ -42,10 +42,9 @@ from pathlib import Path
 import torch
 
 from loc3r.engine.models import DEFAULT_MODEL_DIR, save_bundle
-from loc3r.engine.mono_depth import read_mono_depth_config
 from loc3r.scenes import answer_vocabulary
 from loc3r.train.config import TrainConfig, module_summary
-from loc3r.train.pipeline import camera_tokens_mode, evaluate, prepare_run
+from loc3r.train.pipeline import camera_tokens_mode, evaluate, load_depth, prepare_run
 from loc3r.train.pretrain_vision import VisionPretrainConfig
 from loc3r.train.pretrain_vision import pretrain as pretrain_vision
 from loc3r.train.train_cut3r import Cut3rTrainConfig
@@ -135,14 +134,9 @@ def main(argv: list[str] | None = None) -> int:
             depth_config.check()  # a run that cannot work fails now, before any stage
         except ValueError as exc:
             raise SystemExit(f"depth stage: {exc}") from None
-    elif config.depth_dir:  # a trained one: readable and usable now, not after the stages
-        if config.camera_prior != "geometric":
-            raise SystemExit(
-                f"--depth_dir={config.depth_dir} feeds the geometric pose source; this run has "
-                f"camera_prior={config.camera_prior!r} (set --camera_prior=geometric)"
-            )
+    elif config.depth_dir:  # a trained one: loaded now (as the run will), not after the stages
         try:
-            read_mono_depth_config(config.depth_dir)
+            load_depth(config)
         except ValueError as exc:
             raise SystemExit(f"--depth_dir: {exc}") from None
     cut3r_config = None  # the CUT3R stage's, checked before any stage runs

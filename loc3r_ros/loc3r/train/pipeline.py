@@ -86,7 +86,10 @@ def load_depth(config: TrainConfig) -> MonoDepth | None:
     if not config.depth_dir:
         return None
     if config.camera_prior != "geometric":
-        raise ValueError(f"depth_dir serves camera_prior='geometric', not {config.camera_prior!r}")
+        raise ValueError(
+            f"depth_dir serves camera_prior='geometric', not {config.camera_prior!r} "
+            "(set --camera_prior=geometric)"
+        )
     return load_mono_depth(config.depth_dir)
 
 
@@ -179,7 +182,8 @@ def continue_from(directory: str, vlm_config: Loc3rVLMConfig, sizes: dict) -> Lo
             regrid_camera_input(model, vlm_config.cam_token_dim)
     differ += [k for k in CONTINUED_HEADS if getattr(model.config, k) != getattr(vlm_config, k)]
     if model.config.enable_egocentric_head and not vlm_config.enable_egocentric_head:
-        differ.remove("enable_egocentric_head")  # kept, untrained: its loss weight is 0
+        differ.remove("enable_egocentric_head")  # its loss weight is 0: kept as it was (no decay)
+        model.egocentric_head.requires_grad_(False)
     if model.config.position_pointer and not vlm_config.position_pointer:
         differ.append("position_pointer")
     if differ:
@@ -190,8 +194,6 @@ def continue_from(directory: str, vlm_config: Loc3rVLMConfig, sizes: dict) -> Lo
         model.position_pointer = PositionPointer(saved.text["hidden_size"]).to(model.device)
         model.config.position_pointer = True
     model.config.weights = vlm_config.weights
-    if model.egocentric_head is not None and vlm_config.weights.egocentric <= 0:
-        model.egocentric_head.requires_grad_(False)  # no loss: kept as it was (no weight decay)
     return model
 
 
