@@ -12,7 +12,7 @@ from loc3r.vlm import Loc3rVLM, Loc3rVLMConfig, LossWeights, TrainSample
 from loc3r.vlm.loc3r_vlm import DEFAULT_SITUATION
 from loc3r.vlm.packing import pack_samples
 from loc3r.vlm.tiny import build_tiny_loc3r
-from loc3r.vlm.training_aids import GROUNDING_HEADS, trace_situation
+from loc3r.vlm.training_aids import GROUNDING_HEADS, READING_HEAD, trace_situation
 
 
 def grounded_sample(seed: int, frames: int = 3) -> TrainSample:
@@ -66,6 +66,44 @@ def test_grounding_loss_is_the_attention_mass_eager_attention_puts_on_the_object
     torch.testing.assert_close(parts["loss"], expected_total + 0.5 * parts["ground"])
     parts["loss"].backward()
     assert attention.q_proj.weight.grad.abs().sum() > 0
+
+
+def test_reading_loss_is_the_answer_tokens_attention_mass_on_pos_and_ori(tokenizer_dir):
+    """L_read: -log of the mass one answer-token head puts on <Pos> and <Ori>, as eager has it."""
+    torch.manual_seed(0)
+    weights = LossWeights(answer_reads_situation=0.25)  # without L_ground: its own capture
+    config = Loc3rVLMConfig(cam_token_dim=24, weights=weights)
+    model = build_tiny_loc3r(
+        AutoTokenizer.from_pretrained(str(tokenizer_dir)), config, attn_implementation="eager"
+    )
+    batch = [grounded_sample(0), grounded_sample(1, frames=2)]
+    seen = {}
+    attention = model.base.language_model.model.layers[-1].self_attn
+    handle = attention.register_forward_hook(lambda m, a, out: seen.update(w=out[1]))
+    parts = model.forward_train(batch)
+    handle.remove()
+    assert "ground" not in parts and parts["read"].item() > 0
+    packed = pack_samples(model, batch, DEFAULT_SITUATION)
+    query, head = READING_HEAD
+    assert head not in [h for q, h, _ in GROUNDING_HEADS if q == query]  # a head L_ground leaves
+    terms = []
+    for i in range(len(batch)):
+        queries = packed.queries(i)
+        w = seen["w"][packed.rows[i], head, queries[query]]
+        assert w[queries[0]] > 0 and w[queries[1]] > 0  # <Pos> and <Ori> are in view
+        terms.append(-torch.log(w[queries[0]] + w[queries[1]] + 1e-6))
+    torch.testing.assert_close(parts["read"], torch.stack(terms).mean(), rtol=1e-5, atol=1e-6)
+    expected = parts["ce"] + 0.05 * parts["bev"] + 0.075 * (parts["pos"] + 3.5 * parts["ori"])
+    torch.testing.assert_close(parts["loss"], expected + 0.25 * parts["read"])
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=3e-3, weight_decay=0.0)
+    first = parts["read"].item()
+    for _ in range(30):  # it can be learned: the head ends up on the two tokens
+        optimizer.zero_grad()
+        model.forward_train(batch)["loss"].backward()
+        optimizer.step()
+    last = model.forward_train(batch)["read"].item()
+    assert first > 1.0 and last < 0.3, (first, last)
 
 
 def test_grounding_loss_is_off_by_default_and_absent_objects_cost_nothing(model):

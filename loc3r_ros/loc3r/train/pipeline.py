@@ -132,6 +132,7 @@ def build_model(config: TrainConfig, tokenizer, cam_dim: int) -> Loc3rVLM:
             ori=config.ori_weight,
             grounding=config.grounding_weight,
             egocentric=config.egocentric_weight,
+            answer_reads_situation=config.answer_reads_situation_weight,
         ),
     )
     if config.base_model_dir:

@@ -29,6 +29,8 @@ class LossWeights:
     ori_sigma: float = math.radians(10.0)  # s_ori of the wrapped-Gaussian target (?): one bin
     grounding: float = 0.0  # w_ground (not in the paper; the embedded model's recipe uses it)
     egocentric: float = 0.0  # w_ego (not in the paper): the question's object in the agent frame
+    # w_read (not in the paper): the answer's first token attends to the situation's <Pos> <Ori>
+    answer_reads_situation: float = 0.0
 
 
 def wrap_angle(angle: torch.Tensor) -> torch.Tensor:
@@ -113,11 +115,11 @@ def egocentric_offset(position, yaw: float, point) -> tuple[float, float]:
 
 # every part forward_train can report ("loss" is their weighted sum); a batch may lack some
 # (no situated sample: no pos, ori, pointer), so the trainer averages each over those that had it
-LOSS_PARTS = ("loss", "ce", "bev", "pos", "ori", "pointer", "ground", "ego")
+LOSS_PARTS = ("loss", "ce", "bev", "pos", "ori", "pointer", "ground", "ego", "read")
 
 
 def total_loss(parts: dict[str, torch.Tensor], weights: LossWeights) -> torch.Tensor:
-    """L = L_CE + w_bev L_BEV + w_sit (L_pos + w_ori L_ori) + w_ground L_ground + w_ego L_ego.
+    """L = L_CE + w_bev L_BEV + w_sit (L_pos + w_ori L_ori) + the aids' w L (ground, ego, read).
 
     With the position pointer (ours), its own position's L_pointer joins L_pos inside w_sit.
 
@@ -136,4 +138,5 @@ def total_loss(parts: dict[str, torch.Tensor], weights: LossWeights) -> torch.Te
         + weights.situation * situation
         + weights.grounding * ground
         + weights.egocentric * ego
+        + weights.answer_reads_situation * parts.get("read", zero)
     )

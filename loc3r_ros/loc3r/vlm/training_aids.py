@@ -1,9 +1,9 @@
-"""Training aids of the shipped recipe (ours, not in the paper): grounding loss, egocentric head.
+"""Training aids of the shipped recipe (ours, not in the paper): grounding, egocentric, reading.
 
 The embedded model is trained from scratch, without the vision-language alignment LLaVA-Video
 brings, so its recipe (loc3r.train.make_default_model: --grounding_weight=0.5,
---egocentric_weight=0.5) adds two losses to the paper's. Both are training only: inference is the
-paper's model (loc3r_vlm) whatever they are set to, and both are off by default.
+--egocentric_weight=0.5) adds losses to the paper's. They are training only: inference is the
+paper's model (loc3r_vlm) whatever they are set to, and all are off by default.
 
 - Grounding (L_ground, `LossWeights.grounding`): in the last LLM layer, head 0 of <Pos> and head 2
   of <Ori> should look at the patches that show the situation's anchor object ("next to the
@@ -17,6 +17,12 @@ paper's model (loc3r_vlm) whatever they are set to, and both are off by default.
   ahead, to the left; smooth L1). Direction questions ("is the lamp on my left?") need exactly
   that; the loss asks the LM for it densely, where the answer's cross-entropy gives one of four
   words.
+- Reading (L_read, `LossWeights.answer_reads_situation`): one free head of the same layer at the
+  token that starts the answer (READING_HEAD) should attend to the situation's <Pos> and <Ori>,
+  the tokens that hold the pose; -log of that mass. `python -m loc3r.eval.situation_use` found
+  the shipped model's answers blind to the situation's words (changing the anchor's kind moves
+  the answer distribution by 0.001 in total variation, f_pos by 2 m); this aid gives the answer
+  a path to what the pose tokens read.
 
 Options the experiments tried and dropped (reading the position from the attended layout, the
 answer token grounding the situation too, other grounding layers) are in docs/experiments.md.
@@ -43,6 +49,9 @@ if TYPE_CHECKING:
 # grounding loss supervises
 GROUNDING_HEADS = ((0, 0, "anchor"), (1, 1, "target"), (1, 2, "anchor"), (2, 3, "question"))
 GROUNDING_LAYER = -1  # the LLM layer whose attention the grounding loss supervises: the last
+# (query, head) of that layer that L_read sends to the situation's <Pos> and <Ori> tokens: a head
+# of the token that predicts the answer's first token that L_ground leaves free
+READING_HEAD = (2, 2)
 
 
 def egocentric_head(hidden: int) -> nn.Linear:
@@ -102,7 +111,7 @@ def grounding_capture(
     its packed row (loc3r.vlm.packing).
     """
     captured: dict[str, torch.Tensor] = {}
-    grounded = _grounded(samples) if model.config.weights.grounding > 0 else []
+    grounded = _grounded(samples) if _captures(model) else []
     if not grounded:
         yield captured
         return
@@ -120,6 +129,12 @@ def grounding_capture(
         yield captured
     finally:
         handle.remove()
+
+
+def _captures(model: Loc3rVLM) -> bool:
+    """Whether a loss reads the grounding layer's attention (L_ground or L_read)."""
+    weights = model.config.weights
+    return weights.grounding > 0 or weights.answer_reads_situation > 0
 
 
 def _grounded(samples: list[TrainSample]) -> list[int]:
@@ -142,12 +157,30 @@ def grounding_losses(
 
     Always reported when on, so every DDP rank logs the same keys.
     """
-    if model.config.weights.grounding <= 0:
+    if not _captures(model):
         return {}
+    weights = model.config.weights
+    reading = weights.answer_reads_situation > 0
+    keys = (["ground"] if weights.grounding > 0 else []) + (["read"] if reading else [])
     grounded = _grounded(samples)
     if not grounded or "probs" not in captured:
-        return {"ground": logits.sum() * 0.0}
+        return {key: logits.sum() * 0.0 for key in keys}
     probs = captured["probs"]
+    parts = {}
+    if reading:  # the answer's first token on <Pos> and <Ori> (query positions 0 and 1)
+        query, head = READING_HEAD
+        if head >= probs.shape[1]:
+            raise ValueError(
+                f"answer_reads_situation supervises head {head} of the last LLM layer: it needs "
+                f"{head + 1} attention heads or more, the model has {probs.shape[1]}"
+            )
+        situation_tokens = torch.zeros(len(grounded), probs.shape[-1], dtype=torch.bool,
+                                       device=model.device)  # fmt: skip
+        for n, i in enumerate(grounded):
+            situation_tokens[n, batch.queries(i)[:2]] = True
+        parts["read"] = grounding_nll(probs[:, head, query], situation_tokens)
+    if weights.grounding <= 0:
+        return parts
     picked, on_object = [], []
     for n, i in enumerate(grounded):
         patch_at = batch.patch_at[batch.rows[i]]
@@ -167,8 +200,8 @@ def grounding_losses(
             picked.append(probs[n, head, query])
             on_object.append(mask)
     if not picked:
-        return {"ground": probs.sum() * 0.0}
-    return {"ground": grounding_nll(torch.stack(picked), torch.stack(on_object))}
+        return parts | {"ground": probs.sum() * 0.0}
+    return parts | {"ground": grounding_nll(torch.stack(picked), torch.stack(on_object))}
 
 
 def egocentric_losses(
