@@ -22,7 +22,8 @@ paper's model (loc3r_vlm) whatever they are set to, and all are off by default.
   the tokens that hold the pose; -log of that mass. `python -m loc3r.eval.situation_use` found
   the shipped model's answers blind to the situation's words (changing the anchor's kind moves
   the answer distribution by 0.001 in total variation, f_pos by 2 m); this aid gives the answer
-  a path to what the pose tokens read.
+  a path to what the pose tokens read. Tried once (b23 continued, docs/experiments.md): the
+  answers read the words 15-50x more, the headings lost 7 points at 30°; not in the recipe.
 
 Options the experiments tried and dropped (reading the position from the attended layout, the
 answer token grounding the situation too, other grounding layers) are in docs/experiments.md.
@@ -106,7 +107,7 @@ def grounding_capture(
 ) -> Iterator[dict]:
     """Within the block, the training forward leaves the grounding attention in the dict.
 
-    Only with the grounding loss on and samples that name their objects: "probs" (N, heads, 3,
+    Only with L_ground or L_read on and samples that name their objects: "probs" (N, heads, 3,
     L) of <Pos>, <Ori> and the answer's first token, one row per such sample (in order), over
     its packed row (loc3r.vlm.packing).
     """
@@ -153,7 +154,7 @@ def grounding_losses(
     batch: PackedBatch,
     logits: torch.Tensor,
 ) -> dict[str, torch.Tensor]:
-    """{"ground": L_ground} with the grounding loss on (zero without objects), else {}.
+    """{"ground": L_ground, "read": L_read}, each with its weight on (zero without objects).
 
     Always reported when on, so every DDP rank logs the same keys.
     """
