@@ -45,7 +45,6 @@ without the head): whether the answer token's state carries the object's place.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -60,6 +59,7 @@ from loc3r.engine.gravity import estimate_up
 from loc3r.engine.perception import token_points, token_pose
 from loc3r.engine.scene_frame import bev_frame
 from loc3r.eval.localization import METRIC_NAMES, POSITION_THRESHOLDS_M, position_error
+from loc3r.eval.report import print_and_save
 from loc3r.scenes.situations import relative_direction
 from loc3r.vlm.training_aids import GROUNDING_HEADS, trace_situation
 
@@ -587,10 +587,7 @@ def main(argv: list[str] | None = None) -> int:
     report.update(model=args.model or "embedded", vlm=args.vlm or None, seeds=args.seeds,
                   camera_prior=args.camera_prior, stream_video=config.stream_video,
                   seconds=round(time.perf_counter() - start, 1))  # fmt: skip
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2))
-    print(markdown(report))
+    print_and_save(report, markdown(report), args.out)
     return 0
 
 

@@ -160,6 +160,14 @@ def write_cases(path: str | Path, cases: Iterable[EvalCase]) -> None:
             file.write(json.dumps(case.to_dict()) + "\n")
 
 
+def print_and_save(report: dict, markdown: str, out: Path | None) -> None:
+    """Print a diagnostic's Markdown and, given `out`, write its JSON report there."""
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2))
+    print(markdown)
+
+
 def _mean(values: Sequence[float]) -> float | None:
     return float(sum(values) / len(values)) if values else None
 

@@ -16,7 +16,6 @@ the pose reads it).
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 import time
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from loc3r.eval.report import print_and_save
 from loc3r.scenes.world import CATALOGUE
 
 CHANGES = ("anchor word", "target word", "another room's video")
@@ -161,10 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         report = measure(vlm, episodes, args.image_size, progress=not args.no_progress)
     report.update(model=args.model or "embedded", seeds=args.seeds,
                   seconds=round(time.perf_counter() - start, 1))  # fmt: skip
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2))
-    print(markdown(report))
+    print_and_save(report, markdown(report), args.out)
     return 0
 
 
