@@ -15,9 +15,12 @@ def test_swap_kind_replaces_one_kind_with_one_the_situation_does_not_name():
     text = "I am standing next to the red chair, facing the lamp"
     assert swap_kind(text, "anchor") == "I am standing next to the red desk, facing the lamp"
     assert swap_kind(text, "target") == "I am standing next to the red chair, facing the plant"
-    # the next kind after the bed is the sofa; after the tv, the window
+    # sitting: the next kind after the bed one can sit on that is not named (the sofa is)
     assert swap_kind("I am sitting on the bed, facing the sofa", "anchor") == (
-        "I am sitting on the table, facing the sofa"  # the sofa is named: skipped
+        "I am sitting on the chair, facing the sofa"
+    )
+    assert swap_kind("I am standing next to the bed, facing the sofa", "anchor") == (
+        "I am standing next to the table, facing the sofa"
     )
     assert swap_kind("I am sitting on the sofa, facing the door", "target") == (
         "I am sitting on the sofa, facing the bed"  # wraps round the catalogue

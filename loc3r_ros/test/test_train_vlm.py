@@ -18,7 +18,7 @@ import torch
 
 from loc3r.train.batches import SceneBatches, batch_indices, scene_chunks
 from loc3r.train.config import TrainConfig, lr_at
-from loc3r.train.pipeline import prepare_run
+from loc3r.train.pipeline import build_model, prepare_run
 from loc3r.train.train_vlm import Trainer
 
 TINY = [
@@ -171,15 +171,15 @@ def test_vlm_init_continues_from_a_saved_model_and_refuses_another_size(tmp_path
     run.model.save_pretrained(saved)  # with its tokenizer, which the continued run takes
 
     args = [f"--out={tmp_path / 'b'}", "--steps=3", f"--vlm_init={saved}", "--seed=5", *TINY]
-    keys = ["--situation_weight=0.9", "--answer_reads_situation_weight=0.3"]
-    resumed = prepare_run(TrainConfig.from_args([*args, *keys]), progress=False)
+    reading = TrainConfig.from_args([*args, "--answer_reads_situation_weight=0.3"])
+    with pytest.raises(ValueError, match="needs 3 attention heads or more, the model has 2"):
+        prepare_run(reading, progress=False)  # TINY's LM has 2 heads: refused before the rooms
+    wider = build_model(replace(reading, vlm_init="", heads=4), run.model.tokenizer, 24)
+    assert wider.config.weights.answer_reads_situation == 0.3
+    resumed = prepare_run(TrainConfig.from_args([*args, "--situation_weight=0.9"]), progress=False)
     for name, value in run.model.state_dict().items():  # its weights, not the seed's
         torch.testing.assert_close(resumed.model.state_dict()[name], value, msg=name)
-    weights = resumed.model.config.weights  # the run's loss weights
-    assert (weights.situation, weights.answer_reads_situation) == (0.9, 0.3)
-    with pytest.raises(ValueError, match="needs 3 attention heads or more, the model has 2"):
-        resumed.model.forward_train(resumed.train_samples[:2])  # TINY's LM has 2 heads
-    weights.answer_reads_situation = 0.0
+    assert resumed.model.config.weights.situation == 0.9  # the run's loss weights
     # without the egocentric loss (the run's default weight, 0) its head stays, untrained
     assert resumed.model.egocentric_head is not None
     assert resumed.model.config.weights.egocentric == 0.0

@@ -5,7 +5,7 @@
 Loc3R-VLM answers after [video] [situation] <Pos> <Ori> [question], so a situated answer ("what is
 the closest object on my left?") should change when the situation puts the agent elsewhere. On
 held-out synthetic rooms this changes one word of each question's situation, the anchor's kind
-("next to the bed" -> "next to the lamp") or the faced object's, and reports per question type the
+("next to the bed" -> "next to the sofa") or the faced object's, and reports per question type the
 mean total variation distance between the answer distributions (softmax over the bundle's closed
 answer vocabulary) before and after: 0 means the answers do not read that word at all, 1 that they
 change completely. Two references give the scale: the same question and situation over another
@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from loc3r.eval.report import print_and_save
+from loc3r.scenes.situations import SITTABLE
 from loc3r.scenes.world import CATALOGUE
 
 CHANGES = ("anchor word", "target word", "another room's video")
@@ -39,7 +40,9 @@ SITUATION = re.compile(
 def swap_kind(situation: str, role: str) -> str | None:
     """`situation` with one kind ("anchor" or "target") replaced; None if not make_situation's.
 
-    The new kind is the next in the catalogue that the situation does not name.
+    The new kind is the next in the catalogue that the situation does not name and, for an
+    anchor the agent sits on, one it can sit on (so the text stays one make_situation could
+    write, but for a colour the new kind may not come in).
     """
     if role not in ("anchor", "target"):
         raise ValueError(f"role: 'anchor' or 'target', not {role!r}")
@@ -49,7 +52,12 @@ def swap_kind(situation: str, role: str) -> str | None:
     kinds = list(CATALOGUE)
     start = kinds.index(match[role])
     named = {match["anchor"], match["target"]}
-    other = next(k for k in kinds[start + 1 :] + kinds[:start] if k not in named)
+    sitting = role == "anchor" and match["head"].startswith("I am sitting on")
+    other = next(
+        k
+        for k in kinds[start + 1 :] + kinds[:start]
+        if k not in named and (k in SITTABLE or not sitting)
+    )
     parts = {**match.groupdict(), role: other}
     return f"{parts['head']}{parts['anchor']}{parts['middle']}{parts['target']}"
 
@@ -69,12 +77,14 @@ def measure(vlm, episodes: list, image_size: int, progress: bool = True) -> dict
     vlm.eval()
     distances: dict[str, dict[str, list[float]]] = {}
     moved: dict[str, list[float]] = {"anchor word": [], "target word": []}
-    prefixes = []
-    for episode in episodes:
+
+    def encode(episode):
         samples = episode.samples(image_size)
-        prefixes.append(vlm.encode_scene(samples[0].pixel_values, samples[0].camera_tokens))
+        return vlm.encode_scene(samples[0].pixel_values, samples[0].camera_tokens)
+
     for index, episode in enumerate(tqdm(episodes, desc="situations", disable=not progress)):
-        prefix, other = prefixes[index], prefixes[(index + 1) % len(prefixes)]
+        # two scene prefixes alive at a time (a static cache pool holds a few)
+        prefix, other = encode(episode), encode(episodes[(index + 1) % len(episodes)])
         for record in episode.records:
             answers = vlm.score_answers(prefix, record.question, record.situation).softmax(-1)
             rows = distances.setdefault(record.question_type, {change: [] for change in CHANGES})

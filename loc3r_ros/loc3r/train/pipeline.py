@@ -21,6 +21,7 @@ from loc3r.scenes import EpisodeConfig
 from loc3r.train.config import TrainConfig
 from loc3r.train.synthetic_data import EpisodeData, build_episodes, corpus, train_tokenizer
 from loc3r.vlm import Loc3rVLM, Loc3rVLMConfig, LossWeights, TrainSample
+from loc3r.vlm.training_aids import check_reading_head
 
 CUT3R_IMAGE_SIZE = 64
 
@@ -340,6 +341,7 @@ def prepare_run(config: TrainConfig, progress: bool = True) -> Run:
     # the model before the rooms: a --vlm_init that does not fit the run fails now, not after
     # the rendering
     model = build_model(config, tokenizer, perception.token_width)
+    check_reading_head(model)  # before any room renders
     grid = patch_grid(config)
     if config.data_root:
         from loc3r.train.dataset_data import build_dataset_episodes

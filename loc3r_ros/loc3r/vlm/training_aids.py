@@ -19,11 +19,12 @@ paper's model (loc3r_vlm) whatever they are set to, and all are off by default.
   words.
 - Reading (L_read, `LossWeights.answer_reads_situation`): one free head of the same layer at the
   token that starts the answer (READING_HEAD) should attend to the situation's <Pos> and <Ori>,
-  the tokens that hold the pose; -log of that mass. `python -m loc3r.eval.situation_use` found
+  the tokens that hold the pose; -log of that mass, on the samples L_ground takes (those that
+  name their objects: every synthetic one). `python -m loc3r.eval.situation_use` found
   the shipped model's answers blind to the situation's words (changing the anchor's kind moves
-  the answer distribution by 0.001 in total variation, f_pos by 2 m); this aid gives the answer
+  the answer distribution by 0.001 in total variation, f_pos by 1.6 m); this aid gives the answer
   a path to what the pose tokens read. Tried once (b23 continued, docs/experiments.md): the
-  answers read the words 15-50x more, the headings lost 7 points at 30°; not in the recipe.
+  answers read the words 15-60x more, the headings lost 7 points at 30°; not in the recipe.
 
 Options the experiments tried and dropped (reading the position from the attended layout, the
 answer token grounding the situation too, other grounding layers) are in docs/experiments.md.
@@ -51,8 +52,19 @@ if TYPE_CHECKING:
 GROUNDING_HEADS = ((0, 0, "anchor"), (1, 1, "target"), (1, 2, "anchor"), (2, 3, "question"))
 GROUNDING_LAYER = -1  # the LLM layer whose attention the grounding loss supervises: the last
 # (query, head) of that layer that L_read sends to the situation's <Pos> and <Ori> tokens: a head
-# of the token that predicts the answer's first token that L_ground leaves free
+# L_ground leaves free at the token that predicts the answer's first token (at <Ori> it trains
+# head 2 too, and heads 2 and 3 share their keys and values with 2 key-value heads in 4)
 READING_HEAD = (2, 2)
+
+
+def check_reading_head(model: Loc3rVLM) -> None:
+    """Refuse L_read on an LLM without READING_HEAD's head (before any data is built)."""
+    heads = model.base.language_model.config.num_attention_heads
+    if model.config.weights.answer_reads_situation > 0 and heads <= READING_HEAD[1]:
+        raise ValueError(
+            f"answer_reads_situation supervises head {READING_HEAD[1]} of the last LLM layer: it "
+            f"needs {READING_HEAD[1] + 1} attention heads or more, the model has {heads}"
+        )
 
 
 def egocentric_head(hidden: int) -> nn.Linear:
@@ -170,11 +182,7 @@ def grounding_losses(
     parts = {}
     if reading:  # the answer's first token on <Pos> and <Ori> (query positions 0 and 1)
         query, head = READING_HEAD
-        if head >= probs.shape[1]:
-            raise ValueError(
-                f"answer_reads_situation supervises head {head} of the last LLM layer: it needs "
-                f"{head + 1} attention heads or more, the model has {probs.shape[1]}"
-            )
+        check_reading_head(model)
         situation_tokens = torch.zeros(len(grounded), probs.shape[-1], dtype=torch.bool,
                                        device=model.device)  # fmt: skip
         for n, i in enumerate(grounded):
