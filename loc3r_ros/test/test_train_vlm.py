@@ -174,8 +174,8 @@ def test_vlm_init_continues_from_a_saved_model_and_refuses_another_size(tmp_path
     reading = TrainConfig.from_args([*args, "--answer_reads_situation_weight=0.3"])
     with pytest.raises(ValueError, match="needs 3 attention heads or more, the model has 2"):
         prepare_run(reading, progress=False)  # TINY's LM has 2 heads: refused before the rooms
-    wider = build_model(replace(reading, vlm_init="", heads=4), run.model.tokenizer, 24)
-    assert wider.config.weights.answer_reads_situation == 0.3
+    reader = build_model(replace(reading, vlm_init="", heads=4), run.model.tokenizer, 24)
+    assert reader.config.weights.answer_reads_situation == 0.3
     resumed = prepare_run(TrainConfig.from_args([*args, "--situation_weight=0.9"]), progress=False)
     for name, value in run.model.state_dict().items():  # its weights, not the seed's
         torch.testing.assert_close(resumed.model.state_dict()[name], value, msg=name)

@@ -82,23 +82,28 @@ def measure(vlm, episodes: list, image_size: int, progress: bool = True) -> dict
         samples = episode.samples(image_size)
         return vlm.encode_scene(samples[0].pixel_values, samples[0].camera_tokens)
 
+    # two scene prefixes alive at a time (a static cache pool holds a few): a room's is the
+    # previous room's reference, then its own
+    other = encode(episodes[0])
     for index, episode in enumerate(tqdm(episodes, desc="situations", disable=not progress)):
-        # two scene prefixes alive at a time (a static cache pool holds a few)
-        prefix, other = encode(episode), encode(episodes[(index + 1) % len(episodes)])
+        prefix = other
+        other = encode(episodes[(index + 1) % len(episodes)])
+        shifts: dict[str, float] = {}  # f_pos's move by changed situation (shared by questions)
         for record in episode.records:
             answers = vlm.score_answers(prefix, record.question, record.situation).softmax(-1)
             rows = distances.setdefault(record.question_type, {change: [] for change in CHANGES})
             elsewhere = vlm.score_answers(other, record.question, record.situation).softmax(-1)
             rows["another room's video"].append(total_variation(answers, elsewhere))
-            pose = vlm.localize(prefix, record.situation)
             for role in ("anchor", "target"):
                 changed = swap_kind(record.situation, role)
                 if changed is None:
                     continue
                 scores = vlm.score_answers(prefix, record.question, changed).softmax(-1)
                 rows[f"{role} word"].append(total_variation(answers, scores))
-                shift = (vlm.localize(prefix, changed).xy - pose.xy).norm()
-                moved[f"{role} word"].append(float(shift))
+                if changed not in shifts:
+                    pose = vlm.localize(prefix, record.situation).xy
+                    shifts[changed] = float((vlm.localize(prefix, changed).xy - pose).norm())
+                moved[f"{role} word"].append(shifts[changed])
     return {
         "questions": {t: len(rows["another room's video"]) for t, rows in distances.items()},
         "total_variation": {
