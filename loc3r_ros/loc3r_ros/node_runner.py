@@ -11,6 +11,7 @@ from collections.abc import Callable
 import rclpy
 from rclpy.exceptions import InvalidHandle
 from rclpy.executors import Executor, ExternalShutdownException, MultiThreadedExecutor
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.node import Node
 
 # Launch escalates SIGINT to SIGTERM after 5 s and to SIGKILL 5 s later; a normal exit here takes
@@ -40,12 +41,20 @@ def spin(executor: Executor, limit: int = 100, window_s: float = 1.0) -> int:
     the whole recovery. Each recovery is logged with its traceback; more than `limit` within
     `window_s` is not that race (an entity destroyed but left in the node, a callback using a
     destroyed handle every time) and is raised. Returns how many times it recovered.
+
+    A shutdown (Ctrl-C, SIGTERM) that invalidates the context between the executor's check of
+    it and its next wait set raises RCLError ("the given context is not valid"): with the
+    context no longer ok that is the shutdown itself, and spinning ends as it would have.
     """
     logger = rclpy.logging.get_logger("node_runner")
     recovered, recent = 0, []
     while True:
         try:
             executor.spin()
+            return recovered
+        except _rclpy.RCLError:
+            if executor.context.ok():  # not a shutdown: a real failure
+                raise
             return recovered
         except InvalidHandle:
             now = time.monotonic()

@@ -75,8 +75,9 @@ def test_a_hung_teardown_is_cut_short_with_every_threads_stack():
 class RacingExecutor:
     """Stands in for an executor whose wait set meets `races` destroyed entities, then ends."""
 
-    def __init__(self, races: int, error: type[Exception] | None = None):
+    def __init__(self, races: int, error: type[Exception] | None = None, context_ok: bool = True):
         self.races, self.error, self.calls = races, error, 0
+        self.context = type("Context", (), {"ok": lambda _: context_ok})()
 
     def spin(self) -> None:
         self.calls += 1
@@ -101,6 +102,19 @@ def test_spin_goes_on_through_destroyed_entities_and_counts_them():
     with pytest.raises(InvalidHandle):
         spin(endless, limit=5, window_s=60.0)
     assert endless.calls == 6
+
+
+def test_spin_ends_quietly_when_a_shutdown_invalidates_the_context_mid_wait():
+    from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
+
+    from loc3r_ros.node_runner import spin
+
+    # Ctrl-C between the executor's context check and its next wait set (seen in CI: the node
+    # exited 1 with "failed to initialize wait set: the given context is not valid")
+    shut_down = RacingExecutor(races=2, error=_rclpy.RCLError, context_ok=False)
+    assert spin(shut_down) == 2 and shut_down.calls == 3
+    with pytest.raises(_rclpy.RCLError):  # with the context still ok it is a real failure
+        spin(RacingExecutor(races=0, error=_rclpy.RCLError, context_ok=True))
 
 
 CHURN_SCRIPT = """
