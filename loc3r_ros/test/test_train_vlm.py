@@ -176,6 +176,17 @@ def test_vlm_init_continues_from_a_saved_model_and_refuses_another_size(tmp_path
         prepare_run(reading, progress=False)  # TINY's LM has 2 heads: refused before the rooms
     reader = build_model(replace(reading, vlm_init="", heads=4), run.model.tokenizer, 24)
     assert reader.config.weights.answer_reads_situation == 0.3
+    anchoring = TrainConfig.from_args([*args, "--answer_reads_anchor_weight=0.2"])
+    with pytest.raises(ValueError, match="answer_reads_anchor supervises head 2 .* has 2"):
+        prepare_run(anchoring, progress=False)
+    assert (
+        build_model(
+            replace(anchoring, vlm_init="", heads=4), run.model.tokenizer, 24
+        ).config.weights.answer_reads_anchor
+        == 0.2
+    )
+    for s in run.train_samples:  # the synthetic rooms name the anchor's word (L_anchor's target)
+        assert f" {s.anchor_word}, facing the " in s.situation
     resumed = prepare_run(TrainConfig.from_args([*args, "--situation_weight=0.9"]), progress=False)
     for name, value in run.model.state_dict().items():  # its weights, not the seed's
         torch.testing.assert_close(resumed.model.state_dict()[name], value, msg=name)

@@ -213,6 +213,7 @@ def make_episode(seed: int, config: EpisodeConfig | None = None) -> Episode:
                 record.fields["object_position"] = [float(v) for v in object_xy]
             record.fields["anchor_position"] = list(anchor_xy)
             record.fields["anchor_id"] = situated.anchor_id
+            record.fields["anchor_kind"] = room.objects[situated.anchor_id].kind
             record.fields["target_id"] = situated.target_id
             episode.records.append(record)
     return episode

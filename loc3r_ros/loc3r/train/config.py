@@ -104,6 +104,9 @@ class TrainConfig:
     # the answer's first token attends to the situation's <Pos> and <Ori> (one head of the last
     # LLM layer, training_aids.READING_HEAD): -log of that attention mass, weighted
     answer_reads_situation_weight: float = 0.0
+    # the same head attends to the situation's word for its anchor object ("next to the bed":
+    # "bed"), the word a "what is the closest object on my left?" most often answers
+    answer_reads_anchor_weight: float = 0.0
     cut3r_dir: str = ""  # our CUT3R directory or an official .pth; "" = a seeded random tiny one
     cut3r_image_size: int = 64  # CUT3R input long edge (512 for the official DPT checkpoint)
     # a monocular depth network (loc3r.train.train_depth's <out>/depth) whose depth the geometric

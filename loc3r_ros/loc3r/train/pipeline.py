@@ -134,6 +134,7 @@ def build_model(config: TrainConfig, tokenizer, cam_dim: int) -> Loc3rVLM:
             grounding=config.grounding_weight,
             egocentric=config.egocentric_weight,
             answer_reads_situation=config.answer_reads_situation_weight,
+            answer_reads_anchor=config.answer_reads_anchor_weight,
         ),
     )
     if config.base_model_dir:

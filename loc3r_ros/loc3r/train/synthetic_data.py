@@ -83,6 +83,7 @@ class EpisodeData:
                 target_cells=self.cells_of(r, "target_id"),
                 question_cells=self.cells_of(r, "object_id"),
                 object_offset=offset(r),
+                anchor_word=r.fields.get("anchor_kind"),
             )
             for r in self.records
         ]

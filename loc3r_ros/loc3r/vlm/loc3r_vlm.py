@@ -180,6 +180,7 @@ class TrainSample:
     target_cells: torch.Tensor | None = None  # the object faced
     question_cells: torch.Tensor | None = None  # the object the answer is about
     object_offset: torch.Tensor | None = None  # (2,) metres
+    anchor_word: str | None = None  # the anchor's kind as the situation names it ("chair")
 
 
 class Loc3rVLM(nn.Module):

@@ -31,6 +31,8 @@ class LossWeights:
     egocentric: float = 0.0  # w_ego (not in the paper): the question's object in the agent frame
     # w_read (not in the paper): the answer's first token attends to the situation's <Pos> <Ori>
     answer_reads_situation: float = 0.0
+    # w_anchor (not in the paper): the same head attends to the anchor's word in the situation
+    answer_reads_anchor: float = 0.0
 
 
 def wrap_angle(angle: torch.Tensor) -> torch.Tensor:
@@ -115,11 +117,11 @@ def egocentric_offset(position, yaw: float, point) -> tuple[float, float]:
 
 # every part forward_train can report ("loss" is their weighted sum); a batch may lack some
 # (no situated sample: no pos, ori, pointer), so the trainer averages each over those that had it
-LOSS_PARTS = ("loss", "ce", "bev", "pos", "ori", "pointer", "ground", "ego", "read")
+LOSS_PARTS = ("loss", "ce", "bev", "pos", "ori", "pointer", "ground", "ego", "read", "read_anchor")
 
 
 def total_loss(parts: dict[str, torch.Tensor], weights: LossWeights) -> torch.Tensor:
-    """L = L_CE + w_bev L_BEV + w_sit (L_pos + w_ori L_ori) + the aids' w L (ground, ego, read).
+    """L = L_CE + w_bev L_BEV + w_sit (L_pos + w_ori L_ori) + the aids' w L (ground, ego, read...).
 
     With the position pointer (ours), its own position's L_pointer joins L_pos inside w_sit.
 
@@ -139,4 +141,5 @@ def total_loss(parts: dict[str, torch.Tensor], weights: LossWeights) -> torch.Te
         + weights.grounding * ground
         + weights.egocentric * ego
         + weights.answer_reads_situation * parts.get("read", zero)
+        + weights.answer_reads_anchor * parts.get("read_anchor", zero)
     )

@@ -25,6 +25,12 @@ paper's model (loc3r_vlm) whatever they are set to, and all are off by default.
   the answer distribution by 0.001 in total variation, f_pos by 1.6 m); this aid gives the answer
   a path to what the pose tokens read. Tried once (b23 continued, docs/experiments.md): the
   answers read the words 15-60x more, the headings lost 7 points at 30°; not in the recipe.
+- Reading the anchor (L_anchor, `LossWeights.answer_reads_anchor`): the same head at the same
+  token attends to the situation's word for its anchor object ("standing next to the red
+  chair": "chair", `TrainSample.anchor_word`) instead; -log of that mass. "What is the closest
+  object on my left?" is the anchor 44 % of the time and "the closest object to me" never (it
+  is left out), a prior the situation's words give and b23's answers miss. One of the two
+  reading losses at a time (they share the head).
 
 Options the experiments tried and dropped (reading the position from the attended layout, the
 answer token grounding the situation too, other grounding layers) are in docs/experiments.md.
@@ -55,16 +61,43 @@ GROUNDING_LAYER = -1  # the LLM layer whose attention the grounding loss supervi
 # L_ground leaves free at the token that predicts the answer's first token (at <Ori> it trains
 # head 2 too, and heads 2 and 3 share their keys and values with 2 key-value heads in 4)
 READING_HEAD = (2, 2)
+# the losses that supervise READING_HEAD, as LossWeights names them: L_read, L_anchor
+READING_LOSSES = ("answer_reads_situation", "answer_reads_anchor")
 
 
 def check_reading_head(model: Loc3rVLM) -> None:
-    """Refuse L_read on an LLM without READING_HEAD's head (before any data is built)."""
+    """Refuse L_read or L_anchor on an LLM without READING_HEAD's head, and both at once.
+
+    Called before any data is built.
+    """
+    weights = model.config.weights
+    on = [n for n in READING_LOSSES if getattr(weights, n) > 0]
+    if len(on) > 1:
+        raise ValueError(f"{' and '.join(on)} supervise the same head: use one of them")
     heads = model.base.language_model.config.num_attention_heads
-    if model.config.weights.answer_reads_situation > 0 and heads <= READING_HEAD[1]:
+    if on and heads <= READING_HEAD[1]:
         raise ValueError(
-            f"answer_reads_situation supervises head {READING_HEAD[1]} of the last LLM layer: it "
+            f"{on[0]} supervises head {READING_HEAD[1]} of the last LLM layer: it "
             f"needs {READING_HEAD[1] + 1} attention heads or more, the model has {heads}"
         )
+
+
+def anchor_word_tokens(model: Loc3rVLM, sample: TrainSample, pos_at: int) -> list[int]:
+    """Where the sample's anchor word is in its packed row ([] without one or if not named).
+
+    pos_at is where the sample's <Pos> is in the row (its situation's tokens come right before);
+    the word is the first occurrence of its tokens (" chair") in the situation, which names the
+    anchor before the object faced.
+    """
+    if not sample.anchor_word:
+        return []
+    situation = model.situation_ids(sample.situation)
+    word = model.ids(" " + sample.anchor_word.strip())
+    start = pos_at - (len(situation) - 2)
+    for at in range(len(situation) - 2 - len(word) + 1):
+        if situation[at : at + len(word)] == word:
+            return list(range(start + at, start + at + len(word)))
+    return []
 
 
 def egocentric_head(hidden: int) -> nn.Linear:
@@ -145,17 +178,18 @@ def grounding_capture(
 
 
 def _captures(model: Loc3rVLM) -> bool:
-    """Whether a loss reads the grounding layer's attention (L_ground or L_read)."""
+    """Whether a loss reads the grounding layer's attention (L_ground, L_read or L_anchor)."""
     weights = model.config.weights
-    return weights.grounding > 0 or weights.answer_reads_situation > 0
+    return weights.grounding > 0 or any(getattr(weights, n) > 0 for n in READING_LOSSES)
 
 
 def _grounded(samples: list[TrainSample]) -> list[int]:
-    """The samples that name at least one of their objects' patches."""
+    """The samples that name their anchor's word or at least one of their objects' patches."""
     return [
         i
         for i, s in enumerate(samples)
-        if any(c is not None for c in (s.anchor_cells, s.target_cells, s.question_cells))
+        if s.anchor_word
+        or any(c is not None for c in (s.anchor_cells, s.target_cells, s.question_cells))
     ]
 
 
@@ -166,28 +200,32 @@ def grounding_losses(
     batch: PackedBatch,
     logits: torch.Tensor,
 ) -> dict[str, torch.Tensor]:
-    """{"ground": L_ground, "read": L_read}, each with its weight on (zero without objects).
+    """{"ground": L_ground, "read": L_read, "read_anchor": L_anchor}, those with a weight on.
 
-    Always reported when on, so every DDP rank logs the same keys.
+    Zero without objects; always reported when on, so every DDP rank logs the same keys.
     """
     if not _captures(model):
         return {}
     weights = model.config.weights
-    reading = weights.answer_reads_situation > 0
-    keys = (["ground"] if weights.grounding > 0 else []) + (["read"] if reading else [])
+    reading = {"answer_reads_situation": "read", "answer_reads_anchor": "read_anchor"}
+    reads = [reading[n] for n in READING_LOSSES if getattr(weights, n) > 0]
+    keys = (["ground"] if weights.grounding > 0 else []) + reads
     grounded = _grounded(samples)
     if not grounded or "probs" not in captured:
         return {key: logits.sum() * 0.0 for key in keys}
     probs = captured["probs"]
     parts = {}
-    if reading:  # the answer's first token on <Pos> and <Ori> (query positions 0 and 1)
-        query, head = READING_HEAD
+    if reads:  # the answer's first token on <Pos> and <Ori>, or on the anchor's word
         check_reading_head(model)
-        situation_tokens = torch.zeros(len(grounded), probs.shape[-1], dtype=torch.bool,
-                                       device=model.device)  # fmt: skip
+        query, head = READING_HEAD
+        read = torch.zeros(len(grounded), probs.shape[-1], dtype=torch.bool, device=model.device)
         for n, i in enumerate(grounded):
-            situation_tokens[n, batch.queries(i)[:2]] = True
-        parts["read"] = grounding_nll(probs[:, head, query], situation_tokens)
+            if reads[0] == "read":  # query positions 0 and 1
+                read[n, batch.queries(i)[:2]] = True
+            else:
+                read[n, anchor_word_tokens(model, samples[i], batch.pos_at[i])] = True
+        # rows without a token to read (L_anchor: no anchor word named) do not count
+        parts[reads[0]] = grounding_nll(probs[:, head, query], read)
     if weights.grounding <= 0:
         return parts
     picked, on_object = [], []
