@@ -20,6 +20,7 @@ from loc3r.train.batches import SceneBatches, batch_indices, scene_chunks
 from loc3r.train.config import TrainConfig, lr_at
 from loc3r.train.pipeline import build_model, prepare_run
 from loc3r.train.train_vlm import Trainer
+from loc3r.vlm.training_aids import anchor_word_tokens
 
 TINY = [
     "--train_episodes=4", "--eval_episodes=1", "--frames=2", "--image_size=56", "--hidden=32",
@@ -187,6 +188,7 @@ def test_vlm_init_continues_from_a_saved_model_and_refuses_another_size(tmp_path
     )
     for s in run.train_samples:  # the synthetic rooms name the anchor's word (L_anchor's target)
         assert f" {s.anchor_word}, facing the " in s.situation
+        assert anchor_word_tokens(run.model, s, pos_at=100)  # in the run's own tokens
     resumed = prepare_run(TrainConfig.from_args([*args, "--situation_weight=0.9"]), progress=False)
     for name, value in run.model.state_dict().items():  # its weights, not the seed's
         torch.testing.assert_close(resumed.model.state_dict()[name], value, msg=name)

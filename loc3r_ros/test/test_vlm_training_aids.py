@@ -161,6 +161,27 @@ def test_anchor_reading_loss_is_the_answer_tokens_attention_mass_on_the_anchors_
     assert model.forward_train(nothing_named)["read_anchor"].item() == 0.0  # reported, zero
 
 
+def test_a_sample_that_names_only_its_anchors_word_counts_in_l_anchor_alone(tokenizer_dir):
+    """L_read and L_ground read the samples that name patches; a word alone changes neither."""
+    torch.manual_seed(0)
+    model = build_tiny_loc3r(
+        AutoTokenizer.from_pretrained(str(tokenizer_dir)), Loc3rVLMConfig(cam_token_dim=24),
+        attn_implementation="eager",
+    )  # fmt: skip
+    word_only = sample(5)  # "I am sitting on the bed facing the window", no cells
+    word_only.anchor_word = "bed"
+    for weights in (LossWeights(answer_reads_situation=0.5, grounding=0.5),
+                    LossWeights(answer_reads_anchor=0.5, grounding=0.5)):  # fmt: skip
+        model.config.weights = weights
+        alone = model.forward_train([grounded_sample(0)])
+        both = model.forward_train([grounded_sample(0), word_only])
+        for key in set(alone) & {"read", "ground"}:
+            torch.testing.assert_close(both[key], alone[key], rtol=1e-5, atol=1e-6)
+    assert model.forward_train([word_only])["read_anchor"].item() > 0
+    model.config.weights = LossWeights(answer_reads_situation=0.5)
+    assert model.forward_train([word_only])["read"].item() == 0.0
+
+
 def test_the_two_reading_losses_share_a_head_and_are_refused_together(tokenizer_dir):
     weights = LossWeights(answer_reads_situation=0.5, answer_reads_anchor=0.5)
     model = build_tiny_loc3r(

@@ -388,7 +388,7 @@ class Loc3rVLM(nn.Module):
 
     # --- training ---------------------------------------------------------------------------------
     def forward_train(self, samples: list[TrainSample]) -> dict[str, torch.Tensor]:
-        """Losses of a batch: ce, bev, pos, ori (and the aids' ground, ego, read), total "loss".
+        """Losses of a batch: ce, bev, pos, ori (and the aids' ground, ego, read...), total "loss".
 
         Samples of one scene share a row (loc3r.vlm.packing): the same losses as one row each,
         except that the layout loss counts a scene's patches once however many samples it has.

@@ -7,7 +7,9 @@
   w_b = exp(-1/2 (wrap(theta - theta_b) / s_ori)^2), normalised.
 - L_ground (ours, off by default, for models trained from scratch): -log of the attention mass
   that chosen heads of <Pos>/<Ori> put on the patches showing the situation's objects; see
-  grounding_nll and loc3r.vlm.training_aids. The total adds w_ground L_ground (and w_ego L_ego).
+  grounding_nll and loc3r.vlm.training_aids. The total adds w_ground L_ground (and w_ego L_ego,
+  and the reading losses' w_read L_read or w_anchor L_anchor: a head of the answer's first token
+  on the situation's <Pos> <Ori>, or on its anchor's word).
 """
 
 from __future__ import annotations

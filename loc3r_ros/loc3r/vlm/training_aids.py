@@ -19,15 +19,16 @@ paper's model (loc3r_vlm) whatever they are set to, and all are off by default.
   words.
 - Reading (L_read, `LossWeights.answer_reads_situation`): one free head of the same layer at the
   token that starts the answer (READING_HEAD) should attend to the situation's <Pos> and <Ori>,
-  the tokens that hold the pose; -log of that mass, on the samples L_ground takes (those that
-  name their objects: every synthetic one). `python -m loc3r.eval.situation_use` found
+  the tokens that hold the pose; -log of that mass, on the samples that name their objects'
+  patches (every synthetic one). `python -m loc3r.eval.situation_use` found
   the shipped model's answers blind to the situation's words (changing the anchor's kind moves
   the answer distribution by 0.001 in total variation, f_pos by 1.6 m); this aid gives the answer
   a path to what the pose tokens read. Tried once (b23 continued, docs/experiments.md): the
   answers read the words 15-60x more, the headings lost 7 points at 30°; not in the recipe.
 - Reading the anchor (L_anchor, `LossWeights.answer_reads_anchor`): the same head at the same
   token attends to the situation's word for its anchor object ("standing next to the red
-  chair": "chair", `TrainSample.anchor_word`) instead; -log of that mass. "What is the closest
+  chair": "chair", `TrainSample.anchor_word`) instead; -log of that mass, on the samples whose
+  situation names that word (every synthetic one). "What is the closest
   object on my left?" is the anchor 44 % of the time and "the closest object to me" never (it
   is left out), a prior the situation's words give and b23's answers miss. One of the two
   reading losses at a time (they share the head).
@@ -89,7 +90,7 @@ def anchor_word_tokens(model: Loc3rVLM, sample: TrainSample, pos_at: int) -> lis
     the word is the first occurrence of its tokens (" chair") in the situation, which names the
     anchor before the object faced.
     """
-    if not sample.anchor_word:
+    if not sample.anchor_word or not sample.situation:
         return []
     situation = model.situation_ids(sample.situation)
     word = model.ids(" " + sample.anchor_word.strip())
@@ -152,9 +153,9 @@ def grounding_capture(
 ) -> Iterator[dict]:
     """Within the block, the training forward leaves the grounding attention in the dict.
 
-    Only with L_ground or L_read on and samples that name their objects: "probs" (N, heads, 3,
-    L) of <Pos>, <Ori> and the answer's first token, one row per such sample (in order), over
-    its packed row (loc3r.vlm.packing).
+    Only with L_ground, L_read or L_anchor on and samples that name their objects' patches or
+    their anchor's word: "probs" (N, heads, 3, L) of <Pos>, <Ori> and the answer's first token,
+    one row per such sample (in order, `_grounded`), over its packed row (loc3r.vlm.packing).
     """
     captured: dict[str, torch.Tensor] = {}
     grounded = _grounded(samples) if _captures(model) else []
@@ -185,12 +186,13 @@ def _captures(model: Loc3rVLM) -> bool:
 
 def _grounded(samples: list[TrainSample]) -> list[int]:
     """The samples that name their anchor's word or at least one of their objects' patches."""
-    return [
-        i
-        for i, s in enumerate(samples)
-        if s.anchor_word
-        or any(c is not None for c in (s.anchor_cells, s.target_cells, s.question_cells))
-    ]
+    return [i for i, s in enumerate(samples) if s.anchor_word or _names_cells(s)]
+
+
+def _names_cells(sample: TrainSample) -> bool:
+    """Whether the sample names the patches of at least one of its objects."""
+    cells = (sample.anchor_cells, sample.target_cells, sample.question_cells)
+    return any(c is not None for c in cells)
 
 
 def grounding_losses(
@@ -220,8 +222,8 @@ def grounding_losses(
         query, head = READING_HEAD
         read = torch.zeros(len(grounded), probs.shape[-1], dtype=torch.bool, device=model.device)
         for n, i in enumerate(grounded):
-            if reads[0] == "read":  # query positions 0 and 1
-                read[n, batch.queries(i)[:2]] = True
+            if reads[0] == "read":  # query positions 0 and 1, on the samples that name cells
+                read[n, batch.queries(i)[:2]] = _names_cells(samples[i])
             else:
                 read[n, anchor_word_tokens(model, samples[i], batch.pos_at[i])] = True
         # rows without a token to read (L_anchor: no anchor word named) do not count
