@@ -180,12 +180,8 @@ def test_vlm_init_continues_from_a_saved_model_and_refuses_another_size(tmp_path
     anchoring = TrainConfig.from_args([*args, "--answer_reads_anchor_weight=0.2"])
     with pytest.raises(ValueError, match="answer_reads_anchor supervises head 2 .* has 2"):
         prepare_run(anchoring, progress=False)
-    assert (
-        build_model(
-            replace(anchoring, vlm_init="", heads=4), run.model.tokenizer, 24
-        ).config.weights.answer_reads_anchor
-        == 0.2
-    )
+    anchor_reader = build_model(replace(anchoring, vlm_init="", heads=4), run.model.tokenizer, 24)
+    assert anchor_reader.config.weights.answer_reads_anchor == 0.2
     for s in run.train_samples:  # the synthetic rooms name the anchor's word (L_anchor's target)
         assert f" {s.anchor_word}, facing the " in s.situation
         assert anchor_word_tokens(run.model, s, pos_at=100)  # in the run's own tokens

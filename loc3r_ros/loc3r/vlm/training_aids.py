@@ -64,8 +64,8 @@ GROUNDING_LAYER = -1  # the LLM layer whose attention the grounding loss supervi
 # L_ground leaves free at the token that predicts the answer's first token (at <Ori> it trains
 # head 2 too, and heads 2 and 3 share their keys and values with 2 key-value heads in 4)
 READING_HEAD = (2, 2)
-# the losses that supervise READING_HEAD, as LossWeights names them: L_read, L_anchor
-READING_LOSSES = ("answer_reads_situation", "answer_reads_anchor")
+# the losses that supervise READING_HEAD: their LossWeights field -> their part (L_read, L_anchor)
+READING_LOSSES = {"answer_reads_situation": "read", "answer_reads_anchor": "read_anchor"}
 
 
 def check_reading_head(model: Loc3rVLM) -> None:
@@ -211,8 +211,7 @@ def grounding_losses(
     if not _captures(model):
         return {}
     weights = model.config.weights
-    reading = {"answer_reads_situation": "read", "answer_reads_anchor": "read_anchor"}
-    reads = [reading[n] for n in READING_LOSSES if getattr(weights, n) > 0]
+    reads = [part for n, part in READING_LOSSES.items() if getattr(weights, n) > 0]
     keys = (["ground"] if weights.grounding > 0 else []) + reads
     grounded = _grounded(samples)
     if not grounded or "probs" not in captured:
