@@ -188,7 +188,7 @@ def test_vocabulary_scores_equal_full_forwards_and_leave_the_cache(model, chunk)
         situation_ids = model.situation_ids(situation)
         model._situate(prefix, situation_ids)
         scores = model._score_answers(
-            prefix, model.question_ids(question), prefix.length + len(situation_ids), chunk
+            prefix, model.question_ids(question), prefix.length + len(situation_ids), chunk=chunk
         )
         rewind(prefix.cache, prefix.length)
     expected = brute_force_scores(model, pixels, cams, question, situation)

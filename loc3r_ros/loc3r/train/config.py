@@ -125,6 +125,10 @@ class TrainConfig:
     # read-out aid (ours, needs the layout head): <Pos> also points at patches and reads their
     # layout, mixed with f_pos's position by a learned gate (loc3r.vlm.position_pointer)
     position_pointer: bool = False
+    # read-out aid (ours, needs the layout head): the token that predicts the answer's first word
+    # is told where the object it attends to is from the agent's pose (its ahead / left and
+    # distance; loc3r.vlm.egocentric_readout)
+    egocentric_readout: bool = False
     # input aid (ours, tiny model): a second tiny tower with kind and colour heads, frozen (the
     # <out>/ directory of loc3r.train.pretrain_vision, its vision_tower and patch_heads), tells
     # each video token what its patches show, max-pooled over its cell

@@ -32,6 +32,7 @@ from torch import nn
 from transformers import AutoTokenizer
 
 from loc3r.vlm import training_aids
+from loc3r.vlm.egocentric_readout import EgocentricReadout, teacher_pose
 from loc3r.vlm.llava_video import (
     LlavaVideoConfig,
     LlavaVideoModel,
@@ -39,6 +40,7 @@ from loc3r.vlm.llava_video import (
     cache_kwargs,
 )
 from loc3r.vlm.losses import (
+    GROUNDING_EPS,
     LossWeights,
     answer_cross_entropy,
     gaussian_nll_2d,
@@ -46,7 +48,7 @@ from loc3r.vlm.losses import (
     orientation_kl,
     total_loss,
 )
-from loc3r.vlm.packing import pack_samples
+from loc3r.vlm.packing import PackedBatch, pack_samples
 from loc3r.vlm.point_embedding import PointEmbedding
 from loc3r.vlm.position_pointer import PositionPointer
 from loc3r.vlm.processor import SYSTEM_PROMPT
@@ -88,6 +90,9 @@ class Loc3rVLMConfig:
     enable_egocentric_head: bool = False  # training aid (ours): see training_aids
     point_embedding: bool = False  # input aid (ours): geometry camera tokens, see point_embedding
     position_pointer: bool = False  # read-out aid (ours): see position_pointer (needs the layout)
+    # read-out aid (ours): the answer is told where the object it reads is from the agent's pose
+    # (see egocentric_readout; needs the layout)
+    egocentric_readout: bool = False
     # input aid (ours): (kinds, colours) of the semantic embedding's patch heads; () = none
     semantic_classes: tuple[int, ...] = ()
     semantic_probe_hidden: int = 0  # its heads' hidden width (0: linear)
@@ -203,6 +208,9 @@ class Loc3rVLM(nn.Module):
         if config.position_pointer and not config.enable_layout_head:
             raise ValueError("position_pointer reads the layout: it needs enable_layout_head")
         self.position_pointer = PositionPointer(hidden) if config.position_pointer else None
+        if config.egocentric_readout and not config.enable_layout_head:
+            raise ValueError("egocentric_readout reads the layout: it needs enable_layout_head")
+        self.egocentric_readout = EgocentricReadout(hidden) if config.egocentric_readout else None
         self.semantic_embedding = None
         if config.semantic_classes:
             if len(config.semantic_classes) != 2:
@@ -402,11 +410,9 @@ class Loc3rVLM(nn.Module):
                 inputs_embeds=batch.embeds, attention_mask=mask, position_ids=batch.position_ids
             )
         states = out.last_hidden_state  # (R, L, H) after the final norm
-        logits = self.base.language_model.lm_head(states)
-        parts = {"ce": answer_cross_entropy(logits, batch.labels)}
-        parts |= training_aids.grounding_losses(self, grounding, samples, batch, logits)
-
+        parts: dict[str, torch.Tensor] = {}
         situated = [i for i, s in enumerate(samples) if s.position is not None]
+        answer_states = states  # with the egocentric read-out, its additions at the answers
         if situated:
             rows = torch.tensor([batch.rows[i] for i in situated], device=self.device)
             cols = torch.tensor([batch.pos_at[i] for i in situated], device=self.device)
@@ -420,6 +426,16 @@ class Loc3rVLM(nn.Module):
             ori_logits = self.f_ori(states[rows, cols + 1]).float()
             yaw = torch.tensor([samples[i].yaw for i in situated], device=self.device)
             parts["ori"] = orientation_kl(ori_logits, yaw, self.config.weights.ori_sigma)
+            if self.egocentric_readout is not None:
+                own_yaw, _ = heading_from_bins(ori_logits.softmax(-1))
+                answer_states, parts["readout_ground"] = self._read_egocentric(
+                    states, samples, batch, situated, xy, own_yaw
+                )
+        elif self.egocentric_readout is not None:  # reported whenever on (DDP ranks agree)
+            parts["readout_ground"] = states.sum() * 0.0
+        logits = self.base.language_model.lm_head(answer_states)
+        parts["ce"] = answer_cross_entropy(logits, batch.labels)
+        parts |= training_aids.grounding_losses(self, grounding, samples, batch, logits)
         parts |= training_aids.egocentric_losses(self, states, samples, batch)
 
         scenes = [
@@ -467,6 +483,56 @@ class Loc3rVLM(nn.Module):
                 states[row, cols[chosen]], own_xy[chosen], patches[None]
             )
         return xy, pointed
+
+    def _read_egocentric(
+        self,
+        states: torch.Tensor,
+        samples: list[TrainSample],
+        batch: PackedBatch,
+        situated: list[int],
+        own_xy: torch.Tensor,
+        own_yaw: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The packed states with the read-out added at the situated samples' answer tokens.
+
+        Also L_readout_ground, -log of its attention's mass on the question's object's patches.
+        own_xy (N, 2) and own_yaw (N,) are the model's poses of the `situated` samples; half of
+        them take the true pose instead (egocentric_readout.teacher_pose).
+        """
+        readout = self.egocentric_readout
+        true_xy = torch.stack([samples[i].position.float() for i in situated]).to(self.device)
+        true_yaw = torch.tensor([float(samples[i].yaw) for i in situated], device=self.device)
+        teach = torch.tensor(
+            [teacher_pose(samples[i].situation, samples[i].question) for i in situated],
+            device=self.device,
+        )
+        pose_xy = torch.where(teach[:, None], true_xy, own_xy.detach().float())
+        pose_yaw = torch.where(teach, true_yaw, own_yaw.detach().float())
+        rows = torch.tensor([batch.rows[i] for i in situated], device=self.device)
+        cols = torch.tensor([batch.queries(i)[2] for i in situated], device=self.device)
+        added = torch.zeros(len(situated), states.shape[-1], device=self.device)
+        masses = []  # each sample's read-out attention on its question's object
+        for row in rows.unique().tolist():
+            chosen = (rows == row).nonzero().flatten()
+            patch_at = batch.patch_at[row]
+            where = (patch_at >= 0).nonzero().flatten()
+            patches = states[row, where]
+            layout = self.layout_head(patches)[:, :2]
+            delta, weights = readout(
+                states[row, cols[chosen]], patches[None], layout[None], pose_xy[chosen],
+                pose_yaw[chosen],
+            )  # fmt: skip
+            added = added.index_put((chosen,), delta.float())
+            for n, k in enumerate(chosen.tolist()):
+                cells = samples[situated[k]].question_cells
+                if cells is not None:  # as grounding_nll: an object in no patch does not count
+                    on_object = cells.reshape(-1).to(self.device)[patch_at[where]]
+                    if bool(on_object.any()):
+                        masses.append((weights[n] * on_object.to(weights.dtype)).sum())
+        answer_states = states.index_put((rows, cols), added.to(states.dtype), accumulate=True)
+        if not masses:
+            return answer_states, added.sum() * 0.0
+        return answer_states, -(torch.stack(masses) + GROUNDING_EPS).log().mean()
 
     def forward(self, samples: list[TrainSample]) -> dict[str, torch.Tensor]:
         """Training forward (what DistributedDataParallel wraps): see forward_train."""
@@ -524,6 +590,22 @@ class Loc3rVLM(nn.Module):
             patches = prefix.last_hidden[prefix.patch_positions]
         return self.read_pose(states[-2], states[-1], patches)
 
+    def _egocentric_state(
+        self, prefix: ScenePrefix, last: torch.Tensor, pose: PosePrediction
+    ) -> torch.Tensor:
+        """The answer token's last state (H,) plus the egocentric read-out's, for `pose`."""
+        if self.egocentric_readout is None:
+            return last
+        if prefix.patch_positions is None or prefix.last_hidden is None:
+            raise ValueError("the egocentric read-out needs a scene prefix from encode_scene")
+        patches = prefix.last_hidden[prefix.patch_positions]
+        layout = self.layout_head(patches)[:, :2]
+        yaw = torch.tensor([pose.yaw], device=self.device)
+        delta, _ = self.egocentric_readout(
+            last[None], patches[None], layout[None], pose.xy.to(self.device)[None], yaw
+        )
+        return last + delta[0]
+
     @torch.inference_mode()
     def localize(self, prefix: ScenePrefix, situation: str) -> PosePrediction:
         """One forward over [situation] <Pos> <Ori> after the cached scene prefix."""
@@ -571,18 +653,24 @@ class Loc3rVLM(nn.Module):
             offset = prefix.length + len(situation_ids)
             question_ids = self.question_ids(question)
             if self.answer_vocabulary is not None:
-                scores = self._score_answers(prefix, question_ids, offset)
+                scores = self._score_answers(prefix, question_ids, offset, pose)
                 sampling = self._sampling()
                 best = int(scores.argmax()) if sampling is None else sampling.pick(scores)
                 probability = float(scores.softmax(-1)[best])
                 return self.answer_vocabulary[best], pose, probability
             check_room(prefix.cache, offset, len(question_ids) + self.config.max_new_tokens)
             static = self.static_decoding if is_static(prefix.cache) else None
+            compiled = static is not None and static.compile is not None
             prefill = None
-            if static is not None and static.compile is not None:  # the compiled text pass
+            if compiled or self.egocentric_readout is not None:  # the first, multi-token pass
 
                 def prefill(embeds: torch.Tensor, at: int) -> torch.Tensor:
-                    last = self._forward_text(prefix, embeds, at)[0, -1]
+                    if compiled:  # the compiled text pass
+                        hidden = self._forward_text(prefix, embeds, at)
+                    else:
+                        decoder = self.base.language_model.model
+                        hidden = forward_at(decoder, prefix.cache, embeds, at).last_hidden_state
+                    last = self._egocentric_state(prefix, hidden[0, -1], pose)
                     return self.base.language_model.lm_head(last).float()
 
             tokens, logits = self.base.generate_greedy(
@@ -618,16 +706,23 @@ class Loc3rVLM(nn.Module):
             raise ValueError("the model has no answer vocabulary")
         try:
             situation_ids = self.situation_ids(situation)
-            self._situate(prefix, situation_ids)
+            pose = self._situate(prefix, situation_ids)
             offset = prefix.length + len(situation_ids)
-            return self._score_answers(prefix, self.question_ids(question), offset)
+            return self._score_answers(prefix, self.question_ids(question), offset, pose)
         finally:
             rewind(prefix.cache, prefix.length)  # back to the scene prefix
 
     def _score_answers(
-        self, prefix: ScenePrefix, question_ids: list[int], offset: int, chunk: int = 64
+        self,
+        prefix: ScenePrefix,
+        question_ids: list[int],
+        offset: int,
+        pose: PosePrediction | None = None,
+        chunk: int = 64,
     ) -> torch.Tensor:
         """Forward the question after the cache, then every answer as one batch (`chunk` rows).
+
+        `pose` is the agent's, for the egocentric read-out (needed with it).
 
         The batch shares the cache, repeated along the batch dimension and cut back to the one
         row afterwards (the caller crops the tokens). Answers are right-padded: under causal
@@ -635,6 +730,10 @@ class Loc3rVLM(nn.Module):
         """
         decoder, head = self.base.language_model.model, self.base.language_model.lm_head
         last = self._continue(prefix, question_ids, offset)[0, -1]
+        if self.egocentric_readout is not None:
+            if pose is None:
+                raise ValueError("the egocentric read-out needs the agent's pose")
+            last = self._egocentric_state(prefix, last, pose)
         first = head(last).float().log_softmax(-1)  # the answer's first token
         offset += len(question_ids)
         scores = []

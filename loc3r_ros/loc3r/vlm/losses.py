@@ -97,7 +97,12 @@ def answer_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
     return F.cross_entropy(shifted, targets, ignore_index=-100)
 
 
-def grounding_nll(probs: torch.Tensor, on_object: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+GROUNDING_EPS = 1e-6  # added to an attention mass before its log
+
+
+def grounding_nll(
+    probs: torch.Tensor, on_object: torch.Tensor, eps: float = GROUNDING_EPS
+) -> torch.Tensor:
     """Mean -log(attention mass on an object) over rows: (N, L) probabilities, (N, L) bool.
 
     Rows whose object shows in no patch do not count; with no such row the loss is 0 (and keeps
@@ -119,7 +124,10 @@ def egocentric_offset(position, yaw: float, point) -> tuple[float, float]:
 
 # every part forward_train can report ("loss" is their weighted sum); a batch may lack some
 # (no situated sample: no pos, ori, pointer), so the trainer averages each over those that had it
-LOSS_PARTS = ("loss", "ce", "bev", "pos", "ori", "pointer", "ground", "ego", "read", "read_anchor")
+LOSS_PARTS = (
+    "loss", "ce", "bev", "pos", "ori", "pointer", "ground", "ego", "read", "read_anchor",
+    "readout_ground",
+)  # fmt: skip
 
 
 def total_loss(parts: dict[str, torch.Tensor], weights: LossWeights) -> torch.Tensor:
@@ -134,7 +142,8 @@ def total_loss(parts: dict[str, torch.Tensor], weights: LossWeights) -> torch.Te
     bev = parts.get("bev", zero)
     situation = parts.get("pos", zero) + weights.ori * parts.get("ori", zero)
     situation = situation + parts.get("pointer", zero)  # the position pointer's own (ours)
-    ground = parts.get("ground", zero)
+    # the egocentric read-out's attention on the question's object (ours) counts as grounding
+    ground = parts.get("ground", zero) + parts.get("readout_ground", zero)
     ego = parts.get("ego", zero)
     return (
         ce

@@ -1,0 +1,93 @@
+"""Egocentric read-out (ours, not in the paper): the answer told where an object is from the agent.
+
+"Is the lamp on my left?" asks for the lamp's place in the agent's frame. The shipped tiny LM
+answers it "in front" whatever the pose (docs/experiments.md): its answers are a function of the
+video and the question (`python -m loc3r.eval.situation_use`), and the egocentric head, a loss
+that asked the answer token's state for that offset, collapsed to the mean. So the read-out
+computes the offset where the model has its parts, and hands it to the answer:
+
+- at the token that predicts the answer's first word, an attention of its own over the video's
+  patch tokens (query and key projections, as the position pointer's) picks the object;
+- each patch's layout point (the layout head's (x, y), detached) is put in the agent's frame by
+  the pose the model read from the situation (f_pos / the pointer's position and f_ori's heading,
+  detached): unit vector (ahead, left) and distance;
+- the attended mean of those features goes through a small MLP, whose last layer starts at zero
+  (a continued model answers as before), and is added to that token's last hidden state before
+  the LM head.
+
+The answer can then map an angle to "left" or "behind" with one layer, and its direction is as
+good as the pose and the attention. In training, half of the samples (chosen by a hash of their
+situation and question, so a resumed run takes the same) see the true pose, the others the
+model's own: the true one teaches the mapping, the model's how far to trust it. The attention is
+supervised as the grounding heads are, towards the patches of the object the question is about
+(-log of its mass, part "readout_ground", under the grounding weight). It needs the layout head.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+
+import torch
+from torch import nn
+
+FEATURES = 3  # ahead / distance, left / distance, tanh(distance / DISTANCE_SCALE)
+DISTANCE_SCALE = 2.0  # metres
+
+
+def teacher_pose(situation: str, question: str) -> bool:
+    """Whether a training sample's read-out takes the true pose (half of them, by a stable hash)."""
+    return zlib.crc32(f"{situation}\n{question}".encode()) % 2 == 0
+
+
+def egocentric_features(layout: torch.Tensor, xy: torch.Tensor, yaw: torch.Tensor) -> torch.Tensor:
+    """(N or 1, P, 2) layout points, (N, 2) agent positions, (N,) headings -> (N, P, FEATURES).
+
+    The BEV frame's x, y and yaw (counterclockwise from x): a point at `yaw` from the agent is
+    ahead, one at yaw + pi/2 on its left.
+    """
+    offset = layout.float() - xy.float()[:, None]  # (N, P, 2)
+    cos, sin = yaw.float().cos()[:, None], yaw.float().sin()[:, None]
+    ahead = offset[..., 0] * cos + offset[..., 1] * sin
+    left = -offset[..., 0] * sin + offset[..., 1] * cos
+    distance = torch.sqrt(ahead.square() + left.square() + 1e-6)
+    scale = torch.tanh(distance / DISTANCE_SCALE)
+    return torch.stack([ahead / distance, left / distance, scale], dim=-1)
+
+
+class EgocentricReadout(nn.Module):
+    """The answer token's state, the patches' states and layout, a pose -> an added state."""
+
+    def __init__(self, hidden: int, key_dim: int = 64, width: int = 64) -> None:
+        super().__init__()
+        self.query = nn.Linear(hidden, key_dim)
+        self.key = nn.Linear(hidden, key_dim)
+        self.embed = nn.Sequential(nn.Linear(FEATURES, width), nn.GELU(), nn.Linear(width, hidden))
+        nn.init.zeros_(self.embed[-1].weight)
+        nn.init.zeros_(self.embed[-1].bias)
+        self.scale = 1.0 / math.sqrt(key_dim)
+
+    def attention(self, hidden: torch.Tensor, patch_hidden: torch.Tensor) -> torch.Tensor:
+        """(N, H) and (N or 1, P, H) -> (N, P): which patches each answer token reads."""
+        query = self.query(hidden).float()[:, None]  # (N, 1, d)
+        keys = self.key(patch_hidden).float()  # (N or 1, P, d)
+        return ((query * keys).sum(-1) * self.scale).softmax(-1)
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        patch_hidden: torch.Tensor,
+        patch_layout: torch.Tensor,
+        xy: torch.Tensor,
+        yaw: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, H) to add to the answer tokens' states, and the attention (N, P).
+
+        hidden (N, H) the answer tokens' states, patch_hidden (N or 1, P, H) and patch_layout
+        (N or 1, P, 2) metres their scenes' patches, xy (N, 2) and yaw (N,) the agents' poses;
+        the layout and the pose are detached here.
+        """
+        weights = self.attention(hidden, patch_hidden)
+        features = egocentric_features(patch_layout.detach(), xy.detach(), yaw.detach())
+        read = (weights[..., None] * features).sum(1)  # (N, FEATURES)
+        return self.embed(read).to(hidden.dtype), weights

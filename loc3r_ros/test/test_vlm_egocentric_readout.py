@@ -1,0 +1,220 @@
+"""The egocentric read-out (loc3r.vlm.egocentric_readout): the answer told where its object is."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+from test_vlm_packing import alone, mixed_batch, scene
+from transformers import AutoTokenizer
+
+from loc3r.train.pipeline import continue_from
+from loc3r.vlm import Loc3rVLMConfig, LossWeights
+from loc3r.vlm.egocentric_readout import EgocentricReadout, egocentric_features, teacher_pose
+from loc3r.vlm.losses import egocentric_offset, grounding_nll, total_loss
+from loc3r.vlm.static_decoding import StaticDecoding, rewind
+from loc3r.vlm.tiny import build_tiny_loc3r
+
+SIZES = {"hidden": 64, "layers": 2, "heads": 4, "kv_heads": 2, "intermediate": 128,
+         "image_size": 56, "vision_hidden": 32, "vision_layers": 2}  # fmt: skip
+# (situation, question, answer): the read-out of the first takes the model's own pose in
+# training, that of the second the true one (asserted below)
+OWN_POSE = ("I am sitting on the bed facing the window", "Is the lamp on my left?", "left")
+TRUE_POSE = ("I am standing next to the door facing the sofa", "Is the table behind me?", "behind")
+VOCABULARY = ["left", "right", "behind", "in front"]
+
+
+def make_model(tokenizer_dir, readout: bool = True, trained: bool = True, pointer: bool = False):
+    torch.manual_seed(0)
+    config = Loc3rVLMConfig(cam_token_dim=24, egocentric_readout=readout,
+                            position_pointer=pointer,
+                            weights=LossWeights(grounding=0.5))  # fmt: skip
+    model = build_tiny_loc3r(AutoTokenizer.from_pretrained(str(tokenizer_dir)), config)
+    if readout and trained:  # a trained read-out: it adds something
+        torch.nn.init.normal_(model.egocentric_readout.embed[-1].weight, std=0.5)
+    return model.eval()
+
+
+def test_the_features_are_the_egocentric_offset_as_a_unit_vector_and_a_distance():
+    torch.manual_seed(2)
+    layout, xy = torch.randn(3, 5, 2) * 3, torch.randn(3, 2)
+    yaw = (torch.rand(3) * 2 - 1) * math.pi
+    features = egocentric_features(layout, xy, yaw)
+    assert features.shape == (3, 5, 3)
+    for n in range(3):
+        for p in range(5):
+            ahead, left = egocentric_offset(xy[n].tolist(), float(yaw[n]), layout[n, p].tolist())
+            distance = math.hypot(ahead, left)
+            expected = [ahead / distance, left / distance, math.tanh(distance / 2.0)]
+            assert features[n, p].tolist() == pytest.approx(expected, abs=1e-4)
+    # facing +y, a point at +y is ahead, one at -x on the left
+    here = egocentric_features(torch.tensor([[[0.0, 2.0], [-1.0, 0.0]]]), torch.zeros(1, 2),
+                               torch.tensor([math.pi / 2]))  # fmt: skip
+    torch.testing.assert_close(here[0, :, :2], torch.eye(2), atol=1e-4, rtol=0)
+
+
+def test_a_new_readout_adds_nothing():
+    readout = EgocentricReadout(hidden=8, key_dim=4)
+    hidden, patches = torch.randn(2, 8), torch.randn(1, 6, 8)
+    added, weights = readout(hidden, patches, torch.randn(1, 6, 2), torch.randn(2, 2),
+                             torch.randn(2))  # fmt: skip
+    assert added.shape == (2, 8) and not added.any()
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2))
+
+
+def test_a_fresh_readout_leaves_the_models_answers_and_losses_as_they_were(tokenizer_dir):
+    plain, fresh = (
+        make_model(tokenizer_dir, readout=False),
+        make_model(tokenizer_dir, trained=False),
+    )
+    fresh.load_state_dict(plain.state_dict(), strict=False)
+    batch = mixed_batch()
+    without, with_readout = plain.forward_train(batch), fresh.forward_train(batch)
+    torch.testing.assert_close(with_readout["ce"], without["ce"])
+    assert "readout_ground" in with_readout and "readout_ground" not in without
+    s = batch[0]
+    for model in (plain, fresh):
+        model.set_answer_vocabulary(VOCABULARY)
+    scores = [m.score_answers(m.encode_scene(s.pixel_values, s.camera_tokens), s.question,
+                              s.situation) for m in (plain, fresh)]  # fmt: skip
+    torch.testing.assert_close(scores[0], scores[1])
+
+
+def test_teacher_poses_are_stable_and_half_of_the_samples():
+    assert teacher_pose(*OWN_POSE[:2]) is False and teacher_pose(*TRUE_POSE[:2]) is True
+    picks = [
+        teacher_pose(f"I am next to the chair {k}", "Is the bed on my left?") for k in range(400)
+    ]
+    assert 0.4 < sum(picks) / len(picks) < 0.6
+    assert picks == [teacher_pose(f"I am next to the chair {k}", "Is the bed on my left?")
+                     for k in range(400)]  # fmt: skip
+
+
+@pytest.mark.parametrize("texts", [OWN_POSE, TRUE_POSE], ids=["own pose", "true pose"])
+def test_training_scores_the_answer_as_inference_does_from_the_same_pose(tokenizer_dir, texts):
+    """One sample: its training CE over the answer's tokens is -log p(answer) of the cached
+    inference, with the model's own pose or (half of the samples) the true one."""
+    model = make_model(tokenizer_dir, pointer=True)
+    s = dataclasses.replace(scene(3, (texts,))[0], position=torch.tensor([0.8, -0.4]), yaw=2.1)
+    ce = model.forward_train([alone(s)])["ce"]
+    model.set_answer_vocabulary(VOCABULARY)
+    prefix = model.encode_scene(s.pixel_values, s.camera_tokens)
+    situation_ids = model.situation_ids(s.situation)
+    with torch.inference_mode():
+        pose = model._situate(prefix, situation_ids)
+        if texts is TRUE_POSE:
+            pose = dataclasses.replace(pose, xy=s.position, yaw=s.yaw)
+        scores = model._score_answers(prefix, model.question_ids(s.question),
+                                      prefix.length + len(situation_ids), pose)  # fmt: skip
+        rewind(prefix.cache, prefix.length)
+    tokens = len(model.answer_ids(s.answer))
+    expected = -scores[VOCABULARY.index(s.answer)] / tokens
+    torch.testing.assert_close(ce, expected, atol=1e-4, rtol=1e-4)
+    if texts is OWN_POSE:  # the public path reads the model's own pose
+        public = model.score_answers(prefix, s.question, s.situation)
+        torch.testing.assert_close(public, scores)
+
+
+def test_the_answer_follows_the_pose_and_the_answer_loss_moves_only_the_readout(tokenizer_dir):
+    model = make_model(tokenizer_dir)
+    model.set_answer_vocabulary(VOCABULARY)
+    s = scene(4, (OWN_POSE,))[0]
+    prefix = model.encode_scene(s.pixel_values, s.camera_tokens)
+    situation_ids = model.situation_ids(s.situation)
+    offset = prefix.length + len(situation_ids)
+    scores = []
+    with torch.inference_mode():
+        pose = model._situate(prefix, situation_ids)
+        for yaw in (0.0, math.pi / 2, math.pi):
+            turned = dataclasses.replace(pose, yaw=yaw)
+            scores.append(model._score_answers(prefix, model.question_ids(s.question), offset,
+                                               turned))  # fmt: skip
+        rewind(prefix.cache, prefix.length)
+        with pytest.raises(ValueError, match="pose"):
+            model._score_answers(prefix, model.question_ids(s.question), offset)
+    assert (scores[0] - scores[1]).abs().max() > 1e-3 and (scores[0] - scores[2]).abs().max() > 1e-3
+    model.train()
+    model.forward_train(mixed_batch())["ce"].backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    for name in ("query", "key", "embed.0", "embed.2"):
+        assert grads[f"egocentric_readout.{name}.weight"].abs().sum() > 0, name
+    for name in ("layout_head", "f_pos.2", "f_ori.2"):  # the layout and the pose are detached
+        grad = grads[f"{name}.weight"]
+        assert grad is None or not grad.any(), name
+
+
+def test_the_readouts_attention_is_grounded_on_the_questions_object(tokenizer_dir):
+    model = make_model(tokenizer_dir)
+    batch = mixed_batch()
+    parts = model.forward_train(batch)
+    situated = [s for s in batch if s.position is not None]
+    losses = []  # each sample's own: the scenes' patches differ in number
+    for s in situated:  # one sample at a time, by hand: the attention over its patches
+        prefix = model.encode_scene(s.pixel_values, s.camera_tokens)
+        states = prefix.last_hidden
+        situation_ids = model.situation_ids(s.situation or "I am standing in the room")
+        text = model._continue(prefix, situation_ids + model.question_ids(s.question),
+                               prefix.length)[0]  # fmt: skip
+        rewind(prefix.cache, prefix.length)
+        weights = model.egocentric_readout.attention(
+            text[-1:], states[prefix.patch_positions][None]
+        )
+        losses.append(grounding_nll(weights, s.question_cells.reshape(1, -1)))
+    expected = torch.stack(losses).mean()
+    torch.testing.assert_close(parts["readout_ground"], expected, atol=1e-4, rtol=1e-4)
+    weights = LossWeights(grounding=0.5)
+    base = {"ce": torch.tensor(1.0), "ground": torch.tensor(0.2)}
+    assert float(total_loss({**base, "readout_ground": torch.tensor(0.4)}, weights)) == (
+        pytest.approx(float(total_loss(base, weights)) + 0.5 * 0.4)
+    )
+
+
+def test_free_text_answers_read_it_with_either_cache(tokenizer_dir):
+    model = make_model(tokenizer_dir)
+    s = scene(5, (OWN_POSE,))[0]
+    dynamic = model.answer_with_probability(
+        model.encode_scene(s.pixel_values, s.camera_tokens), s.question, s.situation
+    )
+    readout, model.egocentric_readout = model.egocentric_readout, None
+    without = model.answer_with_probability(
+        model.encode_scene(s.pixel_values, s.camera_tokens), s.question, s.situation
+    )
+    model.egocentric_readout = readout
+    # the first step read it (the probabilities of 32 random tokens: compared as logs)
+    assert abs(math.log(dynamic[2]) - math.log(without[2])) > 1e-2
+    model.use_static_decoding(StaticDecoding(extra_tokens=64, capacity_multiple=64))
+    static = model.answer_with_probability(
+        model.encode_scene(s.pixel_values, s.camera_tokens), s.question, s.situation
+    )
+    assert static[0] == dynamic[0]
+    assert math.log(static[2]) == pytest.approx(math.log(dynamic[2]), abs=1e-3)
+
+
+def test_save_load_and_a_continued_model_that_gains_it_but_never_loses_it(tokenizer_dir, tmp_path):
+    model = make_model(tokenizer_dir)
+    model.set_answer_vocabulary(VOCABULARY)
+    s = scene(6, (OWN_POSE,))[0]
+    before = model.score_answers(model.encode_scene(s.pixel_values, s.camera_tokens), s.question,
+                                 s.situation)  # fmt: skip
+    model.save_pretrained(tmp_path / "readout")
+    loaded = type(model).from_pretrained(tmp_path / "readout")
+    assert loaded.config.egocentric_readout
+    loaded.set_answer_vocabulary(VOCABULARY)
+    after = loaded.score_answers(loaded.encode_scene(s.pixel_values, s.camera_tokens), s.question,
+                                 s.situation)  # fmt: skip
+    torch.testing.assert_close(after, before)
+    with pytest.raises(ValueError, match="egocentric_readout"):
+        continue_from(str(tmp_path / "readout"), Loc3rVLMConfig(cam_token_dim=24), SIZES)
+    make_model(tokenizer_dir, readout=False).save_pretrained(tmp_path / "plain")
+    wanted = Loc3rVLMConfig(cam_token_dim=24, egocentric_readout=True)
+    continued = continue_from(str(tmp_path / "plain"), wanted, SIZES)
+    assert continued.config.egocentric_readout and continued.egocentric_readout is not None
+    assert not continued.egocentric_readout.embed[-1].weight.any()  # it starts adding nothing
+
+
+def test_the_readout_needs_the_layout_head(tokenizer_dir):
+    config = Loc3rVLMConfig(cam_token_dim=24, egocentric_readout=True, enable_layout_head=False)
+    with pytest.raises(ValueError, match="enable_layout_head"):
+        build_tiny_loc3r(AutoTokenizer.from_pretrained(str(tokenizer_dir)), config)
