@@ -218,3 +218,32 @@ def test_the_readout_needs_the_layout_head(tokenizer_dir):
     config = Loc3rVLMConfig(cam_token_dim=24, egocentric_readout=True, enable_layout_head=False)
     with pytest.raises(ValueError, match="enable_layout_head"):
         build_tiny_loc3r(AutoTokenizer.from_pretrained(str(tokenizer_dir)), config)
+
+
+def test_bounds_reads_the_lms_direction_from_the_models_pose_and_the_true_one(tokenizer_dir):
+    from types import SimpleNamespace
+
+    from loc3r.eval.bounds import lm_directions
+
+    s = scene(7, (OWN_POSE,))[0]
+    record = SimpleNamespace(situation=s.situation, question=s.question,
+                             position=(1.5, -0.5), yaw=2.5)  # fmt: skip
+    for readout in (True, False):
+        model = make_model(tokenizer_dir, readout=readout)
+        model.set_answer_vocabulary(VOCABULARY)
+        said = lm_directions(model, s.pixel_values, s.camera_tokens, record)
+        prefix = model.encode_scene(s.pixel_values, s.camera_tokens)
+        own = model.score_answers(prefix, s.question, s.situation)
+        assert said["LM answer, model pose"] == VOCABULARY[int(own.argmax())]
+        truth = dataclasses.replace(model.localize(prefix, s.situation),
+                                    xy=torch.tensor(record.position), yaw=record.yaw)  # fmt: skip
+        told = model.score_answers(prefix, s.question, s.situation, truth)
+        assert said["LM answer, true pose"] == VOCABULARY[int(told.argmax())]
+        if readout:  # the true pose moves the answers' scores
+            assert (told - own).abs().max() > 1e-3
+        else:  # without the read-out a pose changes nothing
+            torch.testing.assert_close(told, own)
+    model.set_answer_vocabulary(None)
+    assert lm_directions(model, s.pixel_values, s.camera_tokens, record) == {
+        "LM answer, model pose": None, "LM answer, true pose": None,
+    }  # fmt: skip

@@ -39,7 +39,10 @@ from a pose, the model's own (f_pos, f_ori) or the true one, with the object ask
 by the answer token's attention or by its true patches, over the model's layout: which of the
 pose and the grounding a direction answer loses. And the egocentric head's own answer (where it
 puts the object asked about, ahead and to the left, read as a direction; "in front" for a model
-without the head): whether the answer token's state carries the object's place.
+without the head): whether the answer token's state carries the object's place. And the LM's own
+answer (the answer vocabulary's most likely entry, as `loc3r eval` scores it) from the model's
+pose and from the true one: with the egocentric read-out (loc3r.vlm.egocentric_readout) the
+second is what the answers give once the pose is right; without it the two are the same.
 """
 
 from __future__ import annotations
@@ -89,6 +92,8 @@ DIRECTION_READOUTS = (
     "true pose, model grounding",
     "true pose, true object",
     "egocentric head",
+    "LM answer, model pose",
+    "LM answer, true pose",
 )
 FALLBACK_DIRECTION = "in front"
 # "attention near its peak": the attended patches whose layout lies this close to the most
@@ -416,6 +421,7 @@ def _directions(vlm, episode, record, pixels: torch.Tensor) -> tuple[dict, float
     answers = {
         "model grounding, model layout": direction_by_geometry(*attended, trace.layout),
         "egocentric head": egocentric_direction(trace.egocentric),
+        **lm_directions(vlm, pixels, episode.camera_tokens, record),
     }
     poses = {"model pose": (trace.pose.xy.tolist(), trace.pose.yaw),
              "true pose": (list(record.position), record.yaw)}  # fmt: skip
@@ -428,6 +434,25 @@ def _directions(vlm, episode, record, pixels: torch.Tensor) -> tuple[dict, float
     answers["true grounding, true layout"] = direction_by_geometry(*cells, true_xy, valid)
     mass = float(attended[2][cells[2]].sum()) if cells[2].any() else None
     return answers, mass, float(cells[2].double().mean())
+
+
+def lm_directions(vlm, pixels: torch.Tensor, camera_tokens, record) -> dict[str, str | None]:
+    """The LM's answer to a record's question from the model's pose and from the true one.
+
+    None each for a model without an answer vocabulary.
+    """
+    names = ("LM answer, model pose", "LM answer, true pose")
+    vocabulary = vlm.answer_vocabulary
+    if vocabulary is None:
+        return dict.fromkeys(names)
+    prefix = vlm.encode_scene(pixels, camera_tokens)
+    own = vlm.localize(prefix, record.situation)
+    truth = replace(own, xy=torch.tensor(record.position, dtype=torch.float32), yaw=record.yaw)
+    answers = {}
+    for name, pose in zip(names, (own, truth), strict=True):
+        scores = vlm.score_answers(prefix, record.question, record.situation, pose)
+        answers[name] = vocabulary[int(scores.argmax())]
+    return answers
 
 
 def _on_cpu(trace):
@@ -503,7 +528,7 @@ def markdown(report: dict) -> str:
     d = report["direction"]
     lines += [
         "",
-        f"| {d['questions']} direction questions answered by geometry | EM |",
+        f"| {d['questions']} direction questions answered by geometry (the LM: its own) | EM |",
         "|---|---|",
         *(f"| {name} | {_pct(d[name])} |" for name in DIRECTION_READOUTS),
         f"| majority answer | {_pct(d['majority'])} |",

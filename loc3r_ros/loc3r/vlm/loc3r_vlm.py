@@ -696,19 +696,28 @@ class Loc3rVLM(nn.Module):
             rewind(prefix.cache, prefix.length)  # back to the scene prefix
 
     @torch.inference_mode()
-    def score_answers(self, prefix: ScenePrefix, question: str, situation: str) -> torch.Tensor:
+    def score_answers(
+        self,
+        prefix: ScenePrefix,
+        question: str,
+        situation: str,
+        pose: PosePrediction | None = None,
+    ) -> torch.Tensor:
         """(len(answer_vocabulary),) log-likelihoods of the vocabulary's answers to the question.
 
         log p(answer tokens, <|im_end|> | scene, situation, question): the sequence probability
-        of the model generating exactly that entry and stopping.
+        of the model generating exactly that entry and stopping. `pose` replaces the pose read
+        from the situation where the egocentric read-out takes one (what the answers give from
+        another pose, e.g. the true one; diagnostics); None: the situation's own.
         """
         if self.answer_vocabulary is None:
             raise ValueError("the model has no answer vocabulary")
         try:
             situation_ids = self.situation_ids(situation)
-            pose = self._situate(prefix, situation_ids)
+            read = self._situate(prefix, situation_ids)
             offset = prefix.length + len(situation_ids)
-            return self._score_answers(prefix, self.question_ids(question), offset, pose)
+            question_ids = self.question_ids(question)
+            return self._score_answers(prefix, question_ids, offset, pose or read)
         finally:
             rewind(prefix.cache, prefix.length)  # back to the scene prefix
 
