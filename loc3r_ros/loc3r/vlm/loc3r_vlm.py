@@ -14,8 +14,10 @@ Positions are metres in the first frame's gravity-aligned BEV frame; yaw is radi
 The shipped recipe's training aids (ours: grounding loss, egocentric head) are in training_aids;
 the GPU recipe's input aid (ours: patches told their 3D point) is in point_embedding, and the
 position pointer (ours: <Pos> reads its position off the layout of the patches it points at) in
-position_pointer, and the semantic embedding (ours: a second tiny tower tells each video token
-which object kinds and colours its patches show) in semantic_embedding.
+position_pointer, the semantic embedding (ours: a second tiny tower tells each video token
+which object kinds and colours its patches show) in semantic_embedding, and the egocentric
+read-out (ours: the answer's first token told where the object it attends to lies from the
+situation's pose) in egocentric_readout.
 """
 
 from __future__ import annotations
