@@ -13,6 +13,7 @@ from transformers import AutoTokenizer
 from loc3r.train.pipeline import continue_from
 from loc3r.vlm import Loc3rVLMConfig, LossWeights
 from loc3r.vlm.egocentric_readout import EgocentricReadout, egocentric_features, teacher_pose
+from loc3r.vlm.loc3r_vlm import DEFAULT_SITUATION
 from loc3r.vlm.losses import egocentric_offset, grounding_nll, total_loss
 from loc3r.vlm.static_decoding import StaticDecoding, rewind
 from loc3r.vlm.tiny import build_tiny_loc3r
@@ -117,8 +118,31 @@ def test_training_scores_the_answer_as_inference_does_from_the_same_pose(tokeniz
         torch.testing.assert_close(public, scores)
 
 
+def test_packed_rows_score_every_answer_from_its_own_pose(tokenizer_dir):
+    """Several samples of one scene in a row: the batch's CE is what inference gives each."""
+    model = make_model(tokenizer_dir, pointer=True)
+    batch = mixed_batch()
+    assert {teacher_pose(s.situation, s.question) for s in batch} == {
+        True, False,
+    }  # fmt: skip
+    ce = model.forward_train(batch)["ce"]
+    model.set_answer_vocabulary(sorted({s.answer for s in batch}))
+    vocabulary = list(model.answer_vocabulary)
+    total, tokens = 0.0, 0
+    for s in batch:
+        situation = s.situation or DEFAULT_SITUATION
+        prefix = model.encode_scene(s.pixel_values, s.camera_tokens)
+        pose = model.localize(prefix, situation)
+        if teacher_pose(s.situation, s.question):
+            pose = dataclasses.replace(pose, xy=s.position, yaw=s.yaw)
+        scores = model.score_answers(prefix, s.question, situation, pose)
+        total -= float(scores[vocabulary.index(s.answer)])
+        tokens += len(model.answer_ids(s.answer))
+    assert float(ce) == pytest.approx(total / tokens, rel=1e-4)
+
+
 def test_the_answer_follows_the_pose_and_the_answer_loss_moves_only_the_readout(tokenizer_dir):
-    model = make_model(tokenizer_dir)
+    model = make_model(tokenizer_dir, pointer=True)
     model.set_answer_vocabulary(VOCABULARY)
     s = scene(4, (OWN_POSE,))[0]
     prefix = model.encode_scene(s.pixel_values, s.camera_tokens)
@@ -140,7 +164,9 @@ def test_the_answer_follows_the_pose_and_the_answer_loss_moves_only_the_readout(
     grads = {n: p.grad for n, p in model.named_parameters()}
     for name in ("query", "key", "embed.0", "embed.2"):
         assert grads[f"egocentric_readout.{name}.weight"].abs().sum() > 0, name
-    for name in ("layout_head", "f_pos.2", "f_ori.2"):  # the layout and the pose are detached
+    detached = ("layout_head", "f_pos.2", "f_ori.2", "position_pointer.query",
+                "position_pointer.gate")  # fmt: skip
+    for name in detached:  # the layout and the pose (f_pos mixed by the pointer, f_ori)
         grad = grads[f"{name}.weight"]
         assert grad is None or not grad.any(), name
 
@@ -212,6 +238,14 @@ def test_save_load_and_a_continued_model_that_gains_it_but_never_loses_it(tokeni
     continued = continue_from(str(tmp_path / "plain"), wanted, SIZES)
     assert continued.config.egocentric_readout and continued.egocentric_readout is not None
     assert not continued.egocentric_readout.embed[-1].weight.any()  # it starts adding nothing
+
+
+def test_a_bf16_model_reads_it_without_autocast():
+    readout = EgocentricReadout(hidden=16, key_dim=4).to(torch.bfloat16)
+    torch.nn.init.normal_(readout.embed[-1].weight)
+    hidden, patches = torch.randn(2, 16, dtype=torch.bfloat16), torch.randn(1, 5, 16).bfloat16()
+    added, _ = readout(hidden, patches, torch.randn(1, 5, 2), torch.randn(2, 2), torch.randn(2))
+    assert added.dtype == torch.bfloat16 and added.any()
 
 
 def test_the_readout_needs_the_layout_head(tokenizer_dir):

@@ -21,6 +21,7 @@ situation and question, so a resumed run takes the same) see the true pose, the 
 model's own: the true one teaches the mapping, the model's how far to trust it. The attention is
 supervised as the grounding heads are, towards the patches of the object the question is about
 (-log of its mass, part "readout_ground", under the grounding weight). It needs the layout head.
+Training samples without a situation target (no pose to teach with) take no read-out.
 """
 
 from __future__ import annotations
@@ -90,4 +91,5 @@ class EgocentricReadout(nn.Module):
         weights = self.attention(hidden, patch_hidden)
         features = egocentric_features(patch_layout.detach(), xy.detach(), yaw.detach())
         read = (weights[..., None] * features).sum(1)  # (N, FEATURES)
+        read = read.to(self.embed[0].weight.dtype)  # a bf16 model without autocast too
         return self.embed(read).to(hidden.dtype), weights

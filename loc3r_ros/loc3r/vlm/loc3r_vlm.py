@@ -740,10 +740,10 @@ class Loc3rVLM(nn.Module):
         attention no answer token sees a pad, and the pads' outputs are not read.
         """
         decoder, head = self.base.language_model.model, self.base.language_model.lm_head
+        if self.egocentric_readout is not None and pose is None:
+            raise ValueError("the egocentric read-out needs the agent's pose")
         last = self._continue(prefix, question_ids, offset)[0, -1]
         if self.egocentric_readout is not None:
-            if pose is None:
-                raise ValueError("the egocentric read-out needs the agent's pose")
             last = self._egocentric_state(prefix, last, pose)
         first = head(last).float().log_softmax(-1)  # the answer's first token
         offset += len(question_ids)
