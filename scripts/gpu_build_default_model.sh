@@ -8,9 +8,11 @@
 # steps on 2 CPU cores it doubled the attention on the situation's anchor, docs/experiments.md;
 # POINT_EMBEDDING=False for the poses alone), `<Pos>` also pointing at patches and reading their
 # layout beside f_pos, as in the shipped bundle (--position_pointer; POSITION_POINTER=False: f_pos
-# alone), data rendered on all cores, the vision tower and the VLM trained on the GPU (bf16
-# autocast), a tiny CUT3R for the geometric source's depth and focal length: the shipped one at
-# 64 px, or CUT3R_DIR at CUT3R_SIZE px (the output of
+# alone), the egocentric read-out (the answer handed where the object it attends to lies from the
+# situation's pose: direction answers above their majority answer for the first time, b30;
+# EGOCENTRIC_READOUT=False leaves it out), data rendered on all cores, the vision tower and the
+# VLM trained on the GPU (bf16 autocast), a tiny CUT3R for the geometric source's depth and focal
+# length: the shipped one at 64 px, or CUT3R_DIR at CUT3R_SIZE px (the output of
 # scripts/gpu_train_cut3r.sh, an earlier GPU run; CUT3R_SIZE defaults to the size its config
 # says it was trained at), or with CUT3R_STAGE=1 the shipped one tuned here first at CUT3R_SIZE
 # (128; CUT3R_RENDER_S = 30 s of rooms, CUT3R_BUDGET_S = 60 s of steps, taken from the VLM's
@@ -79,7 +81,7 @@ timeout -k 10 ${BUILD_TIMEOUT_S:-540} $PY -m loc3r.train.make_default_model \
   --look=textured --walk=${WALK:-room_scan} --frames=${FRAMES:-16} --render_size=224 \
   --image_size=${IMAGE_SIZE:-224} \
   --camera_prior=geometric --point_embedding=${POINT_EMBEDDING:-True} \
-  --position_pointer=${POSITION_POINTER:-True} \
+  --position_pointer=${POSITION_POINTER:-True} --egocentric_readout=${EGOCENTRIC_READOUT:-True} \
   --eval_episodes=${EVAL_EPISODES:-30} \
   $CUT3R_ARGS $DEPTH_ARGS \
   --tokenizer_dir=loc3r_ros/loc3r/assets/default_model/vlm \

@@ -105,9 +105,10 @@ def test_the_build_script_with_its_cut3r_stage_returns_a_bundle_in_parts(tmp_pat
     bundle = load_bundle(restored)
     spec = json.loads((restored / "bundle.json").read_text())
     assert spec["cut3r_image_size"] == 32 and bundle.num_query_frames == 2
-    # the shipped recipe's read-outs: the point embedding and the position pointer
+    # the shipped recipe's aids: the point embedding, the position pointer, the egocentric read-out
     vlm = bundle.model.vlm
     assert vlm.point_embedding is not None and vlm.position_pointer is not None
+    assert vlm.egocentric_readout is not None
     cut3r_run = json.loads((run / "cut3r_run" / "report.json").read_text())
     assert cut3r_run["config"]["init"].endswith("default_model/cut3r")
     assert cut3r_run["config"]["cut3r_size"] == 32 and cut3r_run["steps_done"] == 2
