@@ -662,17 +662,13 @@ class Loc3rVLM(nn.Module):
                 return self.answer_vocabulary[best], pose, probability
             check_room(prefix.cache, offset, len(question_ids) + self.config.max_new_tokens)
             static = self.static_decoding if is_static(prefix.cache) else None
-            compiled = static is not None and static.compile is not None
             prefill = None
+            compiled = static is not None and static.compile is not None
             if compiled or self.egocentric_readout is not None:  # the first, multi-token pass
 
                 def prefill(embeds: torch.Tensor, at: int) -> torch.Tensor:
-                    if compiled:  # the compiled text pass
-                        hidden = self._forward_text(prefix, embeds, at)
-                    else:
-                        decoder = self.base.language_model.model
-                        hidden = forward_at(decoder, prefix.cache, embeds, at).last_hidden_state
-                    last = self._egocentric_state(prefix, hidden[0, -1], pose)
+                    last = self._forward_text(prefix, embeds, at)[0, -1]
+                    last = self._egocentric_state(prefix, last, pose)
                     return self.base.language_model.lm_head(last).float()
 
             tokens, logits = self.base.generate_greedy(
@@ -719,7 +715,7 @@ class Loc3rVLM(nn.Module):
             read = self._situate(prefix, situation_ids)
             offset = prefix.length + len(situation_ids)
             question_ids = self.question_ids(question)
-            return self._score_answers(prefix, question_ids, offset, pose or read)
+            return self._score_answers(prefix, question_ids, offset, read if pose is None else pose)
         finally:
             rewind(prefix.cache, prefix.length)  # back to the scene prefix
 
@@ -743,8 +739,7 @@ class Loc3rVLM(nn.Module):
         if self.egocentric_readout is not None and pose is None:
             raise ValueError("the egocentric read-out needs the agent's pose")
         last = self._continue(prefix, question_ids, offset)[0, -1]
-        if self.egocentric_readout is not None:
-            last = self._egocentric_state(prefix, last, pose)
+        last = self._egocentric_state(prefix, last, pose)  # as it is without the read-out
         first = head(last).float().log_softmax(-1)  # the answer's first token
         offset += len(question_ids)
         scores = []
