@@ -27,12 +27,20 @@ TRUE_POSE = ("I am standing next to the door facing the sofa", "Is the table beh
 VOCABULARY = ["left", "right", "behind", "in front"]
 
 
-def make_model(tokenizer_dir, readout: bool = True, trained: bool = True, pointer: bool = False):
+def make_model(
+    tokenizer_dir,
+    readout: bool = True,
+    trained: bool = True,
+    pointer: bool = False,
+    heading: bool = False,
+):
     torch.manual_seed(0)
     config = Loc3rVLMConfig(cam_token_dim=24, egocentric_readout=readout,
-                            position_pointer=pointer,
+                            position_pointer=pointer, heading_pointer=heading,
                             weights=LossWeights(grounding=0.5))  # fmt: skip
     model = build_tiny_loc3r(AutoTokenizer.from_pretrained(str(tokenizer_dir)), config)
+    if heading:  # an open gate: the heading the read-out takes is the pointer-mixed one
+        torch.nn.init.constant_(model.heading_pointer.gate.bias, 1.0)
     if readout and trained:  # a trained read-out: it adds something
         torch.nn.init.normal_(model.egocentric_readout.embed[-1].weight, std=0.5)
     return model.eval()
@@ -93,11 +101,14 @@ def test_teacher_poses_are_stable_and_half_of_the_samples():
                      for k in range(400)]  # fmt: skip
 
 
+@pytest.mark.parametrize("heading", [False, True], ids=["f_ori", "heading pointer"])
 @pytest.mark.parametrize("texts", [OWN_POSE, TRUE_POSE], ids=["own pose", "true pose"])
-def test_training_scores_the_answer_as_inference_does_from_the_same_pose(tokenizer_dir, texts):
+def test_training_scores_the_answer_as_inference_does_from_the_same_pose(
+    tokenizer_dir, texts, heading
+):
     """One sample: its training CE over the answer's tokens is -log p(answer) of the cached
     inference, with the model's own pose or (half of the samples) the true one."""
-    model = make_model(tokenizer_dir, pointer=True)
+    model = make_model(tokenizer_dir, pointer=True, heading=heading)
     s = dataclasses.replace(scene(3, (texts,))[0], position=torch.tensor([0.8, -0.4]), yaw=2.1)
     ce = model.forward_train([alone(s)])["ce"]
     model.set_answer_vocabulary(VOCABULARY)
@@ -118,9 +129,10 @@ def test_training_scores_the_answer_as_inference_does_from_the_same_pose(tokeniz
         torch.testing.assert_close(public, scores)
 
 
-def test_packed_rows_score_every_answer_from_its_own_pose(tokenizer_dir):
+@pytest.mark.parametrize("heading", [False, True], ids=["f_ori", "heading pointer"])
+def test_packed_rows_score_every_answer_from_its_own_pose(tokenizer_dir, heading):
     """Several samples of one scene in a row: the batch's CE is what inference gives each."""
-    model = make_model(tokenizer_dir, pointer=True)
+    model = make_model(tokenizer_dir, pointer=True, heading=heading)
     batch = mixed_batch()
     assert {teacher_pose(s.situation, s.question) for s in batch} == {
         True, False,
@@ -142,7 +154,7 @@ def test_packed_rows_score_every_answer_from_its_own_pose(tokenizer_dir):
 
 
 def test_the_answer_follows_the_pose_and_the_answer_loss_moves_only_the_readout(tokenizer_dir):
-    model = make_model(tokenizer_dir, pointer=True)
+    model = make_model(tokenizer_dir, pointer=True, heading=True)
     model.set_answer_vocabulary(VOCABULARY)
     s = scene(4, (OWN_POSE,))[0]
     prefix = model.encode_scene(s.pixel_values, s.camera_tokens)
@@ -165,7 +177,8 @@ def test_the_answer_follows_the_pose_and_the_answer_loss_moves_only_the_readout(
     for name in ("query", "key", "embed.0", "embed.2"):
         assert grads[f"egocentric_readout.{name}.weight"].abs().sum() > 0, name
     detached = ("layout_head", "f_pos.2", "f_ori.2", "position_pointer.query",
-                "position_pointer.gate")  # fmt: skip
+                "position_pointer.gate", "heading_pointer.query",
+                "heading_pointer.gate")  # fmt: skip
     for name in detached:  # the layout and the pose (f_pos mixed by the pointer, f_ori)
         grad = grads[f"{name}.weight"]
         assert grad is None or not grad.any(), name

@@ -39,14 +39,14 @@ from loc3r.train.pipeline import Run, build_model, evaluate, prepare_run
 from loc3r.train.train_vlm import Trainer
 
 # Without the camera prior the patches are not told their 3D points either (the point embedding
-# reads them from the camera tokens), and the position pointer, which reads the layout, is off
-# in all three: the ablation is the paper's, on the recipe's data and sizes.
+# reads them from the camera tokens), and the position and heading pointers, which read the
+# layout, are off in all three: the ablation is the paper's, on the recipe's data and sizes.
+NO_POINTERS = {"position_pointer": False, "heading_pointer": False}
 VARIANTS = (
     ("situation only", {"use_camera_tokens": False, "layout_weight": 0.0,
-                        "point_embedding": False, "position_pointer": False}),
-    ("+ layout", {"use_camera_tokens": False, "point_embedding": False,
-                  "position_pointer": False}),
-    ("+ camera prior", {"position_pointer": False}),
+                        "point_embedding": False, **NO_POINTERS}),
+    ("+ layout", {"use_camera_tokens": False, "point_embedding": False, **NO_POINTERS}),
+    ("+ camera prior", dict(NO_POINTERS)),
 )  # fmt: skip
 COLUMNS = ("acc_0_5m", "acc_1_0m", "acc_15deg", "acc_30deg")
 

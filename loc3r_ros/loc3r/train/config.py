@@ -129,6 +129,13 @@ class TrainConfig:
     # is told where the object it attends to is from the agent's pose (its ahead / left and
     # distance; loc3r.vlm.egocentric_readout)
     egocentric_readout: bool = False
+    # read-out aid (ours, needs the layout head): <Ori> also points at patches and reads the
+    # bearing to them from the position, mixed with f_ori's heading by a learned gate
+    # (loc3r.vlm.heading_pointer)
+    heading_pointer: bool = False
+    # the pointers' attention grounded on their objects, the anchor for <Pos>'s and the faced
+    # object for <Ori>'s, under grounding_weight (Loc3rVLMConfig.ground_pointers)
+    ground_pointers: bool = False
     # input aid (ours, tiny model): a second tiny tower with kind and colour heads, frozen (the
     # <out>/ directory of loc3r.train.pretrain_vision, its vision_tower and patch_heads), tells
     # each video token what its patches show, max-pooled over its cell

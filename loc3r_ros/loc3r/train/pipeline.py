@@ -128,6 +128,8 @@ def build_model(config: TrainConfig, tokenizer, cam_dim: int) -> Loc3rVLM:
         point_embedding=config.point_embedding,
         position_pointer=config.position_pointer,
         egocentric_readout=config.egocentric_readout,
+        heading_pointer=config.heading_pointer,
+        ground_pointers=config.ground_pointers,
         weights=LossWeights(
             bev=config.layout_weight,
             situation=config.situation_weight,
@@ -166,14 +168,15 @@ def continue_from(directory: str, vlm_config: Loc3rVLMConfig, sizes: dict) -> Lo
     """A saved tiny Loc3R-VLM to train further, with the run's loss weights.
 
     ValueError when its sizes or heads are not the run's (a run continues the model it builds).
-    A run may add the position pointer (it starts with its gate closed) or the egocentric
-    read-out (it starts adding nothing), drop the egocentric
+    A run may add the position or heading pointer (each starts with its gate closed) or the
+    egocentric read-out (it starts adding nothing), ground the pointers or not, drop the egocentric
     loss (--egocentric_weight=0: the head stays, frozen; inference never reads it), and pool the
     video patches by another `pool_stride`: no weight depends on the number of video tokens
     except f_cam's input, whose geometry tokens carry a point per cell; that input is rebuilt
     for the new grid (`regrid_camera_input`).
     """
     from loc3r.vlm.egocentric_readout import EgocentricReadout
+    from loc3r.vlm.heading_pointer import HeadingPointer
     from loc3r.vlm.position_pointer import PositionPointer
     from loc3r.vlm.tiny import tiny_llava_config
 
@@ -190,7 +193,8 @@ def continue_from(directory: str, vlm_config: Loc3rVLMConfig, sizes: dict) -> Lo
     if model.config.enable_egocentric_head and not vlm_config.enable_egocentric_head:
         differ.remove("enable_egocentric_head")  # its loss weight is 0: kept as it was (no decay)
         model.egocentric_head.requires_grad_(False)
-    for aid in ("position_pointer", "egocentric_readout"):  # added by a run, never dropped
+    aids = ("position_pointer", "egocentric_readout", "heading_pointer")
+    for aid in aids:  # added by a run, never dropped
         if getattr(model.config, aid) and not getattr(vlm_config, aid):
             differ.append(aid)
     if differ:
@@ -206,6 +210,12 @@ def continue_from(directory: str, vlm_config: Loc3rVLMConfig, sizes: dict) -> Lo
         readout = EgocentricReadout(saved.text["hidden_size"])  # adds nothing until trained
         model.egocentric_readout = readout.to(model.device)
         model.config.egocentric_readout = True
+    if vlm_config.heading_pointer and not model.config.heading_pointer:
+        if model.layout_head is None:
+            raise ValueError(f"vlm_init={directory}: the heading pointer needs its layout head")
+        model.heading_pointer = HeadingPointer(saved.text["hidden_size"]).to(model.device)
+        model.config.heading_pointer = True
+    model.config.ground_pointers = vlm_config.ground_pointers
     model.config.weights = vlm_config.weights
     return model
 

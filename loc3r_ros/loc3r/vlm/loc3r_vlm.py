@@ -17,7 +17,8 @@ position pointer (ours: <Pos> reads its position off the layout of the patches i
 position_pointer, the semantic embedding (ours: a second tiny tower tells each video token
 which object kinds and colours its patches show) in semantic_embedding, and the egocentric
 read-out (ours: the answer's first token told where the object it attends to lies from the
-situation's pose) in egocentric_readout.
+situation's pose) in egocentric_readout, and the heading pointer (ours: <Ori> reads its heading
+as the bearing to the patches it points at) in heading_pointer.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from transformers import AutoTokenizer
 
 from loc3r.vlm import training_aids
 from loc3r.vlm.egocentric_readout import EgocentricReadout, teacher_pose
+from loc3r.vlm.heading_pointer import HeadingPointer, heading_error
 from loc3r.vlm.llava_video import (
     LlavaVideoConfig,
     LlavaVideoModel,
@@ -95,6 +97,12 @@ class Loc3rVLMConfig:
     # read-out aid (ours): the answer is told where the object it reads is from the agent's pose
     # (see egocentric_readout; needs the layout)
     egocentric_readout: bool = False
+    # read-out aid (ours): <Ori> points at the faced object; the heading is the bearing to it
+    # (see heading_pointer; needs the layout)
+    heading_pointer: bool = False
+    # training setting (ours): the pointers' attention grounded on their objects, the anchor for
+    # <Pos>, the faced object for <Ori> (parts pointer_ground and heading_ground, w_ground)
+    ground_pointers: bool = False
     # input aid (ours): (kinds, colours) of the semantic embedding's patch heads; () = none
     semantic_classes: tuple[int, ...] = ()
     semantic_probe_hidden: int = 0  # its heads' hidden width (0: linear)
@@ -157,6 +165,23 @@ class PosePrediction:
 
 
 @dataclass
+class PointedPose:
+    """The pointers' reading of N poses (position_pointer, heading_pointer), in training's graph.
+
+    xy (N, 2) and yaw (N,) are the poses after the pointers' gates (f_pos's and f_ori's own where
+    the model lacks a pointer); the pointed values are each pointer's own, with its (N, P)
+    attention over the patches (None without that pointer).
+    """
+
+    xy: torch.Tensor
+    yaw: torch.Tensor
+    pointed_xy: torch.Tensor | None = None
+    xy_attention: torch.Tensor | None = None
+    pointed_yaw: torch.Tensor | None = None
+    yaw_attention: torch.Tensor | None = None
+
+
+@dataclass
 class ScenePrefix:
     """The encoded video part of the prompt and the LLM's KV cache over it."""
 
@@ -190,6 +215,22 @@ class TrainSample:
     anchor_word: str | None = None  # the anchor's kind as the situation names it ("chair")
 
 
+def object_mass(
+    weights: torch.Tensor | None, n: int, cells: torch.Tensor | None, patch_cells: torch.Tensor
+) -> torch.Tensor | None:
+    """Row n of an (N, P) attention's mass on the patches that show an object; None without any.
+
+    cells (T, g, g) bool are the pooled patches showing it, patch_cells (P,) each attended
+    token's pooled-patch index. As grounding_nll: an object in no patch does not count.
+    """
+    if weights is None or cells is None:
+        return None
+    on_object = cells.reshape(-1).to(weights.device)[patch_cells]
+    if not bool(on_object.any()):
+        return None
+    return (weights[n] * on_object.to(weights.dtype)).sum()
+
+
 class Loc3rVLM(nn.Module):
     """LLaVA-Video + f_cam + layout head + f_pos + f_ori, with its tokenizer."""
 
@@ -213,6 +254,9 @@ class Loc3rVLM(nn.Module):
         if config.egocentric_readout and not config.enable_layout_head:
             raise ValueError("egocentric_readout reads the layout: it needs enable_layout_head")
         self.egocentric_readout = EgocentricReadout(hidden) if config.egocentric_readout else None
+        if config.heading_pointer and not config.enable_layout_head:
+            raise ValueError("heading_pointer reads the layout: it needs enable_layout_head")
+        self.heading_pointer = HeadingPointer(hidden) if config.heading_pointer else None
         self.semantic_embedding = None
         if config.semantic_classes:
             if len(config.semantic_classes) != 2:
@@ -371,30 +415,54 @@ class Loc3rVLM(nn.Module):
     ) -> PosePrediction:
         """Hidden states of <Pos> and <Ori> (H,) -> PosePrediction.
 
-        With the position pointer, `patch_hidden` (P, H) are the video's patch tokens' states.
+        With a pointer, `patch_hidden` (P, H) are the video's patch tokens' states.
         """
         out = self.f_pos(pos_hidden).float()
-        xy = out[:2]
-        if self.position_pointer is not None:
-            if patch_hidden is None:
-                raise ValueError("the position pointer needs the video's patch states")
-            xy = self.point_positions(pos_hidden[None], out[None, :2], patch_hidden[None])[0][0]
         probs = self.f_ori(ori_hidden).float().softmax(-1)
         yaw, spread = heading_from_bins(probs)
+        xy = out[:2]
+        if self.reads_patches:
+            if patch_hidden is None:
+                raise ValueError("the position and heading pointers need the video's patch states")
+            pointed = self.point_pose(pos_hidden[None], ori_hidden[None], patch_hidden[None],
+                                      xy[None], yaw[None])  # fmt: skip
+            xy, yaw = pointed.xy[0], pointed.yaw[0]
         return PosePrediction(
             xy, self._sigma(out[2:]), float(yaw.detach()), float(spread.detach()), probs
         )
 
-    def point_positions(
-        self, pos_hidden: torch.Tensor, own_xy: torch.Tensor, patch_hidden: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The pointer's (mixed, pointed) positions (N, 2).
+    @property
+    def reads_patches(self) -> bool:
+        """Whether the pose reads the video's patch states (a position or heading pointer)."""
+        return self.position_pointer is not None or self.heading_pointer is not None
 
-        pos_hidden (N, H) are <Pos> states, own_xy f_pos's positions, patch_hidden (N or 1, P, H).
+    def point_pose(
+        self,
+        pos_hidden: torch.Tensor,
+        ori_hidden: torch.Tensor,
+        patch_hidden: torch.Tensor,
+        own_xy: torch.Tensor,
+        own_yaw: torch.Tensor,
+    ) -> PointedPose:
+        """The pointers' reading of N poses (see PointedPose).
+
+        A pointer the model lacks keeps f_pos's own_xy (N, 2) or f_ori's own_yaw (N,).
+        pos_hidden and ori_hidden (N, H) are <Pos> and <Ori> states, patch_hidden (N or 1, P, H).
         """
         layout = self.layout_head(patch_hidden)[..., :2]
-        pointed = self.position_pointer.point(pos_hidden, patch_hidden, layout)
-        return self.position_pointer.mix(pos_hidden, own_xy, pointed), pointed
+        xy, yaw = own_xy.float(), own_yaw.float()
+        pose = PointedPose(xy, yaw)
+        if self.position_pointer is not None:
+            pose.pointed_xy, pose.xy_attention = self.position_pointer.point(
+                pos_hidden, patch_hidden, layout
+            )
+            pose.xy = xy = self.position_pointer.mix(pos_hidden, xy, pose.pointed_xy)
+        if self.heading_pointer is not None:
+            pose.pointed_yaw, pose.yaw_attention = self.heading_pointer.point(
+                ori_hidden, patch_hidden, layout, xy
+            )
+            pose.yaw = self.heading_pointer.mix(ori_hidden, yaw, pose.pointed_yaw)
+        return pose
 
     # --- training ---------------------------------------------------------------------------------
     def forward_train(self, samples: list[TrainSample]) -> dict[str, torch.Tensor]:
@@ -421,15 +489,25 @@ class Loc3rVLM(nn.Module):
             pos_out = self.f_pos(states[rows, cols]).float()
             xy, sigma = pos_out[:, :2], self._sigma(pos_out[:, 2:])
             target = torch.stack([samples[i].position.float() for i in situated]).to(self.device)
-            if self.position_pointer is not None:
-                xy, pointed = self._pointed_in_rows(states, batch.patch_at, rows, cols, xy)
-                parts["pointer"] = gaussian_nll_2d(pointed, sigma.detach(), target)
-            parts["pos"] = gaussian_nll_2d(xy, sigma, target)
             ori_logits = self.f_ori(states[rows, cols + 1]).float()
             yaw = torch.tensor([samples[i].yaw for i in situated], device=self.device)
+            own_yaw, _ = heading_from_bins(ori_logits.softmax(-1))
+            if self.reads_patches:  # f_ori's heading detached: f_ori keeps L_ori alone
+                pose, masses = self._point_in_rows(
+                    states, samples, batch, situated, rows, cols, xy, own_yaw.detach()
+                )
+                xy = pose.xy
+                if pose.pointed_xy is not None:
+                    parts["pointer"] = gaussian_nll_2d(pose.pointed_xy, sigma.detach(), target)
+                if pose.pointed_yaw is not None:
+                    parts["heading_pointer"] = heading_error(pose.pointed_yaw, yaw)
+                    parts["heading"] = heading_error(pose.yaw, yaw)
+                    own_yaw = pose.yaw
+                if self.config.ground_pointers:
+                    parts |= masses
+            parts["pos"] = gaussian_nll_2d(xy, sigma, target)
             parts["ori"] = orientation_kl(ori_logits, yaw, self.config.weights.ori_sigma)
             if self.egocentric_readout is not None:
-                own_yaw, _ = heading_from_bins(ori_logits.softmax(-1))
                 answer_states, parts["readout_ground"] = self._read_egocentric(
                     states, samples, batch, situated, xy, own_yaw
                 )
@@ -464,27 +542,63 @@ class Loc3rVLM(nn.Module):
         parts["loss"] = total_loss(parts, self.config.weights)
         return parts
 
-    def _pointed_in_rows(
+    def _point_in_rows(
         self,
         states: torch.Tensor,
-        patch_at: torch.Tensor,
+        samples: list[TrainSample],
+        batch: PackedBatch,
+        situated: list[int],
         rows: torch.Tensor,
         cols: torch.Tensor,
         own_xy: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """point_positions (mixed, pointed) of the <Pos> at (rows, cols) of packed states (R, L, H).
+        own_yaw: torch.Tensor,
+    ) -> tuple[PointedPose, dict[str, torch.Tensor]]:
+        """point_pose of the <Pos> at (rows, cols) (<Ori> after it) of packed states (R, L, H).
 
-        own_xy (N, 2) are f_pos's positions of the same tokens.
+        own_xy (N, 2) and own_yaw (N,) are f_pos's and f_ori's reading of the same tokens. Also
+        the pointers' grounding losses (-log of their attention's mass on the anchor's patches,
+        "pointer_ground", and on the faced object's, "heading_ground"; 0 without such a patch).
         """
-        xy, pointed = own_xy.clone(), own_xy.clone()
+        merged = PointedPose(own_xy.float(), own_yaw.float())
+        if self.position_pointer is not None:
+            merged.pointed_xy = merged.xy
+        if self.heading_pointer is not None:
+            merged.pointed_yaw = merged.yaw
+        masses: dict[str, list[torch.Tensor]] = {"pointer_ground": [], "heading_ground": []}
         for row in rows.unique().tolist():
             chosen = (rows == row).nonzero().flatten()
-            patches = states[row, (patch_at[row] >= 0).nonzero().flatten()]
+            where = (batch.patch_at[row] >= 0).nonzero().flatten()
             # the row's patches once (1, P, H): keys and layout broadcast over its samples
-            xy[chosen], pointed[chosen] = self.point_positions(
-                states[row, cols[chosen]], own_xy[chosen], patches[None]
-            )
-        return xy, pointed
+            pose = self.point_pose(
+                states[row, cols[chosen]], states[row, cols[chosen] + 1], states[row, where][None],
+                own_xy[chosen], own_yaw[chosen],
+            )  # fmt: skip
+            for name in ("xy", "yaw", "pointed_xy", "pointed_yaw"):
+                if getattr(pose, name) is not None:  # out of place: the graph keeps each row's
+                    setattr(
+                        merged,
+                        name,
+                        getattr(merged, name).index_put((chosen,), getattr(pose, name)),
+                    )
+            for n, k in enumerate(chosen.tolist()):
+                sample = samples[situated[k]]
+                for part, weights, cells in (
+                    ("pointer_ground", pose.xy_attention, sample.anchor_cells),
+                    ("heading_ground", pose.yaw_attention, sample.target_cells),
+                ):
+                    mass = object_mass(weights, n, cells, batch.patch_at[row][where])
+                    if mass is not None:
+                        masses[part].append(mass)
+        losses = {}
+        for part, pointer in (("pointer_ground", self.position_pointer),
+                              ("heading_ground", self.heading_pointer)):  # fmt: skip
+            if pointer is not None:
+                found = masses[part]
+                losses[part] = (
+                    -(torch.stack(found) + GROUNDING_EPS).log().mean() if found
+                    else states.sum() * 0.0
+                )  # fmt: skip
+        return merged, losses
 
     def _read_egocentric(
         self,
@@ -526,11 +640,9 @@ class Loc3rVLM(nn.Module):
             )  # fmt: skip
             added = added.index_put((chosen,), delta.float())
             for n, k in enumerate(chosen.tolist()):
-                cells = samples[situated[k]].question_cells
-                if cells is not None:  # as grounding_nll: an object in no patch does not count
-                    on_object = cells.reshape(-1).to(self.device)[patch_at[where]]
-                    if bool(on_object.any()):
-                        masses.append((weights[n] * on_object.to(weights.dtype)).sum())
+                mass = object_mass(weights, n, samples[situated[k]].question_cells, patch_at[where])
+                if mass is not None:
+                    masses.append(mass)
         answer_states = states.index_put((rows, cols), added.to(states.dtype), accumulate=True)
         if not masses:
             return answer_states, added.sum() * 0.0
@@ -586,9 +698,9 @@ class Loc3rVLM(nn.Module):
         """Forward [situation] <Pos> <Ori> after the prefix (left in the cache); read the pose."""
         states = self._continue(prefix, situation_ids, prefix.length)[0]
         patches = None
-        if self.position_pointer is not None:
+        if self.reads_patches:
             if prefix.patch_positions is None or prefix.last_hidden is None:
-                raise ValueError("the position pointer needs a scene prefix from encode_scene")
+                raise ValueError("the pose's pointers need a scene prefix from encode_scene")
             patches = prefix.last_hidden[prefix.patch_positions]
         return self.read_pose(states[-2], states[-1], patches)
 

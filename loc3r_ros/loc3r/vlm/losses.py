@@ -125,15 +125,17 @@ def egocentric_offset(position, yaw: float, point) -> tuple[float, float]:
 # every part forward_train can report ("loss" is their weighted sum); a batch may lack some
 # (no situated sample: no pos, ori, pointer), so the trainer averages each over those that had it
 LOSS_PARTS = (
-    "loss", "ce", "bev", "pos", "ori", "pointer", "ground", "ego", "read", "read_anchor",
-    "readout_ground",
+    "loss", "ce", "bev", "pos", "ori", "pointer", "heading", "heading_pointer", "ground", "ego",
+    "read", "read_anchor", "readout_ground", "pointer_ground", "heading_ground",
 )  # fmt: skip
 
 
 def total_loss(parts: dict[str, torch.Tensor], weights: LossWeights) -> torch.Tensor:
     """L = L_CE + w_bev L_BEV + w_sit (L_pos + w_ori L_ori) + the aids' w L (ground, ego, read...).
 
-    With the position pointer (ours), its own position's L_pointer joins L_pos inside w_sit.
+    With the position pointer (ours), its own position's L_pointer joins L_pos inside w_sit; with
+    the heading pointer (ours), its own and the mixed heading's errors join L_ori (times w_ori).
+    The pointers' and the egocentric read-out's grounding (ours) count as L_ground.
 
     Absent parts count 0.
     """
@@ -142,8 +144,11 @@ def total_loss(parts: dict[str, torch.Tensor], weights: LossWeights) -> torch.Te
     bev = parts.get("bev", zero)
     situation = parts.get("pos", zero) + weights.ori * parts.get("ori", zero)
     situation = situation + parts.get("pointer", zero)  # the position pointer's own (ours)
-    # the egocentric read-out's attention on the question's object (ours) counts as grounding
+    heading = parts.get("heading", zero) + parts.get("heading_pointer", zero)  # (ours)
+    situation = situation + weights.ori * heading
+    # the read-out's and the pointers' attention on their objects (ours) count as grounding
     ground = parts.get("ground", zero) + parts.get("readout_ground", zero)
+    ground = ground + parts.get("pointer_ground", zero) + parts.get("heading_ground", zero)
     ego = parts.get("ego", zero)
     return (
         ce

@@ -16,7 +16,9 @@ so a continued model starts close to where it was. Through the gate alone the po
 at a twentieth of the rate and the gate would stay shut (a 2000-step run moved its bias from -3
 to -2.98), so the pointer's own position (sum_i a_i layout_i + offset) has its own loss, L_pointer
 (the same Gaussian NLL, f_pos's sigma detached), and the gate opens once it points well. The
-layout is detached: the position losses do not move it. f_pos's sigma is kept. It needs the layout
+layout is detached: the position losses do not move it. f_pos's sigma is kept. With
+`ground_pointers` the attention is also supervised towards the anchor's patches (-log of its mass,
+part "pointer_ground", under the grounding weight), as the grounding heads are. It needs the layout
 head (`Loc3rVLMConfig.enable_layout_head`).
 """
 
@@ -30,6 +32,12 @@ from torch import nn
 CLOSED_GATE_BIAS = -3.0  # sigmoid(-3) = 4.7 %: the pointer starts almost out of the way
 
 
+def patch_attention(query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """(N, d) queries and (N or 1, P, d) keys -> (N, P) softmax of their scaled dot products."""
+    scale = 1.0 / math.sqrt(query.shape[-1])
+    return ((query.float()[:, None] * keys.float()).sum(-1) * scale).softmax(-1)
+
+
 class PositionPointer(nn.Module):
     """<Pos>'s hidden state, the patches' hidden states and layout -> a position and its gate."""
 
@@ -39,7 +47,6 @@ class PositionPointer(nn.Module):
         self.key = nn.Linear(hidden, key_dim)
         self.offset = nn.Linear(hidden, 2)
         self.gate = nn.Linear(hidden, 1)
-        self.scale = 1.0 / math.sqrt(key_dim)
         for layer in (self.offset, self.gate):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
@@ -47,21 +54,19 @@ class PositionPointer(nn.Module):
 
     def attention(self, pos_hidden: torch.Tensor, patch_hidden: torch.Tensor) -> torch.Tensor:
         """(N, H) and (N or 1, P, H) -> (N, P): where each <Pos> points among its patches."""
-        query = self.query(pos_hidden).float()[:, None]  # (N, 1, d)
-        keys = self.key(patch_hidden).float()  # (N, P, d)
-        return ((query * keys).sum(-1) * self.scale).softmax(-1)
+        return patch_attention(self.query(pos_hidden), self.key(patch_hidden))
 
     def point(
         self, pos_hidden: torch.Tensor, patch_hidden: torch.Tensor, patch_layout: torch.Tensor
-    ) -> torch.Tensor:
-        """(N, 2) the pointer's own positions: the attended layout plus the offset.
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, 2) the pointer's own positions (attended layout plus offset), (N, P) its attention.
 
         pos_hidden (N, H), patch_hidden (N, P, H) and patch_layout (N, P, 2) metres (detached
         here): the patches of each sample's own scene (a leading 1 for one scene's samples).
         """
         weights = self.attention(pos_hidden, patch_hidden)
         pointed = (weights[..., None] * patch_layout.detach().float()).sum(1)
-        return pointed + self.offset(pos_hidden).float()
+        return pointed + self.offset(pos_hidden).float(), weights
 
     def mix(
         self, pos_hidden: torch.Tensor, own_xy: torch.Tensor, pointed: torch.Tensor
@@ -78,4 +83,4 @@ class PositionPointer(nn.Module):
         patch_layout: torch.Tensor,
     ) -> torch.Tensor:
         """(N, 2) positions: f_pos's `own_xy` (N, 2) mixed with the pointed layout (`point`)."""
-        return self.mix(pos_hidden, own_xy, self.point(pos_hidden, patch_hidden, patch_layout))
+        return self.mix(pos_hidden, own_xy, self.point(pos_hidden, patch_hidden, patch_layout)[0])

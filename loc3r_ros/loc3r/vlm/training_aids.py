@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from loc3r.vlm.losses import grounding_nll
+from loc3r.vlm.losses import grounding_nll, heading_from_bins
 
 if TYPE_CHECKING:
     from loc3r.vlm.loc3r_vlm import Loc3rVLM, PosePrediction, TrainSample
@@ -292,6 +292,12 @@ class SituationTrace:
     pointer_xy: torch.Tensor | None = None
     pointer_attention: torch.Tensor | None = None
     pointer_gate: float | None = None
+    # with the heading pointer (loc3r.vlm.heading_pointer), else None: f_ori's own heading, the
+    # pointer's own (radians), its attention on the patches (P,), its gate
+    head_yaw: float | None = None
+    pointer_yaw: float | None = None
+    heading_attention: torch.Tensor | None = None
+    heading_gate: float | None = None
     # with a question and the egocentric head: its (ahead, left) metres at the token that
     # predicts the answer's first word (what L_ego trains), else None
     egocentric: torch.Tensor | None = None
@@ -344,13 +350,33 @@ def trace_situation(
     trace = SituationTrace(patch_index[patches], probs[:, :, positions], layout, pose)
     if question_ids and model.egocentric_head is not None:
         trace.egocentric = model.egocentric_head(states[-1]).float()
-    pointer = model.position_pointer
-    if pointer is not None:
-        pos_hidden = states[pos_at][None]
-        trace.head_xy = model.f_pos(states[pos_at])[:2].float()
-        trace.pointer_xy = model.point_positions(
-            pos_hidden, trace.head_xy[None], states[positions][None]
-        )[1][0]
-        trace.pointer_attention = pointer.attention(pos_hidden, states[positions][None])[0]
-        trace.pointer_gate = float(torch.sigmoid(pointer.gate(pos_hidden).float()))
+    if model.reads_patches:
+        _trace_pointers(model, trace, states[pos_at], states[pos_at + 1], states[positions])
     return trace
+
+
+def _trace_pointers(
+    model: Loc3rVLM,
+    trace: SituationTrace,
+    pos_hidden: torch.Tensor,
+    ori_hidden: torch.Tensor,
+    patches: torch.Tensor,
+) -> None:
+    """Fill the trace's pointer fields from <Pos>'s and <Ori>'s states (H,) and the patches'."""
+    own_xy = model.f_pos(pos_hidden)[:2].float()
+    own_yaw, _ = heading_from_bins(model.f_ori(ori_hidden).float().softmax(-1))
+    pose = model.point_pose(pos_hidden[None], ori_hidden[None], patches[None], own_xy[None],
+                            own_yaw[None])  # fmt: skip
+    if model.position_pointer is not None:
+        trace.head_xy = own_xy
+        trace.pointer_xy = pose.pointed_xy[0]
+        trace.pointer_attention = pose.xy_attention[0]
+        gate = model.position_pointer.gate(pos_hidden[None]).float()
+        trace.pointer_gate = float(torch.sigmoid(gate))
+    if model.heading_pointer is not None:
+        trace.head_yaw = float(own_yaw)
+        trace.pointer_yaw = float(pose.pointed_yaw[0])
+        trace.heading_attention = pose.yaw_attention[0]
+        trace.heading_gate = float(
+            torch.sigmoid(model.heading_pointer.gate(ori_hidden[None]).float())
+        )
