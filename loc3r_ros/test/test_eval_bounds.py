@@ -252,15 +252,18 @@ def test_measure_reports_the_model_and_the_truth_apart(episodes_and_bundles):
     assert first["situations"] == len(situations) > 0
     assert first["direction"]["questions"] == asked > 0
     assert len(first["layout_median_error_m_by_frame"]) == 4
-    pointer_keys = {"pointer_anchor_mass", "pointer_gate"}  # the tiny bundles have no pointer
+    # the tiny bundles have no pointer
+    pointer_keys = {"pointer_anchor_mass", "pointer_gate", "heading_target_mass", "heading_gate"}
     for key, value in first["grounding"].items():
         assert value is None if key in pointer_keys else 0.0 <= value <= 1.0, key
     assert first["position"]["f_pos head alone"] == first["position"]["f_pos"]
     assert first["position"]["pointer alone"] == first["position"]["f_pos"]
+    assert first["heading"]["f_ori alone"] == first["heading"]["pointer alone"]
+    assert first["heading"]["pose"] == first["heading"]["f_ori alone"]
     for row in first["position"].values():
         assert 0.0 <= row["acc_0_5m"] <= row["acc_1_0m"] <= 1.0
     # f_pos is what localize() says
-    errors = []
+    errors, turns = [], []
     vlm = bundles[0].model.vlm
     for episode in episodes:
         prefix = vlm.encode_scene(
@@ -271,12 +274,19 @@ def test_measure_reports_the_model_and_the_truth_apart(episodes_and_bundles):
             if (record.situation, tuple(record.position)) in seen:
                 continue
             seen.add((record.situation, tuple(record.position)))
-            xy = vlm.localize(prefix, record.situation).xy
-            errors.append(math.dist(record.position, xy.tolist()))
+            pose = vlm.localize(prefix, record.situation)
+            errors.append(math.dist(record.position, pose.xy.tolist()))
+            turns.append(math.degrees(abs(math.remainder(pose.yaw - record.yaw, 2 * math.pi))))
     assert first["position"]["f_pos"]["median_error_m"] == pytest.approx(
         np.median(errors), abs=1e-4
     )
     assert first["position"]["f_pos"]["acc_1_0m"] == pytest.approx(np.mean(np.array(errors) < 1.0))
+    # the heading is what localize() says
+    heading = first["heading"]["pose"]
+    assert heading["median_error_deg"] == pytest.approx(np.median(turns), abs=1e-3)
+    for t in (15, 30):
+        assert heading[f"acc_{t}deg"] == pytest.approx(np.mean(np.array(turns) < t))
+    assert "| heading read-out | Acc@15° | Acc@30° | median error |" in markdown(first)
     # f_pos apart on the situations with and without their anchor in view: the two make the whole
     seen, unseen = (first["f_pos_by_view"][v] for v in ("anchor in view", "anchor out of view"))
     assert seen["situations"] + unseen["situations"] == first["situations"] == len(errors)
@@ -345,6 +355,28 @@ def test_measure_reports_the_position_pointer(episodes_and_bundles):
     position = report["position"]
     assert position["f_pos head alone"] != position["f_pos"] != position["pointer alone"]
     assert "Position pointer: " in markdown(report) and "gate 0.05" in markdown(report)
+
+
+def test_measure_reports_the_heading_pointer(episodes_and_bundles):
+    from loc3r.vlm.heading_pointer import HeadingPointer
+
+    episodes, bundles, _ = episodes_and_bundles
+    vlm = bundles[0].model.vlm
+    torch.manual_seed(4)
+    vlm.heading_pointer = HeadingPointer(vlm.base.config.text["hidden_size"])
+    vlm.config.heading_pointer = True
+    torch.nn.init.constant_(vlm.heading_pointer.gate.bias, 0.0)  # half open
+    try:
+        report = measure(vlm, episodes, 56, progress=False)
+    finally:
+        vlm.heading_pointer, vlm.config.heading_pointer = None, False
+    grounding = report["grounding"]
+    assert grounding["heading_gate"] == pytest.approx(0.5)
+    assert 0.0 < grounding["heading_target_mass"] < 1.0
+    assert grounding["pointer_gate"] is None  # no position pointer
+    heading = report["heading"]
+    assert heading["f_ori alone"] != heading["pose"] != heading["pointer alone"]
+    assert "Heading pointer: " in markdown(report) and "gate 0.50" in markdown(report)
 
 
 def test_command_writes_the_report_and_refuses_bad_seeds(episodes_and_bundles, capsys):

@@ -33,16 +33,21 @@ def make_model(
     trained: bool = True,
     pointer: bool = False,
     heading: bool = False,
+    objects: bool = False,
 ):
     torch.manual_seed(0)
     config = Loc3rVLMConfig(cam_token_dim=24, egocentric_readout=readout,
                             position_pointer=pointer, heading_pointer=heading,
+                            readout_objects=objects,
                             weights=LossWeights(grounding=0.5))  # fmt: skip
     model = build_tiny_loc3r(AutoTokenizer.from_pretrained(str(tokenizer_dir)), config)
     if heading:  # an open gate: the heading the read-out takes is the pointer-mixed one
         torch.nn.init.constant_(model.heading_pointer.gate.bias, 1.0)
     if readout and trained:  # a trained read-out: it adds something
         torch.nn.init.normal_(model.egocentric_readout.embed[-1].weight, std=0.5)
+        if objects:
+            torch.nn.init.normal_(model.egocentric_readout.place.weight, std=0.5)
+            torch.nn.init.normal_(model.egocentric_readout.value.weight, std=0.1)
     return model.eval()
 
 
@@ -101,14 +106,17 @@ def test_teacher_poses_are_stable_and_half_of_the_samples():
                      for k in range(400)]  # fmt: skip
 
 
-@pytest.mark.parametrize("heading", [False, True], ids=["f_ori", "heading pointer"])
+@pytest.mark.parametrize(
+    ("heading", "objects"), [(False, False), (True, False), (True, True)],
+    ids=["f_ori", "heading pointer", "picking objects"],
+)  # fmt: skip
 @pytest.mark.parametrize("texts", [OWN_POSE, TRUE_POSE], ids=["own pose", "true pose"])
 def test_training_scores_the_answer_as_inference_does_from_the_same_pose(
-    tokenizer_dir, texts, heading
+    tokenizer_dir, texts, heading, objects
 ):
     """One sample: its training CE over the answer's tokens is -log p(answer) of the cached
     inference, with the model's own pose or (half of the samples) the true one."""
-    model = make_model(tokenizer_dir, pointer=True, heading=heading)
+    model = make_model(tokenizer_dir, pointer=True, heading=heading, objects=objects)
     s = dataclasses.replace(scene(3, (texts,))[0], position=torch.tensor([0.8, -0.4]), yaw=2.1)
     ce = model.forward_train([alone(s)])["ce"]
     model.set_answer_vocabulary(VOCABULARY)
@@ -129,10 +137,13 @@ def test_training_scores_the_answer_as_inference_does_from_the_same_pose(
         torch.testing.assert_close(public, scores)
 
 
-@pytest.mark.parametrize("heading", [False, True], ids=["f_ori", "heading pointer"])
-def test_packed_rows_score_every_answer_from_its_own_pose(tokenizer_dir, heading):
+@pytest.mark.parametrize(
+    ("heading", "objects"), [(False, False), (True, False), (True, True)],
+    ids=["f_ori", "heading pointer", "picking objects"],
+)  # fmt: skip
+def test_packed_rows_score_every_answer_from_its_own_pose(tokenizer_dir, heading, objects):
     """Several samples of one scene in a row: the batch's CE is what inference gives each."""
-    model = make_model(tokenizer_dir, pointer=True, heading=heading)
+    model = make_model(tokenizer_dir, pointer=True, heading=heading, objects=objects)
     batch = mixed_batch()
     assert {teacher_pose(s.situation, s.question) for s in batch} == {
         True, False,
@@ -251,14 +262,67 @@ def test_save_load_and_a_continued_model_that_gains_it_but_never_loses_it(tokeni
     continued = continue_from(str(tmp_path / "plain"), wanted, SIZES)
     assert continued.config.egocentric_readout and continued.egocentric_readout is not None
     assert not continued.egocentric_readout.embed[-1].weight.any()  # it starts adding nothing
+    # picking objects: gained by a run (adding nothing at first), never lost
+    objects = Loc3rVLMConfig(cam_token_dim=24, egocentric_readout=True, readout_objects=True)
+    gained = continue_from(str(tmp_path / "readout"), objects, SIZES)
+    assert gained.config.readout_objects and not gained.egocentric_readout.value.weight.any()
+    gained.set_answer_vocabulary(VOCABULARY)
+    same = gained.score_answers(gained.encode_scene(s.pixel_values, s.camera_tokens), s.question,
+                                s.situation)  # fmt: skip
+    torch.testing.assert_close(same, before)
+    gained.save_pretrained(tmp_path / "objects")
+    assert type(model).from_pretrained(tmp_path / "objects").egocentric_readout.place is not None
+    with pytest.raises(ValueError, match="readout_objects"):
+        continue_from(str(tmp_path / "objects"), wanted, SIZES)
+    with pytest.raises(ValueError, match="needs it"):
+        build_tiny_loc3r(AutoTokenizer.from_pretrained(str(tokenizer_dir)),
+                         Loc3rVLMConfig(cam_token_dim=24, readout_objects=True))  # fmt: skip
 
 
-def test_a_bf16_model_reads_it_without_autocast():
-    readout = EgocentricReadout(hidden=16, key_dim=4).to(torch.bfloat16)
+@pytest.mark.parametrize("objects", [False, True], ids=["place", "picking objects"])
+def test_a_bf16_model_reads_it_without_autocast(objects):
+    readout = EgocentricReadout(hidden=16, key_dim=4, objects=objects).to(torch.bfloat16)
     torch.nn.init.normal_(readout.embed[-1].weight)
     hidden, patches = torch.randn(2, 16, dtype=torch.bfloat16), torch.randn(1, 5, 16).bfloat16()
     added, _ = readout(hidden, patches, torch.randn(1, 5, 2), torch.randn(2, 2), torch.randn(2))
     assert added.dtype == torch.bfloat16 and added.any()
+
+
+def _without_value(readout, *args):
+    """The read-out's addition with its value map left out, at its own attention."""
+    value, readout.value = readout.value, None
+    try:
+        return readout(*args)[0]
+    finally:
+        readout.value = value
+
+
+def test_a_readout_picking_objects_starts_as_the_plain_one_then_picks_by_place():
+    torch.manual_seed(5)
+    plain = EgocentricReadout(hidden=8, key_dim=4)
+    picking = EgocentricReadout(hidden=8, key_dim=4, objects=True)
+    torch.nn.init.normal_(plain.embed[-1].weight)
+    picking.load_state_dict(plain.state_dict(), strict=False)
+    hidden, patches = torch.randn(2, 8), torch.randn(1, 4, 8)
+    # facing +x from the origin: 2 m ahead, 1 m behind, 3 m left, 4 m behind
+    layout = torch.tensor([[[2.0, 0.0], [-1.0, 0.0], [0.0, 3.0], [-4.0, 0.0]]])
+    args = (hidden, patches, layout, torch.zeros(2, 2), torch.zeros(2))
+    before, weights = plain(*args)
+    after, picked = picking(*args)
+    torch.testing.assert_close(after, before)  # zero maps: it answers as before
+    torch.testing.assert_close(picked, weights)
+    # "behind and near": -ahead and closeness weighed strongly: the patch 1 m behind wins
+    with torch.no_grad():
+        picking.place.bias.copy_(torch.tensor([-20.0, 0.0, -20.0]))
+    _, picked = picking(*args)
+    assert picked.argmax(-1).tolist() == [1, 1] and float(picked[:, 1].min()) > 0.9
+    # and hands over what it picked: the value map of the attended patches' states
+    torch.nn.init.normal_(picking.value.weight)
+    added, picked = picking(*args)
+    states = (picked[..., None] * patches).sum(1)
+    torch.testing.assert_close(added - _without_value(picking, *args), picking.value(states))
+    with pytest.raises(ValueError, match="features"):
+        picking.attention(hidden, patches)
 
 
 def test_the_readout_needs_the_layout_head(tokenizer_dir):

@@ -26,9 +26,14 @@ one at a time (Acc@0.5m / Acc@1.0m, SQA3D's strict thresholds, one read-out per 
 A read-out that needs the anchor falls back to f_pos when no frame shows it; f_pos itself is
 also reported apart on the situations whose anchor some frame shows and on the others.
 
+The heading, the same way (Acc@15° / Acc@30° and the median error): "pose" (what `loc3r eval`
+scores), "f_ori alone" and "pointer alone": f_ori's heading and the heading pointer's bearing
+before its gate mixes them (loc3r.vlm.heading_pointer; both are "pose" without it).
+
 Also: the grounding (<Pos>'s attention mass on the anchor, how often its most attended patch
 shows it; the answer token's mass on the object a direction question asks about; with the
-position pointer, its attention mass on the anchor and its mean gate), the layout
+position pointer, its attention mass on the anchor and its mean gate; with the heading pointer,
+its mass on the faced object and its mean gate), the layout
 head's median error per frame and that of the points the camera tokens state (geometry tokens;
 with `--camera-prior oracle` the true points, pooled over the whole frame), and the direction
 questions answered by geometry from the patches (standing at the anchor, facing the faced
@@ -61,7 +66,12 @@ from tqdm import tqdm
 from loc3r.engine.gravity import estimate_up
 from loc3r.engine.perception import token_points, token_pose
 from loc3r.engine.scene_frame import bev_frame
-from loc3r.eval.localization import METRIC_NAMES, POSITION_THRESHOLDS_M, position_error
+from loc3r.eval.localization import (
+    METRIC_NAMES,
+    POSITION_THRESHOLDS_M,
+    angle_error_deg,
+    position_error,
+)
 from loc3r.eval.report import print_and_save
 from loc3r.scenes.situations import relative_direction
 from loc3r.vlm.training_aids import GROUNDING_HEADS, trace_situation
@@ -83,6 +93,8 @@ POSITION_READOUTS = (
     "anchor, true layout",
     "anchor's centre, truth",
 )
+HEADING_READOUTS = ("pose", "f_ori alone", "pointer alone")
+HEADING_THRESHOLDS_DEG = (15.0, 30.0)
 DIRECTION_READOUTS = (
     "model grounding, model layout",
     "true grounding, model layout",
@@ -290,7 +302,8 @@ def measure(vlm, episodes: list, image_size: int, progress: bool = True) -> dict
     errors = {name: [] for name in POSITION_READOUTS}
     mass, top_on_anchor, in_view, by_frame, input_by_frame = [], [], [], {}, {}
     question_mass, anchor_share, question_share = [], [], []
-    pointer_mass, pointer_gate = [], []
+    pointer_mass, pointer_gate, heading_mass, heading_gate = [], [], [], []
+    headings = {name: [] for name in HEADING_READOUTS}
     directions = {"questions": 0, "majority": 0, **{name: 0 for name in DIRECTION_READOUTS}}
     for episode in tqdm(episodes, desc="bounds", disable=not progress):
         pixels = frames_to_pixel_values(list(episode.frames), size=image_size)
@@ -328,6 +341,13 @@ def measure(vlm, episodes: list, image_size: int, progress: bool = True) -> dict
                 )  # fmt: skip
                 for name, xy in readouts.items():
                     errors[name].append(position_error(record.position, xy.tolist()))
+                for name, yaw in heading_readouts(trace).items():
+                    headings[name].append(angle_error_deg(yaw, record.yaw))
+                if trace.heading_gate is not None:
+                    heading_gate.append(trace.heading_gate)
+                    faced = _cells(episode, record, "target_id", trace.patch_index)
+                    if faced is not None and faced.any():
+                        heading_mass.append(float(trace.heading_attention[faced].sum()))
                 if len(situations) == 1:  # the layout does not depend on the situation
                     error = (trace.layout.double() - true_xy).norm(dim=-1)
                     stated = None
@@ -369,6 +389,9 @@ def measure(vlm, episodes: list, image_size: int, progress: bool = True) -> dict
             # the position pointer's (None without it)
             "pointer_anchor_mass": float(np.mean(pointer_mass)) if pointer_mass else None,
             "pointer_gate": float(np.mean(pointer_gate)) if pointer_gate else None,
+            # the heading pointer's, on the faced object (None without it)
+            "heading_target_mass": float(np.mean(heading_mass)) if heading_mass else None,
+            "heading_gate": float(np.mean(heading_gate)) if heading_gate else None,
         },
         "layout_median_error_m_by_frame": [
             float(np.median(by_frame[f])) if by_frame[f] else None for f in sorted(by_frame)
@@ -389,11 +412,34 @@ def measure(vlm, episodes: list, image_size: int, progress: bool = True) -> dict
             }
             for name, values in errors.items()
         },
+        "heading": {
+            name: {
+                **{
+                    f"acc_{t:.0f}deg": float(np.mean(np.array(values) < t)) if values else 0.0
+                    for t in HEADING_THRESHOLDS_DEG
+                },
+                "median_error_deg": float(np.median(values)) if values else None,
+            }
+            for name, values in headings.items()
+        },
         "direction": {
             "questions": directions["questions"],
             "majority": directions["majority"] / asked,
             **{name: directions[name] / asked for name in DIRECTION_READOUTS},
         },
+    }
+
+
+def heading_readouts(trace) -> dict[str, float]:
+    """Every heading of HEADING_READOUTS for one situation (radians).
+
+    The pose's heading stands in for a pointer's that the model lacks.
+    """
+    own = trace.pose.yaw
+    return {
+        "pose": own,
+        "f_ori alone": own if trace.head_yaw is None else trace.head_yaw,
+        "pointer alone": own if trace.pointer_yaw is None else trace.pointer_yaw,
     }
 
 
@@ -459,13 +505,14 @@ def _on_cpu(trace):
     """The trace with its tensors on the CPU (the truth lives there)."""
     pose = replace(trace.pose, xy=trace.pose.xy.cpu())
     layout = None if trace.layout is None else trace.layout.cpu()
-    head_xy, pointer_xy, pointer, egocentric = (
+    head_xy, pointer_xy, pointer, heading, egocentric = (
         None if t is None else t.cpu()
-        for t in (trace.head_xy, trace.pointer_xy, trace.pointer_attention, trace.egocentric)
-    )
+        for t in (trace.head_xy, trace.pointer_xy, trace.pointer_attention,
+                  trace.heading_attention, trace.egocentric)
+    )  # fmt: skip
     return replace(trace, attention=trace.attention.cpu(), layout=layout, pose=pose,
                    head_xy=head_xy, pointer_xy=pointer_xy, pointer_attention=pointer,
-                   egocentric=egocentric)  # fmt: skip
+                   heading_attention=heading, egocentric=egocentric)  # fmt: skip
 
 
 def _pct(value: float | None) -> str:
@@ -497,6 +544,15 @@ def markdown(report: dict) -> str:
                 f"on the anchor, gate {grounding['pointer_gate']:.2f} on average.",
             ]
         ),
+        *(
+            []
+            if grounding.get("heading_gate") is None
+            else [
+                "",
+                f"Heading pointer: {_pct(grounding['heading_target_mass'])} of its attention "
+                f"on the faced object, gate {grounding['heading_gate']:.2f} on average.",
+            ]
+        ),
         "",
         "f_pos at 1.0 m: "
         + "; ".join(
@@ -523,6 +579,14 @@ def markdown(report: dict) -> str:
         lines.append(
             f"| {name} | {_pct(row['acc_0_5m'])} | {_pct(row['acc_1_0m'])} | "
             + ("n/a" if median is None else f"{median:.2f} m")
+            + " |"
+        )
+    lines += ["", "| heading read-out | Acc@15° | Acc@30° | median error |", "|---|---|---|---|"]
+    for name, row in report.get("heading", {}).items():
+        median = row["median_error_deg"]
+        lines.append(
+            f"| {name} | {_pct(row['acc_15deg'])} | {_pct(row['acc_30deg'])} | "
+            + ("n/a" if median is None else f"{median:.1f}°")
             + " |"
         )
     d = report["direction"]

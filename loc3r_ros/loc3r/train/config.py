@@ -129,6 +129,9 @@ class TrainConfig:
     # is told where the object it attends to is from the agent's pose (its ahead / left and
     # distance; loc3r.vlm.egocentric_readout)
     egocentric_readout: bool = False
+    # with it: the read-out also picks an object by its place (its attention weighs ahead, left
+    # and distance) and hands over the picked patches' states, for "what is closest ..."
+    readout_objects: bool = False
     # read-out aid (ours, needs the layout head): <Ori> also points at patches and reads the
     # bearing to them from the position, mixed with f_ori's heading by a learned gate
     # (loc3r.vlm.heading_pointer)

@@ -128,6 +128,7 @@ def build_model(config: TrainConfig, tokenizer, cam_dim: int) -> Loc3rVLM:
         point_embedding=config.point_embedding,
         position_pointer=config.position_pointer,
         egocentric_readout=config.egocentric_readout,
+        readout_objects=config.readout_objects,
         heading_pointer=config.heading_pointer,
         ground_pointers=config.ground_pointers,
         weights=LossWeights(
@@ -193,7 +194,7 @@ def continue_from(directory: str, vlm_config: Loc3rVLMConfig, sizes: dict) -> Lo
     if model.config.enable_egocentric_head and not vlm_config.enable_egocentric_head:
         differ.remove("enable_egocentric_head")  # its loss weight is 0: kept as it was (no decay)
         model.egocentric_head.requires_grad_(False)
-    aids = ("position_pointer", "egocentric_readout", "heading_pointer")
+    aids = ("position_pointer", "egocentric_readout", "heading_pointer", "readout_objects")
     for aid in aids:  # added by a run, never dropped
         if getattr(model.config, aid) and not getattr(vlm_config, aid):
             differ.append(aid)
@@ -210,6 +211,11 @@ def continue_from(directory: str, vlm_config: Loc3rVLMConfig, sizes: dict) -> Lo
         readout = EgocentricReadout(saved.text["hidden_size"])  # adds nothing until trained
         model.egocentric_readout = readout.to(model.device)
         model.config.egocentric_readout = True
+    if vlm_config.readout_objects and not model.config.readout_objects:
+        if model.egocentric_readout is None:
+            raise ValueError(f"vlm_init={directory}: readout_objects needs the egocentric read-out")
+        model.egocentric_readout.add_objects()  # adds nothing until trained
+        model.config.readout_objects = True
     if vlm_config.heading_pointer and not model.config.heading_pointer:
         if model.layout_head is None:
             raise ValueError(f"vlm_init={directory}: the heading pointer needs its layout head")

@@ -22,6 +22,13 @@ model's own: the true one teaches the mapping, the model's how far to trust it. 
 supervised as the grounding heads are, towards the patches of the object the question is about
 (-log of its mass, part "readout_ground", under the grounding weight). It needs the layout head.
 Training samples without a situation target (no pose to teach with) take no read-out.
+
+With `objects` (Loc3rVLMConfig.readout_objects) it also picks an object by its place and hands
+over what it picked, for "what is the closest object behind me?" and "what is closest to me?",
+whose answer is an object's kind: its attention logits add place(h) . features (a linear map of
+the answer token's state weighing ahead, left and distance: "behind and near"), and the attended
+patches' states, through a linear map, join the added state. Both maps start at zero, so a
+read-out that gains them answers as before.
 """
 
 from __future__ import annotations
@@ -59,7 +66,9 @@ def egocentric_features(layout: torch.Tensor, xy: torch.Tensor, yaw: torch.Tenso
 class EgocentricReadout(nn.Module):
     """The answer token's state, the patches' states and layout, a pose -> an added state."""
 
-    def __init__(self, hidden: int, key_dim: int = 64, width: int = 64) -> None:
+    def __init__(
+        self, hidden: int, key_dim: int = 64, width: int = 64, objects: bool = False
+    ) -> None:
         super().__init__()
         self.query = nn.Linear(hidden, key_dim)
         self.key = nn.Linear(hidden, key_dim)
@@ -67,12 +76,39 @@ class EgocentricReadout(nn.Module):
         nn.init.zeros_(self.embed[-1].weight)
         nn.init.zeros_(self.embed[-1].bias)
         self.scale = 1.0 / math.sqrt(key_dim)
+        self.place: nn.Linear | None = None
+        self.value: nn.Linear | None = None
+        if objects:
+            self.add_objects()
 
-    def attention(self, hidden: torch.Tensor, patch_hidden: torch.Tensor) -> torch.Tensor:
-        """(N, H) and (N or 1, P, H) -> (N, P): which patches each answer token reads."""
+    def add_objects(self) -> None:
+        """Pick by place and hand over what was picked (see the module); starts adding nothing."""
+        hidden = self.query.in_features
+        self.place = nn.Linear(hidden, FEATURES).to(self.query.weight)
+        self.value = nn.Linear(hidden, hidden, bias=False).to(self.query.weight)
+        for layer in (self.place, self.value):
+            nn.init.zeros_(layer.weight)
+        nn.init.zeros_(self.place.bias)
+
+    def attention(
+        self,
+        hidden: torch.Tensor,
+        patch_hidden: torch.Tensor,
+        features: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(N, H) and (N or 1, P, H) -> (N, P): which patches each answer token reads.
+
+        With `objects`, the patches' egocentric features (N, P, FEATURES) weigh in too.
+        """
         query = self.query(hidden).float()[:, None]  # (N, 1, d)
         keys = self.key(patch_hidden).float()  # (N or 1, P, d)
-        return ((query * keys).sum(-1) * self.scale).softmax(-1)
+        logits = (query * keys).sum(-1) * self.scale
+        if self.place is not None:
+            if features is None:
+                raise ValueError("a read-out that picks by place needs the patches' features")
+            weights = self.place(hidden).float()[:, None]  # (N, 1, FEATURES)
+            logits = logits + (weights * features.float()).sum(-1)
+        return logits.softmax(-1)
 
     def forward(
         self,
@@ -88,8 +124,12 @@ class EgocentricReadout(nn.Module):
         (N or 1, P, 2) metres their scenes' patches, xy (N, 2) and yaw (N,) the agents' poses;
         the layout and the pose are detached here.
         """
-        weights = self.attention(hidden, patch_hidden)
         features = egocentric_features(patch_layout.detach(), xy.detach(), yaw.detach())
+        weights = self.attention(hidden, patch_hidden, features)
         read = (weights[..., None] * features).sum(1)  # (N, FEATURES)
         read = read.to(self.embed[0].weight.dtype)  # a bf16 model without autocast too
-        return self.embed(read).to(hidden.dtype), weights
+        added = self.embed(read)
+        if self.value is not None:  # what it picked: the attended patches' states
+            picked = (weights[..., None] * patch_hidden.float()).sum(1)  # (N, H)
+            added = added + self.value(picked.to(self.value.weight.dtype))
+        return added.to(hidden.dtype), weights

@@ -97,6 +97,9 @@ class Loc3rVLMConfig:
     # read-out aid (ours): the answer is told where the object it reads is from the agent's pose
     # (see egocentric_readout; needs the layout)
     egocentric_readout: bool = False
+    # with it (ours): the read-out also picks an object by its place and hands over its states
+    # (see egocentric_readout)
+    readout_objects: bool = False
     # read-out aid (ours): <Ori> points at the faced object; the heading is the bearing to it
     # (see heading_pointer; needs the layout)
     heading_pointer: bool = False
@@ -253,7 +256,13 @@ class Loc3rVLM(nn.Module):
         self.position_pointer = PositionPointer(hidden) if config.position_pointer else None
         if config.egocentric_readout and not config.enable_layout_head:
             raise ValueError("egocentric_readout reads the layout: it needs enable_layout_head")
-        self.egocentric_readout = EgocentricReadout(hidden) if config.egocentric_readout else None
+        if config.readout_objects and not config.egocentric_readout:
+            raise ValueError("readout_objects extends the egocentric read-out: it needs it")
+        self.egocentric_readout = (
+            EgocentricReadout(hidden, objects=config.readout_objects)
+            if config.egocentric_readout
+            else None
+        )
         if config.heading_pointer and not config.enable_layout_head:
             raise ValueError("heading_pointer reads the layout: it needs enable_layout_head")
         self.heading_pointer = HeadingPointer(hidden) if config.heading_pointer else None
