@@ -353,7 +353,8 @@ def test_measure_reports_the_position_pointer(episodes_and_bundles):
     assert grounding["pointer_gate"] == pytest.approx(float(torch.sigmoid(torch.tensor(-3.0))))
     assert 0.0 < grounding["pointer_anchor_mass"] < 1.0
     position = report["position"]
-    assert position["f_pos head alone"] != position["f_pos"] != position["pointer alone"]
+    assert position["f_pos head alone"] != position["f_pos"]
+    assert position["f_pos"] != position["pointer alone"] != position["f_pos head alone"]
     assert "Position pointer: " in markdown(report) and "gate 0.05" in markdown(report)
 
 
@@ -375,7 +376,8 @@ def test_measure_reports_the_heading_pointer(episodes_and_bundles):
     assert 0.0 < grounding["heading_target_mass"] < 1.0
     assert grounding["pointer_gate"] is None  # no position pointer
     heading = report["heading"]
-    assert heading["f_ori alone"] != heading["pose"] != heading["pointer alone"]
+    assert heading["f_ori alone"] != heading["pose"]
+    assert heading["pose"] != heading["pointer alone"] != heading["f_ori alone"]
     assert "Heading pointer: " in markdown(report) and "gate 0.50" in markdown(report)
 
 

@@ -11,7 +11,7 @@ from transformers import AutoTokenizer
 
 from loc3r.train.pipeline import continue_from
 from loc3r.vlm import Loc3rVLMConfig, LossWeights
-from loc3r.vlm.heading_pointer import HeadingPointer, heading_error
+from loc3r.vlm.heading_pointer import HeadingPointer, bearing, heading_error, soft_norm
 from loc3r.vlm.loc3r_vlm import DEFAULT_SITUATION
 from loc3r.vlm.losses import grounding_nll, heading_from_bins, total_loss
 from loc3r.vlm.static_decoding import StaticDecoding, is_static, rewind
@@ -40,34 +40,66 @@ def angle_between(a: float, b: float) -> float:
     return abs(math.remainder(a - b, 2 * math.pi))
 
 
+def mixed_vector(trace, xy: torch.Tensor, gate) -> tuple[list[float], list[float]]:
+    """u and v of heading_pointer, written out from a trace: v from the (mixed) position to the
+    attended layout, u f_ori's unit vector turned towards v / |v|_e by the gate."""
+    v = ((trace.heading_attention[:, None] * trace.layout).sum(0) - xy).tolist()
+    length = math.sqrt(v[0] ** 2 + v[1] ** 2 + 0.1**2)
+    g = float(gate)
+    u = [(1 - g) * math.cos(trace.head_yaw) + g * v[0] / length,
+         (1 - g) * math.sin(trace.head_yaw) + g * v[1] / length]  # fmt: skip
+    return u, v
+
+
+def vector_error(vector: list[float], yaw: float) -> float:
+    length = math.sqrt(vector[0] ** 2 + vector[1] ** 2 + 0.1**2)
+    return 1 - (vector[0] * math.cos(yaw) + vector[1] * math.sin(yaw)) / length
+
+
 def test_the_pointer_reads_the_bearing_to_the_attended_layout_and_mixes_it_on_the_circle():
     torch.manual_seed(1)
     pointer = HeadingPointer(hidden=8, key_dim=4)
     ori, patches = torch.randn(3, 8), torch.randn(3, 5, 8)
     layout, position = torch.randn(3, 5, 2) * 3, torch.randn(3, 2)
-    pointed, weights = pointer.point(ori, patches, layout, position)
+    towards, weights = pointer.point(ori, patches, layout, position)
     faced = (weights[..., None] * layout).sum(1)
+    torch.testing.assert_close(towards, faced - position)
     for n in range(3):
         dx, dy = (faced[n] - position[n]).tolist()
-        assert float(pointed[n]) == pytest.approx(math.atan2(dy, dx), abs=1e-5)
+        assert float(bearing(towards)[n]) == pytest.approx(math.atan2(dy, dx), abs=1e-5)
     torch.testing.assert_close(weights.sum(-1), torch.ones(3))
     own = torch.tensor([0.3, -2.0, 1.0])
-    closed = pointer.mix(ori, own, pointed)  # the gate starts almost closed: f_ori's heading
+    closed = bearing(pointer.mix(ori, own, towards))  # the gate starts almost closed: f_ori's
     for n in range(3):
         assert 0 < angle_between(float(closed[n]), float(own[n])) < 0.06 * math.pi
     torch.nn.init.constant_(pointer.gate.bias, 50.0)  # wide open: the pointer's alone
-    torch.testing.assert_close(pointer.mix(ori, own, pointed), pointed)
+    torch.testing.assert_close(bearing(pointer.mix(ori, own, towards)), bearing(towards))
     # half open, across the +-pi seam: halfway on the circle (pi), not through 0
     torch.nn.init.constant_(pointer.gate.bias, 0.0)
-    mixed = pointer.mix(ori[:1], torch.tensor([math.pi - 0.1]), torch.tensor([-math.pi + 0.1]))
-    assert angle_between(float(mixed), math.pi) < 1e-5
+    mixed = pointer.mix(
+        ori[:1],
+        torch.tensor([math.pi - 0.1]),
+        torch.tensor([[5 * math.cos(-math.pi + 0.1), 5 * math.sin(-math.pi + 0.1)]]),
+    )
+    assert angle_between(float(bearing(mixed)), math.pi) < 1e-4
+    # a bearing to a point right at the agent weighs less than a long one
+    short = pointer.mix(ori[:1], torch.tensor([0.0]), torch.tensor([[0.0, 0.05]]))
+    long = pointer.mix(ori[:1], torch.tensor([0.0]), torch.tensor([[0.0, 5.0]]))
+    assert 0 < float(bearing(short)) < float(bearing(long)) < math.pi / 2 + 1e-6
 
 
-def test_heading_error_is_zero_when_equal_and_two_when_opposite():
+def test_heading_error_is_one_minus_cos_and_its_gradient_stays_bounded():
     yaw = torch.tensor([0.5, -3.0])
-    assert float(heading_error(yaw, yaw)) == pytest.approx(0.0, abs=1e-7)
-    assert float(heading_error(yaw, yaw + math.pi)) == pytest.approx(2.0)
-    assert float(heading_error(yaw, yaw + 2 * math.pi)) == pytest.approx(0.0, abs=1e-6)
+    along = 4 * torch.stack([yaw.cos(), yaw.sin()], dim=-1)  # 4 m along each heading
+    assert float(heading_error(along, yaw)) == pytest.approx(0.0, abs=1e-3)
+    assert float(heading_error(along, yaw + math.pi)) == pytest.approx(2.0, abs=1e-3)
+    assert float(heading_error(along, yaw + 2 * math.pi)) == pytest.approx(0.0, abs=1e-3)
+    assert float(heading_error(torch.zeros(2, 2), yaw)) == pytest.approx(1.0)  # a null vector
+    # a vector a millimetre long: the gradient is finite and under 1 / eps (atan2's would be 1e3)
+    tiny = torch.tensor([[0.0, 0.001]], requires_grad=True)
+    heading_error(tiny, torch.tensor([0.0])).backward()
+    assert torch.isfinite(tiny.grad).all() and float(tiny.grad.norm()) <= 10.0 + 1e-4
+    assert float(soft_norm(torch.tensor([[3.0, 4.0]]))) == pytest.approx(math.hypot(5, 0.1))
 
 
 def test_the_heading_losses_join_the_orientation_loss_and_the_grounding_the_grounding():
@@ -93,17 +125,12 @@ def test_cached_localize_equals_the_uncached_trace(tokenizer_dir):
     assert trace.head_yaw == pytest.approx(float(f_ori), abs=1e-5)
     assert pose.yaw_spread == pytest.approx(float(spread), abs=1e-6)  # f_ori's spread
     assert angle_between(pose.yaw, trace.head_yaw) > 1e-3  # the open gate turned it
-    gate = torch.sigmoid(torch.tensor(OPEN_GATE))  # on the unit circle, by the gate
-    expected = math.atan2(
-        (1 - gate) * math.sin(trace.head_yaw) + gate * math.sin(trace.pointer_yaw),
-        (1 - gate) * math.cos(trace.head_yaw) + gate * math.cos(trace.pointer_yaw),
-    )
-    assert angle_between(pose.yaw, expected) < 1e-5
+    gate = torch.sigmoid(torch.tensor(OPEN_GATE))
     assert trace.heading_gate == pytest.approx(float(gate))
     assert trace.heading_attention.shape == (12,)  # 3 frames of 2x2 pooled patches
-    faced = (trace.heading_attention[:, None] * trace.layout).sum(0) - pose.xy  # from the
-    assert trace.pointer_yaw == pytest.approx(math.atan2(float(faced[1]), float(faced[0])),
-                                              abs=1e-5)  # mixed position  # fmt: skip
+    u, v = mixed_vector(trace, pose.xy, gate)
+    assert trace.pointer_yaw == pytest.approx(math.atan2(v[1], v[0]), abs=1e-5)
+    assert angle_between(pose.yaw, math.atan2(u[1], u[0])) < 1e-5
     with pytest.raises(ValueError, match="patch states"):
         model.read_pose(torch.zeros(64), torch.zeros(64))
 
@@ -125,8 +152,8 @@ def test_training_moves_the_pointer_never_the_layout_the_position_or_f_ori(token
     parts = model.forward_train(mixed_batch())
     for name in ("heading", "heading_pointer", "pointer_ground", "heading_ground"):
         assert name in parts and torch.isfinite(parts[name]), name
-    untouched = ("layout_head", "f_pos.2", "f_ori.2", "position_pointer.query",
-                 "position_pointer.gate")  # fmt: skip
+    untouched = ("layout_head", "f_pos.0", "f_pos.2", "f_ori.0", "f_ori.2",
+                 "position_pointer.query", "position_pointer.gate")  # fmt: skip
     for part, moved in (
         ("heading_pointer", ("query", "key")),  # the pointer's own heading: its attention
         ("heading", ("query", "key", "gate")),  # the mixed one: the gate too
@@ -162,8 +189,9 @@ def test_packed_rows_give_each_sample_its_own_losses(tokenizer_dir):
             situation = s.situation or DEFAULT_SITUATION
             pose = model.localize(model.encode_scene(s.pixel_values, s.camera_tokens), situation)
             trace = trace_situation(model, s.pixel_values, s.camera_tokens, situation)
-            mixed.append(1 - math.cos(pose.yaw - s.yaw))
-            own.append(1 - math.cos(trace.pointer_yaw - s.yaw))
+            u, v = mixed_vector(trace, pose.xy, trace.heading_gate)
+            mixed.append(vector_error(u, s.yaw))
+            own.append(vector_error(v, s.yaw))
     assert float(packed["heading"]) == pytest.approx(sum(mixed) / len(mixed), abs=1e-4)
     assert float(packed["heading_pointer"]) == pytest.approx(sum(own) / len(own), abs=1e-4)
 
@@ -239,6 +267,15 @@ def test_save_load_and_a_continued_model_that_gains_it_but_never_loses_it(tokeni
                                Loc3rVLMConfig(cam_token_dim=24, position_pointer=True,
                                               heading_pointer=True), SIZES)  # fmt: skip
     assert not ungrounded.config.ground_pointers  # a training setting: the run's own
+
+
+def test_a_bf16_pointer_reads_without_autocast():
+    pointer = HeadingPointer(hidden=16, key_dim=4).to(torch.bfloat16)
+    torch.nn.init.constant_(pointer.gate.bias, 0.0)
+    ori, patches = torch.randn(2, 16, dtype=torch.bfloat16), torch.randn(1, 5, 16).bfloat16()
+    towards, weights = pointer.point(ori, patches, torch.randn(1, 5, 2), torch.randn(2, 2))
+    mixed = pointer.mix(ori, torch.tensor([0.1, 2.0]), towards)
+    assert towards.dtype == mixed.dtype == torch.float32 and torch.isfinite(mixed).all()
 
 
 def test_the_pointer_needs_the_layout_head(tokenizer_dir):

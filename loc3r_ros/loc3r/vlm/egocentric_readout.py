@@ -130,6 +130,8 @@ class EgocentricReadout(nn.Module):
         read = read.to(self.embed[0].weight.dtype)  # a bf16 model without autocast too
         added = self.embed(read)
         if self.value is not None:  # what it picked: the attended patches' states
-            picked = (weights[..., None] * patch_hidden.float()).sum(1)  # (N, H)
+            picked = torch.einsum(
+                "np,nph->nh", weights, patch_hidden.float().expand(len(weights), -1, -1)
+            )  # (N, H), without an (N, P, H) product
             added = added + self.value(picked.to(self.value.weight.dtype))
         return added.to(hidden.dtype), weights

@@ -36,7 +36,7 @@ from transformers import AutoTokenizer
 
 from loc3r.vlm import training_aids
 from loc3r.vlm.egocentric_readout import EgocentricReadout, teacher_pose
-from loc3r.vlm.heading_pointer import HeadingPointer, heading_error
+from loc3r.vlm.heading_pointer import HeadingPointer, bearing, heading_error
 from loc3r.vlm.llava_video import (
     LlavaVideoConfig,
     LlavaVideoModel,
@@ -173,7 +173,8 @@ class PointedPose:
 
     xy (N, 2) and yaw (N,) are the poses after the pointers' gates (f_pos's and f_ori's own where
     the model lacks a pointer); the pointed values are each pointer's own, with its (N, P)
-    attention over the patches (None without that pointer).
+    attention over the patches (None without that pointer). The heading pointer's vectors
+    (heading_pointer: u and v, (N, 2)) are what its losses read.
     """
 
     xy: torch.Tensor
@@ -182,6 +183,8 @@ class PointedPose:
     xy_attention: torch.Tensor | None = None
     pointed_yaw: torch.Tensor | None = None
     yaw_attention: torch.Tensor | None = None
+    yaw_vector: torch.Tensor | None = None
+    pointed_vector: torch.Tensor | None = None
 
 
 @dataclass
@@ -216,6 +219,10 @@ class TrainSample:
     question_cells: torch.Tensor | None = None  # the object the answer is about
     object_offset: torch.Tensor | None = None  # (2,) metres
     anchor_word: str | None = None  # the anchor's kind as the situation names it ("chair")
+
+
+# the PointedPose fields the packed rows' readings are merged into
+MERGED_FIELDS = ("xy", "yaw", "pointed_xy", "pointed_yaw", "yaw_vector", "pointed_vector")
 
 
 def object_mass(
@@ -467,10 +474,11 @@ class Loc3rVLM(nn.Module):
             )
             pose.xy = xy = self.position_pointer.mix(pos_hidden, xy, pose.pointed_xy)
         if self.heading_pointer is not None:
-            pose.pointed_yaw, pose.yaw_attention = self.heading_pointer.point(
+            pose.pointed_vector, pose.yaw_attention = self.heading_pointer.point(
                 ori_hidden, patch_hidden, layout, xy
             )
-            pose.yaw = self.heading_pointer.mix(ori_hidden, yaw, pose.pointed_yaw)
+            pose.yaw_vector = self.heading_pointer.mix(ori_hidden, yaw, pose.pointed_vector)
+            pose.pointed_yaw, pose.yaw = bearing(pose.pointed_vector), bearing(pose.yaw_vector)
         return pose
 
     # --- training ---------------------------------------------------------------------------------
@@ -508,12 +516,11 @@ class Loc3rVLM(nn.Module):
                 xy = pose.xy
                 if pose.pointed_xy is not None:
                     parts["pointer"] = gaussian_nll_2d(pose.pointed_xy, sigma.detach(), target)
-                if pose.pointed_yaw is not None:
-                    parts["heading_pointer"] = heading_error(pose.pointed_yaw, yaw)
-                    parts["heading"] = heading_error(pose.yaw, yaw)
+                if pose.pointed_vector is not None:
+                    parts["heading_pointer"] = heading_error(pose.pointed_vector, yaw)
+                    parts["heading"] = heading_error(pose.yaw_vector, yaw)
                     own_yaw = pose.yaw
-                if self.config.ground_pointers:
-                    parts |= masses
+                parts |= masses  # (none unless ground_pointers)
             parts["pos"] = gaussian_nll_2d(xy, sigma, target)
             parts["ori"] = orientation_kl(ori_logits, yaw, self.config.weights.ori_sigma)
             if self.egocentric_readout is not None:
@@ -568,11 +575,7 @@ class Loc3rVLM(nn.Module):
         the pointers' grounding losses (-log of their attention's mass on the anchor's patches,
         "pointer_ground", and on the faced object's, "heading_ground"; 0 without such a patch).
         """
-        merged = PointedPose(own_xy.float(), own_yaw.float())
-        if self.position_pointer is not None:
-            merged.pointed_xy = merged.xy
-        if self.heading_pointer is not None:
-            merged.pointed_yaw = merged.yaw
+        merged = PointedPose(own_xy.float(), own_yaw.float())  # every row overwrites its own
         masses: dict[str, list[torch.Tensor]] = {"pointer_ground": [], "heading_ground": []}
         for row in rows.unique().tolist():
             chosen = (rows == row).nonzero().flatten()
@@ -582,13 +585,15 @@ class Loc3rVLM(nn.Module):
                 states[row, cols[chosen]], states[row, cols[chosen] + 1], states[row, where][None],
                 own_xy[chosen], own_yaw[chosen],
             )  # fmt: skip
-            for name in ("xy", "yaw", "pointed_xy", "pointed_yaw"):
-                if getattr(pose, name) is not None:  # out of place: the graph keeps each row's
-                    setattr(
-                        merged,
-                        name,
-                        getattr(merged, name).index_put((chosen,), getattr(pose, name)),
-                    )
+            for name in MERGED_FIELDS:
+                value = getattr(pose, name)
+                if value is not None:  # out of place: the graph keeps each row's
+                    into = getattr(merged, name)
+                    if into is None:
+                        into = value.new_zeros((len(rows), *value.shape[1:]))
+                    setattr(merged, name, into.index_put((chosen,), value))
+            if not self.config.ground_pointers:
+                continue
             for n, k in enumerate(chosen.tolist()):
                 sample = samples[situated[k]]
                 for part, weights, cells in (
@@ -601,7 +606,7 @@ class Loc3rVLM(nn.Module):
         losses = {}
         for part, pointer in (("pointer_ground", self.position_pointer),
                               ("heading_ground", self.heading_pointer)):  # fmt: skip
-            if pointer is not None:
+            if pointer is not None and self.config.ground_pointers:
                 found = masses[part]
                 losses[part] = (
                     -(torch.stack(found) + GROUNDING_EPS).log().mean() if found
