@@ -336,18 +336,27 @@ def test_measure_reports_the_input_points_error_by_frame(episodes_and_bundles, m
                                    abs=0.5 + 1e-6)  # fmt: skip
 
 
+def measure_with(vlm, episodes, aid: str, module, gate_bias: float | None = None) -> dict:
+    """measure() of `vlm` given a fresh pointer `module` as its `aid`, then without it again."""
+    setattr(vlm, aid, module)
+    setattr(vlm.config, aid, True)
+    if gate_bias is not None:
+        torch.nn.init.constant_(module.gate.bias, gate_bias)
+    try:
+        return measure(vlm, episodes, 56, progress=False)
+    finally:
+        setattr(vlm, aid, None)
+        setattr(vlm.config, aid, False)
+
+
 def test_measure_reports_the_position_pointer(episodes_and_bundles):
     from loc3r.vlm.position_pointer import PositionPointer
 
     episodes, bundles, _ = episodes_and_bundles
     vlm = bundles[0].model.vlm
     torch.manual_seed(3)
-    vlm.position_pointer = PositionPointer(vlm.base.config.text["hidden_size"])
-    vlm.config.position_pointer = True
-    try:
-        report = measure(vlm, episodes, 56, progress=False)
-    finally:
-        vlm.position_pointer, vlm.config.position_pointer = None, False
+    pointer = PositionPointer(vlm.base.config.text["hidden_size"])
+    report = measure_with(vlm, episodes, "position_pointer", pointer)
     grounding = report["grounding"]
     # a new pointer's gate is sigmoid(-3) everywhere; its attention sums to 1 over the patches
     assert grounding["pointer_gate"] == pytest.approx(float(torch.sigmoid(torch.tensor(-3.0))))
@@ -364,13 +373,8 @@ def test_measure_reports_the_heading_pointer(episodes_and_bundles):
     episodes, bundles, _ = episodes_and_bundles
     vlm = bundles[0].model.vlm
     torch.manual_seed(4)
-    vlm.heading_pointer = HeadingPointer(vlm.base.config.text["hidden_size"])
-    vlm.config.heading_pointer = True
-    torch.nn.init.constant_(vlm.heading_pointer.gate.bias, 0.0)  # half open
-    try:
-        report = measure(vlm, episodes, 56, progress=False)
-    finally:
-        vlm.heading_pointer, vlm.config.heading_pointer = None, False
+    pointer = HeadingPointer(vlm.base.config.text["hidden_size"])
+    report = measure_with(vlm, episodes, "heading_pointer", pointer, gate_bias=0.0)  # half open
     grounding = report["grounding"]
     assert grounding["heading_gate"] == pytest.approx(0.5)
     assert 0.0 < grounding["heading_target_mass"] < 1.0
