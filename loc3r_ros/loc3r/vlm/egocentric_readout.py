@@ -33,11 +33,12 @@ read-out that gains them answers as before.
 
 from __future__ import annotations
 
-import math
 import zlib
 
 import torch
 from torch import nn
+
+from loc3r.vlm.position_pointer import patch_logits
 
 FEATURES = 3  # ahead / distance, left / distance, tanh(distance / DISTANCE_SCALE)
 DISTANCE_SCALE = 2.0  # metres
@@ -75,7 +76,6 @@ class EgocentricReadout(nn.Module):
         self.embed = nn.Sequential(nn.Linear(FEATURES, width), nn.GELU(), nn.Linear(width, hidden))
         nn.init.zeros_(self.embed[-1].weight)
         nn.init.zeros_(self.embed[-1].bias)
-        self.scale = 1.0 / math.sqrt(key_dim)
         self.place: nn.Linear | None = None
         self.value: nn.Linear | None = None
         if objects:
@@ -100,9 +100,7 @@ class EgocentricReadout(nn.Module):
 
         With `objects`, the patches' egocentric features (N, P, FEATURES) weigh in too.
         """
-        query = self.query(hidden).float()[:, None]  # (N, 1, d)
-        keys = self.key(patch_hidden).float()  # (N or 1, P, d)
-        logits = (query * keys).sum(-1) * self.scale
+        logits = patch_logits(self.query(hidden), self.key(patch_hidden))
         if self.place is not None:
             if features is None:
                 raise ValueError("a read-out that picks by place needs the patches' features")

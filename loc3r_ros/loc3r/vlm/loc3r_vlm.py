@@ -606,7 +606,7 @@ class Loc3rVLM(nn.Module):
         losses = {}
         for part, pointer in (("pointer_ground", self.position_pointer),
                               ("heading_ground", self.heading_pointer)):  # fmt: skip
-            if pointer is not None and self.config.ground_pointers:
+            if pointer is not None and self.config.ground_pointers:  # else no mass was taken
                 found = masses[part]
                 losses[part] = (
                     -(torch.stack(found) + GROUNDING_EPS).log().mean() if found

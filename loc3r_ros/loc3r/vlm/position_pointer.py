@@ -32,10 +32,15 @@ from torch import nn
 CLOSED_GATE_BIAS = -3.0  # sigmoid(-3) = 4.7 %: the pointer starts almost out of the way
 
 
-def patch_attention(query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """(N, d) queries and (N or 1, P, d) keys -> (N, P) softmax of their scaled dot products."""
+def patch_logits(query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """(N, d) queries and (N or 1, P, d) keys -> (N, P) their scaled dot products (float32)."""
     scale = 1.0 / math.sqrt(query.shape[-1])
-    return ((query.float()[:, None] * keys.float()).sum(-1) * scale).softmax(-1)
+    return (query.float()[:, None] * keys.float()).sum(-1) * scale
+
+
+def patch_attention(query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """(N, d) queries and (N or 1, P, d) keys -> (N, P): the softmax of patch_logits."""
+    return patch_logits(query, keys).softmax(-1)
 
 
 class PositionPointer(nn.Module):
