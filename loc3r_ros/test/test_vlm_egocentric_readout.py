@@ -13,7 +13,7 @@ from transformers import AutoTokenizer
 from loc3r.train.pipeline import continue_from
 from loc3r.vlm import Loc3rVLMConfig, LossWeights
 from loc3r.vlm.egocentric_readout import EgocentricReadout, egocentric_features, teacher_pose
-from loc3r.vlm.loc3r_vlm import DEFAULT_SITUATION
+from loc3r.vlm.loc3r_vlm import DEFAULT_SITUATION, PosePrediction
 from loc3r.vlm.losses import egocentric_offset, grounding_nll, total_loss
 from loc3r.vlm.static_decoding import StaticDecoding, rewind
 from loc3r.vlm.tiny import build_tiny_loc3r
@@ -34,11 +34,12 @@ def make_model(
     pointer: bool = False,
     heading: bool = False,
     objects: bool = False,
+    anchor: bool = False,
 ):
     torch.manual_seed(0)
     config = Loc3rVLMConfig(cam_token_dim=24, egocentric_readout=readout,
                             position_pointer=pointer, heading_pointer=heading,
-                            readout_objects=objects,
+                            readout_objects=objects, readout_anchor=anchor,
                             weights=LossWeights(grounding=0.5))  # fmt: skip
     model = build_tiny_loc3r(AutoTokenizer.from_pretrained(str(tokenizer_dir)), config)
     if heading:  # an open gate: the heading the read-out takes is the pointer-mixed one
@@ -48,6 +49,9 @@ def make_model(
         if objects:
             torch.nn.init.normal_(model.egocentric_readout.place.weight, std=0.5)
             torch.nn.init.normal_(model.egocentric_readout.value.weight, std=0.1)
+        if anchor:
+            torch.nn.init.normal_(model.egocentric_readout.avoid.weight, std=0.5)
+            torch.nn.init.constant_(model.egocentric_readout.avoid.bias, -2.0)
     return model.eval()
 
 
@@ -107,16 +111,18 @@ def test_teacher_poses_are_stable_and_half_of_the_samples():
 
 
 @pytest.mark.parametrize(
-    ("heading", "objects"), [(False, False), (True, False), (True, True)],
-    ids=["f_ori", "heading pointer", "picking objects"],
+    ("heading", "objects", "anchor"),
+    [(False, False, False), (True, False, False), (True, True, False), (True, True, True)],
+    ids=["f_ori", "heading pointer", "picking objects", "knowing the anchor"],
 )  # fmt: skip
 @pytest.mark.parametrize("texts", [OWN_POSE, TRUE_POSE], ids=["own pose", "true pose"])
 def test_training_scores_the_answer_as_inference_does_from_the_same_pose(
-    tokenizer_dir, texts, heading, objects
+    tokenizer_dir, texts, heading, objects, anchor
 ):
     """One sample: its training CE over the answer's tokens is -log p(answer) of the cached
     inference, with the model's own pose or (half of the samples) the true one."""
-    model = make_model(tokenizer_dir, pointer=True, heading=heading, objects=objects)
+    model = make_model(tokenizer_dir, pointer=True, heading=heading, objects=objects,
+                       anchor=anchor)  # fmt: skip
     s = dataclasses.replace(scene(3, (texts,))[0], position=torch.tensor([0.8, -0.4]), yaw=2.1)
     ce = model.forward_train([alone(s)])["ce"]
     model.set_answer_vocabulary(VOCABULARY)
@@ -138,12 +144,14 @@ def test_training_scores_the_answer_as_inference_does_from_the_same_pose(
 
 
 @pytest.mark.parametrize(
-    ("heading", "objects"), [(False, False), (True, False), (True, True)],
-    ids=["f_ori", "heading pointer", "picking objects"],
+    ("heading", "objects", "anchor"),
+    [(False, False, False), (True, False, False), (True, True, False), (True, True, True)],
+    ids=["f_ori", "heading pointer", "picking objects", "knowing the anchor"],
 )  # fmt: skip
-def test_packed_rows_score_every_answer_from_its_own_pose(tokenizer_dir, heading, objects):
+def test_packed_rows_score_every_answer_from_its_own_pose(tokenizer_dir, heading, objects, anchor):
     """Several samples of one scene in a row: the batch's CE is what inference gives each."""
-    model = make_model(tokenizer_dir, pointer=True, heading=heading, objects=objects)
+    model = make_model(tokenizer_dir, pointer=True, heading=heading, objects=objects,
+                       anchor=anchor)  # fmt: skip
     batch = mixed_batch()
     assert {teacher_pose(s.situation, s.question) for s in batch} == {
         True, False,
@@ -323,6 +331,77 @@ def test_a_readout_picking_objects_starts_as_the_plain_one_then_picks_by_place()
     torch.testing.assert_close(added - _without_value(picking, *args), picking.value(states))
     with pytest.raises(ValueError, match="features"):
         picking.attention(hidden, patches)
+
+
+def test_a_readout_knowing_the_anchor_starts_as_before_then_leaves_the_anchor_out():
+    torch.manual_seed(6)
+    picking = EgocentricReadout(hidden=8, key_dim=4, objects=True)
+    knowing = EgocentricReadout(hidden=8, key_dim=4, objects=True, anchor=True)
+    knowing.load_state_dict(picking.state_dict(), strict=False)
+    hidden, patches = torch.randn(2, 8), torch.randn(1, 3, 8)
+    # facing +x from the origin: the anchor 0.3 m ahead, a lamp 1.5 m left, a door 4 m ahead
+    layout = torch.tensor([[[0.3, 0.0], [0.0, 1.5], [4.0, 0.0]]])
+    anchor = torch.tensor([[0.9, 0.06, 0.04]], requires_grad=True)  # the position pointer's
+    args = (hidden, patches, layout, torch.zeros(2, 2), torch.zeros(2))
+    with torch.no_grad():  # "the nearest": closeness weighed strongly
+        for readout in (picking, knowing):
+            readout.place.bias.copy_(torch.tensor([0.0, 0.0, -20.0]))
+    _, nearest = picking(*args)
+    _, before = knowing(*args, anchor)
+    torch.testing.assert_close(before, nearest)  # a zero map: it reads as before
+    assert nearest.argmax(-1).tolist() == [0, 0]  # the anchor, which "nearest" leaves out
+    with torch.no_grad():
+        knowing.avoid.bias.fill_(-50.0)
+    _, after = knowing(*args, anchor)
+    assert after.argmax(-1).tolist() == [1, 1] and float(after[:, 1].min()) > 0.9
+    # the marked share is relative to the pointer's peak: a flatter pointer marks the same patch
+    _, flatter = knowing(*args, anchor.detach() / 3)
+    torch.testing.assert_close(flatter, after)
+    knowing(*args, anchor)[0].sum().backward()
+    assert anchor.grad is None  # detached: the read-out's losses leave the pointer alone
+    with pytest.raises(ValueError, match="position pointer"):
+        knowing(*args)
+
+
+def test_a_model_gains_the_anchor_only_with_the_pointer_and_answers_as_before(
+    tokenizer_dir, tmp_path
+):
+    with pytest.raises(ValueError, match="readout_anchor"):
+        build_tiny_loc3r(AutoTokenizer.from_pretrained(str(tokenizer_dir)),
+                         Loc3rVLMConfig(cam_token_dim=24, egocentric_readout=True,
+                                        readout_anchor=True))  # fmt: skip
+    model = make_model(tokenizer_dir, pointer=True, objects=True)
+    model.set_answer_vocabulary(VOCABULARY)
+    s = scene(8, (OWN_POSE,))[0]
+    before = model.score_answers(model.encode_scene(s.pixel_values, s.camera_tokens), s.question,
+                                 s.situation)  # fmt: skip
+    model.save_pretrained(tmp_path / "objects")
+    wanted = Loc3rVLMConfig(cam_token_dim=24, egocentric_readout=True, position_pointer=True,
+                            readout_objects=True, readout_anchor=True)  # fmt: skip
+    gained = continue_from(str(tmp_path / "objects"), wanted, SIZES)
+    assert gained.config.readout_anchor and not gained.egocentric_readout.avoid.weight.any()
+    gained.set_answer_vocabulary(VOCABULARY)
+    prefix = gained.encode_scene(s.pixel_values, s.camera_tokens)
+    torch.testing.assert_close(gained.score_answers(prefix, s.question, s.situation), before)
+    pose = gained.localize(prefix, s.situation)
+    assert pose.anchor_attention is not None and pose.anchor_attention.shape == (
+        len(prefix.patch_positions),
+    )  # fmt: skip
+    torch.nn.init.normal_(gained.egocentric_readout.avoid.weight, std=0.5)
+    told = PosePrediction(pose.xy, pose.sigma, pose.yaw, pose.yaw_spread, pose.ori_probs)
+    torch.testing.assert_close(  # a pose without the pointer's attention takes the situation's
+        gained.score_answers(prefix, s.question, s.situation, told),
+        gained.score_answers(prefix, s.question, s.situation, pose),
+    )
+    gained.save_pretrained(tmp_path / "anchor")
+    assert type(model).from_pretrained(tmp_path / "anchor").egocentric_readout.avoid is not None
+    with pytest.raises(ValueError, match="readout_anchor"):  # never lost
+        continue_from(str(tmp_path / "anchor"), dataclasses.replace(wanted, readout_anchor=False),
+                      SIZES)  # fmt: skip
+    make_model(tokenizer_dir, objects=True).save_pretrained(tmp_path / "no_pointer")
+    no_pointer = dataclasses.replace(wanted, position_pointer=False)
+    with pytest.raises(ValueError, match="readout_anchor"):
+        continue_from(str(tmp_path / "no_pointer"), no_pointer, SIZES)
 
 
 def test_the_readout_needs_the_layout_head(tokenizer_dir):

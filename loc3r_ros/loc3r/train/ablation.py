@@ -41,7 +41,7 @@ from loc3r.train.train_vlm import Trainer
 # Without the camera prior the patches are not told their 3D points either (the point embedding
 # reads them from the camera tokens), and the position and heading pointers, which read the
 # layout, are off in all three: the ablation is the paper's, on the recipe's data and sizes.
-NO_POINTERS = {"position_pointer": False, "heading_pointer": False}
+NO_POINTERS = {"position_pointer": False, "heading_pointer": False, "readout_anchor": False}
 VARIANTS = (
     ("situation only", {"use_camera_tokens": False, "layout_weight": 0.0,
                         "point_embedding": False, **NO_POINTERS}),

@@ -132,6 +132,9 @@ class TrainConfig:
     # with it: the read-out also picks an object by its place (its attention weighs ahead, left
     # and distance) and hands over the picked patches' states, for "what is closest ..."
     readout_objects: bool = False
+    # with it and the position pointer: the read-out's attention also weighs the anchor's patches
+    # (the position pointer's attention), to leave out the object the agent is at ("nearest")
+    readout_anchor: bool = False
     # read-out aid (ours, needs the layout head): <Ori> also points at patches and reads the
     # bearing to them from the position, mixed with f_ori's heading by a learned gate
     # (loc3r.vlm.heading_pointer)

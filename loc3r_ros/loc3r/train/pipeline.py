@@ -129,6 +129,7 @@ def build_model(config: TrainConfig, tokenizer, cam_dim: int) -> Loc3rVLM:
         position_pointer=config.position_pointer,
         egocentric_readout=config.egocentric_readout,
         readout_objects=config.readout_objects,
+        readout_anchor=config.readout_anchor,
         heading_pointer=config.heading_pointer,
         ground_pointers=config.ground_pointers,
         weights=LossWeights(
@@ -195,7 +196,10 @@ def continue_from(directory: str, vlm_config: Loc3rVLMConfig, sizes: dict) -> Lo
     if model.config.enable_egocentric_head and not vlm_config.enable_egocentric_head:
         differ.remove("enable_egocentric_head")  # its loss weight is 0: kept as it was (no decay)
         model.egocentric_head.requires_grad_(False)
-    aids = ("position_pointer", "egocentric_readout", "heading_pointer", "readout_objects")
+    aids = (
+        "position_pointer", "egocentric_readout", "heading_pointer", "readout_objects",
+        "readout_anchor",
+    )  # fmt: skip
     for aid in aids:  # added by a run, never dropped
         if getattr(model.config, aid) and not getattr(vlm_config, aid):
             differ.append(aid)
@@ -222,6 +226,14 @@ def continue_from(directory: str, vlm_config: Loc3rVLMConfig, sizes: dict) -> Lo
             raise ValueError(f"vlm_init={directory}: the heading pointer needs its layout head")
         model.heading_pointer = HeadingPointer(saved.text["hidden_size"]).to(model.device)
         model.config.heading_pointer = True
+    if vlm_config.readout_anchor and not model.config.readout_anchor:
+        if model.egocentric_readout is None or model.position_pointer is None:
+            raise ValueError(
+                f"vlm_init={directory}: readout_anchor needs the egocentric read-out and the "
+                "position pointer"
+            )
+        model.egocentric_readout.add_anchor()  # adds nothing until trained
+        model.config.readout_anchor = True
     model.config.ground_pointers = vlm_config.ground_pointers
     model.config.weights = vlm_config.weights
     return model

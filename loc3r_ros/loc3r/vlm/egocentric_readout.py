@@ -29,6 +29,14 @@ whose answer is an object's kind: its attention logits add place(h) . features (
 the answer token's state weighing ahead, left and distance: "behind and near"), and the attended
 patches' states, through a linear map, join the added state. Both maps start at zero, so a
 read-out that gains them answers as before.
+
+With `anchor` (Loc3rVLMConfig.readout_anchor) it also knows the object the agent is at: "what is
+closest to me?" leaves out the bed the agent sits on, whose patches are the nearest, so a read-out
+that picks by place alone answers the anchor's kind (b32: a third of "nearest" answers, the truth
+4 %; docs/experiments.md). The position pointer's attention over the same patches marks that
+object; its share of each patch, divided by its largest (1 on the anchor, near 0 elsewhere,
+detached), weighs in the attention logits by avoid(h), a linear map of the answer token's state
+that starts at zero.
 """
 
 from __future__ import annotations
@@ -68,7 +76,12 @@ class EgocentricReadout(nn.Module):
     """The answer token's state, the patches' states and layout, a pose -> an added state."""
 
     def __init__(
-        self, hidden: int, key_dim: int = 64, width: int = 64, objects: bool = False
+        self,
+        hidden: int,
+        key_dim: int = 64,
+        width: int = 64,
+        objects: bool = False,
+        anchor: bool = False,
     ) -> None:
         super().__init__()
         self.query = nn.Linear(hidden, key_dim)
@@ -78,8 +91,11 @@ class EgocentricReadout(nn.Module):
         nn.init.zeros_(self.embed[-1].bias)
         self.place: nn.Linear | None = None
         self.value: nn.Linear | None = None
+        self.avoid: nn.Linear | None = None
         if objects:
             self.add_objects()
+        if anchor:
+            self.add_anchor()
 
     def add_objects(self) -> None:
         """Pick by place and hand over what was picked (see the module); starts adding nothing."""
@@ -90,15 +106,23 @@ class EgocentricReadout(nn.Module):
             nn.init.zeros_(layer.weight)
         nn.init.zeros_(self.place.bias)
 
+    def add_anchor(self) -> None:
+        """Weigh the anchor's patches by the answer token (see the module); starts at zero."""
+        self.avoid = nn.Linear(self.query.in_features, 1).to(self.query.weight)
+        nn.init.zeros_(self.avoid.weight)
+        nn.init.zeros_(self.avoid.bias)
+
     def attention(
         self,
         hidden: torch.Tensor,
         patch_hidden: torch.Tensor,
         features: torch.Tensor | None = None,
+        anchor: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """(N, H) and (N or 1, P, H) -> (N, P): which patches each answer token reads.
 
-        With `objects`, the patches' egocentric features (N, P, FEATURES) weigh in too.
+        With `objects`, the patches' egocentric features (N, P, FEATURES) weigh in too; with
+        `anchor`, the position pointer's attention `anchor` (N or 1, P).
         """
         logits = patch_logits(self.query(hidden), self.key(patch_hidden))
         if self.place is not None:
@@ -106,6 +130,12 @@ class EgocentricReadout(nn.Module):
                 raise ValueError("a read-out that picks by place needs the patches' features")
             weights = self.place(hidden).float()[:, None]  # (N, 1, FEATURES)
             logits = logits + (weights * features.float()).sum(-1)
+        if self.avoid is not None:
+            if anchor is None:
+                raise ValueError("a read-out that knows the anchor needs the position pointer's")
+            anchor = anchor.detach().float()
+            marked = anchor / anchor.amax(-1, keepdim=True).clamp_min(1e-12)  # 1 at its peak
+            logits = logits + self.avoid(hidden).float() * marked
         return logits.softmax(-1)
 
     def forward(
@@ -115,15 +145,17 @@ class EgocentricReadout(nn.Module):
         patch_layout: torch.Tensor,
         xy: torch.Tensor,
         yaw: torch.Tensor,
+        anchor: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, H) to add to the answer tokens' states, and the attention (N, P).
 
         hidden (N, H) the answer tokens' states, patch_hidden (N or 1, P, H) and patch_layout
-        (N or 1, P, 2) metres their scenes' patches, xy (N, 2) and yaw (N,) the agents' poses;
-        the layout and the pose are detached here.
+        (N or 1, P, 2) metres their scenes' patches, xy (N, 2) and yaw (N,) the agents' poses,
+        anchor (N or 1, P) the position pointer's attention (with `anchor`); the layout, the pose
+        and the anchor are detached here.
         """
         features = egocentric_features(patch_layout.detach(), xy.detach(), yaw.detach())
-        weights = self.attention(hidden, patch_hidden, features)
+        weights = self.attention(hidden, patch_hidden, features, anchor)
         read = (weights[..., None] * features).sum(1)  # (N, FEATURES)
         read = read.to(self.embed[0].weight.dtype)  # a bf16 model without autocast too
         added = self.embed(read)

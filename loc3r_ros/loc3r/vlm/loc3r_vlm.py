@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -100,6 +100,9 @@ class Loc3rVLMConfig:
     # with it (ours): the read-out also picks an object by its place and hands over its states
     # (see egocentric_readout)
     readout_objects: bool = False
+    # with it and the position pointer (ours): the read-out's attention knows the anchor's patches
+    # (the pointer's attention) and can leave them out (see egocentric_readout)
+    readout_anchor: bool = False
     # read-out aid (ours): <Ori> points at the faced object; the heading is the bearing to it
     # (see heading_pointer; needs the layout)
     heading_pointer: bool = False
@@ -165,6 +168,8 @@ class PosePrediction:
     yaw: float  # radians
     yaw_spread: float  # circular std, radians
     ori_probs: torch.Tensor  # (B,) bin probabilities
+    # (P,) the position pointer's attention over the video's patches (None without it)
+    anchor_attention: torch.Tensor | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -265,8 +270,13 @@ class Loc3rVLM(nn.Module):
             raise ValueError("egocentric_readout reads the layout: it needs enable_layout_head")
         if config.readout_objects and not config.egocentric_readout:
             raise ValueError("readout_objects extends the egocentric read-out: it needs it")
+        if config.readout_anchor and not (config.egocentric_readout and config.position_pointer):
+            raise ValueError(
+                "readout_anchor gives the egocentric read-out the position pointer's attention: "
+                "it needs both"
+            )
         self.egocentric_readout = (
-            EgocentricReadout(hidden, objects=config.readout_objects)
+            EgocentricReadout(hidden, objects=config.readout_objects, anchor=config.readout_anchor)
             if config.egocentric_readout
             else None
         )
@@ -436,15 +446,17 @@ class Loc3rVLM(nn.Module):
         out = self.f_pos(pos_hidden).float()
         probs = self.f_ori(ori_hidden).float().softmax(-1)
         yaw, spread = heading_from_bins(probs)
-        xy = out[:2]
+        xy, anchor = out[:2], None
         if self.reads_patches:
             if patch_hidden is None:
                 raise ValueError("the position and heading pointers need the video's patch states")
             pointed = self.point_pose(pos_hidden[None], ori_hidden[None], patch_hidden[None],
                                       xy[None], yaw[None])  # fmt: skip
             xy, yaw = pointed.xy[0], pointed.yaw[0]
+            if pointed.xy_attention is not None:
+                anchor = pointed.xy_attention[0].detach()
         return PosePrediction(
-            xy, self._sigma(out[2:]), float(yaw.detach()), float(spread.detach()), probs
+            xy, self._sigma(out[2:]), float(yaw.detach()), float(spread.detach()), probs, anchor
         )
 
     @property
@@ -640,6 +652,7 @@ class Loc3rVLM(nn.Module):
         pose_yaw = torch.where(teach, true_yaw, own_yaw.detach().float())
         rows = torch.tensor([batch.rows[i] for i in situated], device=self.device)
         cols = torch.tensor([batch.queries(i)[2] for i in situated], device=self.device)
+        pos_cols = torch.tensor([batch.pos_at[i] for i in situated], device=self.device)
         added = torch.zeros(len(situated), states.shape[-1], device=self.device)
         masses = []  # each sample's read-out attention on its question's object
         for row in rows.unique().tolist():
@@ -648,9 +661,14 @@ class Loc3rVLM(nn.Module):
             where = (patch_at >= 0).nonzero().flatten()
             patches = states[row, where]
             layout = self.layout_head(patches)[:, :2]
+            anchor = None  # the position pointer's attention, as inference reads it (detached)
+            if readout.avoid is not None:
+                anchor = self.position_pointer.attention(
+                    states[row, pos_cols[chosen]], patches[None]
+                ).detach()
             delta, weights = readout(
                 states[row, cols[chosen]], patches[None], layout[None], pose_xy[chosen],
-                pose_yaw[chosen],
+                pose_yaw[chosen], anchor,
             )  # fmt: skip
             added = added.index_put((chosen,), delta.float())
             for n, k in enumerate(chosen.tolist()):
@@ -729,8 +747,9 @@ class Loc3rVLM(nn.Module):
         patches = prefix.last_hidden[prefix.patch_positions]
         layout = self.layout_head(patches)[:, :2]
         yaw = torch.tensor([pose.yaw], device=self.device)
+        anchor = None if pose.anchor_attention is None else pose.anchor_attention[None]
         delta, _ = self.egocentric_readout(
-            last[None], patches[None], layout[None], pose.xy.to(self.device)[None], yaw
+            last[None], patches[None], layout[None], pose.xy.to(self.device)[None], yaw, anchor
         )
         return last + delta[0]
 
@@ -832,7 +851,8 @@ class Loc3rVLM(nn.Module):
         log p(answer tokens, <|im_end|> | scene, situation, question): the sequence probability
         of the model generating exactly that entry and stopping. `pose` replaces the pose read
         from the situation where the egocentric read-out takes one (what the answers give from
-        another pose, e.g. the true one; diagnostics); None: the situation's own.
+        another pose, e.g. the true one; diagnostics); None: the situation's own. A `pose`
+        without the position pointer's attention takes the situation's (readout_anchor).
         """
         if self.answer_vocabulary is None:
             raise ValueError("the model has no answer vocabulary")
@@ -841,6 +861,8 @@ class Loc3rVLM(nn.Module):
             read = self._situate(prefix, situation_ids)
             offset = prefix.length + len(situation_ids)
             question_ids = self.question_ids(question)
+            if pose is not None and pose.anchor_attention is None:  # where the model says it is
+                pose = replace(pose, anchor_attention=read.anchor_attention)
             return self._score_answers(prefix, question_ids, offset, read if pose is None else pose)
         finally:
             rewind(prefix.cache, prefix.length)  # back to the scene prefix
