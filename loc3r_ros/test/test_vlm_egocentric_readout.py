@@ -141,6 +141,12 @@ def test_training_scores_the_answer_as_inference_does_from_the_same_pose(
     if texts is OWN_POSE:  # the public path reads the model's own pose
         public = model.score_answers(prefix, s.question, s.situation)
         torch.testing.assert_close(public, scores)
+    if anchor:  # and the anchor's term is in both: without it the scores move
+        with torch.no_grad():
+            model.egocentric_readout.avoid.weight.zero_()
+            model.egocentric_readout.avoid.bias.zero_()
+        unmarked = model.score_answers(prefix, s.question, s.situation, pose)
+        assert (unmarked - scores).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize(
@@ -173,7 +179,7 @@ def test_packed_rows_score_every_answer_from_its_own_pose(tokenizer_dir, heading
 
 
 def test_the_answer_follows_the_pose_and_the_answer_loss_moves_only_the_readout(tokenizer_dir):
-    model = make_model(tokenizer_dir, pointer=True, heading=True)
+    model = make_model(tokenizer_dir, pointer=True, heading=True, objects=True, anchor=True)
     model.set_answer_vocabulary(VOCABULARY)
     s = scene(4, (OWN_POSE,))[0]
     prefix = model.encode_scene(s.pixel_values, s.camera_tokens)
@@ -193,7 +199,7 @@ def test_the_answer_follows_the_pose_and_the_answer_loss_moves_only_the_readout(
     model.train()
     model.forward_train(mixed_batch())["ce"].backward()
     grads = {n: p.grad for n, p in model.named_parameters()}
-    for name in ("query", "key", "embed.0", "embed.2"):
+    for name in ("query", "key", "embed.0", "embed.2", "place", "value", "avoid"):
         assert grads[f"egocentric_readout.{name}.weight"].abs().sum() > 0, name
     detached = ("layout_head", "f_pos.2", "f_ori.2", "position_pointer.query",
                 "position_pointer.gate", "heading_pointer.query",
@@ -287,12 +293,18 @@ def test_save_load_and_a_continued_model_that_gains_it_but_never_loses_it(tokeni
                          Loc3rVLMConfig(cam_token_dim=24, readout_objects=True))  # fmt: skip
 
 
-@pytest.mark.parametrize("objects", [False, True], ids=["place", "picking objects"])
-def test_a_bf16_model_reads_it_without_autocast(objects):
-    readout = EgocentricReadout(hidden=16, key_dim=4, objects=objects).to(torch.bfloat16)
+@pytest.mark.parametrize(
+    ("objects", "anchor"), [(False, False), (True, False), (True, True)],
+    ids=["place", "picking objects", "knowing the anchor"],
+)  # fmt: skip
+def test_a_bf16_model_reads_it_without_autocast(objects, anchor):
+    readout = EgocentricReadout(hidden=16, key_dim=4, objects=objects, anchor=anchor)
+    readout = readout.to(torch.bfloat16)
     torch.nn.init.normal_(readout.embed[-1].weight)
     hidden, patches = torch.randn(2, 16, dtype=torch.bfloat16), torch.randn(1, 5, 16).bfloat16()
-    added, _ = readout(hidden, patches, torch.randn(1, 5, 2), torch.randn(2, 2), torch.randn(2))
+    pointer = torch.rand(1, 5).softmax(-1) if anchor else None
+    added, _ = readout(hidden, patches, torch.randn(1, 5, 2), torch.randn(2, 2), torch.randn(2),
+                       pointer)  # fmt: skip
     assert added.dtype == torch.bfloat16 and added.any()
 
 

@@ -171,8 +171,8 @@ def continue_from(directory: str, vlm_config: Loc3rVLMConfig, sizes: dict) -> Lo
 
     ValueError when its sizes or heads are not the run's (a run continues the model it builds).
     A run may add the position or heading pointer (each starts with its gate closed), the
-    egocentric read-out or its object picking (each starts adding nothing), ground the pointers
-    or not, drop the egocentric
+    egocentric read-out, its object picking or its knowing the anchor (each starts adding
+    nothing), ground the pointers or not, drop the egocentric
     loss (--egocentric_weight=0: the head stays, frozen; inference never reads it), and pool the
     video patches by another `pool_stride`: no weight depends on the number of video tokens
     except f_cam's input, whose geometry tokens carry a point per cell; that input is rebuilt

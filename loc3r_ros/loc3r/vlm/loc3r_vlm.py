@@ -747,7 +747,8 @@ class Loc3rVLM(nn.Module):
         patches = prefix.last_hidden[prefix.patch_positions]
         layout = self.layout_head(patches)[:, :2]
         yaw = torch.tensor([pose.yaw], device=self.device)
-        anchor = None if pose.anchor_attention is None else pose.anchor_attention[None]
+        anchor = pose.anchor_attention
+        anchor = None if anchor is None else anchor.to(self.device)[None]
         delta, _ = self.egocentric_readout(
             last[None], patches[None], layout[None], pose.xy.to(self.device)[None], yaw, anchor
         )
