@@ -106,10 +106,11 @@ def test_the_build_script_with_its_cut3r_stage_returns_a_bundle_in_parts(tmp_pat
     spec = json.loads((restored / "bundle.json").read_text())
     assert spec["cut3r_image_size"] == 32 and bundle.num_query_frames == 2
     # the shipped recipe's aids: the point embedding, the position and heading pointers (grounded),
-    # the egocentric read-out picking objects
+    # the egocentric read-out picking objects and knowing the anchor
     vlm = bundle.model.vlm
     assert vlm.point_embedding is not None and vlm.position_pointer is not None
     assert vlm.egocentric_readout is not None and vlm.egocentric_readout.place is not None
+    assert vlm.egocentric_readout.avoid is not None and vlm.config.readout_anchor
     assert vlm.heading_pointer is not None and vlm.config.ground_pointers
     cut3r_run = json.loads((run / "cut3r_run" / "report.json").read_text())
     assert cut3r_run["config"]["init"].endswith("default_model/cut3r")
