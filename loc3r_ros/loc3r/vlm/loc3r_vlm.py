@@ -521,8 +521,9 @@ class Loc3rVLM(nn.Module):
             ori_logits = self.f_ori(states[rows, cols + 1]).float()
             yaw = torch.tensor([samples[i].yaw for i in situated], device=self.device)
             own_yaw, _ = heading_from_bins(ori_logits.softmax(-1))
+            anchors: dict[int, torch.Tensor] = {}  # each row's position pointer attention
             if self.reads_patches:  # f_ori's heading detached: f_ori keeps L_ori alone
-                pose, masses = self._point_in_rows(
+                pose, masses, anchors = self._point_in_rows(
                     states, samples, batch, situated, rows, cols, xy, own_yaw.detach()
                 )
                 xy = pose.xy
@@ -537,7 +538,7 @@ class Loc3rVLM(nn.Module):
             parts["ori"] = orientation_kl(ori_logits, yaw, self.config.weights.ori_sigma)
             if self.egocentric_readout is not None:
                 answer_states, parts["readout_ground"] = self._read_egocentric(
-                    states, samples, batch, situated, xy, own_yaw
+                    states, samples, batch, situated, xy, own_yaw, anchors
                 )
         elif self.egocentric_readout is not None:  # reported whenever on (DDP ranks agree)
             parts["readout_ground"] = states.sum() * 0.0
@@ -580,15 +581,18 @@ class Loc3rVLM(nn.Module):
         cols: torch.Tensor,
         own_xy: torch.Tensor,
         own_yaw: torch.Tensor,
-    ) -> tuple[PointedPose, dict[str, torch.Tensor]]:
+    ) -> tuple[PointedPose, dict[str, torch.Tensor], dict[int, torch.Tensor]]:
         """point_pose of the <Pos> at (rows, cols) (<Ori> after it) of packed states (R, L, H).
 
         own_xy (N, 2) and own_yaw (N,) are f_pos's and f_ori's reading of the same tokens. Also
         the pointers' grounding losses (-log of their attention's mass on the anchor's patches,
-        "pointer_ground", and on the faced object's, "heading_ground"; 0 without such a patch).
+        "pointer_ground", and on the faced object's, "heading_ground"; 0 without such a patch),
+        and each row's position pointer attention (detached; its samples in `rows` order, over
+        the row's patches; empty without the pointer), which the read-out's `anchor` reads.
         """
         merged = PointedPose(own_xy.float(), own_yaw.float())  # every row overwrites its own
         masses: dict[str, list[torch.Tensor]] = {"pointer_ground": [], "heading_ground": []}
+        anchors: dict[int, torch.Tensor] = {}
         for row in rows.unique().tolist():
             chosen = (rows == row).nonzero().flatten()
             where = (batch.patch_at[row] >= 0).nonzero().flatten()
@@ -597,6 +601,8 @@ class Loc3rVLM(nn.Module):
                 states[row, cols[chosen]], states[row, cols[chosen] + 1], states[row, where][None],
                 own_xy[chosen], own_yaw[chosen],
             )  # fmt: skip
+            if pose.xy_attention is not None:
+                anchors[row] = pose.xy_attention.detach()
             for name in MERGED_FIELDS:
                 value = getattr(pose, name)
                 if value is not None:  # out of place: the graph keeps each row's
@@ -624,7 +630,7 @@ class Loc3rVLM(nn.Module):
                     -(torch.stack(found) + GROUNDING_EPS).log().mean() if found
                     else states.sum() * 0.0
                 )  # fmt: skip
-        return merged, losses
+        return merged, losses, anchors
 
     def _read_egocentric(
         self,
@@ -634,12 +640,14 @@ class Loc3rVLM(nn.Module):
         situated: list[int],
         own_xy: torch.Tensor,
         own_yaw: torch.Tensor,
+        anchors: dict[int, torch.Tensor],
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The packed states with the read-out added at the situated samples' answer tokens.
 
         Also L_readout_ground, -log of its attention's mass on the question's object's patches.
         own_xy (N, 2) and own_yaw (N,) are the model's poses of the `situated` samples; half of
-        them take the true pose instead (egocentric_readout.teacher_pose).
+        them take the true pose instead (egocentric_readout.teacher_pose). `anchors` are the
+        rows' position pointer attention (`_point_in_rows`), for a read-out that knows the anchor.
         """
         readout = self.egocentric_readout
         true_xy = torch.stack([samples[i].position.float() for i in situated]).to(self.device)
@@ -652,7 +660,6 @@ class Loc3rVLM(nn.Module):
         pose_yaw = torch.where(teach, true_yaw, own_yaw.detach().float())
         rows = torch.tensor([batch.rows[i] for i in situated], device=self.device)
         cols = torch.tensor([batch.queries(i)[2] for i in situated], device=self.device)
-        pos_cols = torch.tensor([batch.pos_at[i] for i in situated], device=self.device)
         added = torch.zeros(len(situated), states.shape[-1], device=self.device)
         masses = []  # each sample's read-out attention on its question's object
         for row in rows.unique().tolist():
@@ -661,14 +668,9 @@ class Loc3rVLM(nn.Module):
             where = (patch_at >= 0).nonzero().flatten()
             patches = states[row, where]
             layout = self.layout_head(patches)[:, :2]
-            anchor = None  # the position pointer's attention, as inference reads it (detached)
-            if readout.avoid is not None:
-                anchor = self.position_pointer.attention(
-                    states[row, pos_cols[chosen]], patches[None]
-                ).detach()
             delta, weights = readout(
                 states[row, cols[chosen]], patches[None], layout[None], pose_xy[chosen],
-                pose_yaw[chosen], anchor,
+                pose_yaw[chosen], anchors.get(row),
             )  # fmt: skip
             added = added.index_put((chosen,), delta.float())
             for n, k in enumerate(chosen.tolist()):
