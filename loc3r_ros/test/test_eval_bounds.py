@@ -13,8 +13,10 @@ import torch
 from tiny_bundle import make_tiny_bundle
 
 from loc3r.eval.bounds import (
+    CEILING,
     DIRECTION_READOUTS,
     POSITION_READOUTS,
+    _missed,
     attention_of,
     direction_by_geometry,
     direction_from_pose,
@@ -28,6 +30,7 @@ from loc3r.eval.bounds import (
     position_readouts,
     weighted_point,
 )
+from loc3r.eval.text_ceiling import ceiling_cases
 from loc3r.vlm import frames_to_pixel_values
 
 
@@ -124,7 +127,7 @@ def test_position_readouts_swap_grounding_and_layout_one_at_a_time():
     input_xy = true_xy + torch.tensor([0.0, -2.0], dtype=torch.float64)
     readouts = position_readouts(trace, anchor, anchor_first, true_xy, valid, centre, input_xy)
     got = {k: v.tolist() for k, v in readouts.items()}
-    assert set(got) == set(POSITION_READOUTS)
+    assert set(got) == set(POSITION_READOUTS) - {CEILING}
     assert got["f_pos"] == got["f_pos head alone"] == got["pointer alone"] == [9.0, 9.0]
     pointed = SimpleNamespace(
         **trace.__dict__, head_xy=torch.tensor([1.0, 2.0]), pointer_xy=torch.tensor([3.0, 4.0])
@@ -253,7 +256,8 @@ def test_measure_reports_the_model_and_the_truth_apart(episodes_and_bundles):
     assert first["direction"]["questions"] == asked > 0
     assert len(first["layout_median_error_m_by_frame"]) == 4
     # the tiny bundles have no pointer
-    pointer_keys = {"pointer_anchor_mass", "pointer_gate", "heading_target_mass", "heading_gate"}
+    pointer_keys = {"pointer_anchor_mass", "pointer_gate", "heading_target_mass", "heading_gate",
+                    "pointer_anchor_missed", "heading_target_missed"}  # fmt: skip
     for key, value in first["grounding"].items():
         assert value is None if key in pointer_keys else 0.0 <= value <= 1.0, key
     assert first["position"]["f_pos head alone"] == first["position"]["f_pos"]
@@ -312,6 +316,20 @@ def test_measure_reports_the_model_and_the_truth_apart(episodes_and_bundles):
     )
     assert first["position"]["f_pos"] != second["position"]["f_pos"]
     assert set(first["direction"]) == {"questions", "majority", *DIRECTION_READOUTS}
+    # the ceiling: the words and the true room's pose and answers, whatever the model
+    for part in ("position", "heading", "direction"):
+        assert first[part][CEILING] == second[part][CEILING], part
+    tops = [
+        (r, c)
+        for e in episodes
+        for r, c in zip(e.records, ceiling_cases(e.seed, e.records), strict=True)
+    ]
+    said = [c.prediction == r.answers[0] for r, c in tops if r.question_type == "direction"]
+    assert first["direction"][CEILING] == pytest.approx(np.mean(said))
+    placed = {(r.situation, tuple(r.position)): (r, c) for r, c in reversed(tops)}.values()
+    missed = [math.dist(r.position, c.pred_positions[0]) for r, c in placed]
+    assert first["position"][CEILING]["acc_1_0m"] == pytest.approx(np.mean(np.array(missed) < 1))
+    assert "| the words and the true room (ceiling) |" in markdown(first)
 
 
 def test_measure_reports_the_input_points_error_by_frame(episodes_and_bundles, monkeypatch):
@@ -361,10 +379,19 @@ def test_measure_reports_the_position_pointer(episodes_and_bundles):
     # a new pointer's gate is sigmoid(-3) everywhere; its attention sums to 1 over the patches
     assert grounding["pointer_gate"] == pytest.approx(float(torch.sigmoid(torch.tensor(-3.0))))
     assert 0.0 < grounding["pointer_anchor_mass"] < 1.0
+    assert 0.0 <= grounding["pointer_anchor_missed"] <= 1.0
+    assert grounding["heading_target_missed"] is None  # no heading pointer
     position = report["position"]
     assert position["f_pos head alone"] != position["f_pos"]
     assert position["f_pos"] != position["pointer alone"] != position["f_pos head alone"]
     assert "Position pointer: " in markdown(report) and "gate 0.05" in markdown(report)
+    assert "(under 10 % of it in " in markdown(report)
+
+
+def test_a_pointer_missed_its_object_when_under_a_tenth_of_its_attention_is_there():
+    assert _missed([0.05, 0.5, 0.95, 0.0999]) == 0.5
+    assert _missed([0.1, 1.0]) == 0.0
+    assert _missed([]) is None
 
 
 def test_measure_reports_the_heading_pointer(episodes_and_bundles):
@@ -378,6 +405,7 @@ def test_measure_reports_the_heading_pointer(episodes_and_bundles):
     grounding = report["grounding"]
     assert grounding["heading_gate"] == pytest.approx(0.5)
     assert 0.0 < grounding["heading_target_mass"] < 1.0
+    assert 0.0 <= grounding["heading_target_missed"] <= 1.0
     assert grounding["pointer_gate"] is None  # no position pointer
     heading = report["heading"]
     assert heading["f_ori alone"] != heading["pose"]

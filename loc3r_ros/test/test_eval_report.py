@@ -178,6 +178,10 @@ def test_cli_evaluates_on_textured_scans_rendered_at_another_size(tmp_path):
     assert 0.0 <= source["median_rotation_error_deg"] < 10.0
     text = (out / "report.md").read_text()
     assert f"Camera poses (geometric pose source, {frames - 1} frames" in text
+    # synthetic rooms: the ceiling of the words and the true room, on the same questions
+    ceiling = report["ceiling"]["answers"]
+    assert ceiling["n"] == len(cases) and ceiling["em"] >= report["majority"]["answers"]["em"]
+    assert "| ceiling (the words, the true room) |" in text and "EM (ceiling)" in text
 
 
 def test_relative_pose_errors_compare_trajectories_from_their_first_frames():

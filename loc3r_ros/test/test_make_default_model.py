@@ -31,7 +31,7 @@ def test_make_default_model_from_scratch(tmp_path):
             "--cut3r_image_size=96", "--workers=2"]  # fmt: skip
     assert make_default_model.main(argv) == 0
     report = json.loads((target / "eval.json").read_text())
-    assert {"vision", "cut3r", "model", "random", "majority", "train"} <= set(report)
+    assert {"vision", "cut3r", "model", "random", "majority", "ceiling", "train"} <= set(report)
     assert report["cut3r"]["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
     assert report["cut3r"]["rooms"] == 2
     # the CUT3R stage trains at the size the bundle runs it at, on the run's render size

@@ -5,7 +5,9 @@ predictions file). `evaluate_cases` scores every case under the chosen answer an
 variants (see `answers` and `localization`), aggregates overall and per question type, and adds
 two baselines on the same cases: *random* (position uniform over the bounding box of the scene's
 ground-truth positions, heading uniform; the expectation over seeded draws) and *majority* (the
-most frequent reference answer of each question type in the same split).
+most frequent reference answer of each question type in the same split); for synthetic rooms,
+also the *ceiling* (loc3r.eval.text_ceiling: the same questions answered from the situation's
+words and the true room), scored alike.
 """
 
 from __future__ import annotations
@@ -284,9 +286,13 @@ def majority_baseline(cases: Sequence[EvalCase], variant: str) -> dict:
 
 def evaluate_cases(
     cases: Sequence[EvalCase], answer_variant: str = "leo", localization_variant: str = "sqa3d",
-    seed: int = 0,
+    seed: int = 0, ceiling: Sequence[EvalCase] | None = None,
 ) -> dict:  # fmt: skip
-    """Scores, aggregates and baselines of `cases` (a JSON-friendly report)."""
+    """Scores, aggregates and baselines of `cases` (a JSON-friendly report).
+
+    `ceiling`: the same questions answered from the words and the true room
+    (loc3r.eval.text_ceiling, synthetic rooms), scored alike under "ceiling".
+    """
     if answer_variant not in ANSWER_VARIANTS:
         raise EvalInputError(f"unknown answer variant {answer_variant!r}; one of {ANSWER_VARIANTS}")
     if localization_variant not in LOCALIZATION_VARIANTS:
@@ -297,12 +303,23 @@ def evaluate_cases(
         raise EvalInputError("no cases to evaluate")
     answer_rows = score_answers(cases, answer_variant)
     pose_rows = score_poses(cases, localization_variant)
+    extra = {}
+    if ceiling is not None:
+        if [c.id for c in ceiling] != [c.id for c in cases]:
+            raise EvalInputError("the ceiling's cases are not the model's questions")
+        extra["ceiling"] = {
+            "answers": aggregate_answers(
+                ceiling, score_answers(ceiling, answer_variant), answer_variant
+            ),
+            "localization": aggregate_poses(score_poses(ceiling, localization_variant)),
+        }
     return {
         "variants": {"answers": answer_variant, "localization": localization_variant},
         "model": {"answers": aggregate_answers(cases, answer_rows, answer_variant),
                   "localization": aggregate_poses(pose_rows)},
         "random": {"localization": random_baseline(cases, localization_variant, seed)},
         "majority": {"answers": majority_baseline(cases, answer_variant)},
+        **extra,
         "cases": [{"id": c.id, "question_type": c.question_type, **a, "pose": p}
                   for c, a, p in zip(cases, answer_rows, pose_rows, strict=True)],
     }  # fmt: skip
@@ -324,13 +341,19 @@ def markdown_report(report: dict, title: str = "Evaluation") -> str:
         f"`{variants['localization']}`; {answers['n']} questions, {loc['n']} with poses.",
         "",
     ]
+    ceiling = report.get("ceiling")
     if loc["n"]:
         lines += ["| | Acc@0.5m | Acc@1.0m | Acc@15° | Acc@30° |", "|---|---|---|---|---|"]
-        for name, part in (("model", loc), ("random", rand["localization"])):
+        rows = [("model", loc), ("random", rand["localization"])]
+        if ceiling is not None:
+            rows.append(("ceiling (the words, the true room)", ceiling["localization"]))
+        for name, part in rows:
             lines.append(f"| {name} | " + " | ".join(_pct(part[m]) for m in METRIC_NAMES) + " |")
         lines.append("")
-    lines += ["| question type | n | EM (model) | EM-R (model) | EM (majority) | majority answer |",
-              "|---|---|---|---|---|---|"]  # fmt: skip
+    top = ceiling["answers"] if ceiling is not None else None
+    lines += ["| question type | n | EM (model) | EM-R (model) | EM (majority) | majority answer |"
+              + (" EM (ceiling) |" if top else ""),
+              "|---|---|---|---|---|---|" + ("---|" if top else "")]  # fmt: skip
     counts = Counter(case["question_type"] for case in report["cases"] if case["scored"])
     refined = answers.get("em_refined_by_type", {})
     for kind in sorted(answers["em_by_type"]):
@@ -338,11 +361,19 @@ def markdown_report(report: dict, title: str = "Evaluation") -> str:
             f"| {kind} | {counts[kind]} | {_pct(answers['em_by_type'][kind])} | "
             f"{_pct(refined.get(kind))} | {_pct(major['answers']['em_by_type'].get(kind))} | "
             f"{major['answers']['answers'].get(kind, '')} |"
+            + (f" {_pct(top['em_by_type'].get(kind))} |" if top else "")
         )
     lines.append(
         f"| **all** | {answers['n_used']} | {_pct(answers['em'])} | "
         f"{_pct(answers.get('em_refined'))} | {_pct(major['answers']['em'])} | |"
+        + (f" {_pct(top['em'])} |" if top else "")
     )
+    if top:
+        lines += [
+            "",
+            "Ceiling: each question answered from its situation's words and the true room "
+            "(loc3r.eval.text_ceiling): what perfect perception would score.",
+        ]
     if source := report.get("pose_source"):
         lines += [
             "",

@@ -7,6 +7,8 @@
 Writes ``report.json`` (aggregates, baselines, every case), ``report.md`` and, when it ran a
 model, ``predictions.jsonl`` to ``--out``; prints the Markdown. The variants default to the
 SQA3D localization metric and LEO's answer cleaning / EM-R, as the paper's baselines use them.
+On synthetic scenes the report adds the ceiling of loc3r.eval.text_ceiling (what perfect
+perception could score from the situation's words) beside the random and majority baselines.
 """
 
 from __future__ import annotations
@@ -110,9 +112,15 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def predict_synthetic(args: argparse.Namespace) -> list[EvalCase]:
-    """Run a model bundle on held-out synthetic episodes."""
+def predict_synthetic(
+    args: argparse.Namespace,
+) -> tuple[list[EvalCase], dict | None, list[EvalCase] | None]:
+    """Run a model bundle on held-out synthetic episodes.
+
+    Returns its cases, its camera poses' errors and the ceiling's cases (loc3r.eval.text_ceiling).
+    """
     from loc3r.engine.models import load_bundle
+    from loc3r.eval.text_ceiling import episodes_ceiling
     from loc3r.train.pipeline import predict_cases
     from loc3r.train.synthetic_data import build_episodes, pose_error_summary
 
@@ -128,6 +136,7 @@ def predict_synthetic(args: argparse.Namespace) -> list[EvalCase]:
         progress=not args.no_progress, image_size=args.image_size,
     )  # fmt: skip
     cases = predict_cases(vlm, episodes, args.image_size, progress=not args.no_progress)
+    ceiling = episodes_ceiling(episodes)
     errors = [e.pose_errors for e in episodes if e.pose_errors is not None and len(e.pose_errors)]
     pose_source = None
     if errors:
@@ -136,7 +145,7 @@ def predict_synthetic(args: argparse.Namespace) -> list[EvalCase]:
             "stream_video": config.stream_video,  # every video step streamed, or the frames only
             **pose_error_summary(errors),
         }
-    return cases, pose_source
+    return cases, pose_source, ceiling
 
 
 def predict_dataset(args: argparse.Namespace) -> list[EvalCase]:
@@ -185,13 +194,17 @@ def run(args: argparse.Namespace) -> dict:
     if (args.predictions or args.data) and args.stream_video:
         raise ValueError("--stream-video streams synthetic room scans; a dataset scene's sampled "
                          "frames are what its pose source sees")  # fmt: skip
+    ceiling = None
     if args.predictions:
         cases, source = read_cases(args.predictions), str(args.predictions)
     elif args.data:
         cases, source = predict_dataset(args), f"model {args.model or 'embedded'} on {args.data}"
     else:
-        (cases, pose_source), source = predict_synthetic(args), f"model {args.model or 'embedded'}"
-    report = evaluate_cases(cases, args.answers, args.localization)
+        (cases, pose_source, ceiling), source = (
+            predict_synthetic(args),
+            f"model {args.model or 'embedded'}",
+        )
+    report = evaluate_cases(cases, args.answers, args.localization, ceiling=ceiling)
     report["source"] = source
     if not args.predictions and not args.data and pose_source is not None:
         report["pose_source"] = pose_source  # the camera poses the model's camera tokens state

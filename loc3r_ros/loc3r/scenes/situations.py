@@ -104,6 +104,20 @@ def make_situation(room: Room, rng: np.random.Generator) -> Situated | None:
     return Situated(text, (float(position[0]), float(position[1])), yaw, anchor.id, target.id)
 
 
+def nearest_object(room: Room, position, anchor_id: int) -> SceneObject:
+    """The object nearest to `position` (centre distance), the anchor the agent is at left out."""
+    return min(
+        (o for o in room.objects if o.id != anchor_id),
+        key=lambda o: math.dist(position, o.centre[:2]),
+    )
+
+
+def closest_on_side(room: Room, position, yaw: float, side: str) -> SceneObject | None:
+    """The nearest object on the agent's `side` ("left", "right", "behind"); None if none is."""
+    on_side = [o for o in room.objects if relative_direction(position, yaw, o.centre[:2]) == side]
+    return min(on_side, key=lambda o: math.dist(position, o.centre[:2]), default=None)
+
+
 def make_questions(room: Room, situated: Situated, rng: np.random.Generator) -> list[QARecord]:
     """Questions from the situated viewpoint (one per type where the geometry allows)."""
     records: list[QARecord] = []
@@ -119,16 +133,11 @@ def make_questions(room: Room, situated: Situated, rng: np.random.Generator) -> 
         direction = relative_direction(pos, yaw, obj.centre[:2])
         add("direction", f"Is the {obj.kind} on my left, on my right, in front of me or behind me?",
             direction, object_id=obj.id)  # fmt: skip
-    by_distance = sorted(
-        room.objects, key=lambda o: math.dist(pos, o.centre[:2]) if o.id != situated.anchor_id
-        else math.inf,
-    )  # fmt: skip
-    nearest = by_distance[0]
+    nearest = nearest_object(room, pos, situated.anchor_id)
     add("nearest", "What is the closest object to me?", nearest.kind, object_id=nearest.id)
     side = str(rng.choice(["left", "right", "behind"]))
-    on_side = [o for o in room.objects if relative_direction(pos, yaw, o.centre[:2]) == side]
-    if on_side:
-        closest = min(on_side, key=lambda o: math.dist(pos, o.centre[:2]))
+    closest = closest_on_side(room, pos, yaw, side)
+    if closest is not None:
         phrase = "behind me" if side == "behind" else f"on my {side}"
         add("what_side", f"What is the closest object {phrase}?", closest.kind,
             object_id=closest.id, side=side)  # fmt: skip
