@@ -235,10 +235,15 @@ def test_released_architecture_matches_official_layout(variant, cut3r_data):
     assert shapes["register_tokens.weight"] == (state, enc)
 
 
-def test_the_tolerance_still_catches_a_wrong_weight(reference):
+@pytest.mark.parametrize(
+    ("name", "field"),
+    [("enc_norm.weight", "enc_feat"), ("dec_blocks.0.norm1.weight", "dec_block_out"),
+     ("dec_blocks.0.norm1.weight", "mem_after")],
+)  # fmt: skip
+def test_the_tolerance_still_catches_a_wrong_weight(reference, name, field):
     """A weight off by 1 % (a wrong checkpoint key, scale or transpose is far worse) fails."""
     model = reference["model"]
-    weight = model.state_dict()["enc_norm.weight"]  # shares the parameter's storage
+    weight = model.state_dict()[name]  # shares the parameter's storage
     original = weight.clone()
     try:
         with torch.no_grad():
@@ -248,8 +253,8 @@ def test_the_tolerance_still_catches_a_wrong_weight(reference):
             for i in range(len(reference["ref"]["frames_input"]))
         ]
         outputs = model.run(frames, return_intermediates=True)
-        ours = _stack(outputs, lambda o: o.intermediates["enc_feat"])
-        expected = reference["ref"]["enc_feat"]
+        ours = _stack(outputs, lambda o: o.intermediates[field])
+        expected = reference["ref"][field]
         assert float(np.abs(ours - expected).max()) > 10 * _tolerance(expected)
     finally:
         with torch.no_grad():

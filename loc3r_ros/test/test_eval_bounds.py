@@ -324,11 +324,15 @@ def test_measure_reports_the_model_and_the_truth_apart(episodes_and_bundles):
         for e in episodes
         for r, c in zip(e.records, ceiling_cases(e.seed, e.records), strict=True)
     ]
-    said = [c.prediction == r.answers[0] for r, c in tops if r.question_type == "direction"]
+    said = [c.case.prediction == r.answers[0] for r, c in tops if r.question_type == "direction"]
     assert first["direction"][CEILING] == pytest.approx(np.mean(said))
-    placed = {(r.situation, tuple(r.position)): (r, c) for r, c in reversed(tops)}.values()
-    missed = [math.dist(r.position, c.pred_positions[0]) for r, c in placed]
-    assert first["position"][CEILING]["acc_1_0m"] == pytest.approx(np.mean(np.array(missed) < 1))
+    placed = {(r.situation, tuple(r.position)): c for r, c in reversed(tops)}.values()
+    for i, (part, name, threshold) in enumerate(
+        (("position", "acc_0_5m", 0.5), ("position", "acc_1_0m", 1.0),
+         ("heading", "acc_15deg", 15.0), ("heading", "acc_30deg", 30.0))
+    ):  # fmt: skip
+        errors = np.array([(c.position_errors + c.heading_errors)[i] for c in placed])
+        assert first[part][CEILING][name] == pytest.approx(np.mean(errors < threshold)), name
     assert "| the words and the true room (ceiling) |" in markdown(first)
 
 

@@ -313,11 +313,12 @@ def measure(vlm, episodes: list, image_size: int, progress: bool = True) -> dict
     if vlm.layout_head is None:
         raise ValueError("the model has no layout head: its layout cannot be measured")
     vlm.eval()
-    errors = {name: [] for name in POSITION_READOUTS}
+    errors = {name: [] for name in POSITION_READOUTS if name != CEILING}
     mass, top_on_anchor, in_view, by_frame, input_by_frame = [], [], [], {}, {}
     question_mass, anchor_share, question_share = [], [], []
     pointer_mass, pointer_gate, heading_mass, heading_gate = [], [], [], []
-    headings = {name: [] for name in HEADING_READOUTS}
+    headings = {name: [] for name in HEADING_READOUTS if name != CEILING}
+    ceiling_errors: list[tuple[float, ...]] = []  # per situation: METRIC_NAMES' guesses' errors
     directions = {"questions": 0, "majority": 0, **{name: 0 for name in DIRECTION_READOUTS}}
     for episode in tqdm(episodes, desc="bounds", disable=not progress):
         pixels = frames_to_pixel_values(list(episode.frames), size=image_size)
@@ -358,9 +359,8 @@ def measure(vlm, episodes: list, image_size: int, progress: bool = True) -> dict
                     errors[name].append(position_error(record.position, xy.tolist()))
                 for name, yaw in heading_readouts(trace).items():
                     headings[name].append(angle_error_deg(yaw, record.yaw))
-                if top is not None:
-                    errors[CEILING].append(position_error(record.position, top.pred_positions[0]))
-                    headings[CEILING].append(angle_error_deg(top.pred_yaws[0], record.yaw))
+                if top is not None:  # its guess for each threshold's error
+                    ceiling_errors.append(top.position_errors + top.heading_errors)
                 if trace.heading_gate is not None:
                     heading_gate.append(trace.heading_gate)
                     faced = _cells(episode, record, "target_id", trace.patch_index)
@@ -381,7 +381,7 @@ def measure(vlm, episodes: list, image_size: int, progress: bool = True) -> dict
                             )
             if record.question_type == "direction":
                 said, object_mass, share = _directions(vlm, episode, record, pixels)
-                said[CEILING] = None if top is None else top.prediction
+                said[CEILING] = None if top is None else top.case.prediction
                 if object_mass is not None:
                     question_mass.append(object_mass)
                     question_share.append(share)
@@ -395,7 +395,7 @@ def measure(vlm, episodes: list, image_size: int, progress: bool = True) -> dict
         view: [e for e, seen in zip(errors["f_pos"], in_view, strict=True) if seen == wanted]
         for view, wanted in (("anchor in view", True), ("anchor out of view", False))
     }
-    return {
+    report = {
         "situations": len(errors["f_pos"]),
         "anchor_in_view": float(np.mean(in_view)) if in_view else 0.0,
         "grounding": {
@@ -450,6 +450,8 @@ def measure(vlm, episodes: list, image_size: int, progress: bool = True) -> dict
             **{name: directions[name] / asked for name in DIRECTION_READOUTS},
         },
     }
+    report["position"][CEILING], report["heading"][CEILING] = _ceiling_rows(ceiling_errors)
+    return report
 
 
 def heading_readouts(trace) -> dict[str, float]:
@@ -463,6 +465,24 @@ def heading_readouts(trace) -> dict[str, float]:
         "f_ori alone": own if trace.head_yaw is None else trace.head_yaw,
         "pointer alone": own if trace.pointer_yaw is None else trace.pointer_yaw,
     }
+
+
+def _ceiling_rows(errors: list[tuple[float, ...]]) -> tuple[dict, dict]:
+    """The ceiling's position and heading rows: each threshold scored with its own guess.
+
+    `errors` (situations, METRIC_NAMES) metres and degrees; the medians are the strictest
+    thresholds' guesses'.
+    """
+    table = np.array(errors, dtype=float).reshape(-1, len(METRIC_NAMES))
+    hit = [float(np.mean(table[:, i] < t)) if len(table) else 0.0
+           for i, t in enumerate((*POSITION_THRESHOLDS_M, *HEADING_THRESHOLDS_DEG))]  # fmt: skip
+    median = [float(np.median(table[:, i])) if len(table) else None for i in (0, 2)]
+    position = {METRIC_NAMES[0]: hit[0], METRIC_NAMES[1]: hit[1], "median_error_m": median[0]}
+    heading = {
+        **{f"acc_{t:.0f}deg": hit[2 + i] for i, t in enumerate(HEADING_THRESHOLDS_DEG)},
+        "median_error_deg": median[1],
+    }
+    return position, heading
 
 
 def _missed(masses: list[float]) -> float | None:

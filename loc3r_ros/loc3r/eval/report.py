@@ -286,12 +286,11 @@ def majority_baseline(cases: Sequence[EvalCase], variant: str) -> dict:
 
 def evaluate_cases(
     cases: Sequence[EvalCase], answer_variant: str = "leo", localization_variant: str = "sqa3d",
-    seed: int = 0, ceiling: Sequence[EvalCase] | None = None,
+    seed: int = 0,
 ) -> dict:  # fmt: skip
     """Scores, aggregates and baselines of `cases` (a JSON-friendly report).
 
-    `ceiling`: the same questions answered from the words and the true room
-    (loc3r.eval.text_ceiling, synthetic rooms), scored alike under "ceiling".
+    Synthetic runs add a "ceiling" part (loc3r.eval.text_ceiling.ceiling_report).
     """
     if answer_variant not in ANSWER_VARIANTS:
         raise EvalInputError(f"unknown answer variant {answer_variant!r}; one of {ANSWER_VARIANTS}")
@@ -303,23 +302,12 @@ def evaluate_cases(
         raise EvalInputError("no cases to evaluate")
     answer_rows = score_answers(cases, answer_variant)
     pose_rows = score_poses(cases, localization_variant)
-    extra = {}
-    if ceiling is not None:
-        if [c.id for c in ceiling] != [c.id for c in cases]:
-            raise EvalInputError("the ceiling's cases are not the model's questions")
-        extra["ceiling"] = {
-            "answers": aggregate_answers(
-                ceiling, score_answers(ceiling, answer_variant), answer_variant
-            ),
-            "localization": aggregate_poses(score_poses(ceiling, localization_variant)),
-        }
     return {
         "variants": {"answers": answer_variant, "localization": localization_variant},
         "model": {"answers": aggregate_answers(cases, answer_rows, answer_variant),
                   "localization": aggregate_poses(pose_rows)},
         "random": {"localization": random_baseline(cases, localization_variant, seed)},
         "majority": {"answers": majority_baseline(cases, answer_variant)},
-        **extra,
         "cases": [{"id": c.id, "question_type": c.question_type, **a, "pose": p}
                   for c, a, p in zip(cases, answer_rows, pose_rows, strict=True)],
     }  # fmt: skip

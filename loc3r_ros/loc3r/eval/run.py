@@ -23,6 +23,7 @@ import torch
 from loc3r.eval.answers import ANSWER_VARIANTS
 from loc3r.eval.localization import LOCALIZATION_VARIANTS
 from loc3r.eval.report import EvalCase, evaluate_cases, markdown_report, read_cases, write_cases
+from loc3r.eval.text_ceiling import CeilingCase, ceiling_report, episodes_ceiling
 from loc3r.scenes.episode import LOOKS, WALKS
 
 DEFAULT_HELD_OUT = "1000000:1000040"  # the held-out synthetic seeds of the default model
@@ -114,13 +115,12 @@ def parse_seeds(text: str) -> list[int]:
 
 def predict_synthetic(
     args: argparse.Namespace,
-) -> tuple[list[EvalCase], dict | None, list[EvalCase] | None]:
+) -> tuple[list[EvalCase], dict | None, list[CeilingCase] | None]:
     """Run a model bundle on held-out synthetic episodes.
 
     Returns its cases, its camera poses' errors and the ceiling's cases (loc3r.eval.text_ceiling).
     """
     from loc3r.engine.models import load_bundle
-    from loc3r.eval.text_ceiling import episodes_ceiling
     from loc3r.train.pipeline import predict_cases
     from loc3r.train.synthetic_data import build_episodes, pose_error_summary
 
@@ -204,7 +204,9 @@ def run(args: argparse.Namespace) -> dict:
             predict_synthetic(args),
             f"model {args.model or 'embedded'}",
         )
-    report = evaluate_cases(cases, args.answers, args.localization, ceiling=ceiling)
+    report = evaluate_cases(cases, args.answers, args.localization)
+    if ceiling is not None:
+        report["ceiling"] = ceiling_report(ceiling, cases, args.answers, args.localization)
     report["source"] = source
     if not args.predictions and not args.data and pose_source is not None:
         report["pose_source"] = pose_source  # the camera poses the model's camera tokens state

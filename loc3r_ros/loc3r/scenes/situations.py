@@ -75,7 +75,7 @@ def relative_direction(position, yaw: float, point) -> str:
     return left if angle > 0 else right
 
 
-def _unique_label(room: Room, obj: SceneObject) -> str:
+def unique_label(room: Room, obj: SceneObject) -> str:
     """'the chair' when it is the only chair, else 'the red chair'."""
     same = [o for o in room.objects if o.kind == obj.kind]
     return f"the {obj.kind}" if len(same) == 1 else f"the {obj.label}"
@@ -100,7 +100,7 @@ def make_situation(room: Room, rng: np.random.Generator) -> Situated | None:
     if np.linalg.norm(to_target) < MIN_TARGET_DISTANCE:
         return None
     yaw = math.atan2(to_target[1], to_target[0])
-    text = f"I am {verb} {_unique_label(room, anchor)}, facing {_unique_label(room, target)}"
+    text = f"I am {verb} {unique_label(room, anchor)}, facing {unique_label(room, target)}"
     return Situated(text, (float(position[0]), float(position[1])), yaw, anchor.id, target.id)
 
 

@@ -17,7 +17,7 @@ from loc3r.cut3r import Cut3r, Cut3rConfig, load_cut3r
 from loc3r.engine.mono_depth import MonoDepth, load_mono_depth
 from loc3r.engine.perception import Perception, PerceptionConfig
 from loc3r.eval.report import EvalCase, evaluate_cases
-from loc3r.eval.text_ceiling import episodes_ceiling
+from loc3r.eval.text_ceiling import ceiling_report, episodes_ceiling
 from loc3r.scenes import EpisodeConfig
 from loc3r.train.config import TrainConfig
 from loc3r.train.synthetic_data import EpisodeData, build_episodes, corpus, train_tokenizer
@@ -447,6 +447,8 @@ def evaluate(
     With both baselines and, for synthetic rooms, the ceiling (loc3r.eval.text_ceiling).
     """
     cases = predict_cases(model, episodes, image_size, progress)
-    return evaluate_cases(
-        cases, answer_variant, localization_variant, ceiling=episodes_ceiling(episodes)
-    )
+    report = evaluate_cases(cases, answer_variant, localization_variant)
+    ceiling = episodes_ceiling(episodes)
+    if ceiling is not None:
+        report["ceiling"] = ceiling_report(ceiling, cases, answer_variant, localization_variant)
+    return report
