@@ -32,6 +32,8 @@ from loc3r.eval.localization import (
     METRIC_NAMES,
     POSITION_THRESHOLDS_M,
     ROTATION_THRESHOLDS_DEG,
+    angle_error_deg,
+    position_error,
 )
 from loc3r.eval.report import (
     EvalCase,
@@ -265,8 +267,8 @@ def ceiling_cases(
         out.append(
             CeilingCase(
                 case,
-                tuple(float(np.linalg.norm(g - truth_xy)) for g in guesses),
-                tuple(math.degrees(abs(math.remainder(t - truth_yaw, 2 * math.pi))) for t in turns),
+                tuple(position_error(truth_xy, g) for g in guesses),
+                tuple(angle_error_deg(t, truth_yaw) for t in turns),
             )
         )
     return out
