@@ -215,6 +215,103 @@ def test_vlm_init_continues_from_a_saved_model_and_refuses_another_size(tmp_path
             prepare_run(TrainConfig.from_args([*args, other]), progress=False)
 
 
+def test_a_continued_run_trains_the_vision_tower_only_when_asked(tmp_path):
+    config = TrainConfig.from_args([f"--out={tmp_path / 'a'}", "--steps=1", *TINY])
+    run = prepare_run(config, progress=False)
+    saved = tmp_path / "a" / "final"
+    run.model.save_pretrained(saved)
+    tower = {k: v.clone() for k, v in run.model.base.vision_tower.state_dict().items()}
+
+    def continued(name: str, *extra: str):
+        args = [f"--out={tmp_path / name}", "--steps=3", f"--vlm_init={saved}", *TINY, *extra]
+        cont = TrainConfig.from_args(args)
+        resumed = prepare_run(cont, progress=False)
+        Trainer(cont, resumed.model, resumed.train_samples).fit(progress=False)
+        return resumed.model
+
+    frozen = continued("frozen")
+    for name, value in frozen.base.vision_tower.state_dict().items():
+        torch.testing.assert_close(value, tower[name], msg=name)
+    trained = continued("trained", "--train_vision_tower=True")
+    assert all(p.requires_grad for p in trained.base.vision_tower.parameters())
+    moved = [
+        name
+        for name, value in trained.base.vision_tower.state_dict().items()
+        if not torch.equal(value, tower[name])
+    ]
+    prefix = trained.base.vision_body_prefix  # "vision_model." under transformers 4
+    assert f"{prefix}embeddings.patch_embedding.weight" in moved  # the first layer learns
+    trained.save_pretrained(tmp_path / "trained_final")  # what a bundle ships: the trained tower
+    reloaded = type(trained).from_pretrained(tmp_path / "trained_final")
+    for name, value in trained.base.vision_tower.state_dict().items():
+        torch.testing.assert_close(reloaded.base.vision_tower.state_dict()[name], value, msg=name)
+
+
+def test_a_continued_run_shows_the_tower_larger_frames_pooled_into_the_same_cells(tmp_path):
+    config = TrainConfig.from_args([f"--out={tmp_path / 'a'}", "--steps=1", *TINY])
+    run = prepare_run(config, progress=False)  # 56 px: 4x4 patches pooled 2x2 into 2x2 cells
+    saved = tmp_path / "a" / "final"
+    run.model.save_pretrained(saved)
+    before = run.model.base.vision_tower.state_dict()
+    args = [f"--out={tmp_path / 'b'}", "--steps=2", f"--vlm_init={saved}", *TINY,
+            "--image_size=112", "--pool_stride=4", "--pool_mode=average"]  # fmt: skip
+    cont = TrainConfig.from_args(args)
+    resumed = prepare_run(cont, progress=False)
+    base = resumed.model.base.config
+    assert (base.grid, base.pooled_grid, base.mm_spatial_pool_mode) == (8, 2, "average")
+    assert base.tokens_per_frame == run.model.base.config.tokens_per_frame
+    after = resumed.model.base.vision_tower.state_dict()
+    table = f"{resumed.model.base.vision_body_prefix}embeddings.position_embedding.weight"
+    assert after[table].shape == (64, before[table].shape[1])
+    for name, value in before.items():  # every other weight as it was
+        if name != table:
+            torch.testing.assert_close(after[name], value, msg=name)
+    pixels = torch.zeros(1, 3, 112, 112)
+    assert resumed.model.base.frame_tokens(pixels).shape[1] == base.tokens_per_frame
+    Trainer(cont, resumed.model, resumed.train_samples).fit(progress=False)
+    resumed.model.save_pretrained(tmp_path / "b" / "final")
+    reloaded = type(resumed.model).from_pretrained(tmp_path / "b" / "final")
+    assert reloaded.base.config.vision["image_size"] == 112
+    assert (reloaded.base.config.pool_stride, reloaded.base.config.mm_spatial_pool_mode) == (
+        4, "average"
+    )  # fmt: skip
+    bad = TrainConfig.from_args([*args[:-2], "--pool_stride=3"])  # 8 patches do not pool by 3
+    with pytest.raises(ValueError, match="8x8 patch grid does not pool by 3"):
+        prepare_run(bad, progress=False)
+
+
+def test_the_resized_position_table_is_the_old_one_resampled_as_an_image(tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    from loc3r.train.pipeline import resize_vision_tower
+    from loc3r.vlm.tiny import build_tiny_loc3r
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    model = build_tiny_loc3r(tokenizer, image_size=56)  # a 4x4 table
+    table = model.base.vision_body.embeddings.position_embedding.weight
+    rows, cols = torch.meshgrid(torch.arange(4.0), torch.arange(4.0), indexing="ij")
+    with torch.no_grad():  # channel 0 grows down the rows, 1 falls along the columns, 2 constant
+        table.fill_(0.7)
+        table[:, 0] = 3.0 * rows.flatten()
+        table[:, 1] = -2.0 * cols.flatten() + 1.0
+    resize_vision_tower(model, 56)  # the same grid: the same table
+    same = model.base.vision_body.embeddings.position_embedding.weight.detach()
+    torch.testing.assert_close(same, table.detach())
+    resize_vision_tower(model, 112)
+    new = model.base.vision_body.embeddings.position_embedding.weight.detach().reshape(8, 8, -1)
+    assert new.shape[-1] == table.shape[1]
+    torch.testing.assert_close(new[..., 0], new[:, :1, 0].expand(8, 8))  # rows only
+    assert (new[1:, 0, 0] > new[:-1, 0, 0]).all()
+    torch.testing.assert_close(new[..., 1], new[:1, :, 1].expand(8, 8))  # columns only
+    assert (new[0, 1:, 1] < new[0, :-1, 1]).all()
+    torch.testing.assert_close(new[..., 2:], torch.full_like(new[..., 2:], 0.7))
+    # the corners' cells lie outside the old centres: near the old corners' values
+    assert abs(float(new[0, 0, 0])) < 0.5 and abs(float(new[-1, 0, 0]) - 9.0) < 0.5
+    assert model.base.config.vision["image_size"] == 112
+    with pytest.raises(ValueError, match="not a whole number of 14 px patches"):
+        resize_vision_tower(model, 100)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

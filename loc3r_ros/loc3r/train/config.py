@@ -86,11 +86,15 @@ class TrainConfig:
     # 2: each frame's patch grid pooled 2x2 as LLaVA-Video does (4x4 cells at 112 px); 1: every
     # 14 px patch is a video token (8x8 at 112 px: small objects get cells of their own)
     pool_stride: int = 2
+    # how the cells pool their patches: "bilinear" (LLaVA-Video's; at stride 2 the mean of
+    # each 2x2), "average" (the mean of each stride x stride block, at any stride) or "max"
+    pool_mode: str = "bilinear"
     vocab_size: int = 600
     # objective / ablations
     use_camera_tokens: bool = True
-    # SigLIP is frozen in the paper because it is pretrained; a tiny tower built from scratch
-    # has learned nothing to keep, so the embedded model trains it (true for it, false for 7B)
+    # SigLIP is frozen in the paper because it is pretrained. The tiny tower is pretrained too
+    # (loc3r.train.pretrain_vision, vision_init) and frozen by default; True trains it with the
+    # VLM's losses (a continued run can start it: --vlm_init with --train_vision_tower=True)
     train_vision_tower: bool = False
     vision_init: str = ""  # tiny tower weights from loc3r.train.pretrain_vision (safetensors)
     layout_weight: float = 0.05  # 0 disables the layout loss (and head)

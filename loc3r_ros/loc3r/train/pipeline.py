@@ -105,7 +105,7 @@ def load_or_make_cut3r(config: TrainConfig) -> Cut3r:
 
 # TrainConfig keys that size the tiny model (loc3r.vlm.tiny.tiny_llava_config's arguments)
 TINY_SIZES = ("hidden", "layers", "heads", "kv_heads", "intermediate", "image_size",
-              "vision_hidden", "vision_layers", "pool_stride")  # fmt: skip
+              "vision_hidden", "vision_layers", "pool_stride", "pool_mode")  # fmt: skip
 # Loc3RVLMConfig fields a continued model must share with the run (its inputs and heads)
 CONTINUED_HEADS = ("cam_token_dim", "use_camera_tokens", "enable_layout_head",
                    "enable_egocentric_head", "point_embedding")  # fmt: skip
@@ -174,10 +174,11 @@ def continue_from(directory: str, vlm_config: Loc3rVLMConfig, sizes: dict) -> Lo
     A run may add the position or heading pointer (each starts with its gate closed), the
     egocentric read-out, its object picking or its knowing the anchor (each starts adding
     nothing), ground the pointers or not, drop the egocentric
-    loss (--egocentric_weight=0: the head stays, frozen; inference never reads it), and pool the
-    video patches by another `pool_stride`: no weight depends on the number of video tokens
+    loss (--egocentric_weight=0: the head stays, frozen; inference never reads it), pool the
+    video patches by another `pool_stride` or `pool_mode`, and show the tower frames of another
+    `image_size` (`resize_vision_tower`): no weight depends on the number of video tokens
     except f_cam's input, whose geometry tokens carry a point per cell; that input is rebuilt
-    for the new grid (`regrid_camera_input`).
+    when the cells change (`regrid_camera_input`).
     """
     from loc3r.vlm.egocentric_readout import EgocentricReadout
     from loc3r.vlm.heading_pointer import HeadingPointer
@@ -187,12 +188,20 @@ def continue_from(directory: str, vlm_config: Loc3rVLMConfig, sizes: dict) -> Lo
     model = Loc3rVLM.from_pretrained(directory)
     saved = model.base.config
     expected = tiny_llava_config(vocab_size=saved.text["vocab_size"], **sizes)
+    cells = saved.pooled_grid
+    if saved.vision["image_size"] != expected.vision["image_size"]:
+        resize_vision_tower(model, expected.vision["image_size"])
     differ = [f"text.{k}" for k, v in expected.text.items() if saved.text.get(k) != v]
     differ += [f"vision.{k}" for k, v in expected.vision.items() if saved.vision.get(k) != v]
-    if saved.pool_stride != expected.pool_stride:
-        saved.pool_stride = expected.pool_stride
-        if model.config.point_embedding:
-            regrid_camera_input(model, vlm_config.cam_token_dim)
+    saved.pool_stride = expected.pool_stride
+    saved.mm_spatial_pool_mode = expected.mm_spatial_pool_mode
+    if saved.grid % saved.pool_stride:  # each cell pools whole patches
+        raise ValueError(
+            f"vlm_init={directory}: a {saved.grid}x{saved.grid} patch grid does not pool by "
+            f"{saved.pool_stride}"
+        )
+    if saved.pooled_grid != cells and model.config.point_embedding:
+        regrid_camera_input(model, vlm_config.cam_token_dim)
     differ += [k for k in CONTINUED_HEADS if getattr(model.config, k) != getattr(vlm_config, k)]
     if model.config.enable_egocentric_head and not vlm_config.enable_egocentric_head:
         differ.remove("enable_egocentric_head")  # its loss weight is 0: kept as it was (no decay)
@@ -284,6 +293,38 @@ def add_semantic_embedding(model: Loc3rVLM, probe_dir: str | Path) -> None:
     )
 
 
+def resize_vision_tower(model: Loc3rVLM, image_size: int) -> None:
+    """The tower rebuilt for frames of `image_size` px: its weights, position table interpolated.
+
+    SigLIP's position embedding is a table of one row per patch of the grid it was built for;
+    the new grid's rows are that table, as an image, resized bicubically (what
+    `interpolate_pos_encoding` does at each call, done once). The other weights do not depend on
+    the frame size. Takes no random draws. ValueError when the size is not whole patches.
+    """
+    from loc3r.vlm.llava_video import build_vision_tower
+
+    config = model.base.config
+    patch = config.vision["patch_size"]
+    if image_size <= 0 or image_size % patch:
+        raise ValueError(f"image_size {image_size} is not a whole number of {patch} px patches")
+    old_grid, new_grid = config.grid, image_size // patch
+    tower = model.base.vision_tower
+    state = tower.state_dict()
+    key = f"{model.base.vision_body_prefix}embeddings.position_embedding.weight"
+    table = state[key]
+    image = table.float().reshape(1, old_grid, old_grid, -1).permute(0, 3, 1, 2)
+    image = torch.nn.functional.interpolate(
+        image, size=(new_grid, new_grid), mode="bicubic", align_corners=False
+    )
+    state[key] = image.permute(0, 2, 3, 1).reshape(new_grid * new_grid, -1).to(table.dtype)
+    config.vision = {**config.vision, "image_size": image_size}
+    weight = next(tower.parameters())
+    resized = build_vision_tower(config).to(device=weight.device, dtype=weight.dtype)
+    resized.load_state_dict(state)
+    resized.requires_grad_(weight.requires_grad)
+    model.base.vision_tower = resized
+
+
 def regrid_camera_input(model: Loc3rVLM, width: int) -> None:
     """f_cam rebuilt for geometry tokens of the model's (new) grid, `width` values wide.
 
@@ -342,8 +383,11 @@ def prepare_run(config: TrainConfig, progress: bool = True) -> Run:
         raise ValueError("camera_prior='oracle' needs synthetic rooms (their true poses)")
     if config.render_within_s < 0 or (config.render_within_s > 0 and config.data_root):
         raise ValueError("render_within_s: seconds >= 0, for synthetic rooms only")
-    if config.base_model_dir and config.pool_stride != 2:
-        raise ValueError("pool_stride is the tiny VLM's; LLaVA-Video pools its patches 2x2")
+    if config.base_model_dir and (config.pool_stride, config.pool_mode) != (2, "bilinear"):
+        raise ValueError(
+            "pool_stride and pool_mode are the tiny VLM's; LLaVA-Video pools its patches 2x2, "
+            "bilinearly"
+        )
     if config.base_model_dir and config.semantic_init:
         raise ValueError("semantic_init is a tiny tower's probe; LLaVA-Video has SigLIP")
     if config.semantic_init:  # before the rendering: a probe that cannot load fails at once

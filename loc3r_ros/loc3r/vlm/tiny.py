@@ -19,11 +19,13 @@ def tiny_llava_config(
     vision_hidden: int = 32,
     vision_layers: int = 2,
     pool_stride: int = 2,
+    pool_mode: str = "bilinear",
     attn_implementation: str = "sdpa",
 ) -> LlavaVideoConfig:
     """A LLaVA-Video config with the real structure and tiny sizes (56 px -> 2x2 pooled grid).
 
     `pool_stride` 2 pools each frame's patch grid 2x2 as LLaVA-Video does; 1 keeps every patch.
+    `pool_mode` is LLaVA-Video's mm_spatial_pool_mode ("bilinear", "average" or "max").
     """
     return LlavaVideoConfig(
         text={
@@ -54,6 +56,7 @@ def tiny_llava_config(
         },
         mm_hidden_size=vision_hidden,
         pool_stride=pool_stride,
+        mm_spatial_pool_mode=pool_mode,
         attn_implementation=attn_implementation,
     )
 
