@@ -247,7 +247,7 @@ def test_a_continued_run_trains_the_vision_tower_only_when_asked(tmp_path):
         torch.testing.assert_close(reloaded.base.vision_tower.state_dict()[name], value, msg=name)
 
 
-def test_a_continued_run_shows_the_tower_larger_frames_pooled_into_the_same_cells(tmp_path):
+def test_a_continued_run_shows_the_tower_larger_frames_pooled_into_the_same_cells(tmp_path, capsys):
     config = TrainConfig.from_args([f"--out={tmp_path / 'a'}", "--steps=1", *TINY])
     run = prepare_run(config, progress=False)  # 56 px: 4x4 patches pooled 2x2 into 2x2 cells
     saved = tmp_path / "a" / "final"
@@ -256,7 +256,11 @@ def test_a_continued_run_shows_the_tower_larger_frames_pooled_into_the_same_cell
     args = [f"--out={tmp_path / 'b'}", "--steps=2", f"--vlm_init={saved}", *TINY,
             "--image_size=112", "--pool_stride=4", "--pool_mode=average"]  # fmt: skip
     cont = TrainConfig.from_args(args)
+    capsys.readouterr()
     resumed = prepare_run(cont, progress=False)
+    assert "frames of 56 px pooled by 2 (bilinear) become 112 px pooled by 4 (average)" in (
+        capsys.readouterr().err
+    )  # a continued run that changes them says so
     base = resumed.model.base.config
     assert (base.grid, base.pooled_grid, base.mm_spatial_pool_mode) == (8, 2, "average")
     assert base.tokens_per_frame == run.model.base.config.tokens_per_frame
@@ -275,7 +279,7 @@ def test_a_continued_run_shows_the_tower_larger_frames_pooled_into_the_same_cell
     assert (reloaded.base.config.pool_stride, reloaded.base.config.mm_spatial_pool_mode) == (
         4, "average"
     )  # fmt: skip
-    bad = TrainConfig.from_args([*args[:-2], "--pool_stride=3"])  # 8 patches do not pool by 3
+    bad = TrainConfig.from_args([*args[:-2], "--pool_stride=3", "--pool_mode=average"])
     with pytest.raises(ValueError, match="8x8 patch grid does not pool by 3"):
         prepare_run(bad, progress=False)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -54,7 +55,18 @@ def patch_grid(config: TrainConfig) -> int:
     """Pooled patches per side of the tiny VLM's frames (14 px patches, pooled by pool_stride)."""
     if config.pool_stride < 1:
         raise ValueError(f"pool_stride: 1 (every patch) or more, not {config.pool_stride}")
+    check_pooling(config.image_size // 14, config.pool_stride, config.pool_mode)
     return math.ceil((config.image_size // 14) / config.pool_stride)
+
+
+def check_pooling(grid: int, stride: int, mode: str) -> None:
+    """ValueError when `mode` cannot pool a grid x grid patch grid by `stride` into whole cells.
+
+    Bilinear pooling resamples any grid (LLaVA-Video's 27 patches by 2); "average" and "max"
+    pool stride x stride blocks, so the stride must divide the grid.
+    """
+    if mode != "bilinear" and grid % stride:
+        raise ValueError(f"a {grid}x{grid} patch grid does not pool by {stride} ({mode})")
 
 
 def camera_tokens_mode(config: TrainConfig) -> str:
@@ -189,16 +201,27 @@ def continue_from(directory: str, vlm_config: Loc3rVLMConfig, sizes: dict) -> Lo
     saved = model.base.config
     expected = tiny_llava_config(vocab_size=saved.text["vocab_size"], **sizes)
     cells = saved.pooled_grid
-    if saved.vision["image_size"] != expected.vision["image_size"]:
-        resize_vision_tower(model, expected.vision["image_size"])
+    before = (saved.vision["image_size"], saved.pool_stride, saved.mm_spatial_pool_mode)
+    after = (expected.vision["image_size"], expected.pool_stride, expected.mm_spatial_pool_mode)
+    if before[0] != after[0]:
+        if model.semantic_embedding is not None:  # its own tower reads frames of the old size
+            raise ValueError(
+                f"vlm_init={directory}: a model with a semantic embedding keeps its image_size "
+                f"({before[0]})"
+            )
+        resize_vision_tower(model, after[0])
     differ = [f"text.{k}" for k, v in expected.text.items() if saved.text.get(k) != v]
     differ += [f"vision.{k}" for k, v in expected.vision.items() if saved.vision.get(k) != v]
-    saved.pool_stride = expected.pool_stride
-    saved.mm_spatial_pool_mode = expected.mm_spatial_pool_mode
-    if saved.grid % saved.pool_stride:  # each cell pools whole patches
-        raise ValueError(
-            f"vlm_init={directory}: a {saved.grid}x{saved.grid} patch grid does not pool by "
-            f"{saved.pool_stride}"
+    try:
+        check_pooling(saved.grid, after[1], after[2])
+    except ValueError as error:
+        raise ValueError(f"vlm_init={directory}: {error}") from None
+    saved.pool_stride, saved.mm_spatial_pool_mode = after[1:]
+    if before != after:  # the run's keys, not the saved model's: say so
+        print(
+            f"vlm_init={directory}: frames of {before[0]} px pooled by {before[1]} "
+            f"({before[2]}) become {after[0]} px pooled by {after[1]} ({after[2]})",
+            file=sys.stderr,
         )
     if saved.pooled_grid != cells and model.config.point_embedding:
         regrid_camera_input(model, vlm_config.cam_token_dim)
@@ -299,7 +322,8 @@ def resize_vision_tower(model: Loc3rVLM, image_size: int) -> None:
     SigLIP's position embedding is a table of one row per patch of the grid it was built for;
     the new grid's rows are that table, as an image, resized bicubically (what
     `interpolate_pos_encoding` does at each call, done once). The other weights do not depend on
-    the frame size. Takes no random draws. ValueError when the size is not whole patches.
+    the frame size. Leaves the random state as it was. ValueError when the size is not whole
+    patches.
     """
     from loc3r.vlm.llava_video import build_vision_tower
 
@@ -319,7 +343,9 @@ def resize_vision_tower(model: Loc3rVLM, image_size: int) -> None:
     state[key] = image.permute(0, 2, 3, 1).reshape(new_grid * new_grid, -1).to(table.dtype)
     config.vision = {**config.vision, "image_size": image_size}
     weight = next(tower.parameters())
-    resized = build_vision_tower(config).to(device=weight.device, dtype=weight.dtype)
+    with torch.random.fork_rng(devices=[]):  # the new tower's random init, overwritten below
+        resized = build_vision_tower(config)
+    resized = resized.to(device=weight.device, dtype=weight.dtype)
     resized.load_state_dict(state)
     resized.requires_grad_(weight.requires_grad)
     model.base.vision_tower = resized
