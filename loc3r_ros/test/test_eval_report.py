@@ -135,16 +135,18 @@ def test_cli_on_our_dataset_format_matches_the_synthetic_path(tmp_path):
     from loc3r.datasets.format import export_synthetic
     from loc3r.scenes import EpisodeConfig
 
-    # the embedded bundle's rooms, rendered at its input size (112 px): neither path resizes (the
+    # the embedded bundle's rooms, rendered at its VLM's input size: neither path resizes (the
     # synthetic path shrinks larger renders with OpenCV's area filter, the engine with PIL's)
     rooms = EMBEDDED["training_scenes"]
+    vlm = json.loads((DEFAULT_MODEL_DIR / "vlm" / "config.json").read_text())
+    size = vlm["llava"]["vision"]["image_size"]
     config = EpisodeConfig(
-        frames=EMBEDDED["num_query_frames"], image_size=112, look=rooms["look"], walk=rooms["walk"]
+        frames=EMBEDDED["num_query_frames"], image_size=size, look=rooms["look"], walk=rooms["walk"]
     )
     export_synthetic(tmp_path / "data", [1000003], config, "test")
     argv = ["eval", "--data", str(tmp_path / "data"), "--split", "test", "--no-progress"]
     assert cli_main([*argv, "--out", str(tmp_path / "a")]) == 0
-    assert cli_main(["eval", "--seeds", "1000003:1000004", "--render-size", "112",
+    assert cli_main(["eval", "--seeds", "1000003:1000004", "--render-size", str(size),
                      "--no-progress", "--out", str(tmp_path / "b")]) == 0  # fmt: skip
     from_data = read_cases(tmp_path / "a" / "predictions.jsonl")
     synthetic = read_cases(tmp_path / "b" / "predictions.jsonl")
