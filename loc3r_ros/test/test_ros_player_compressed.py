@@ -35,7 +35,8 @@ def statuses_of(node, name):
 
 def test_frame_player_streams_a_folder_into_the_node(ros, tmp_path):
     frames = tmp_path / "frames"
-    assert loc3r_cli(["scene", str(frames), "--count", "6", "--size", "64"]) == 0
+    # the embedded model's kind of room (its look and walk), small and short for speed
+    assert loc3r_cli(["scene", str(frames), "--as-trained", "--count", "6", "--size", "64"]) == 0
     server = NodeProcess(
         "loc3r_node", "--ros-args", "-r", "__node:=player_node",
         "-p", "image_topic:=/player_cam/image_raw", "-p", "keyframe_min_interval_s:=0.0",
@@ -81,7 +82,7 @@ def test_frame_player_streams_a_folder_into_the_node(ros, tmp_path):
         reply = call(ros, localize, Localize.Request(situation="I am by the door"), 60)
         assert reply.success, reply.message  # the embedded model answers from the played frames
         assert reply.num_frames >= 5
-        # its domain check knows these rooms (loc3r scene renders what it was trained on)
+        # its domain check knows these rooms (--as-trained: the look and walk it was trained on)
         assert reply.confidence.domain_checked and reply.confidence.in_domain, reply.confidence
         assert reply.confidence.domain_score <= reply.confidence.domain_threshold
         assert reply.confidence.note == ""
