@@ -1,7 +1,7 @@
 r"""Fit and calibrate a bundle's domain check (loc3r.engine.domain), and measure it.
 
     python -m loc3r.eval.domain --model DIR --fit-seeds 5000000:5000150 \
-        --check-seeds 5100000:5100100 --test-seeds 5200000:5200100 [--look flat --walk sweep] \
+        --check-seeds 5100000:5100300 --test-seeds 5200000:5200100 [--look flat --walk sweep] \
         [--real CLIP ...] [--write]
 
 Fits the in-domain statistics on the frames of synthetic rooms like those the model was trained
@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--model", default="", help="bundle directory (default: embedded)")
     parser.add_argument("--fit-seeds", default="5000000:5000150", help="rooms to fit on, A:B")
-    parser.add_argument("--check-seeds", default="5100000:5100100", help="held-out rooms, A:B")
+    parser.add_argument("--check-seeds", default="5100000:5100300", help="held-out rooms, A:B")
     parser.add_argument("--test-seeds", default="5200000:5200100",
                         help="more held-out rooms, to measure the in-domain flag rate")  # fmt: skip
     parser.add_argument("--quantile", type=float, default=0.99,
