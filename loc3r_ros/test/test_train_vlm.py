@@ -483,6 +483,7 @@ def test_synthetic_samples_carry_the_patches_of_their_situation_objects():
     episode = make_episode(5, config)
     samples = data.samples(56)
     assert len(samples) == len(episode.records) > 0
+    counted = several = 0
     for record, s in zip(episode.records, samples, strict=True):
         # views="first" (loc3r.eval.bounds) keeps exactly the first frame that shows the object
         for key, every in (("anchor_id", s.anchor_cells), ("target_id", s.target_cells)):
@@ -494,14 +495,22 @@ def test_synthetic_samples_carry_the_patches_of_their_situation_objects():
             assert torch.equal(first[shown[0]], every[shown[0]]) and first[shown[0]].any()
             assert first.sum() == every[shown[0]].sum()
         pairs = ("anchor_id", s.anchor_cells), ("target_id", s.target_cells)
-        for key, cells in (*pairs, ("object_id", s.question_cells)):
-            if key not in record.fields:  # counting is about no single object
-                assert cells is None and record.question_type == "counting"
-                continue
+        counting = record.question_type == "counting"
+        # a counting question is about every object of its kind, the others about one object
+        asked = "object_ids" if counting else "object_id"
+        assert ("object_id" in record.fields) != counting
+        for key, cells in (*pairs, (asked, s.question_cells)):
             cover = np.stack([object_cover(f.object_id, 9, 2) for f in episode.frames])
-            expected = cover[..., record.fields[key]] >= MIN_OBJECT_COVER
+            ids = np.atleast_1d(record.fields[key])
+            expected = (cover[..., ids] >= MIN_OBJECT_COVER).any(-1)
             assert cells.shape == (4, 2, 2) and cells.dtype == torch.bool
             assert np.array_equal(cells.numpy(), expected)
+        if counting:
+            kind = record.fields["object_kind"]
+            ids = [o.id for o in episode.room.objects if o.kind == kind]
+            assert record.fields["object_ids"] == ids and len(ids) == record.fields["count"]
+            counted += 1
+            several += len(ids) > 1
     directions = 0
     for record, s in zip(episode.records, samples, strict=True):  # the object, seen by the agent
         if record.question_type == "counting":
@@ -515,7 +524,7 @@ def test_synthetic_samples_carry_the_patches_of_their_situation_objects():
             directions += 1
         distance = math.dist(record.position, record.fields["object_position"])
         assert math.hypot(ahead, left) == pytest.approx(distance, rel=1e-5)
-    assert directions > 0
+    assert directions > 0 and counted > several > 0  # seed 5 counts two of a kind once
     record = episode.records[0]
     record.fields.pop("anchor_id")  # records of real datasets name no objects
     assert data.cells_of(record, "anchor_id") is None

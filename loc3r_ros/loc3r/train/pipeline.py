@@ -143,6 +143,7 @@ def build_model(config: TrainConfig, tokenizer, cam_dim: int) -> Loc3rVLM:
         egocentric_readout=config.egocentric_readout,
         readout_objects=config.readout_objects,
         readout_anchor=config.readout_anchor,
+        readout_spread=config.readout_spread,
         heading_pointer=config.heading_pointer,
         ground_pointers=config.ground_pointers,
         weights=LossWeights(
@@ -231,7 +232,7 @@ def continue_from(directory: str, vlm_config: Loc3rVLMConfig, sizes: dict) -> Lo
         model.egocentric_head.requires_grad_(False)
     aids = (
         "position_pointer", "egocentric_readout", "heading_pointer", "readout_objects",
-        "readout_anchor",
+        "readout_anchor", "readout_spread",
     )  # fmt: skip
     for aid in aids:  # added by a run, never dropped
         if getattr(model.config, aid) and not getattr(vlm_config, aid):
@@ -267,6 +268,11 @@ def continue_from(directory: str, vlm_config: Loc3rVLMConfig, sizes: dict) -> Lo
             )
         model.egocentric_readout.add_anchor()  # adds nothing until trained
         model.config.readout_anchor = True
+    if vlm_config.readout_spread and not model.config.readout_spread:
+        if model.egocentric_readout is None:
+            raise ValueError(f"vlm_init={directory}: readout_spread needs the egocentric read-out")
+        model.egocentric_readout.add_spread()  # adds nothing until trained
+        model.config.readout_spread = True
     model.config.ground_pointers = vlm_config.ground_pointers
     model.config.weights = vlm_config.weights
     return model

@@ -46,6 +46,9 @@ class EpisodeData:
     def cells_of(self, record: QARecord, key: str, views: str = "all") -> torch.Tensor | None:
         """(T, g, g) bool: the pooled patches showing the record's `key` object (anchor_id ...).
 
+        A key that lists several objects (object_ids: every object a counting question counts)
+        gives the patches that show any of them.
+
         views="first" keeps only the first frame that shows it (a read-out of loc3r.eval.bounds).
         """
         if views not in GROUNDING_VIEWS:
@@ -53,7 +56,8 @@ class EpisodeData:
         object_id = record.fields.get(key)
         if self.object_cover is None or object_id is None:
             return None
-        cells = self.object_cover[..., int(object_id)] >= MIN_OBJECT_COVER
+        ids = [int(i) for i in object_id] if isinstance(object_id, list) else [int(object_id)]
+        cells = (self.object_cover[..., ids] >= MIN_OBJECT_COVER).any(-1)
         if views == "first":  # frames up to the first showing it (those before show nothing)
             cells = cells & (cells.flatten(1).any(1).cumsum(0) <= 1)[:, None, None]
         return cells
@@ -81,12 +85,17 @@ class EpisodeData:
                 bev_mask=self.bev_mask,
                 anchor_cells=self.cells_of(r, "anchor_id"),
                 target_cells=self.cells_of(r, "target_id"),
-                question_cells=self.cells_of(r, "object_id"),
+                question_cells=self.cells_of(r, question_object(r)),
                 object_offset=offset(r),
                 anchor_word=r.fields.get("anchor_kind"),
             )
             for r in self.records
         ]
+
+
+def question_object(record: QARecord) -> str:
+    """The field naming what the question is about: its object, or every object it counts."""
+    return "object_ids" if "object_ids" in record.fields else "object_id"
 
 
 def oracle_camera_tokens(poses_c2w: list[np.ndarray], width: int) -> torch.Tensor:

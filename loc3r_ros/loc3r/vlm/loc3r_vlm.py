@@ -103,6 +103,9 @@ class Loc3rVLMConfig:
     # with it and the position pointer (ours): the read-out's attention knows the anchor's patches
     # (the pointer's attention) and can leave them out (see egocentric_readout)
     readout_anchor: bool = False
+    # with it (ours): the read-out also hands over how far apart the patches it attends to lie,
+    # for counting (see egocentric_readout)
+    readout_spread: bool = False
     # read-out aid (ours): <Ori> points at the faced object; the heading is the bearing to it
     # (see heading_pointer; needs the layout)
     heading_pointer: bool = False
@@ -275,8 +278,15 @@ class Loc3rVLM(nn.Module):
                 "readout_anchor gives the egocentric read-out the position pointer's attention: "
                 "it needs both"
             )
+        if config.readout_spread and not config.egocentric_readout:
+            raise ValueError("readout_spread extends the egocentric read-out: it needs it")
         self.egocentric_readout = (
-            EgocentricReadout(hidden, objects=config.readout_objects, anchor=config.readout_anchor)
+            EgocentricReadout(
+                hidden,
+                objects=config.readout_objects,
+                anchor=config.readout_anchor,
+                spread=config.readout_spread,
+            )
             if config.egocentric_readout
             else None
         )
