@@ -11,14 +11,11 @@
 Choices the paper leaves open, marked (?): f_cam/f_pos/f_ori widths (the LLM's) and GELU, sigma =
 softplus + floor (Loc3rVLMConfig fields); newline tokens stay in the video, as in LLaVA-Video.
 Positions are metres in the first frame's gravity-aligned BEV frame; yaw is radians, CCW about +z.
-The shipped recipe's training aids (ours: grounding loss, egocentric head) are in training_aids;
-the GPU recipe's input aid (ours: patches told their 3D point) is in point_embedding, and the
-position pointer (ours: <Pos> reads its position off the layout of the patches it points at) in
-position_pointer, the semantic embedding (ours: a second tiny tower tells each video token
-which object kinds and colours its patches show) in semantic_embedding, and the egocentric
-read-out (ours: the answer's first token told where the object it attends to lies from the
-situation's pose) in egocentric_readout, and the heading pointer (ours: <Ori> reads its heading
-as the bearing to the patches it points at) in heading_pointer.
+What the embedded bundle's recipe adds (ours, each off by default: a model without them is the
+paper's) lives beside this file: the aids' modules (point_embedding and semantic_embedding tell
+the patches what they show; position_pointer, heading_pointer and egocentric_readout read the
+patches' layout for the pose and the answer), built and run by recipe_aids, and the extra
+training losses in training_aids.
 """
 
 from __future__ import annotations
@@ -34,9 +31,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoTokenizer
 
-from loc3r.vlm import training_aids
-from loc3r.vlm.egocentric_readout import EgocentricReadout, teacher_pose
-from loc3r.vlm.heading_pointer import HeadingPointer, bearing, heading_error
+from loc3r.vlm import recipe_aids, training_aids
+from loc3r.vlm.heading_pointer import heading_error
 from loc3r.vlm.llava_video import (
     LlavaVideoConfig,
     LlavaVideoModel,
@@ -44,7 +40,6 @@ from loc3r.vlm.llava_video import (
     cache_kwargs,
 )
 from loc3r.vlm.losses import (
-    GROUNDING_EPS,
     LossWeights,
     answer_cross_entropy,
     gaussian_nll_2d,
@@ -52,11 +47,8 @@ from loc3r.vlm.losses import (
     orientation_kl,
     total_loss,
 )
-from loc3r.vlm.packing import PackedBatch, pack_samples
-from loc3r.vlm.point_embedding import PointEmbedding
-from loc3r.vlm.position_pointer import PositionPointer
+from loc3r.vlm.packing import pack_samples
 from loc3r.vlm.processor import SYSTEM_PROMPT
-from loc3r.vlm.semantic_embedding import SemanticEmbedding
 from loc3r.vlm.static_decoding import (
     StaticDecoding,
     check_room,
@@ -176,26 +168,6 @@ class PosePrediction:
 
 
 @dataclass
-class PointedPose:
-    """The pointers' reading of N poses (position_pointer, heading_pointer), in training's graph.
-
-    xy (N, 2) and yaw (N,) are the poses after the pointers' gates (f_pos's and f_ori's own where
-    the model lacks a pointer); the pointed values are each pointer's own, with its (N, P)
-    attention over the patches (None without that pointer). The heading pointer's vectors
-    (heading_pointer: u and v, (N, 2)) are what its losses read.
-    """
-
-    xy: torch.Tensor
-    yaw: torch.Tensor
-    pointed_xy: torch.Tensor | None = None
-    xy_attention: torch.Tensor | None = None
-    pointed_yaw: torch.Tensor | None = None
-    yaw_attention: torch.Tensor | None = None
-    yaw_vector: torch.Tensor | None = None
-    pointed_vector: torch.Tensor | None = None
-
-
-@dataclass
 class ScenePrefix:
     """The encoded video part of the prompt and the LLM's KV cache over it."""
 
@@ -229,26 +201,6 @@ class TrainSample:
     anchor_word: str | None = None  # the anchor's kind as the situation names it ("chair")
 
 
-# the PointedPose fields the packed rows' readings are merged into
-MERGED_FIELDS = ("xy", "yaw", "pointed_xy", "pointed_yaw", "yaw_vector", "pointed_vector")
-
-
-def object_mass(
-    weights: torch.Tensor | None, n: int, cells: torch.Tensor | None, patch_cells: torch.Tensor
-) -> torch.Tensor | None:
-    """Row n of an (N, P) attention's mass on the patches that show an object; None without any.
-
-    cells (T, g, g) bool are the pooled patches showing it, patch_cells (P,) each attended
-    token's pooled-patch index. As grounding_nll: an object in no patch does not count.
-    """
-    if weights is None or cells is None:
-        return None
-    on_object = cells.reshape(-1).to(weights.device)[patch_cells]
-    if not bool(on_object.any()):
-        return None
-    return (weights[n] * on_object.to(weights.dtype)).sum()
-
-
 class Loc3rVLM(nn.Module):
     """LLaVA-Video + f_cam + layout head + f_pos + f_ori, with its tokenizer."""
 
@@ -265,59 +217,7 @@ class Loc3rVLM(nn.Module):
         self.egocentric_head = (
             training_aids.egocentric_head(hidden) if config.enable_egocentric_head else None
         )
-        self.point_embedding = PointEmbedding(hidden) if config.point_embedding else None
-        if config.position_pointer and not config.enable_layout_head:
-            raise ValueError("position_pointer reads the layout: it needs enable_layout_head")
-        self.position_pointer = PositionPointer(hidden) if config.position_pointer else None
-        if config.egocentric_readout and not config.enable_layout_head:
-            raise ValueError("egocentric_readout reads the layout: it needs enable_layout_head")
-        if config.readout_objects and not config.egocentric_readout:
-            raise ValueError("readout_objects extends the egocentric read-out: it needs it")
-        if config.readout_anchor and not (config.egocentric_readout and config.position_pointer):
-            raise ValueError(
-                "readout_anchor gives the egocentric read-out the position pointer's attention: "
-                "it needs both"
-            )
-        if config.readout_spread and not config.egocentric_readout:
-            raise ValueError("readout_spread extends the egocentric read-out: it needs it")
-        self.egocentric_readout = (
-            EgocentricReadout(
-                hidden,
-                objects=config.readout_objects,
-                anchor=config.readout_anchor,
-                spread=config.readout_spread,
-            )
-            if config.egocentric_readout
-            else None
-        )
-        if config.heading_pointer and not config.enable_layout_head:
-            raise ValueError("heading_pointer reads the layout: it needs enable_layout_head")
-        self.heading_pointer = HeadingPointer(hidden) if config.heading_pointer else None
-        self.semantic_embedding = None
-        if config.semantic_classes:
-            if len(config.semantic_classes) != 2:
-                raise ValueError(
-                    f"semantic_classes is (kinds, colours), not {config.semantic_classes}"
-                )
-            if base.config.grid % base.config.pool_stride:  # its cells must be the tokens'
-                raise ValueError(
-                    f"the semantic embedding pools whole cells: a {base.config.grid}-patch grid "
-                    f"does not divide by pool_stride {base.config.pool_stride}"
-                )
-            self.semantic_embedding = SemanticEmbedding(
-                base.config, hidden, tuple(config.semantic_classes), config.semantic_probe_hidden
-            )
-        if config.point_embedding:
-            from loc3r.engine.perception import geometry_token_width
-
-            grid = base.config.pooled_grid
-            needed = geometry_token_width(grid)
-            if not config.use_camera_tokens or config.cam_token_dim < needed:
-                raise ValueError(
-                    f"point_embedding needs camera tokens of at least {needed} "
-                    f"values (geometry tokens of a {grid}x{grid} grid), not {config.cam_token_dim}"
-                    + ("" if config.use_camera_tokens else " (camera tokens are off)")
-                )
+        recipe_aids.add_aids(self, hidden)  # the shipped recipe's (ours), each off by default
         self.static_decoding: StaticDecoding | None = None
         self._add_special_tokens()
         self.set_answer_vocabulary(None)
@@ -460,8 +360,8 @@ class Loc3rVLM(nn.Module):
         if self.reads_patches:
             if patch_hidden is None:
                 raise ValueError("the position and heading pointers need the video's patch states")
-            pointed = self.point_pose(pos_hidden[None], ori_hidden[None], patch_hidden[None],
-                                      xy[None], yaw[None])  # fmt: skip
+            pointed = recipe_aids.point_pose(self, pos_hidden[None], ori_hidden[None],
+                                             patch_hidden[None], xy[None], yaw[None])  # fmt: skip
             xy, yaw = pointed.xy[0], pointed.yaw[0]
             if pointed.xy_attention is not None:
                 anchor = pointed.xy_attention[0].detach()
@@ -473,35 +373,6 @@ class Loc3rVLM(nn.Module):
     def reads_patches(self) -> bool:
         """Whether the pose reads the video's patch states (a position or heading pointer)."""
         return self.position_pointer is not None or self.heading_pointer is not None
-
-    def point_pose(
-        self,
-        pos_hidden: torch.Tensor,
-        ori_hidden: torch.Tensor,
-        patch_hidden: torch.Tensor,
-        own_xy: torch.Tensor,
-        own_yaw: torch.Tensor,
-    ) -> PointedPose:
-        """The pointers' reading of N poses (see PointedPose).
-
-        A pointer the model lacks keeps f_pos's own_xy (N, 2) or f_ori's own_yaw (N,).
-        pos_hidden and ori_hidden (N, H) are <Pos> and <Ori> states, patch_hidden (N or 1, P, H).
-        """
-        layout = self.layout_head(patch_hidden)[..., :2]
-        xy, yaw = own_xy.float(), own_yaw.float()
-        pose = PointedPose(xy, yaw)
-        if self.position_pointer is not None:
-            pose.pointed_xy, pose.xy_attention = self.position_pointer.point(
-                pos_hidden, patch_hidden, layout
-            )
-            pose.xy = xy = self.position_pointer.mix(pos_hidden, xy, pose.pointed_xy)
-        if self.heading_pointer is not None:
-            pose.pointed_vector, pose.yaw_attention = self.heading_pointer.point(
-                ori_hidden, patch_hidden, layout, xy
-            )
-            pose.yaw_vector = self.heading_pointer.mix(ori_hidden, yaw, pose.pointed_vector)
-            pose.pointed_yaw, pose.yaw = bearing(pose.pointed_vector), bearing(pose.yaw_vector)
-        return pose
 
     # --- training ---------------------------------------------------------------------------------
     def forward_train(self, samples: list[TrainSample]) -> dict[str, torch.Tensor]:
@@ -533,8 +404,8 @@ class Loc3rVLM(nn.Module):
             own_yaw, _ = heading_from_bins(ori_logits.softmax(-1))
             anchors: dict[int, torch.Tensor] = {}  # each row's position pointer attention
             if self.reads_patches:  # f_ori's heading detached: f_ori keeps L_ori alone
-                pose, masses, anchors = self._point_in_rows(
-                    states, samples, batch, situated, rows, cols, xy, own_yaw.detach()
+                pose, masses, anchors = recipe_aids.point_in_rows(
+                    self, states, samples, batch, situated, rows, cols, xy, own_yaw.detach()
                 )
                 xy = pose.xy
                 if pose.pointed_xy is not None:
@@ -547,8 +418,8 @@ class Loc3rVLM(nn.Module):
             parts["pos"] = gaussian_nll_2d(xy, sigma, target)
             parts["ori"] = orientation_kl(ori_logits, yaw, self.config.weights.ori_sigma)
             if self.egocentric_readout is not None:
-                answer_states, parts["readout_ground"] = self._read_egocentric(
-                    states, samples, batch, situated, xy, own_yaw, anchors
+                answer_states, parts["readout_ground"] = recipe_aids.read_egocentric(
+                    self, states, samples, batch, situated, xy, own_yaw, anchors
                 )
         elif self.egocentric_readout is not None:  # reported whenever on (DDP ranks agree)
             parts["readout_ground"] = states.sum() * 0.0
@@ -580,117 +451,6 @@ class Loc3rVLM(nn.Module):
             )
         parts["loss"] = total_loss(parts, self.config.weights)
         return parts
-
-    def _point_in_rows(
-        self,
-        states: torch.Tensor,
-        samples: list[TrainSample],
-        batch: PackedBatch,
-        situated: list[int],
-        rows: torch.Tensor,
-        cols: torch.Tensor,
-        own_xy: torch.Tensor,
-        own_yaw: torch.Tensor,
-    ) -> tuple[PointedPose, dict[str, torch.Tensor], dict[int, torch.Tensor]]:
-        """point_pose of the <Pos> at (rows, cols) (<Ori> after it) of packed states (R, L, H).
-
-        own_xy (N, 2) and own_yaw (N,) are f_pos's and f_ori's reading of the same tokens. Also
-        the pointers' grounding losses (-log of their attention's mass on the anchor's patches,
-        "pointer_ground", and on the faced object's, "heading_ground"; 0 without such a patch),
-        and each row's position pointer attention (detached; its samples in `rows` order, over
-        the row's patches; empty without the pointer), which the read-out's `anchor` reads.
-        """
-        merged = PointedPose(own_xy.float(), own_yaw.float())  # every row overwrites its own
-        masses: dict[str, list[torch.Tensor]] = {"pointer_ground": [], "heading_ground": []}
-        anchors: dict[int, torch.Tensor] = {}
-        for row in rows.unique().tolist():
-            chosen = (rows == row).nonzero().flatten()
-            where = (batch.patch_at[row] >= 0).nonzero().flatten()
-            # the row's patches once (1, P, H): keys and layout broadcast over its samples
-            pose = self.point_pose(
-                states[row, cols[chosen]], states[row, cols[chosen] + 1], states[row, where][None],
-                own_xy[chosen], own_yaw[chosen],
-            )  # fmt: skip
-            if pose.xy_attention is not None:
-                anchors[row] = pose.xy_attention.detach()
-            for name in MERGED_FIELDS:
-                value = getattr(pose, name)
-                if value is not None:  # out of place: the graph keeps each row's
-                    into = getattr(merged, name)
-                    if into is None:
-                        into = value.new_zeros((len(rows), *value.shape[1:]))
-                    setattr(merged, name, into.index_put((chosen,), value))
-            if not self.config.ground_pointers:
-                continue
-            for n, k in enumerate(chosen.tolist()):
-                sample = samples[situated[k]]
-                for part, weights, cells in (
-                    ("pointer_ground", pose.xy_attention, sample.anchor_cells),
-                    ("heading_ground", pose.yaw_attention, sample.target_cells),
-                ):
-                    mass = object_mass(weights, n, cells, batch.patch_at[row][where])
-                    if mass is not None:
-                        masses[part].append(mass)
-        losses = {}
-        for part, pointer in (("pointer_ground", self.position_pointer),
-                              ("heading_ground", self.heading_pointer)):  # fmt: skip
-            if pointer is not None and self.config.ground_pointers:  # else no mass was taken
-                found = masses[part]
-                losses[part] = (
-                    -(torch.stack(found) + GROUNDING_EPS).log().mean() if found
-                    else states.sum() * 0.0
-                )  # fmt: skip
-        return merged, losses, anchors
-
-    def _read_egocentric(
-        self,
-        states: torch.Tensor,
-        samples: list[TrainSample],
-        batch: PackedBatch,
-        situated: list[int],
-        own_xy: torch.Tensor,
-        own_yaw: torch.Tensor,
-        anchors: dict[int, torch.Tensor],
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The packed states with the read-out added at the situated samples' answer tokens.
-
-        Also L_readout_ground, -log of its attention's mass on the question's object's patches.
-        own_xy (N, 2) and own_yaw (N,) are the model's poses of the `situated` samples; half of
-        them take the true pose instead (egocentric_readout.teacher_pose). `anchors` are the
-        rows' position pointer attention (`_point_in_rows`), for a read-out that knows the anchor.
-        """
-        readout = self.egocentric_readout
-        true_xy = torch.stack([samples[i].position.float() for i in situated]).to(self.device)
-        true_yaw = torch.tensor([float(samples[i].yaw) for i in situated], device=self.device)
-        teach = torch.tensor(
-            [teacher_pose(samples[i].situation, samples[i].question) for i in situated],
-            device=self.device,
-        )
-        pose_xy = torch.where(teach[:, None], true_xy, own_xy.detach().float())
-        pose_yaw = torch.where(teach, true_yaw, own_yaw.detach().float())
-        rows = torch.tensor([batch.rows[i] for i in situated], device=self.device)
-        cols = torch.tensor([batch.queries(i)[2] for i in situated], device=self.device)
-        added = torch.zeros(len(situated), states.shape[-1], device=self.device)
-        masses = []  # each sample's read-out attention on its question's object
-        for row in rows.unique().tolist():
-            chosen = (rows == row).nonzero().flatten()
-            patch_at = batch.patch_at[row]
-            where = (patch_at >= 0).nonzero().flatten()
-            patches = states[row, where]
-            layout = self.layout_head(patches)[:, :2]
-            delta, weights = readout(
-                states[row, cols[chosen]], patches[None], layout[None], pose_xy[chosen],
-                pose_yaw[chosen], anchors.get(row),
-            )  # fmt: skip
-            added = added.index_put((chosen,), delta.float())
-            for n, k in enumerate(chosen.tolist()):
-                mass = object_mass(weights, n, samples[situated[k]].question_cells, patch_at[where])
-                if mass is not None:
-                    masses.append(mass)
-        answer_states = states.index_put((rows, cols), added.to(states.dtype), accumulate=True)
-        if not masses:
-            return answer_states, added.sum() * 0.0
-        return answer_states, -(torch.stack(masses) + GROUNDING_EPS).log().mean()
 
     def forward(self, samples: list[TrainSample]) -> dict[str, torch.Tensor]:
         """Training forward (what DistributedDataParallel wraps): see forward_train."""
@@ -747,24 +507,6 @@ class Loc3rVLM(nn.Module):
                 raise ValueError("the pose's pointers need a scene prefix from encode_scene")
             patches = prefix.last_hidden[prefix.patch_positions]
         return self.read_pose(states[-2], states[-1], patches)
-
-    def _egocentric_state(
-        self, prefix: ScenePrefix, last: torch.Tensor, pose: PosePrediction
-    ) -> torch.Tensor:
-        """The answer token's last state (H,) plus the egocentric read-out's, for `pose`."""
-        if self.egocentric_readout is None:
-            return last
-        if prefix.patch_positions is None or prefix.last_hidden is None:
-            raise ValueError("the egocentric read-out needs a scene prefix from encode_scene")
-        patches = prefix.last_hidden[prefix.patch_positions]
-        layout = self.layout_head(patches)[:, :2]
-        yaw = torch.tensor([pose.yaw], device=self.device)
-        anchor = pose.anchor_attention
-        anchor = None if anchor is None else anchor.to(self.device)[None]
-        delta, _ = self.egocentric_readout(
-            last[None], patches[None], layout[None], pose.xy.to(self.device)[None], yaw, anchor
-        )
-        return last + delta[0]
 
     @torch.inference_mode()
     def localize(self, prefix: ScenePrefix, situation: str) -> PosePrediction:
@@ -826,7 +568,7 @@ class Loc3rVLM(nn.Module):
 
                 def prefill(embeds: torch.Tensor, at: int) -> torch.Tensor:
                     last = self._forward_text(prefix, embeds, at)[0, -1]
-                    last = self._egocentric_state(prefix, last, pose)
+                    last = recipe_aids.egocentric_state(self, prefix, last, pose)
                     return self.base.language_model.lm_head(last).float()
 
             tokens, logits = self.base.generate_greedy(
@@ -900,7 +642,7 @@ class Loc3rVLM(nn.Module):
         if self.egocentric_readout is not None and pose is None:
             raise ValueError("the egocentric read-out needs the agent's pose")
         last = self._continue(prefix, question_ids, offset)[0, -1]
-        last = self._egocentric_state(prefix, last, pose)  # as it is without the read-out
+        last = recipe_aids.egocentric_state(self, prefix, last, pose)  # unchanged without one
         first = head(last).float().log_softmax(-1)  # the answer's first token
         offset += len(question_ids)
         scores = []

@@ -51,6 +51,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from loc3r.vlm.losses import grounding_nll, heading_from_bins
+from loc3r.vlm.recipe_aids import point_pose
 
 if TYPE_CHECKING:
     from loc3r.vlm.loc3r_vlm import Loc3rVLM, PosePrediction, TrainSample
@@ -365,8 +366,8 @@ def _trace_pointers(
     """Fill the trace's pointer fields from <Pos>'s and <Ori>'s states (H,) and the patches'."""
     own_xy = model.f_pos(pos_hidden)[:2].float()
     own_yaw, _ = heading_from_bins(model.f_ori(ori_hidden).float().softmax(-1))
-    pose = model.point_pose(pos_hidden[None], ori_hidden[None], patches[None], own_xy[None],
-                            own_yaw[None])  # fmt: skip
+    pose = point_pose(model, pos_hidden[None], ori_hidden[None], patches[None], own_xy[None],
+                      own_yaw[None])  # fmt: skip
     if model.position_pointer is not None:
         trace.head_xy = own_xy
         trace.pointer_xy = pose.pointed_xy[0]
