@@ -18,9 +18,8 @@ import torch
 
 from loc3r.train.batches import SceneBatches, batch_indices, scene_chunks
 from loc3r.train.config import TrainConfig, lr_at
-from loc3r.train.pipeline import build_model, prepare_run
+from loc3r.train.pipeline import prepare_run
 from loc3r.train.train_vlm import Trainer
-from loc3r.vlm.training_aids import anchor_word_tokens
 
 TINY = [
     "--train_episodes=4", "--eval_episodes=1", "--frames=2", "--image_size=56", "--hidden=32",
@@ -172,19 +171,6 @@ def test_vlm_init_continues_from_a_saved_model_and_refuses_another_size(tmp_path
     run.model.save_pretrained(saved)  # with its tokenizer, which the continued run takes
 
     args = [f"--out={tmp_path / 'b'}", "--steps=3", f"--vlm_init={saved}", "--seed=5", *TINY]
-    reading = TrainConfig.from_args([*args, "--answer_reads_situation_weight=0.3"])
-    with pytest.raises(ValueError, match="needs 3 attention heads or more, the model has 2"):
-        prepare_run(reading, progress=False)  # TINY's LM has 2 heads: refused before the rooms
-    reader = build_model(replace(reading, vlm_init="", heads=4), run.model.tokenizer, 24)
-    assert reader.config.weights.answer_reads_situation == 0.3
-    anchoring = TrainConfig.from_args([*args, "--answer_reads_anchor_weight=0.2"])
-    with pytest.raises(ValueError, match="answer_reads_anchor supervises head 2 .* has 2"):
-        prepare_run(anchoring, progress=False)
-    anchor_reader = build_model(replace(anchoring, vlm_init="", heads=4), run.model.tokenizer, 24)
-    assert anchor_reader.config.weights.answer_reads_anchor == 0.2
-    for s in run.train_samples:  # the synthetic rooms name the anchor's word (L_anchor's target)
-        assert f" {s.anchor_word}, facing the " in s.situation
-        assert anchor_word_tokens(run.model, s, pos_at=100)  # in the run's own tokens
     resumed = prepare_run(TrainConfig.from_args([*args, "--situation_weight=0.9"]), progress=False)
     for name, value in run.model.state_dict().items():  # its weights, not the seed's
         torch.testing.assert_close(resumed.model.state_dict()[name], value, msg=name)
@@ -481,8 +467,10 @@ def test_synthetic_samples_carry_the_patches_of_their_situation_objects():
     config = EpisodeConfig(frames=4, image_size=56, situations=2)
     (data,) = build_episodes([5], config, None, grid=2, progress=False)
     episode = make_episode(5, config)
-    samples = data.samples(56)
+    samples = data.samples(56, count_cells=True)  # a run with the read-out's spread
     assert len(samples) == len(episode.records) > 0
+    for record, plain in zip(episode.records, data.samples(56), strict=True):  # without: none
+        assert (plain.question_cells is None) == (record.question_type == "counting")
     counted = several = 0
     for record, s in zip(episode.records, samples, strict=True):
         # views="first" (loc3r.eval.bounds) keeps exactly the first frame that shows the object
@@ -551,6 +539,11 @@ def test_first_view_grounding_keeps_only_the_first_frame_showing_the_object():
     assert torch.equal(first, expected)
     record.fields["anchor_id"] = 1
     assert torch.equal(data.cells_of(record, "anchor_id", views="first"), cover[..., 1] > 0)
+    # several objects (a counting question's): each in its own first frame
+    record.fields["object_ids"] = [0, 1]
+    both = data.cells_of(record, "object_ids", views="first")
+    assert torch.equal(both, expected | (cover[..., 1] > 0))
+    assert torch.equal(data.cells_of(record, "object_ids"), every | (cover[..., 1] > 0))
 
 
 def test_oracle_camera_tokens_state_the_true_relative_poses():

@@ -168,19 +168,24 @@ def test_checkpoints_with_removed_options_load_only_with_them_off(model, tmp_pat
     import json
 
     from loc3r.vlm import Loc3rVLMConfig
-    from loc3r.vlm.loc3r_vlm import REMOVED_OPTIONS
+    from loc3r.vlm.loc3r_vlm import REMOVED_OPTIONS, REMOVED_WEIGHTS
 
-    # a config saved before 2026-12-04 (the shipped bundle's carries position_readout and
-    # grounding_layer): the removed options at the values they had when off are ignored
-    old = {**Loc3rVLMConfig(cam_token_dim=24).to_dict(), **REMOVED_OPTIONS}
+    # a config saved before an option was removed (the shipped bundle's carries the reading
+    # losses' weights, at 0): the removed options at the values they had when off are ignored
+    old = Loc3rVLMConfig(cam_token_dim=24).to_dict()
+    old |= {key: off for key, (off, _) in REMOVED_OPTIONS.items()}
+    old["weights"] |= {key: off for key, (off, _) in REMOVED_WEIGHTS.items()}
     assert Loc3rVLMConfig.from_dict(old) == Loc3rVLMConfig(cam_token_dim=24)
-    for key, value in (
-        ("position_readout", "attended_layout"),
-        ("answer_grounding", "situation"),
-        ("grounding_layer", 1),
+    for key, value, commit in (
+        ("position_readout", "attended_layout", "7295583"),
+        ("answer_grounding", "situation", "7295583"),
+        ("grounding_layer", 1, "7295583"),
     ):
-        with pytest.raises(ValueError, match=f"{key}=.*removed on 2026-12-04.*7295583"):
+        with pytest.raises(ValueError, match=f"{key}=.*was removed.*{commit}"):
             Loc3rVLMConfig.from_dict({**old, key: value})
+    for key in REMOVED_WEIGHTS:
+        with pytest.raises(ValueError, match=f"{key}=0.3: the option was removed.*a5fc376"):
+            Loc3rVLMConfig.from_dict({**old, "weights": {**old["weights"], key: 0.3}})
     path = model.save_pretrained(tmp_path / "old")
     config = json.loads((path / "config.json").read_text())
     config["loc3r"]["position_readout"] = "hidden"

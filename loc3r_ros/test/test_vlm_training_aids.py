@@ -12,13 +12,7 @@ from loc3r.vlm import Loc3rVLM, Loc3rVLMConfig, LossWeights, TrainSample
 from loc3r.vlm.loc3r_vlm import DEFAULT_SITUATION
 from loc3r.vlm.packing import pack_samples
 from loc3r.vlm.tiny import build_tiny_loc3r
-from loc3r.vlm.training_aids import (
-    GROUNDING_HEADS,
-    READING_HEAD,
-    anchor_word_tokens,
-    check_reading_head,
-    trace_situation,
-)
+from loc3r.vlm.training_aids import GROUNDING_HEADS, trace_situation
 
 
 def grounded_sample(seed: int, frames: int = 3) -> TrainSample:
@@ -72,126 +66,6 @@ def test_grounding_loss_is_the_attention_mass_eager_attention_puts_on_the_object
     torch.testing.assert_close(parts["loss"], expected_total + 0.5 * parts["ground"])
     parts["loss"].backward()
     assert attention.q_proj.weight.grad.abs().sum() > 0
-
-
-def test_reading_loss_is_the_answer_tokens_attention_mass_on_pos_and_ori(tokenizer_dir):
-    """L_read: -log of the mass one answer-token head puts on <Pos> and <Ori>, as eager has it."""
-    torch.manual_seed(0)
-    weights = LossWeights(answer_reads_situation=0.25)  # without L_ground: its own capture
-    config = Loc3rVLMConfig(cam_token_dim=24, weights=weights)
-    model = build_tiny_loc3r(
-        AutoTokenizer.from_pretrained(str(tokenizer_dir)), config, attn_implementation="eager"
-    )
-    batch = [grounded_sample(0), grounded_sample(1, frames=2)]
-    seen = {}
-    attention = model.base.language_model.model.layers[-1].self_attn
-    handle = attention.register_forward_hook(lambda m, a, out: seen.update(w=out[1]))
-    parts = model.forward_train(batch)
-    handle.remove()
-    assert "ground" not in parts and parts["read"].item() > 0
-    packed = pack_samples(model, batch, DEFAULT_SITUATION)
-    query, head = READING_HEAD
-    assert head not in [h for q, h, _ in GROUNDING_HEADS if q == query]  # a head L_ground leaves
-    terms = []
-    for i in range(len(batch)):
-        queries = packed.queries(i)
-        w = seen["w"][packed.rows[i], head, queries[query]]
-        assert w[queries[0]] > 0 and w[queries[1]] > 0  # <Pos> and <Ori> are in view
-        terms.append(-torch.log(w[queries[0]] + w[queries[1]] + 1e-6))
-    torch.testing.assert_close(parts["read"], torch.stack(terms).mean(), rtol=1e-5, atol=1e-6)
-    expected = parts["ce"] + 0.05 * parts["bev"] + 0.075 * (parts["pos"] + 3.5 * parts["ori"])
-    torch.testing.assert_close(parts["loss"], expected + 0.25 * parts["read"])
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=3e-3, weight_decay=0.0)
-    first = parts["read"].item()
-    for _ in range(30):  # it can be learned: the head ends up on the two tokens
-        optimizer.zero_grad()
-        model.forward_train(batch)["loss"].backward()
-        optimizer.step()
-    last = model.forward_train(batch)["read"].item()
-    assert first > 1.0 and last < 0.3, (first, last)
-
-
-def test_anchor_reading_loss_is_the_answer_tokens_attention_mass_on_the_anchors_word(
-    tokenizer_dir,
-):
-    """L_anchor: -log of the mass READING_HEAD puts on the anchor's word, as eager has it."""
-    torch.manual_seed(0)
-    config = Loc3rVLMConfig(cam_token_dim=24, weights=LossWeights(answer_reads_anchor=0.25))
-    model = build_tiny_loc3r(
-        AutoTokenizer.from_pretrained(str(tokenizer_dir)), config, attn_implementation="eager"
-    )
-    batch = [grounded_sample(0), grounded_sample(1, frames=2), grounded_sample(2)]
-    batch[0].situation = "I am standing next to the red table, facing the window"
-    batch[0].anchor_word = "table"
-    batch[1].anchor_word = "bed"  # "I am sitting on the bed facing the window"
-    batch[2].anchor_word = "lamp"  # a word the situation does not name: the sample does not count
-    seen = {}
-    attention = model.base.language_model.model.layers[-1].self_attn
-    handle = attention.register_forward_hook(lambda m, a, out: seen.update(w=out[1]))
-    parts = model.forward_train(batch)
-    handle.remove()
-    assert "read" not in parts and "ground" not in parts
-    packed = pack_samples(model, batch, DEFAULT_SITUATION)
-    query, head = READING_HEAD
-    terms = []
-    for i, word in ((0, "table"), (1, "bed")):
-        tokens = anchor_word_tokens(model, batch[i], packed.pos_at[i])
-        row = packed.rows[i]
-        assert tokens  # the word's own embeddings, where the row has them:
-        torch.testing.assert_close(packed.embeds[row, tokens], model.embed(model.ids(" " + word)))
-        w = seen["w"][row, head, packed.queries(i)[query]]
-        terms.append(-torch.log(w[tokens].sum() + 1e-6))
-    assert anchor_word_tokens(model, batch[2], packed.pos_at[2]) == []
-    torch.testing.assert_close(parts["read_anchor"], torch.stack(terms).mean(), rtol=1e-5,
-                               atol=1e-6)  # fmt: skip
-    expected = parts["ce"] + 0.05 * parts["bev"] + 0.075 * (parts["pos"] + 3.5 * parts["ori"])
-    torch.testing.assert_close(parts["loss"], expected + 0.25 * parts["read_anchor"])
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=3e-3, weight_decay=0.0)
-    first = parts["read_anchor"].item()
-    for _ in range(30):  # it can be learned: the head ends up on the word
-        optimizer.zero_grad()
-        model.forward_train(batch)["loss"].backward()
-        optimizer.step()
-    last = model.forward_train(batch)["read_anchor"].item()
-    assert first > 1.0 and last < 0.3, (first, last)
-    nothing_named = [grounded_sample(3)]
-    nothing_named[0].anchor_word = "lamp"
-    assert model.forward_train(nothing_named)["read_anchor"].item() == 0.0  # reported, zero
-
-
-def test_a_sample_that_names_only_its_anchors_word_counts_in_l_anchor_alone(tokenizer_dir):
-    """L_read and L_ground read the samples that name patches; a word alone changes neither."""
-    torch.manual_seed(0)
-    model = build_tiny_loc3r(
-        AutoTokenizer.from_pretrained(str(tokenizer_dir)), Loc3rVLMConfig(cam_token_dim=24),
-        attn_implementation="eager",
-    )  # fmt: skip
-    word_only = sample(5)  # "I am sitting on the bed facing the window", no cells
-    word_only.anchor_word = "bed"
-    for weights in (LossWeights(answer_reads_situation=0.5, grounding=0.5),
-                    LossWeights(answer_reads_anchor=0.5, grounding=0.5)):  # fmt: skip
-        model.config.weights = weights
-        alone = model.forward_train([grounded_sample(0)])
-        both = model.forward_train([grounded_sample(0), word_only])
-        for key in set(alone) & {"read", "ground"}:
-            torch.testing.assert_close(both[key], alone[key], rtol=1e-5, atol=1e-6)
-    assert model.forward_train([word_only])["read_anchor"].item() > 0
-    model.config.weights = LossWeights(answer_reads_situation=0.5)
-    assert model.forward_train([word_only])["read"].item() == 0.0
-
-
-def test_the_two_reading_losses_share_a_head_and_are_refused_together(tokenizer_dir):
-    weights = LossWeights(answer_reads_situation=0.5, answer_reads_anchor=0.5)
-    model = build_tiny_loc3r(
-        AutoTokenizer.from_pretrained(str(tokenizer_dir)), Loc3rVLMConfig(cam_token_dim=24)
-    )
-    model.config.weights = weights
-    with pytest.raises(ValueError, match="supervise the same head: use one of them"):
-        check_reading_head(model)
-    with pytest.raises(ValueError, match="supervise the same head"):
-        model.forward_train([grounded_sample(0)])
 
 
 def test_grounding_loss_is_off_by_default_and_absent_objects_cost_nothing(model):

@@ -105,12 +105,6 @@ class TrainConfig:
     grounding_weight: float = 0.0
     # the question's object in the agent's frame, regressed at the answer's first token
     egocentric_weight: float = 0.0
-    # the answer's first token attends to the situation's <Pos> and <Ori> (one head of the last
-    # LLM layer, training_aids.READING_HEAD): -log of that attention mass, weighted
-    answer_reads_situation_weight: float = 0.0
-    # the same head attends to the situation's word for its anchor object ("next to the bed":
-    # "bed"), the word a "what is the closest object on my left?" most often answers
-    answer_reads_anchor_weight: float = 0.0
     cut3r_dir: str = ""  # our CUT3R directory or an official .pth; "" = a seeded random tiny one
     cut3r_image_size: int = 64  # CUT3R input long edge (512 for the official DPT checkpoint)
     # a monocular depth network (loc3r.train.train_depth's <out>/depth) whose depth the geometric
@@ -140,8 +134,8 @@ class TrainConfig:
     # (the position pointer's attention), to leave out the object the agent is at ("nearest")
     readout_anchor: bool = False
     # with it: the read-out also hands over how far apart the patches it attends to lie (one
-    # object or several: "how many chairs ..."); counting questions ground it on every object of
-    # their kind
+    # object or several: "how many chairs ..."); in such a run, and only then, counting questions
+    # ground it (and L_ground's answer head) on every object of their kind
     readout_spread: bool = False
     # read-out aid (ours, needs the layout head): <Ori> also points at patches and reads the
     # bearing to them from the position, mixed with f_ori's heading by a learned gate

@@ -23,7 +23,6 @@ from loc3r.scenes import EpisodeConfig
 from loc3r.train.config import TrainConfig
 from loc3r.train.synthetic_data import EpisodeData, build_episodes, corpus, train_tokenizer
 from loc3r.vlm import Loc3rVLM, Loc3rVLMConfig, LossWeights, TrainSample
-from loc3r.vlm.training_aids import check_reading_head
 
 CUT3R_IMAGE_SIZE = 64
 
@@ -152,8 +151,6 @@ def build_model(config: TrainConfig, tokenizer, cam_dim: int) -> Loc3rVLM:
             ori=config.ori_weight,
             grounding=config.grounding_weight,
             egocentric=config.egocentric_weight,
-            answer_reads_situation=config.answer_reads_situation_weight,
-            answer_reads_anchor=config.answer_reads_anchor_weight,
         ),
     )
     if config.base_model_dir:
@@ -185,8 +182,8 @@ def continue_from(directory: str, vlm_config: Loc3rVLMConfig, sizes: dict) -> Lo
 
     ValueError when its sizes or heads are not the run's (a run continues the model it builds).
     A run may add the position or heading pointer (each starts with its gate closed), the
-    egocentric read-out, its object picking or its knowing the anchor (each starts adding
-    nothing), ground the pointers or not, drop the egocentric
+    egocentric read-out, its object picking, its knowing the anchor or its spread (each starts
+    adding nothing), ground the pointers or not, drop the egocentric
     loss (--egocentric_weight=0: the head stays, frozen; inference never reads it), pool the
     video patches by another `pool_stride` or `pool_mode`, and show the tower frames of another
     `image_size` (`resize_vision_tower`): no weight depends on the number of video tokens
@@ -458,7 +455,6 @@ def prepare_run(config: TrainConfig, progress: bool = True) -> Run:
     # the model before the rooms: a --vlm_init that does not fit the run fails now, not after
     # the rendering
     model = build_model(config, tokenizer, perception.token_width)
-    check_reading_head(model)  # before any room renders
     grid = patch_grid(config)
     if config.data_root:
         from loc3r.train.dataset_data import build_dataset_episodes
@@ -477,7 +473,7 @@ def prepare_run(config: TrainConfig, progress: bool = True) -> Run:
                                workers, deadline)  # fmt: skip
         held_out = build_episodes(eval_seeds, episodes_cfg, perception, grid, progress, prior,
                                   size, workers)  # fmt: skip
-    samples = [s for e in train for s in e.samples(config.image_size)]
+    samples = [s for e in train for s in e.samples(config.image_size, config.readout_spread)]
     return Run(model, cut3r, train, held_out, samples, depth)
 
 

@@ -43,8 +43,10 @@ lie, for "how many chairs are in the room?": the attended layout's spread (the a
 root mean square distance from its attended mean, r) as tanh(r / 0.5 m) and tanh(r / 2 m),
 through a small MLP whose last layer starts at zero, joins the added state. One chair's patches
 lie within its size and the layout's error (r about 0.3-0.6 m); two chairs' patches lie around
-two places, metres apart. Counting questions ground the attention on every object of their kind
-(the training data's `object_ids`), so the attention spreads over all of them.
+two places, metres apart. In training, counting questions ground the attention on the patches of
+every object of their kind (the training data's `object_ids`): -log of its mass on all of them
+together, which an attention on one of them satisfies as well; an attention that follows the
+kind's look spreads over each.
 """
 
 from __future__ import annotations
@@ -92,8 +94,7 @@ def attended_spread(weights: torch.Tensor, layout: torch.Tensor) -> torch.Tensor
     mean = (weights[..., None] * layout).sum(1)  # (N, 2)
     squared = (layout - mean[:, None]).square().sum(-1)  # (N, P)
     spread = torch.sqrt((weights * squared).sum(-1) + 1e-8)  # (N,)
-    scales = torch.tensor(SPREAD_SCALES, device=spread.device)
-    return torch.tanh(spread[:, None] / scales)
+    return torch.stack([torch.tanh(spread / scale) for scale in SPREAD_SCALES], dim=-1)
 
 
 class EgocentricReadout(nn.Module):

@@ -22,7 +22,7 @@ heading's, 1 - u . t / |u|_e, the gate (t the true heading's unit vector; f_ori'
 detached there: f_ori keeps L_ori). Both are 1 - cos of the angle between them while the vector
 is long; unlike 1 - cos(atan2(v) - yaw*), whose gradient grows as 1 / |v|, they stay bounded.
 With `ground_pointers` the attention is also supervised towards the faced object's patches
-(loc3r.vlm.loc3r_vlm). f_ori's spread stays the pose's spread. It needs the layout head.
+(loc3r.vlm.recipe_aids). f_ori's spread stays the pose's spread. It needs the layout head.
 """
 
 from __future__ import annotations

@@ -14,8 +14,9 @@ Positions are metres in the first frame's gravity-aligned BEV frame; yaw is radi
 What the embedded bundle's recipe adds (ours, each off by default: a model without them is the
 paper's) lives beside this file: the aids' modules (point_embedding and semantic_embedding tell
 the patches what they show; position_pointer, heading_pointer and egocentric_readout read the
-patches' layout for the pose and the answer), built and run by recipe_aids, and the extra
-training losses in training_aids.
+patches' layout for the pose and the answer), built by recipe_aids, which also runs the
+read-out aids (the input aids run in video_embeddings), and the extra training losses in
+training_aids.
 """
 
 from __future__ import annotations
@@ -61,13 +62,30 @@ from loc3r.vlm.static_decoding import (
 POS_TOKEN = "<Pos>"
 ORI_TOKEN = "<Ori>"
 DEFAULT_SITUATION = "I am standing in the room"
-# options removed on 2026-12-04 (their code: git commit 7295583) and the value each had when off;
+# options removed (name -> the value it had when off, the git commit that still has its code);
 # checkpoints saved before then carry them
 REMOVED_OPTIONS = {
-    "position_readout": "hidden",
-    "answer_grounding": "question",
-    "grounding_layer": -1,
+    "position_readout": ("hidden", "7295583"),
+    "answer_grounding": ("question", "7295583"),
+    "grounding_layer": (-1, "7295583"),
 }
+# loss weights removed the same way (LossWeights fields): the reading losses, tried and dropped
+REMOVED_WEIGHTS = {
+    "answer_reads_situation": (0.0, "a5fc376"),
+    "answer_reads_anchor": (0.0, "a5fc376"),
+}
+
+
+def drop_removed(data: dict, removed: dict[str, tuple[object, str]]) -> dict:
+    """`data` without the removed keys; ValueError for one set to anything but its off value."""
+    data = dict(data)
+    for key, (off, commit) in removed.items():
+        if key in data and (value := data.pop(key)) != off:
+            raise ValueError(
+                f"{key}={value!r}: the option was removed (only {off!r} loads); its code is in "
+                f"git commit {commit}"
+            )
+    return data
 
 
 @dataclass
@@ -123,14 +141,8 @@ class Loc3rVLMConfig:
     @classmethod
     def from_dict(cls, data: dict) -> Loc3rVLMConfig:
         """Inverse of to_dict; a removed option loads only with the value it had when off."""
-        data = dict(data)
-        for key, off in REMOVED_OPTIONS.items():
-            if key in data and (value := data.pop(key)) != off:
-                raise ValueError(
-                    f"{key}={value!r}: the option was removed on 2026-12-04 (only {off!r} loads); "
-                    "its code is in git commit 7295583"
-                )
-        weights = LossWeights(**data.pop("weights", {}))
+        data = drop_removed(data, REMOVED_OPTIONS)
+        weights = LossWeights(**drop_removed(data.pop("weights", {}), REMOVED_WEIGHTS))
         data["semantic_classes"] = tuple(data.get("semantic_classes", ()))
         return cls(**data, weights=weights)
 
@@ -198,7 +210,6 @@ class TrainSample:
     target_cells: torch.Tensor | None = None  # the object faced
     question_cells: torch.Tensor | None = None  # the object the answer is about
     object_offset: torch.Tensor | None = None  # (2,) metres
-    anchor_word: str | None = None  # the anchor's kind as the situation names it ("chair")
 
 
 class Loc3rVLM(nn.Module):

@@ -7,9 +7,7 @@
   w_b = exp(-1/2 (wrap(theta - theta_b) / s_ori)^2), normalised.
 - L_ground (ours, off by default, for models trained from scratch): -log of the attention mass
   that chosen heads of <Pos>/<Ori> put on the patches showing the situation's objects; see
-  grounding_nll and loc3r.vlm.training_aids. The total adds w_ground L_ground (and w_ego L_ego,
-  and the reading losses' w_read L_read or w_anchor L_anchor: a head of the answer's first token
-  on the situation's <Pos> <Ori>, or on its anchor's word).
+  grounding_nll and loc3r.vlm.training_aids. The total adds w_ground L_ground (and w_ego L_ego).
 """
 
 from __future__ import annotations
@@ -31,10 +29,6 @@ class LossWeights:
     ori_sigma: float = math.radians(10.0)  # s_ori of the wrapped-Gaussian target (?): one bin
     grounding: float = 0.0  # w_ground (not in the paper; the embedded model's recipe uses it)
     egocentric: float = 0.0  # w_ego (not in the paper): the question's object in the agent frame
-    # w_read (not in the paper): the answer's first token attends to the situation's <Pos> <Ori>
-    answer_reads_situation: float = 0.0
-    # w_anchor (not in the paper): the same head attends to the anchor's word in the situation
-    answer_reads_anchor: float = 0.0
 
 
 def wrap_angle(angle: torch.Tensor) -> torch.Tensor:
@@ -126,12 +120,12 @@ def egocentric_offset(position, yaw: float, point) -> tuple[float, float]:
 # (no situated sample: no pos, ori, pointer), so the trainer averages each over those that had it
 LOSS_PARTS = (
     "loss", "ce", "bev", "pos", "ori", "pointer", "heading", "heading_pointer", "ground", "ego",
-    "read", "read_anchor", "readout_ground", "pointer_ground", "heading_ground",
+    "readout_ground", "pointer_ground", "heading_ground",
 )  # fmt: skip
 
 
 def total_loss(parts: dict[str, torch.Tensor], weights: LossWeights) -> torch.Tensor:
-    """L = L_CE + w_bev L_BEV + w_sit (L_pos + w_ori L_ori) + the aids' w L (ground, ego, read...).
+    """L = L_CE + w_bev L_BEV + w_sit (L_pos + w_ori L_ori) + the aids' w L (ground, ego).
 
     With the position pointer (ours), its own position's L_pointer joins L_pos inside w_sit; with
     the heading pointer (ours), its own and the mixed heading's errors join L_ori (times w_ori).
@@ -156,6 +150,4 @@ def total_loss(parts: dict[str, torch.Tensor], weights: LossWeights) -> torch.Te
         + weights.situation * situation
         + weights.grounding * ground
         + weights.egocentric * ego
-        + weights.answer_reads_situation * parts.get("read", zero)
-        + weights.answer_reads_anchor * parts.get("read_anchor", zero)
     )

@@ -1,4 +1,4 @@
-"""Training aids of the shipped recipe (ours, not in the paper): grounding, egocentric, reading.
+"""Training aids of the shipped recipe (ours, not in the paper): grounding, egocentric.
 
 The embedded model is trained from scratch, without the vision-language alignment LLaVA-Video
 brings, so its recipe (loc3r.train.make_default_model: --grounding_weight=0.5,
@@ -8,7 +8,8 @@ paper's model (loc3r_vlm) whatever they are set to, and all are off by default.
 - Grounding (L_ground, `LossWeights.grounding`): in the last LLM layer, head 0 of <Pos> and head 2
   of <Ori> should look at the patches that show the situation's anchor object ("next to the
   bed"), head 1 of <Ori> at its target object ("facing the window"), and head 3 of the token that
-  starts the answer at the object the answer is about ("is the lamp on my left?"); the loss is
+  starts the answer at the object the answer is about ("is the lamp on my left?"; in a run with
+  the read-out's spread, "how many chairs ...?" is about every chair); the loss is
   -log of the attention mass on those patches (losses.grounding_nll). `trace_situation` reads the
   same heads back for diagnostics (loc3r.eval.bounds).
 - Egocentric (L_ego, `LossWeights.egocentric`; the head exists with
@@ -17,26 +18,9 @@ paper's model (loc3r_vlm) whatever they are set to, and all are off by default.
   ahead, to the left; smooth L1). Direction questions ("is the lamp on my left?") need exactly
   that; the loss asks the LM for it densely, where the answer's cross-entropy gives one of four
   words.
-- Reading (L_read, `LossWeights.answer_reads_situation`): one free head of the same layer at the
-  token that starts the answer (READING_HEAD) should attend to the situation's <Pos> and <Ori>,
-  the tokens that hold the pose; -log of that mass, on the samples that name their objects'
-  patches (every synthetic one). `python -m loc3r.eval.situation_use` found
-  the shipped model's answers blind to the situation's words (changing the anchor's kind moves
-  the answer distribution by 0.001 in total variation, f_pos by 1.6 m); this aid gives the answer
-  a path to what the pose tokens read. Tried once (b23 continued, docs/experiments.md): the
-  answers read the words 15-60x more, the headings lost 7 points at 30°; not in the recipe.
-- Reading the anchor (L_anchor, `LossWeights.answer_reads_anchor`): the same head at the same
-  token attends to the situation's word for its anchor object ("standing next to the red
-  chair": "chair", `TrainSample.anchor_word`) instead; -log of that mass, on the samples whose
-  situation names that word (every synthetic one). "What is the closest
-  object on my left?" is the anchor 44 % of the time and "the closest object to me" never (it
-  is left out), a prior the situation's words give and b23's answers miss. One of the two
-  reading losses at a time (they share the head). Tried twice (b23 continued at lr 3e-4, then
-  at 1e-3; docs/experiments.md): the head reads the word, the answers still do not use it
-  (what side answers the anchor 19-20 % of the time, the truth 44 %); not in the recipe.
-
 Options the experiments tried and dropped (reading the position from the attended layout, the
-answer token grounding the situation too, other grounding layers) are in docs/experiments.md.
+answer token grounding the situation too, other grounding layers, a head of the answer's first
+token sent to the situation's <Pos> <Ori> or to its anchor's word) are in docs/experiments.md.
 """
 
 from __future__ import annotations
@@ -61,47 +45,6 @@ if TYPE_CHECKING:
 # grounding loss supervises
 GROUNDING_HEADS = ((0, 0, "anchor"), (1, 1, "target"), (1, 2, "anchor"), (2, 3, "question"))
 GROUNDING_LAYER = -1  # the LLM layer whose attention the grounding loss supervises: the last
-# (query, head) of that layer that L_read sends to the situation's <Pos> and <Ori> tokens: a head
-# L_ground leaves free at the token that predicts the answer's first token (at <Ori> it trains
-# head 2 too, and heads 2 and 3 share their keys and values with 2 key-value heads in 4)
-READING_HEAD = (2, 2)
-# the losses that supervise READING_HEAD: their LossWeights field -> their part (L_read, L_anchor)
-READING_LOSSES = {"answer_reads_situation": "read", "answer_reads_anchor": "read_anchor"}
-
-
-def check_reading_head(model: Loc3rVLM) -> None:
-    """Refuse L_read or L_anchor on an LLM without READING_HEAD's head, and both at once.
-
-    Called before any data is built.
-    """
-    weights = model.config.weights
-    on = [n for n in READING_LOSSES if getattr(weights, n) > 0]
-    if len(on) > 1:
-        raise ValueError(f"{' and '.join(on)} supervise the same head: use one of them")
-    heads = model.base.language_model.config.num_attention_heads
-    if on and heads <= READING_HEAD[1]:
-        raise ValueError(
-            f"{on[0]} supervises head {READING_HEAD[1]} of the last LLM layer: it "
-            f"needs {READING_HEAD[1] + 1} attention heads or more, the model has {heads}"
-        )
-
-
-def anchor_word_tokens(model: Loc3rVLM, sample: TrainSample, pos_at: int) -> list[int]:
-    """Where the sample's anchor word is in its packed row ([] without one or if not named).
-
-    pos_at is where the sample's <Pos> is in the row (its situation's tokens come right before);
-    the word is the first occurrence of its tokens (" chair") in the situation, which names the
-    anchor before the object faced.
-    """
-    if not sample.anchor_word or not sample.situation:
-        return []
-    situation = model.situation_ids(sample.situation)
-    word = model.ids(" " + sample.anchor_word.strip())
-    start = pos_at - (len(situation) - 2)
-    for at in range(len(situation) - 2 - len(word) + 1):
-        if situation[at : at + len(word)] == word:
-            return list(range(start + at, start + at + len(word)))
-    return []
 
 
 def egocentric_head(hidden: int) -> nn.Linear:
@@ -156,9 +99,9 @@ def grounding_capture(
 ) -> Iterator[dict]:
     """Within the block, the training forward leaves the grounding attention in the dict.
 
-    Only with L_ground, L_read or L_anchor on and samples that name their objects' patches or
-    their anchor's word: "probs" (N, heads, 3, L) of <Pos>, <Ori> and the answer's first token,
-    one row per such sample (in order, `_grounded`), over its packed row (loc3r.vlm.packing).
+    Only with L_ground on and samples that name their objects' patches: "probs" (N, heads, 3,
+    L) of <Pos>, <Ori> and the answer's first token, one row per such sample (in order,
+    `_grounded`), over its packed row (loc3r.vlm.packing).
     """
     captured: dict[str, torch.Tensor] = {}
     grounded = _grounded(samples) if _captures(model) else []
@@ -182,14 +125,13 @@ def grounding_capture(
 
 
 def _captures(model: Loc3rVLM) -> bool:
-    """Whether a loss reads the grounding layer's attention (L_ground, L_read or L_anchor)."""
-    weights = model.config.weights
-    return weights.grounding > 0 or any(getattr(weights, n) > 0 for n in READING_LOSSES)
+    """Whether a loss reads the grounding layer's attention (L_ground)."""
+    return model.config.weights.grounding > 0
 
 
 def _grounded(samples: list[TrainSample]) -> list[int]:
-    """The samples that name their anchor's word or at least one of their objects' patches."""
-    return [i for i, s in enumerate(samples) if s.anchor_word or _names_cells(s)]
+    """The samples that name at least one of their objects' patches."""
+    return [i for i, s in enumerate(samples) if _names_cells(s)]
 
 
 def _names_cells(sample: TrainSample) -> bool:
@@ -205,33 +147,16 @@ def grounding_losses(
     batch: PackedBatch,
     logits: torch.Tensor,
 ) -> dict[str, torch.Tensor]:
-    """{"ground": L_ground, "read": L_read, "read_anchor": L_anchor}, those with a weight on.
+    """{"ground": L_ground} when its weight is on, else {}.
 
     Zero without objects; always reported when on, so every DDP rank logs the same keys.
     """
     if not _captures(model):
         return {}
-    weights = model.config.weights
-    reads = [part for n, part in READING_LOSSES.items() if getattr(weights, n) > 0]
-    keys = (["ground"] if weights.grounding > 0 else []) + reads
     grounded = _grounded(samples)
     if not grounded or "probs" not in captured:
-        return {key: logits.sum() * 0.0 for key in keys}
+        return {"ground": logits.sum() * 0.0}
     probs = captured["probs"]
-    parts = {}
-    if reads:  # the answer's first token on <Pos> and <Ori>, or on the anchor's word
-        check_reading_head(model)
-        query, head = READING_HEAD
-        read = torch.zeros(len(grounded), probs.shape[-1], dtype=torch.bool, device=model.device)
-        for n, i in enumerate(grounded):
-            if reads[0] == "read":  # query positions 0 and 1, on the samples that name cells
-                read[n, batch.queries(i)[:2]] = _names_cells(samples[i])
-            else:
-                read[n, anchor_word_tokens(model, samples[i], batch.pos_at[i])] = True
-        # rows without a token to read (L_anchor: no anchor word named) do not count
-        parts[reads[0]] = grounding_nll(probs[:, head, query], read)
-    if weights.grounding <= 0:
-        return parts
     picked, on_object = [], []
     for n, i in enumerate(grounded):
         patch_at = batch.patch_at[batch.rows[i]]
@@ -251,8 +176,8 @@ def grounding_losses(
             picked.append(probs[n, head, query])
             on_object.append(mask)
     if not picked:
-        return parts | {"ground": probs.sum() * 0.0}
-    return parts | {"ground": grounding_nll(torch.stack(picked), torch.stack(on_object))}
+        return {"ground": probs.sum() * 0.0}
+    return {"ground": grounding_nll(torch.stack(picked), torch.stack(on_object))}
 
 
 def egocentric_losses(
