@@ -144,11 +144,6 @@ class TrainConfig:
     # the pointers' attention grounded on their objects, the anchor for <Pos>'s and the faced
     # object for <Ori>'s, under grounding_weight (Loc3rVLMConfig.ground_pointers)
     ground_pointers: bool = False
-    # input aid (ours, tiny model): a second tiny tower with kind and colour heads, frozen (the
-    # <out>/ directory of loc3r.train.pretrain_vision, its vision_tower and patch_heads), tells
-    # each video token what its patches show, max-pooled over its cell
-    # (loc3r.vlm.semantic_embedding); "" = none (a continued model keeps its own)
-    semantic_init: str = ""
     tokenizer_dir: str = ""  # "" = train one on the synthetic corpus into <out>/tokenizer
     # a saved tiny Loc3R-VLM (a bundle's vlm/ directory) to continue training from: its weights
     # and its tokenizer replace the seeded ones (the run's sizes and heads, its loss weights)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -171,8 +170,6 @@ def build_model(config: TrainConfig, tokenizer, cam_dim: int) -> Loc3rVLM:
         from loc3r.vlm.checkpoint import load_state_strict
 
         load_state_strict(model.base.vision_tower, load_file(config.vision_init))
-    if config.semantic_init:
-        add_semantic_embedding(model, config.semantic_init)
     model.base.vision_tower.requires_grad_(config.train_vision_tower)
     return add_lora(model, config)
 
@@ -202,11 +199,6 @@ def continue_from(directory: str, vlm_config: Loc3rVLMConfig, sizes: dict) -> Lo
     before = (saved.vision["image_size"], saved.pool_stride, saved.mm_spatial_pool_mode)
     after = (expected.vision["image_size"], expected.pool_stride, expected.mm_spatial_pool_mode)
     if before[0] != after[0]:
-        if model.semantic_embedding is not None:  # its own tower reads frames of the old size
-            raise ValueError(
-                f"vlm_init={directory}: a model with a semantic embedding keeps its image_size "
-                f"({before[0]})"
-            )
         resize_vision_tower(model, after[0])
     differ = [f"text.{k}" for k, v in expected.text.items() if saved.text.get(k) != v]
     differ += [f"vision.{k}" for k, v in expected.vision.items() if saved.vision.get(k) != v]
@@ -273,50 +265,6 @@ def continue_from(directory: str, vlm_config: Loc3rVLMConfig, sizes: dict) -> Lo
     model.config.ground_pointers = vlm_config.ground_pointers
     model.config.weights = vlm_config.weights
     return model
-
-
-def check_semantic_init(probe_dir: str | Path, vlm_init: str = "") -> tuple[tuple[int, int], int]:
-    """The probe's ((kinds, colours), probe_hidden) (`head_classes`).
-
-    ValueError when `probe_dir` is no probe or `vlm_init` has a semantic embedding already.
-    """
-    from safetensors.torch import load_file
-
-    from loc3r.vlm.semantic_embedding import head_classes
-
-    for name in ("vision_tower.safetensors", "patch_heads.safetensors"):
-        if not (Path(probe_dir) / name).is_file():
-            raise ValueError(f"{probe_dir} has no {name} (a pretrain_vision output?)")
-    shape = head_classes(load_file(str(Path(probe_dir) / "patch_heads.safetensors")))  # a few KB
-    if vlm_init:
-        saved = json.loads((Path(vlm_init) / "config.json").read_text())
-        if saved.get("loc3r", {}).get("semantic_classes"):
-            raise ValueError(
-                f"vlm_init={vlm_init} has a semantic embedding already: continue it without "
-                "semantic_init"
-            )
-    return shape
-
-
-def add_semantic_embedding(model: Loc3rVLM, probe_dir: str | Path) -> None:
-    """Give `model` the semantic embedding: a probe's tower and heads, frozen, a projection at 0.
-
-    `probe_dir` is a pretrain_vision output (vision_tower and patch_heads). The model answers as
-    before until training moves the projection. ValueError when the model has one already (its
-    projection reads its own heads) or the probe is not of the model's tower shape.
-    """
-    from loc3r.vlm.semantic_embedding import SemanticEmbedding
-
-    if model.semantic_embedding is not None:
-        raise ValueError("the model has a semantic embedding already: continue it without one")
-    classes, probe_hidden = check_semantic_init(probe_dir)
-    hidden = model.base.config.text["hidden_size"]
-    embedding = SemanticEmbedding(model.base.config, hidden, classes, probe_hidden)
-    embedding.load_probe(probe_dir)
-    model.semantic_embedding = embedding.to(device=model.device, dtype=model.f_cam[0].weight.dtype)
-    model.config = replace(  # not the caller's config
-        model.config, semantic_classes=classes, semantic_probe_hidden=probe_hidden
-    )
 
 
 def resize_vision_tower(model: Loc3rVLM, image_size: int) -> None:
@@ -417,10 +365,6 @@ def prepare_run(config: TrainConfig, progress: bool = True) -> Run:
             "pool_stride and pool_mode are the tiny VLM's; LLaVA-Video pools its patches 2x2, "
             "bilinearly"
         )
-    if config.base_model_dir and config.semantic_init:
-        raise ValueError("semantic_init is a tiny tower's probe; LLaVA-Video has SigLIP")
-    if config.semantic_init:  # before the rendering: a probe that cannot load fails at once
-        check_semantic_init(config.semantic_init, config.vlm_init)
     out = Path(config.out)
     episodes_cfg = episode_config(config)
     start = config.train_seed_offset

@@ -10,11 +10,9 @@ object it shows (or a room surface), the object's colour, and the log depth; the
 the renderer's object ids and depth. The tower is then loaded (TrainConfig.vision_init) and
 frozen while Loc3R-VLM trains.
 
-The same script trains the semantic embedding's tower and heads (TrainConfig.semantic_init takes
-its <out>/: vision_tower.safetensors and patch_heads.safetensors): pass the VLM's --image_size,
---vision_hidden and --vision_layers, its scenes (--look, --walk, --frames, --render_size), and
---tower_init=<a tower or a VLM directory> to start from a trained tower; --train_tower=False
-trains the heads alone, a probe of that tower.
+--tower_init=<a tower or a VLM directory> starts from a trained tower; --train_tower=False trains
+the heads alone, a probe of that tower (pass the VLM's --image_size, --vision_hidden and
+--vision_layers, and its scenes: --look, --walk, --frames, --render_size).
 """
 
 from __future__ import annotations
@@ -38,7 +36,6 @@ from loc3r.train.parallel import parallel_map
 from loc3r.vlm import frames_to_pixel_values
 from loc3r.vlm.checkpoint import load_state_strict
 from loc3r.vlm.llava_video import LlavaVideoModel
-from loc3r.vlm.semantic_embedding import probe_head
 from loc3r.vlm.tiny import tiny_llava_config
 
 KINDS = ("surface", *CATALOGUE)  # class 0: wall, floor or ceiling
@@ -71,7 +68,7 @@ class VisionPretrainConfig:
     workers: int = 1  # processes that render the frames
     # start from this tower: a vision_tower.safetensors of this script, or a Loc3R-VLM directory
     # (its model.safetensors); with train_tower=False only the heads learn, a probe of the frozen
-    # tower the VLM reads (what loc3r.vlm.semantic_embedding loads: <out>/patch_heads.safetensors)
+    # tower the VLM reads (<out>/patch_heads.safetensors)
     tower_init: str = ""
     train_tower: bool = True
     probe_hidden: int = 0  # the heads' hidden width (0: linear heads, as for pretraining)
@@ -125,6 +122,17 @@ def make_data(seeds, config: VisionPretrainConfig, grid: int, progress: bool):
     pixels, kinds, colours, depths = zip(*parts, strict=True)
     as_tensor = lambda a: torch.from_numpy(np.concatenate(a))  # noqa: E731
     return torch.cat(pixels), as_tensor(kinds), as_tensor(colours), as_tensor(depths)
+
+
+def probe_head(vision_dim: int, classes: int, probe_hidden: int = 0) -> torch.nn.Module:
+    """A linear head, or with probe_hidden > 0 one hidden GELU layer."""
+    if probe_hidden == 0:
+        return torch.nn.Linear(vision_dim, classes)
+    return torch.nn.Sequential(
+        torch.nn.Linear(vision_dim, probe_hidden),
+        torch.nn.GELU(),
+        torch.nn.Linear(probe_hidden, classes),
+    )
 
 
 class PatchHeads(torch.nn.Module):

@@ -12,11 +12,10 @@ Choices the paper leaves open, marked (?): f_cam/f_pos/f_ori widths (the LLM's) 
 softplus + floor (Loc3rVLMConfig fields); newline tokens stay in the video, as in LLaVA-Video.
 Positions are metres in the first frame's gravity-aligned BEV frame; yaw is radians, CCW about +z.
 What the embedded bundle's recipe adds (ours, each off by default: a model without them is the
-paper's) lives beside this file: the aids' modules (point_embedding and semantic_embedding tell
-the patches what they show; position_pointer, heading_pointer and egocentric_readout read the
-patches' layout for the pose and the answer), built by recipe_aids, which also runs the
-read-out aids (the input aids run in video_embeddings), and the extra training losses in
-training_aids.
+paper's) lives beside this file: the aids' modules (point_embedding tells each patch its 3D
+point; position_pointer, heading_pointer and egocentric_readout read the patches' layout for the
+pose and the answer), built by recipe_aids, which also runs the read-out aids (the point
+embedding runs in video_embeddings), and the extra training losses in training_aids.
 """
 
 from __future__ import annotations
@@ -68,6 +67,9 @@ REMOVED_OPTIONS = {
     "position_readout": ("hidden", "7295583"),
     "answer_grounding": ("question", "7295583"),
     "grounding_layer": (-1, "7295583"),
+    # the semantic embedding (a second tiny tower told each video token what its patches show)
+    "semantic_classes": ([], "2f61514"),
+    "semantic_probe_hidden": (0, "2f61514"),
 }
 # loss weights removed the same way (LossWeights fields): the reading losses, tried and dropped
 REMOVED_WEIGHTS = {
@@ -122,9 +124,6 @@ class Loc3rVLMConfig:
     # training setting (ours): the pointers' attention grounded on their objects, the anchor for
     # <Pos>, the faced object for <Ori> (parts pointer_ground and heading_ground, w_ground)
     ground_pointers: bool = False
-    # input aid (ours): (kinds, colours) of the semantic embedding's patch heads; () = none
-    semantic_classes: tuple[int, ...] = ()
-    semantic_probe_hidden: int = 0  # its heads' hidden width (0: linear)
     system_prompt: str = SYSTEM_PROMPT
     max_new_tokens: int = 32
     stop_repeats: int = 3  # loop guard: stop when one n-gram ends the answer 3 times; 0 = off
@@ -143,7 +142,6 @@ class Loc3rVLMConfig:
         """Inverse of to_dict; a removed option loads only with the value it had when off."""
         data = drop_removed(data, REMOVED_OPTIONS)
         weights = LossWeights(**drop_removed(data.pop("weights", {}), REMOVED_WEIGHTS))
-        data["semantic_classes"] = tuple(data.get("semantic_classes", ()))
         return cls(**data, weights=weights)
 
 
@@ -305,9 +303,6 @@ class Loc3rVLM(nn.Module):
         )
         index = torch.where(row.reshape(1, -1) < 0, -1, index)  # (T, 210)
         keep = (row.reshape(-1) >= 0).nonzero().flatten()  # the patch tokens of a frame
-        if self.semantic_embedding is not None:  # input aid (ours): what each cell shows
-            meaning = self.semantic_embedding(pixel_values, side)  # (T, g*g, H)
-            frames = frames.index_add(1, keep, meaning.to(frames.dtype))
         if self.config.use_camera_tokens:
             if camera_tokens is None or camera_tokens.shape != (count, self.config.cam_token_dim):
                 shape = None if camera_tokens is None else tuple(camera_tokens.shape)
@@ -790,6 +785,4 @@ class Loc3rVLM(nn.Module):
         model = model.to_empty(device="cpu").to(dtype)
         load_state_strict(model, {k: v.to(dtype) for k, v in tensors.items()})
         materialise_buffers(model.base)
-        if model.semantic_embedding is not None:
-            model.semantic_embedding.materialise_buffers()
         return model.to(device=device).eval()

@@ -2,10 +2,10 @@
 
 loc3r_vlm keeps the paper's model (f_cam, the layout head, f_pos, f_ori, the prompt). The
 embedded bundle's recipe adds modules that a tiny LM trained from scratch needs, each in its own
-file: input aids that tell the patches what they show (point_embedding, semantic_embedding) and
-read-out aids that read the video's patch tokens through the layout head (position_pointer,
-heading_pointer, egocentric_readout). This module builds them from Loc3rVLMConfig, checking what
-each needs (`add_aids`), and runs the read-out aids where the model calls them:
+file: an input aid that tells each patch its 3D point (point_embedding) and read-out aids that
+read the video's patch tokens through the layout head (position_pointer, heading_pointer,
+egocentric_readout). This module builds them from Loc3rVLMConfig, checking what each needs
+(`add_aids`), and runs the read-out aids where the model calls them:
 
 - `point_pose`: the pointers' pose, at inference (Loc3rVLM.read_pose) and in training;
 - `point_in_rows` (training): the pointers over packed rows, with their grounding losses;
@@ -27,7 +27,6 @@ from loc3r.vlm.heading_pointer import HeadingPointer, bearing
 from loc3r.vlm.losses import GROUNDING_EPS
 from loc3r.vlm.point_embedding import PointEmbedding
 from loc3r.vlm.position_pointer import PositionPointer
-from loc3r.vlm.semantic_embedding import SemanticEmbedding
 
 if TYPE_CHECKING:
     from loc3r.vlm.loc3r_vlm import Loc3rVLM, PosePrediction, ScenePrefix, TrainSample
@@ -78,9 +77,9 @@ def add_aids(model: Loc3rVLM, hidden: int) -> None:
     """Give `model` the aids its config asks for, None for each it does not.
 
     ValueError when one lacks what it needs (the layout head, the read-out it extends, the
-    camera tokens' width, whole cells to pool).
+    camera tokens' width).
     """
-    config, base = model.config, model.base
+    config = model.config
     model.point_embedding = PointEmbedding(hidden) if config.point_embedding else None
     if config.position_pointer and not config.enable_layout_head:
         raise ValueError("position_pointer reads the layout: it needs enable_layout_head")
@@ -109,22 +108,10 @@ def add_aids(model: Loc3rVLM, hidden: int) -> None:
     if config.heading_pointer and not config.enable_layout_head:
         raise ValueError("heading_pointer reads the layout: it needs enable_layout_head")
     model.heading_pointer = HeadingPointer(hidden) if config.heading_pointer else None
-    model.semantic_embedding = None
-    if config.semantic_classes:
-        if len(config.semantic_classes) != 2:
-            raise ValueError(f"semantic_classes is (kinds, colours), not {config.semantic_classes}")
-        if base.config.grid % base.config.pool_stride:  # its cells must be the tokens'
-            raise ValueError(
-                f"the semantic embedding pools whole cells: a {base.config.grid}-patch grid "
-                f"does not divide by pool_stride {base.config.pool_stride}"
-            )
-        model.semantic_embedding = SemanticEmbedding(
-            base.config, hidden, tuple(config.semantic_classes), config.semantic_probe_hidden
-        )
     if config.point_embedding:
         from loc3r.engine.perception import geometry_token_width
 
-        grid = base.config.pooled_grid
+        grid = model.base.config.pooled_grid
         needed = geometry_token_width(grid)
         if not config.use_camera_tokens or config.cam_token_dim < needed:
             raise ValueError(
