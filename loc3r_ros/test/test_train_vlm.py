@@ -467,11 +467,8 @@ def test_synthetic_samples_carry_the_patches_of_their_situation_objects():
     config = EpisodeConfig(frames=4, image_size=56, situations=2)
     (data,) = build_episodes([5], config, None, grid=2, progress=False)
     episode = make_episode(5, config)
-    samples = data.samples(56, count_cells=True)  # a run with the read-out's spread
+    samples = data.samples(56)
     assert len(samples) == len(episode.records) > 0
-    for record, plain in zip(episode.records, data.samples(56), strict=True):  # without: none
-        assert (plain.question_cells is None) == (record.question_type == "counting")
-    counted = several = 0
     for record, s in zip(episode.records, samples, strict=True):
         # views="first" (loc3r.eval.bounds) keeps exactly the first frame that shows the object
         for key, every in (("anchor_id", s.anchor_cells), ("target_id", s.target_cells)):
@@ -483,22 +480,14 @@ def test_synthetic_samples_carry_the_patches_of_their_situation_objects():
             assert torch.equal(first[shown[0]], every[shown[0]]) and first[shown[0]].any()
             assert first.sum() == every[shown[0]].sum()
         pairs = ("anchor_id", s.anchor_cells), ("target_id", s.target_cells)
-        counting = record.question_type == "counting"
-        # a counting question is about every object of its kind, the others about one object
-        asked = "object_ids" if counting else "object_id"
-        assert ("object_id" in record.fields) != counting
-        for key, cells in (*pairs, (asked, s.question_cells)):
+        for key, cells in (*pairs, ("object_id", s.question_cells)):
+            if key not in record.fields:  # counting is about no single object
+                assert cells is None and record.question_type == "counting"
+                continue
             cover = np.stack([object_cover(f.object_id, 9, 2) for f in episode.frames])
-            ids = np.atleast_1d(record.fields[key])
-            expected = (cover[..., ids] >= MIN_OBJECT_COVER).any(-1)
+            expected = cover[..., record.fields[key]] >= MIN_OBJECT_COVER
             assert cells.shape == (4, 2, 2) and cells.dtype == torch.bool
             assert np.array_equal(cells.numpy(), expected)
-        if counting:
-            kind = record.fields["object_kind"]
-            ids = [o.id for o in episode.room.objects if o.kind == kind]
-            assert record.fields["object_ids"] == ids and len(ids) == record.fields["count"]
-            counted += 1
-            several += len(ids) > 1
     directions = 0
     for record, s in zip(episode.records, samples, strict=True):  # the object, seen by the agent
         if record.question_type == "counting":
@@ -512,7 +501,7 @@ def test_synthetic_samples_carry_the_patches_of_their_situation_objects():
             directions += 1
         distance = math.dist(record.position, record.fields["object_position"])
         assert math.hypot(ahead, left) == pytest.approx(distance, rel=1e-5)
-    assert directions > 0 and counted > several > 0  # seed 5 counts two of a kind once
+    assert directions > 0
     record = episode.records[0]
     record.fields.pop("anchor_id")  # records of real datasets name no objects
     assert data.cells_of(record, "anchor_id") is None
@@ -539,11 +528,6 @@ def test_first_view_grounding_keeps_only_the_first_frame_showing_the_object():
     assert torch.equal(first, expected)
     record.fields["anchor_id"] = 1
     assert torch.equal(data.cells_of(record, "anchor_id", views="first"), cover[..., 1] > 0)
-    # several objects (a counting question's): each in its own first frame
-    record.fields["object_ids"] = [0, 1]
-    both = data.cells_of(record, "object_ids", views="first")
-    assert torch.equal(both, expected | (cover[..., 1] > 0))
-    assert torch.equal(data.cells_of(record, "object_ids"), every | (cover[..., 1] > 0))
 
 
 def test_oracle_camera_tokens_state_the_true_relative_poses():

@@ -12,13 +12,7 @@ from transformers import AutoTokenizer
 
 from loc3r.train.pipeline import continue_from
 from loc3r.vlm import Loc3rVLMConfig, LossWeights
-from loc3r.vlm.egocentric_readout import (
-    SPREAD_SCALES,
-    EgocentricReadout,
-    attended_spread,
-    egocentric_features,
-    teacher_pose,
-)
+from loc3r.vlm.egocentric_readout import EgocentricReadout, egocentric_features, teacher_pose
 from loc3r.vlm.loc3r_vlm import DEFAULT_SITUATION, PosePrediction
 from loc3r.vlm.losses import egocentric_offset, grounding_nll, total_loss
 from loc3r.vlm.static_decoding import StaticDecoding, rewind
@@ -41,13 +35,11 @@ def make_model(
     heading: bool = False,
     objects: bool = False,
     anchor: bool = False,
-    spread: bool = False,
 ):
     torch.manual_seed(0)
     config = Loc3rVLMConfig(cam_token_dim=24, egocentric_readout=readout,
                             position_pointer=pointer, heading_pointer=heading,
                             readout_objects=objects, readout_anchor=anchor,
-                            readout_spread=spread,
                             weights=LossWeights(grounding=0.5))  # fmt: skip
     model = build_tiny_loc3r(AutoTokenizer.from_pretrained(str(tokenizer_dir)), config)
     if heading:  # an open gate: the heading the read-out takes is the pointer-mixed one
@@ -60,8 +52,6 @@ def make_model(
         if anchor:
             torch.nn.init.normal_(model.egocentric_readout.avoid.weight, std=0.5)
             torch.nn.init.constant_(model.egocentric_readout.avoid.bias, -2.0)
-        if spread:
-            torch.nn.init.normal_(model.egocentric_readout.count[-1].weight, std=0.5)
     return model.eval()
 
 
@@ -160,17 +150,14 @@ def test_training_scores_the_answer_as_inference_does_from_the_same_pose(
 
 
 @pytest.mark.parametrize(
-    ("heading", "objects", "anchor", "spread"),
-    [(False, False, False, False), (True, False, False, False), (True, True, False, False),
-     (True, True, True, False), (True, True, True, True)],
-    ids=["f_ori", "heading pointer", "picking objects", "knowing the anchor", "counting"],
+    ("heading", "objects", "anchor"),
+    [(False, False, False), (True, False, False), (True, True, False), (True, True, True)],
+    ids=["f_ori", "heading pointer", "picking objects", "knowing the anchor"],
 )  # fmt: skip
-def test_packed_rows_score_every_answer_from_its_own_pose(
-    tokenizer_dir, heading, objects, anchor, spread
-):
+def test_packed_rows_score_every_answer_from_its_own_pose(tokenizer_dir, heading, objects, anchor):
     """Several samples of one scene in a row: the batch's CE is what inference gives each."""
     model = make_model(tokenizer_dir, pointer=True, heading=heading, objects=objects,
-                       anchor=anchor, spread=spread)  # fmt: skip
+                       anchor=anchor)  # fmt: skip
     batch = mixed_batch()
     assert {teacher_pose(s.situation, s.question) for s in batch} == {
         True, False,
@@ -307,17 +294,13 @@ def test_save_load_and_a_continued_model_that_gains_it_but_never_loses_it(tokeni
 
 
 @pytest.mark.parametrize(
-    ("objects", "anchor", "spread"),
-    [(False, False, False), (True, False, False), (True, True, False), (True, True, True)],
-    ids=["place", "picking objects", "knowing the anchor", "counting"],
+    ("objects", "anchor"), [(False, False), (True, False), (True, True)],
+    ids=["place", "picking objects", "knowing the anchor"],
 )  # fmt: skip
-def test_a_bf16_model_reads_it_without_autocast(objects, anchor, spread):
-    readout = EgocentricReadout(hidden=16, key_dim=4, objects=objects, anchor=anchor,
-                                spread=spread)  # fmt: skip
+def test_a_bf16_model_reads_it_without_autocast(objects, anchor):
+    readout = EgocentricReadout(hidden=16, key_dim=4, objects=objects, anchor=anchor)
     readout = readout.to(torch.bfloat16)
     torch.nn.init.normal_(readout.embed[-1].weight)
-    if spread:
-        torch.nn.init.normal_(readout.count[-1].weight)
     hidden, patches = torch.randn(2, 16, dtype=torch.bfloat16), torch.randn(1, 5, 16).bfloat16()
     pointer = torch.rand(1, 5).softmax(-1) if anchor else None
     added, _ = readout(hidden, patches, torch.randn(1, 5, 2), torch.randn(2, 2), torch.randn(2),
@@ -431,82 +414,6 @@ def test_a_model_gains_the_anchor_only_with_the_pointer_and_answers_as_before(
     no_pointer = dataclasses.replace(wanted, position_pointer=False)
     with pytest.raises(ValueError, match="readout_anchor"):
         continue_from(str(tmp_path / "no_pointer"), no_pointer, SIZES)
-
-
-def test_the_spread_is_the_attended_rms_distance_from_the_attended_mean():
-    layout = torch.tensor([[[0.0, 0.0], [2.0, 0.0], [5.0, 5.0]]])
-    weights = torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.5, 0.0], [0.25, 0.25, 0.5]])
-    spread = attended_spread(weights, layout)
-    # one point: 0; two points 2 m apart: 1 m; the third: the mean (2.75, 2.5) and its weighted
-    # mean squared distance 0.25 (2.75^2 + 2.5^2) + 0.25 (0.75^2 + 2.5^2) + 0.5 (2.25^2 + 2.5^2)
-    third = math.sqrt(0.25 * (2.75**2 + 2.5**2) + 0.25 * (0.75**2 + 2.5**2)
-                      + 0.5 * (2.25**2 + 2.5**2))  # fmt: skip
-    rms = torch.tensor([0.0, 1.0, third])
-    expected = torch.tanh(rms[:, None] / torch.tensor(SPREAD_SCALES))
-    torch.testing.assert_close(spread, expected, atol=1e-3, rtol=1e-4)
-    # the same for a layout per row, and invariant to a shift of the room
-    torch.testing.assert_close(attended_spread(weights, (layout + 7.0).expand(3, -1, -1)), spread)
-
-
-def test_a_readout_that_counts_starts_as_before_then_tells_one_place_from_two():
-    torch.manual_seed(7)
-    knowing = EgocentricReadout(hidden=8, key_dim=4, objects=True, anchor=True)
-    counting = EgocentricReadout(hidden=8, key_dim=4, objects=True, anchor=True, spread=True)
-    torch.nn.init.normal_(knowing.embed[-1].weight)
-    counting.load_state_dict(knowing.state_dict(), strict=False)
-    hidden, patches = torch.randn(1, 8), torch.zeros(1, 4, 8)  # equal keys: an even attention
-    anchor = torch.full((1, 4), 0.25)
-    one = torch.tensor([[[2.0, 0.0], [2.1, 0.0], [2.0, 0.1], [2.1, 0.1]]])  # one chair
-    two = torch.tensor([[[2.0, 0.0], [2.1, 0.0], [-2.0, 3.0], [-2.1, 3.0]]])  # two, 5 m apart
-    pose = (torch.zeros(1, 2), torch.zeros(1))
-    for layout in (one, two):  # a zero map: it answers as before
-        torch.testing.assert_close(counting(hidden, patches, layout, *pose, anchor)[0],
-                                   knowing(hidden, patches, layout, *pose, anchor)[0])  # fmt: skip
-    torch.nn.init.normal_(counting.count[-1].weight)
-    told = []
-    for layout in (one, two):  # what the spread adds: the count map of the two scales' tanh
-        added = counting(hidden, patches, layout, *pose, anchor)[0]
-        added = added - knowing(hidden, patches, layout, *pose, anchor)[0]
-        weights = counting.attention(hidden, patches, egocentric_features(layout, *pose), anchor)
-        torch.testing.assert_close(added, counting.count(attended_spread(weights, layout)))
-        told.append(attended_spread(weights, layout))
-    assert float(told[0].max()) < 0.15 and float(told[1].min()) > 0.7  # one place, then two
-    layout = two.clone().requires_grad_(True)
-    counting(hidden, patches, layout, *pose, anchor)[0].sum().backward()
-    assert layout.grad is None or not layout.grad.any()  # the layout is detached, as for place
-
-
-def test_a_model_gains_the_spread_as_a_run_adds_it_and_never_loses_it(tokenizer_dir, tmp_path):
-    with pytest.raises(ValueError, match="readout_spread"):
-        build_tiny_loc3r(AutoTokenizer.from_pretrained(str(tokenizer_dir)),
-                         Loc3rVLMConfig(cam_token_dim=24, readout_spread=True))  # fmt: skip
-    model = make_model(tokenizer_dir, pointer=True, objects=True, anchor=True)
-    model.set_answer_vocabulary(VOCABULARY)
-    s = scene(9, (OWN_POSE,))[0]
-    before = model.score_answers(model.encode_scene(s.pixel_values, s.camera_tokens), s.question,
-                                 s.situation)  # fmt: skip
-    model.save_pretrained(tmp_path / "anchor")
-    wanted = Loc3rVLMConfig(cam_token_dim=24, egocentric_readout=True, position_pointer=True,
-                            readout_objects=True, readout_anchor=True,
-                            readout_spread=True)  # fmt: skip
-    gained = continue_from(str(tmp_path / "anchor"), wanted, SIZES)
-    assert gained.config.readout_spread and not gained.egocentric_readout.count[-1].weight.any()
-    gained.set_answer_vocabulary(VOCABULARY)
-    prefix = gained.encode_scene(s.pixel_values, s.camera_tokens)
-    torch.testing.assert_close(gained.score_answers(prefix, s.question, s.situation), before)
-    torch.nn.init.normal_(gained.egocentric_readout.count[-1].weight, std=0.5)
-    moved = gained.score_answers(prefix, s.question, s.situation)
-    assert (moved - before).abs().max() > 1e-3  # once trained, the spread moves the answer
-    gained.save_pretrained(tmp_path / "spread")
-    loaded = type(model).from_pretrained(tmp_path / "spread")
-    assert loaded.config.readout_spread
-    loaded.set_answer_vocabulary(VOCABULARY)
-    again = loaded.score_answers(loaded.encode_scene(s.pixel_values, s.camera_tokens), s.question,
-                                 s.situation)  # fmt: skip
-    torch.testing.assert_close(again, moved)
-    with pytest.raises(ValueError, match="readout_spread"):  # never lost
-        continue_from(str(tmp_path / "spread"), dataclasses.replace(wanted, readout_spread=False),
-                      SIZES)  # fmt: skip
 
 
 def test_the_readout_needs_the_layout_head(tokenizer_dir):

@@ -182,6 +182,7 @@ def test_checkpoints_with_removed_options_load_only_with_them_off(model, tmp_pat
         ("grounding_layer", 1, "7295583"),
         ("semantic_classes", [14, 9], "2f61514"),
         ("semantic_probe_hidden", 128, "2f61514"),
+        ("readout_spread", True, "5d813da"),
     ):
         with pytest.raises(ValueError, match=f"{key}=.*was removed.*{commit}"):
             Loc3rVLMConfig.from_dict({**old, key: value})

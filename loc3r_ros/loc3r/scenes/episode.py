@@ -211,9 +211,6 @@ def make_episode(seed: int, config: EpisodeConfig | None = None) -> Episode:
                 centre = room.objects[record.fields["object_id"]].centre
                 object_xy = frame.points(np.array([[centre[0], centre[1], centre[2]]]))[0, :2]
                 record.fields["object_position"] = [float(v) for v in object_xy]
-            if "object_kind" in record.fields:  # counting: every object of the kind asked about
-                kind = record.fields["object_kind"]
-                record.fields["object_ids"] = [o.id for o in room.objects if o.kind == kind]
             record.fields["anchor_position"] = list(anchor_xy)
             record.fields["anchor_id"] = situated.anchor_id
             record.fields["anchor_kind"] = room.objects[situated.anchor_id].kind

@@ -133,10 +133,6 @@ class TrainConfig:
     # with it and the position pointer: the read-out's attention also weighs the anchor's patches
     # (the position pointer's attention), to leave out the object the agent is at ("nearest")
     readout_anchor: bool = False
-    # with it: the read-out also hands over how far apart the patches it attends to lie (one
-    # object or several: "how many chairs ..."); in such a run, and only then, counting questions
-    # ground it (and L_ground's answer head) on every object of their kind
-    readout_spread: bool = False
     # read-out aid (ours, needs the layout head): <Ori> also points at patches and reads the
     # bearing to them from the position, mixed with f_ori's heading by a learned gate
     # (loc3r.vlm.heading_pointer)

@@ -141,7 +141,6 @@ def build_model(config: TrainConfig, tokenizer, cam_dim: int) -> Loc3rVLM:
         egocentric_readout=config.egocentric_readout,
         readout_objects=config.readout_objects,
         readout_anchor=config.readout_anchor,
-        readout_spread=config.readout_spread,
         heading_pointer=config.heading_pointer,
         ground_pointers=config.ground_pointers,
         weights=LossWeights(
@@ -179,8 +178,8 @@ def continue_from(directory: str, vlm_config: Loc3rVLMConfig, sizes: dict) -> Lo
 
     ValueError when its sizes or heads are not the run's (a run continues the model it builds).
     A run may add the position or heading pointer (each starts with its gate closed), the
-    egocentric read-out, its object picking, its knowing the anchor or its spread (each starts
-    adding nothing), ground the pointers or not, drop the egocentric
+    egocentric read-out, its object picking or its knowing the anchor (each starts adding
+    nothing), ground the pointers or not, drop the egocentric
     loss (--egocentric_weight=0: the head stays, frozen; inference never reads it), pool the
     video patches by another `pool_stride` or `pool_mode`, and show the tower frames of another
     `image_size` (`resize_vision_tower`): no weight depends on the number of video tokens
@@ -221,7 +220,7 @@ def continue_from(directory: str, vlm_config: Loc3rVLMConfig, sizes: dict) -> Lo
         model.egocentric_head.requires_grad_(False)
     aids = (
         "position_pointer", "egocentric_readout", "heading_pointer", "readout_objects",
-        "readout_anchor", "readout_spread",
+        "readout_anchor",
     )  # fmt: skip
     for aid in aids:  # added by a run, never dropped
         if getattr(model.config, aid) and not getattr(vlm_config, aid):
@@ -257,11 +256,6 @@ def continue_from(directory: str, vlm_config: Loc3rVLMConfig, sizes: dict) -> Lo
             )
         model.egocentric_readout.add_anchor()  # adds nothing until trained
         model.config.readout_anchor = True
-    if vlm_config.readout_spread and not model.config.readout_spread:
-        if model.egocentric_readout is None:
-            raise ValueError(f"vlm_init={directory}: readout_spread needs the egocentric read-out")
-        model.egocentric_readout.add_spread()  # adds nothing until trained
-        model.config.readout_spread = True
     model.config.ground_pointers = vlm_config.ground_pointers
     model.config.weights = vlm_config.weights
     return model
@@ -417,7 +411,7 @@ def prepare_run(config: TrainConfig, progress: bool = True) -> Run:
                                workers, deadline)  # fmt: skip
         held_out = build_episodes(eval_seeds, episodes_cfg, perception, grid, progress, prior,
                                   size, workers)  # fmt: skip
-    samples = [s for e in train for s in e.samples(config.image_size, config.readout_spread)]
+    samples = [s for e in train for s in e.samples(config.image_size)]
     return Run(model, cut3r, train, held_out, samples, depth)
 
 

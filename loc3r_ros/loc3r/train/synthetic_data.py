@@ -46,9 +46,6 @@ class EpisodeData:
     def cells_of(self, record: QARecord, key: str, views: str = "all") -> torch.Tensor | None:
         """(T, g, g) bool: the pooled patches showing the record's `key` object (anchor_id ...).
 
-        A key that lists several objects (object_ids: every object a counting question counts)
-        gives the patches that show any of them (with views="first", each in its first frame).
-
         views="first" keeps only the first frame that shows it (a read-out of loc3r.eval.bounds).
         """
         if views not in GROUNDING_VIEWS:
@@ -56,19 +53,13 @@ class EpisodeData:
         object_id = record.fields.get(key)
         if self.object_cover is None or object_id is None:
             return None
-        ids = [int(i) for i in object_id] if isinstance(object_id, list) else [int(object_id)]
-        cells = self.object_cover[..., ids] >= MIN_OBJECT_COVER  # (T, g, g, objects)
-        if views == "first":  # each object's frames up to the first showing it (none before)
-            cells = cells & (cells.flatten(1, 2).any(1).cumsum(0) <= 1)[:, None, None]
-        return cells.any(-1)
+        cells = self.object_cover[..., int(object_id)] >= MIN_OBJECT_COVER
+        if views == "first":  # frames up to the first showing it (those before show nothing)
+            cells = cells & (cells.flatten(1).any(1).cumsum(0) <= 1)[:, None, None]
+        return cells
 
-    def samples(self, image_size: int, count_cells: bool = False) -> list[TrainSample]:
-        """One TrainSample per question (pixel values shared; every view of each object).
-
-        With `count_cells` (a run with the read-out's spread, TrainConfig.readout_spread) a
-        counting question names the patches of every object of its kind as its question's
-        object; without, it names none, as the recipe before it did.
-        """
+    def samples(self, image_size: int) -> list[TrainSample]:
+        """One TrainSample per question (pixel values shared; every view of each object)."""
         pixels = frames_to_pixel_values(list(self.frames), size=image_size)
 
         def offset(record: QARecord) -> torch.Tensor | None:
@@ -90,19 +81,11 @@ class EpisodeData:
                 bev_mask=self.bev_mask,
                 anchor_cells=self.cells_of(r, "anchor_id"),
                 target_cells=self.cells_of(r, "target_id"),
-                question_cells=self.cells_of(r, question_object(r, count_cells)),
+                question_cells=self.cells_of(r, "object_id"),
                 object_offset=offset(r),
             )
             for r in self.records
         ]
-
-
-def question_object(record: QARecord, count_cells: bool = True) -> str:
-    """The field naming what the question is about: its object, or every object it counts.
-
-    Without `count_cells`, "object_id", which counting questions lack.
-    """
-    return "object_ids" if count_cells and "object_ids" in record.fields else "object_id"
 
 
 def oracle_camera_tokens(poses_c2w: list[np.ndarray], width: int) -> torch.Tensor:

@@ -37,16 +37,6 @@ that picks by place alone answers the anchor's kind (b32: a third of "nearest" a
 object; its share of each patch, divided by its largest (1 on the anchor, near 0 elsewhere,
 detached), weighs in the attention logits by avoid(h), a linear map of the answer token's state
 that starts at zero.
-
-With `spread` (Loc3rVLMConfig.readout_spread) it also tells how far apart the attended patches
-lie, for "how many chairs are in the room?": the attended layout's spread (the attention-weighted
-root mean square distance from its attended mean, r) as tanh(r / 0.5 m) and tanh(r / 2 m),
-through a small MLP whose last layer starts at zero, joins the added state. One chair's patches
-lie within its size and the layout's error (r about 0.3-0.6 m); two chairs' patches lie around
-two places, metres apart. In training, counting questions ground the attention on the patches of
-every object of their kind (the training data's `object_ids`): -log of its mass on all of them
-together, which an attention on one of them satisfies as well; an attention that follows the
-kind's look spreads over each.
 """
 
 from __future__ import annotations
@@ -60,7 +50,6 @@ from loc3r.vlm.position_pointer import patch_logits
 
 FEATURES = 3  # ahead / distance, left / distance, tanh(distance / DISTANCE_SCALE)
 DISTANCE_SCALE = 2.0  # metres
-SPREAD_SCALES = (0.5, 2.0)  # metres: the spread r enters as tanh(r / scale) at each scale
 
 
 def teacher_pose(situation: str, question: str) -> bool:
@@ -83,20 +72,6 @@ def egocentric_features(layout: torch.Tensor, xy: torch.Tensor, yaw: torch.Tenso
     return torch.stack([ahead / distance, left / distance, scale], dim=-1)
 
 
-def attended_spread(weights: torch.Tensor, layout: torch.Tensor) -> torch.Tensor:
-    """(N, P) attention over (N or 1, P, 2) layout points -> (N, len(SPREAD_SCALES)).
-
-    tanh(r / scale) of r, the attention-weighted root mean square distance of the points from
-    their attended mean (metres): 0 for an attention on one point.
-    """
-    layout = layout.float()
-    weights = weights.float()
-    mean = (weights[..., None] * layout).sum(1)  # (N, 2)
-    squared = (layout - mean[:, None]).square().sum(-1)  # (N, P)
-    spread = torch.sqrt((weights * squared).sum(-1) + 1e-8)  # (N,)
-    return torch.stack([torch.tanh(spread / scale) for scale in SPREAD_SCALES], dim=-1)
-
-
 class EgocentricReadout(nn.Module):
     """The answer token's state, the patches' states and layout, a pose -> an added state."""
 
@@ -107,7 +82,6 @@ class EgocentricReadout(nn.Module):
         width: int = 64,
         objects: bool = False,
         anchor: bool = False,
-        spread: bool = False,
     ) -> None:
         super().__init__()
         self.query = nn.Linear(hidden, key_dim)
@@ -118,13 +92,10 @@ class EgocentricReadout(nn.Module):
         self.place: nn.Linear | None = None
         self.value: nn.Linear | None = None
         self.avoid: nn.Linear | None = None
-        self.count: nn.Sequential | None = None
         if objects:
             self.add_objects()
         if anchor:
             self.add_anchor()
-        if spread:
-            self.add_spread()
 
     def add_objects(self) -> None:
         """Pick by place and hand over what was picked (see the module); starts adding nothing."""
@@ -140,15 +111,6 @@ class EgocentricReadout(nn.Module):
         self.avoid = nn.Linear(self.query.in_features, 1).to(self.query.weight)
         nn.init.zeros_(self.avoid.weight)
         nn.init.zeros_(self.avoid.bias)
-
-    def add_spread(self) -> None:
-        """Hand over the attended layout's spread (see the module); starts adding nothing."""
-        hidden, width = self.query.in_features, self.embed[0].out_features
-        self.count = nn.Sequential(
-            nn.Linear(len(SPREAD_SCALES), width), nn.GELU(), nn.Linear(width, hidden)
-        ).to(self.query.weight)
-        nn.init.zeros_(self.count[-1].weight)
-        nn.init.zeros_(self.count[-1].bias)
 
     def attention(
         self,
@@ -202,7 +164,4 @@ class EgocentricReadout(nn.Module):
                 "np,nph->nh", weights, patch_hidden.float().expand(len(weights), -1, -1)
             )  # (N, H), without an (N, P, H) product
             added = added + self.value(picked.to(self.value.weight.dtype))
-        if self.count is not None:  # how far apart the attended patches lie
-            spread = attended_spread(weights, patch_layout.detach())
-            added = added + self.count(spread.to(self.count[0].weight.dtype))
         return added.to(hidden.dtype), weights

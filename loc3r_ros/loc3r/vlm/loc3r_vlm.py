@@ -70,6 +70,8 @@ REMOVED_OPTIONS = {
     # the semantic embedding (a second tiny tower told each video token what its patches show)
     "semantic_classes": ([], "2f61514"),
     "semantic_probe_hidden": (0, "2f61514"),
+    # the read-out's spread for counting (b40: the spread did not tell one object from two)
+    "readout_spread": (False, "5d813da"),
 }
 # loss weights removed the same way (LossWeights fields): the reading losses, tried and dropped
 REMOVED_WEIGHTS = {
@@ -115,9 +117,6 @@ class Loc3rVLMConfig:
     # with it and the position pointer (ours): the read-out's attention knows the anchor's patches
     # (the pointer's attention) and can leave them out (see egocentric_readout)
     readout_anchor: bool = False
-    # with it (ours): the read-out also hands over how far apart the patches it attends to lie,
-    # for counting (see egocentric_readout)
-    readout_spread: bool = False
     # read-out aid (ours): <Ori> points at the faced object; the heading is the bearing to it
     # (see heading_pointer; needs the layout)
     heading_pointer: bool = False

@@ -93,15 +93,8 @@ def add_aids(model: Loc3rVLM, hidden: int) -> None:
             "readout_anchor gives the egocentric read-out the position pointer's attention: "
             "it needs both"
         )
-    if config.readout_spread and not config.egocentric_readout:
-        raise ValueError("readout_spread extends the egocentric read-out: it needs it")
     model.egocentric_readout = (
-        EgocentricReadout(
-            hidden,
-            objects=config.readout_objects,
-            anchor=config.readout_anchor,
-            spread=config.readout_spread,
-        )
+        EgocentricReadout(hidden, objects=config.readout_objects, anchor=config.readout_anchor)
         if config.egocentric_readout
         else None
     )

@@ -8,8 +8,7 @@ paper's model (loc3r_vlm) whatever they are set to, and all are off by default.
 - Grounding (L_ground, `LossWeights.grounding`): in the last LLM layer, head 0 of <Pos> and head 2
   of <Ori> should look at the patches that show the situation's anchor object ("next to the
   bed"), head 1 of <Ori> at its target object ("facing the window"), and head 3 of the token that
-  starts the answer at the object the answer is about ("is the lamp on my left?"; in a run with
-  the read-out's spread, "how many chairs ...?" is about every chair); the loss is
+  starts the answer at the object the answer is about ("is the lamp on my left?"); the loss is
   -log of the attention mass on those patches (losses.grounding_nll). `trace_situation` reads the
   same heads back for diagnostics (loc3r.eval.bounds).
 - Egocentric (L_ego, `LossWeights.egocentric`; the head exists with
