@@ -62,7 +62,7 @@ POS_TOKEN = "<Pos>"
 ORI_TOKEN = "<Ori>"
 DEFAULT_SITUATION = "I am standing in the room"
 # options removed (name -> the value it had when off, the git commit that still has its code);
-# checkpoints saved before then carry them
+# checkpoints saved before their removal carry them
 REMOVED_OPTIONS = {
     "position_readout": ("hidden", "7295583"),
     "answer_grounding": ("question", "7295583"),
@@ -381,7 +381,7 @@ class Loc3rVLM(nn.Module):
 
     # --- training ---------------------------------------------------------------------------------
     def forward_train(self, samples: list[TrainSample]) -> dict[str, torch.Tensor]:
-        """Losses of a batch: ce, bev, pos, ori (and the aids' ground, ego, read...), total "loss".
+        """Losses of a batch: ce, bev, pos, ori (and the aids': ground, ego, pointer...), "loss".
 
         Samples of one scene share a row (loc3r.vlm.packing): the same losses as one row each,
         except that the layout loss counts a scene's patches once however many samples it has.

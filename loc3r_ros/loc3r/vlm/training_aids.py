@@ -17,6 +17,7 @@ paper's model (loc3r_vlm) whatever they are set to, and all are off by default.
   ahead, to the left; smooth L1). Direction questions ("is the lamp on my left?") need exactly
   that; the loss asks the LM for it densely, where the answer's cross-entropy gives one of four
   words.
+
 Options the experiments tried and dropped (reading the position from the attended layout, the
 answer token grounding the situation too, other grounding layers, a head of the answer's first
 token sent to the situation's <Pos> <Ori> or to its anchor's word) are in docs/experiments.md.
