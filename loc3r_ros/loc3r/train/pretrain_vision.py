@@ -36,6 +36,7 @@ from loc3r.train.parallel import parallel_map
 from loc3r.vlm import frames_to_pixel_values
 from loc3r.vlm.checkpoint import load_state_strict
 from loc3r.vlm.llava_video import LlavaVideoModel
+from loc3r.vlm.loc3r_vlm import mlp
 from loc3r.vlm.tiny import tiny_llava_config
 
 KINDS = ("surface", *CATALOGUE)  # class 0: wall, floor or ceiling
@@ -128,11 +129,7 @@ def probe_head(vision_dim: int, classes: int, probe_hidden: int = 0) -> torch.nn
     """A linear head, or with probe_hidden > 0 one hidden GELU layer."""
     if probe_hidden == 0:
         return torch.nn.Linear(vision_dim, classes)
-    return torch.nn.Sequential(
-        torch.nn.Linear(vision_dim, probe_hidden),
-        torch.nn.GELU(),
-        torch.nn.Linear(probe_hidden, classes),
-    )
+    return mlp(vision_dim, probe_hidden, classes)
 
 
 class PatchHeads(torch.nn.Module):
