@@ -103,3 +103,14 @@ def test_a_time_budget_stops_pretraining_early_and_still_saves_the_tower(tmp_pat
     assert (tmp_path / "vision_tower.safetensors").exists() and report["held_out"]["loss"] > 0
     unlimited = pretrain(replace(config, steps=3, time_budget_s=0.0), progress=False)
     assert unlimited["steps_done"] == 3
+
+
+def test_probe_heads_are_linear_or_one_hidden_gelu_layer():
+    from loc3r.train.pretrain_vision import probe_head
+
+    linear, hidden = probe_head(8, 3), probe_head(8, 3, probe_hidden=4)
+    assert set(linear.state_dict()) == {"weight", "bias"}
+    # the saved patch_heads keys of a probe with a hidden layer: Linear, GELU, Linear
+    assert set(hidden.state_dict()) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+    assert isinstance(hidden[1], torch.nn.GELU) and hidden[0].out_features == 4
+    assert hidden(torch.randn(5, 8)).shape == linear(torch.randn(5, 8)).shape == (5, 3)
