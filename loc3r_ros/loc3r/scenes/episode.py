@@ -20,7 +20,7 @@ from loc3r.scenes.situations import QARecord, make_questions, make_situation
 from loc3r.scenes.textures import RoomLook, make_look
 from loc3r.scenes.world import Room, free_floor_points, generate_room
 
-LOOKS = ("flat", "textured")
+LOOKS = ("flat", "textured", "furnished")
 WALKS = ("sweep", "scan", "room_scan")
 ROOM_SCAN_STEPS = 24  # a room scan is a video of at least this many steps; frames sample it
 
@@ -36,7 +36,9 @@ class EpisodeConfig:
     pitch_deg: tuple[float, float] = (-20.0, 0.0)  # negative looks down
     roll_deg: float = 3.0  # max |roll|
     situations: int = 4  # situations per episode (each with several questions)
-    look: str = "flat"  # "flat": plain colours; "textured": wallpaper, wood, pictures (textures.py)
+    # "flat": plain colours; "textured": wallpaper, wood, pictures (textures.py); "furnished":
+    # textured, with each kind of furniture's details painted on (furniture.py)
+    look: str = "flat"
     walk: str = "sweep"  # "sweep": one turn left over the walk; "scan": a smooth scan (scan_video)
     # turning 72-216 degrees; "room_scan": the same scan turning 270-400 degrees over a video of
     # max(frames, ROOM_SCAN_STEPS) steps, of which `frames` evenly spaced ones are rendered (as
@@ -179,7 +181,9 @@ def make_episode(seed: int, config: EpisodeConfig | None = None) -> Episode:
     room = generate_room(seed)
     K = intrinsics(config.image_size, config.fov_deg)  # noqa: N806
     size = (config.image_size, config.image_size)
-    look = make_look(room, seed) if config.look == "textured" else None
+    look = None
+    if config.look != "flat":
+        look = make_look(room, seed, furnished=config.look == "furnished")
     poses, steps = walk_video(room, config, rng)
     video = query_steps = None
     if config.stream_video:

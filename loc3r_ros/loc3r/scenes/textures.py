@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from loc3r.scenes.furniture import furnish
 from loc3r.scenes.world import Room
 
 WALL_PATTERNS = ("damask", "stripes", "plaster", "brick")
@@ -43,10 +44,14 @@ class RoomLook:
     floor_pattern: str
     contrast: float  # texture amplitude
     pictures: list[Picture] = field(default_factory=list)
+    furnished: bool = False  # each object kind's details painted on (loc3r.scenes.furniture)
 
 
-def make_look(room: Room, seed: int) -> RoomLook:
-    """A random look for `room` (deterministic from `seed`): patterns, lighting and pictures."""
+def make_look(room: Room, seed: int, furnished: bool = False) -> RoomLook:
+    """A random look for `room` (deterministic from `seed`): patterns, lighting and pictures.
+
+    `furnished` adds each kind's details (the furnished look); everything else is the same.
+    """
     rng = np.random.default_rng([seed, 7919])
     light = np.array([*rng.normal(size=2), rng.uniform(0.5, 1.5)])
     look = RoomLook(
@@ -56,6 +61,7 @@ def make_look(room: Room, seed: int) -> RoomLook:
         wall_pattern=str(rng.choice(WALL_PATTERNS)),
         floor_pattern=str(rng.choice(FLOOR_PATTERNS)),
         contrast=float(rng.uniform(0.7, 1.0)),
+        furnished=furnished,
     )
     spans = {0: room.depth, 1: room.width}
     for _ in range(int(rng.integers(3, 8))):
@@ -242,6 +248,8 @@ def shade(
         panel = 0.12 * np.sign(np.sin(ou * 9.0 + obj.id)) * np.sign(np.sin(ov * 7.0))
         offset = look.contrast * (grain + panel + _detail(ou, ov, look.seed + 31 * obj.id))
         rgb[hit] = colour[hit] * (1.0 + offset)[:, None] + 60.0 * offset[:, None]
+        if look.furnished:
+            rgb[hit] = furnish(obj.kind, local, face, obj.size, rgb[hit], look.seed + 31 * obj.id)
     for picture in look.pictures:
         on_wall = (
             walls
