@@ -33,7 +33,7 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--per-episode", type=int, default=16)
     parser.add_argument("--seed", type=int, default=50_000)
-    parser.add_argument("--look", default="flat", help="flat or textured")
+    parser.add_argument("--look", default="flat", help="flat, textured or furnished")
     parser.add_argument("--walk", default="sweep", help="sweep, scan or room_scan")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")

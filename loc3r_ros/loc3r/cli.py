@@ -198,7 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=3)
     p.add_argument("--count", type=int, default=0, help="frames (default 24)")
     p.add_argument("--size", type=int, default=0, help="pixels (default 112)")
-    p.add_argument("--look", choices=LOOKS, help="flat colours (default) or textured rooms")
+    p.add_argument(
+        "--look",
+        choices=LOOKS,
+        help="flat colours (default), textured, or furnished (textured, "
+        "each kind of furniture's details painted on)",
+    )
     p.add_argument("--walk", choices=WALKS, help="camera walk (default: sweep)")
     p.add_argument(
         "--as-trained",

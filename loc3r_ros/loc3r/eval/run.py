@@ -53,8 +53,8 @@ def add_scene_arguments(parser: argparse.ArgumentParser) -> None:
     """
     parser.add_argument("--image-size", type=int, default=0,
                         help="the VLM's frame size (default: the model's)")  # fmt: skip
-    parser.add_argument("--look", choices=LOOKS, help="synthetic rooms: flat or textured "
-                        "(default: those the model was trained on)")  # fmt: skip
+    parser.add_argument("--look", choices=LOOKS, help="synthetic rooms: flat, textured or "
+                        "furnished (default: those the model was trained on)")  # fmt: skip
     parser.add_argument("--walk", choices=WALKS, help="synthetic camera walks (default: the "
                         "model's)")  # fmt: skip
     parser.add_argument("--render-size", type=int, default=0, help="rendered frame size (default: "

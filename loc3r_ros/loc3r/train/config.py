@@ -68,7 +68,7 @@ class TrainConfig:
     # > 0: training rooms render for at most this long (the first of the train_episodes seeds
     # that finish in time; at least one): as many rooms as the cores give, for a GPU build
     render_within_s: float = 0.0
-    look: str = "flat"  # rooms: "flat" colours or "textured" (loc3r.scenes.textures)
+    look: str = "flat"  # rooms: "flat" colours, "textured" or "furnished" (loc3r.scenes.episode)
     walk: str = "sweep"  # camera walks: "sweep" (one turn left), "scan" (both ways, smooth) or
     # "room_scan" (a scan that sees most of the room: use 16-32 frames; loc3r.scenes.episode)
     render_size: int = 0  # rendered frame size (the pose source matches features at it);

@@ -61,7 +61,7 @@ class VisionPretrainConfig:
     frames: int = 8
     image_size: int = 112
     render_size: int = 0  # rendered frame size, resized to image_size as the VLM does (0: equal)
-    look: str = "flat"  # rooms: "flat" or "textured" (loc3r.scenes.textures)
+    look: str = "flat"  # rooms: "flat", "textured" or "furnished" (loc3r.scenes.episode.LOOKS)
     walk: str = "sweep"  # walks: "sweep", "scan" or "room_scan" (loc3r.scenes.episode)
     vision_hidden: int = 64
     vision_layers: int = 2

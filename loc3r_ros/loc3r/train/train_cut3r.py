@@ -50,7 +50,7 @@ class Cut3rTrainConfig:
     steps: int = 1500
     batch_size: int = 4  # sequences per step
     frames: int = 8  # frames per sequence (the VLM's frames per scene)
-    look: str = "flat"  # rooms: "flat" or "textured" (loc3r.scenes.textures)
+    look: str = "flat"  # rooms: "flat", "textured" or "furnished" (loc3r.scenes.episode.LOOKS)
     walk: str = "sweep"  # walks: "sweep", "scan" or "room_scan" (loc3r.scenes.episode)
     render_size: int = 112  # the VLM's frame size; CUT3R sees it pre-processed
     cut3r_size: int = 64  # long edge after pre-processing (Perception's image_size)
