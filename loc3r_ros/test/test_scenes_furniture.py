@@ -40,7 +40,8 @@ def test_the_furnished_look_changes_object_pixels_only():
         np.testing.assert_array_equal(a.depth, b.depth)
         np.testing.assert_array_equal(a.object_id, b.object_id)
         room = a.object_id < 0
-        np.testing.assert_array_equal(a.rgb[room], b.rgb[room])
+        windows = np.isin(a.object_id, [o.id for o in textured.room.objects if o.kind == "window"])
+        np.testing.assert_array_equal(a.rgb[room | windows], b.rgb[room | windows])
         changed += int((a.rgb[~room] != b.rgb[~room]).any(-1).sum())
     assert changed > 0
 
@@ -73,19 +74,28 @@ def test_a_cabinet_has_a_seam_and_two_handles():
     assert (local[handles, 0] > 0).any() and (local[handles, 0] < 0).any()
 
 
+# the face each kind's details show on to a camera in the room (wall items face it with +y)
+VISIBLE_FACE = {"tv": (1, 1.0), "door": (1, 1.0), "bed": (2, 1.0), "sofa": (1, -1.0)}
+
+
 @pytest.mark.parametrize("kind", sorted(set(CATALOGUE) - {"window"}))
-def test_every_kind_but_the_window_gets_details_within_the_colour_range(kind):
+def test_every_kind_but_the_window_gets_details_on_a_face_the_camera_sees(kind):
     spec = CATALOGUE[kind]
     size = (np.mean(spec.width), np.mean(spec.depth), np.mean(spec.height))
-    painted = 0
-    for face in (0, 1, 2):
-        for sign in (1.0, -1.0):
-            local, rgb, out = paint(kind, size, face, sign, grey=250.0)
-            assert out.min() >= 0 and out.max() <= 255
-            again = furnish(kind, local, np.full(len(local), face), size, rgb, seed=5)
-            np.testing.assert_array_equal(out, again)  # deterministic
-            painted += int((out != rgb).any(-1).sum())
-    assert painted > 0
+    face, sign = VISIBLE_FACE.get(kind, (1, 1.0))
+    _, rgb, out = paint(kind, size, face, sign)
+    changed = (out != rgb).any(-1)
+    assert 0.002 < changed.mean() < 1.0  # some of the face, not all of it
+    assert np.isfinite(out).all() and out.min() >= 0
+
+
+def test_pixels_without_a_detail_keep_their_shading_even_above_the_colour_range():
+    """Shading may exceed 255 before lighting; only the painted pixels change (render clips)."""
+    size = (0.85, 0.05, 2.05)
+    local, rgb, out = paint("door", size, face=1, grey=300.0)
+    knob = (out == METAL).all(-1)
+    assert 0 < knob.sum() < len(knob)
+    np.testing.assert_array_equal(out[~knob], rgb[~knob])
 
 
 def test_a_window_is_left_as_it_is():

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from loc3r.scenes import textures  # its noise (textures calls furnish: imported as a module)
+from loc3r.scenes import textures  # its noise; textures imports this module as a module too
 from loc3r.scenes.world import COLOURS
 
 SHADOW = 0.3  # brightness of the space under a top, seen between legs
@@ -62,9 +62,9 @@ def furnish(
             pedestal = local[:, 0] > half[0] - 0.45
             under &= ~pedestal
             front = (face == 1) & pedestal & (height < tall - 0.05)
-            seam = front & (np.mod(height, DRAWER_PITCH) < 0.015)
-            handle = front & (np.abs(local[:, 0] - (half[0] - 0.225)) < 0.06)
-            handle &= np.abs(np.mod(height, DRAWER_PITCH) - 0.11) < 0.012
+            seam = front & (np.mod(height, DRAWER_PITCH) < 0.025)
+            handle = front & (np.abs(local[:, 0] - (half[0] - 0.225)) < 0.07)
+            handle &= np.abs(np.mod(height, DRAWER_PITCH) - 0.12) < 0.02
             out[seam] *= 0.4
             out[handle] = METAL
         out[under] *= SHADOW
@@ -74,15 +74,15 @@ def furnish(
         out[(height > 0.5) & (local[:, 1] < half[1] - 0.08)] *= 0.55
     elif kind == "cabinet":
         front = face == 1
-        out[front & (np.abs(local[:, 0]) < 0.012)] *= 0.35  # between its two doors
-        handle = front & (np.abs(np.abs(local[:, 0]) - 0.05) < 0.015)
+        out[front & (np.abs(local[:, 0]) < 0.02)] *= 0.35  # between its two doors
+        handle = front & (np.abs(np.abs(local[:, 0]) - 0.07) < 0.025)
         out[handle & (np.abs(height - 0.62 * tall) < 0.06)] = METAL
         out[side & (height < 0.07)] *= 0.45  # plinth
     elif kind == "shelf":
         front = (face == 1) & (np.abs(along) < half_width - 0.03)
         level, within = np.divmod(height, SHELF_PITCH)
         gap = front & (within > 0.03)  # between two boards
-        width = 0.045
+        width = 0.06  # a book
         book = np.floor((local[:, 0] + half[0]) / width)
         key = (book * 7919 + level * 104729 + seed) % 9973
         book_top = 0.2 + 0.13 * np.mod(key * 0.6180339887, 1.0)
@@ -91,13 +91,12 @@ def furnish(
         shade = 0.8 + 0.3 * np.mod(key * 0.7548776662, 1.0)
         colours = BOOKS[(key % len(BOOKS)).astype(int)] * shade[:, None]
         out[books] = colours[books]
-        spine = books & (np.mod((local[:, 0] + half[0]) / width, 1.0) < 0.12)
-        out[spine] *= 0.5
+        out[books & (np.mod((local[:, 0] + half[0]) / width, 1.0) < 0.25)] *= 0.6  # between two
     elif kind == "lamp":
         shade = height > 0.7 * tall
         glow = 0.9 + 0.1 * textures.fbm(along[shade], height[shade], seed, 6.0)
         out[shade] = LAMPSHADE * glow[:, None]
-        stand = ~shade & side & (np.abs(along) > 0.025) & (height > 0.04)
+        stand = ~shade & side & (np.abs(along) > 0.03) & (height > 0.05)
         out[stand] *= SHADOW
     elif kind == "plant":
         pot = height < max(0.25, 0.3 * tall)
@@ -111,8 +110,8 @@ def furnish(
         glow = 1.0 + 0.8 * textures.fbm(along[screen], height[screen], seed, 2.0)
         out[screen] = SCREEN * glow[:, None]
     elif kind == "door":
-        knob = (face == 1) & (np.abs(along - (half_width - 0.09)) < 0.05)
-        out[knob & (np.abs(height - 1.0) < 0.025)] = METAL
+        knob = (face == 1) & (np.abs(along - (half_width - 0.1)) < 0.06)
+        out[knob & (np.abs(height - 1.0) < 0.04)] = METAL
     elif kind == "bed":
         pillow = top_face & (local[:, 1] > half[1] - 0.4) & (np.abs(local[:, 0]) < half[0] - 0.08)
         out[pillow] = PILLOW
@@ -123,6 +122,6 @@ def furnish(
         out[top_face & (local[:, 1] > half[1] - 0.25)] *= 0.7  # backrest
         out[top_face & (np.abs(local[:, 0]) > half[0] - 0.15)] *= 0.8  # armrests
         cushions = (face == 1) & (local[:, 1] < 0) & (height > 0.25)
-        out[cushions & (np.mod(local[:, 0] + half[0], 0.6) < 0.015)] *= 0.5
+        out[cushions & (np.mod(local[:, 0] + half[0], 0.6) < 0.03)] *= 0.5
         out[side & (height < 0.1)] *= 0.4
-    return np.clip(out, 0.0, 255.0)
+    return out  # render clips after lighting, as for every surface

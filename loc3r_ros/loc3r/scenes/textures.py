@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from loc3r.scenes.furniture import furnish
+from loc3r.scenes import furniture  # furniture imports this module as a module too
 from loc3r.scenes.world import Room
 
 WALL_PATTERNS = ("damask", "stripes", "plaster", "brick")
@@ -249,7 +249,9 @@ def shade(
         offset = look.contrast * (grain + panel + _detail(ou, ov, look.seed + 31 * obj.id))
         rgb[hit] = colour[hit] * (1.0 + offset)[:, None] + 60.0 * offset[:, None]
         if look.furnished:
-            rgb[hit] = furnish(obj.kind, local, face, obj.size, rgb[hit], look.seed + 31 * obj.id)
+            rgb[hit] = furniture.furnish(
+                obj.kind, local, face, obj.size, rgb[hit], look.seed + 31 * obj.id
+            )
     for picture in look.pictures:
         on_wall = (
             walls
