@@ -105,6 +105,7 @@ def test_the_build_script_with_its_cut3r_stage_returns_a_bundle_in_parts(tmp_pat
     bundle = load_bundle(restored)
     spec = json.loads((restored / "bundle.json").read_text())
     assert spec["cut3r_image_size"] == 32 and bundle.num_query_frames == 2
+    assert spec["training_scenes"]["look"] == "furnished"  # the script's default look
     # the shipped recipe's aids: the point embedding, the position and heading pointers (grounded),
     # the egocentric read-out picking objects and knowing the anchor
     vlm = bundle.model.vlm
