@@ -244,14 +244,14 @@ def shade(
             rgb[hit] = np.where((frame < 0.06)[:, None], colour[hit], view)
             continue
         scale = 9.0 if obj.kind in ("sofa", "bed", "chair") else 4.0  # fabric finer than wood
-        grain = 0.35 * fbm(ou * 1.0, ov * 2.5, look.seed + 31 * obj.id, scale)
+        pattern_seed = look.seed + 31 * obj.id
+        grain = 0.35 * fbm(ou * 1.0, ov * 2.5, pattern_seed, scale)
         panel = 0.12 * np.sign(np.sin(ou * 9.0 + obj.id)) * np.sign(np.sin(ov * 7.0))
-        offset = look.contrast * (grain + panel + _detail(ou, ov, look.seed + 31 * obj.id))
-        rgb[hit] = colour[hit] * (1.0 + offset)[:, None] + 60.0 * offset[:, None]
+        offset = look.contrast * (grain + panel + _detail(ou, ov, pattern_seed))
+        shaded = colour[hit] * (1.0 + offset)[:, None] + 60.0 * offset[:, None]
         if look.furnished:
-            rgb[hit] = furniture.furnish(
-                obj.kind, local, face, obj.size, rgb[hit], look.seed + 31 * obj.id
-            )
+            shaded = furniture.furnish(obj.kind, local, face, obj.size, shaded, pattern_seed)
+        rgb[hit] = shaded
     for picture in look.pictures:
         on_wall = (
             walls
